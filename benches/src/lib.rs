@@ -1,0 +1,1 @@
+//! Shared helpers for the ralph-rs benchmark harnesses.

@@ -1,0 +1,154 @@
+//! The storage traits: what a backend (SQLite, PostgreSQL, MySQL, or a host app's own) provides.
+//!
+//! Every write validates the value first ([`Entity::validate`] plus the rules that need other
+//! rows, such as rack overlaps) and either writes everything or nothing.
+
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use ipnetwork::IpNetwork;
+
+use crate::{
+    AssetStatus, Component, DataCenter, Device, DeviceModel, Entity, Group, Id, IpAddress, Network,
+    NetworkEnvironment, Profile, Rack, Record, ServerRoom, StoreError, TransitionGraph, User, UserSource,
+};
+
+/// Create, read, update, delete and list one entity type.
+///
+/// Generic over the entity so a store implements it once per model type and callers write
+/// `store.create(&rack)`; where the type cannot be inferred (`list`), name it:
+/// `Repository::<Rack>::list(&store)`.
+#[async_trait]
+pub trait Repository<T: Entity>: Send + Sync {
+    /// Validates and inserts `value`, returning its new id.
+    async fn create(&self, value: &T) -> Result<Id<T>, StoreError>;
+    /// The row with `id`, or [`StoreError::NotFound`].
+    async fn get(&self, id: Id<T>) -> Result<Record<T>, StoreError>;
+    /// Every row, ordered by id.
+    async fn list(&self) -> Result<Vec<Record<T>>, StoreError>;
+    /// Validates and replaces the row with `id`.
+    async fn update(&self, id: Id<T>, value: &T) -> Result<(), StoreError>;
+    /// Deletes the row with `id`; [`StoreError::Reference`] while other rows point at it.
+    async fn delete(&self, id: Id<T>) -> Result<(), StoreError>;
+}
+
+/// The inventory: every model type plus the queries that span them.
+#[async_trait]
+pub trait InventoryStore:
+    Repository<DataCenter>
+    + Repository<ServerRoom>
+    + Repository<Rack>
+    + Repository<NetworkEnvironment>
+    + Repository<Network>
+    + Repository<IpAddress>
+    + Repository<DeviceModel>
+    + Repository<Device>
+    + Repository<Component>
+{
+    /// The data centre named `name`.
+    async fn find_data_center(&self, name: &str) -> Result<Option<Record<DataCenter>>, StoreError>;
+    /// The devices placed in `rack`, ordered by position.
+    async fn rack_devices(&self, rack: Id<Rack>) -> Result<Vec<Record<Device>>, StoreError>;
+    /// The device with serial number `serial`.
+    async fn find_device_by_serial(&self, serial: &str) -> Result<Option<Record<Device>>, StoreError>;
+    /// The components of `device`.
+    async fn device_components(&self, device: Id<Device>) -> Result<Vec<Record<Component>>, StoreError>;
+    /// Applies transition `name` of `graph` to the device's current status, atomically: two
+    /// concurrent transitions cannot both start from the same status.
+    async fn transition_device(&self, id: Id<Device>, graph: &TransitionGraph, name: &str) -> Result<AssetStatus, StoreError>;
+    /// The smallest network containing `ip`.
+    async fn network_containing(&self, ip: IpAddr) -> Result<Option<Record<Network>>, StoreError>;
+    /// The networks of an environment.
+    async fn environment_networks(&self, environment: Id<NetworkEnvironment>) -> Result<Vec<Record<Network>>, StoreError>;
+    /// The record of one address.
+    async fn find_ip(&self, ip: IpAddr) -> Result<Option<Record<IpAddress>>, StoreError>;
+    /// The known addresses inside `range`, in address order; buried ones only when asked.
+    async fn ip_addresses_in(&self, range: IpNetwork, include_buried: bool) -> Result<Vec<Record<IpAddress>>, StoreError>;
+}
+
+/// A user with profile and groups, written in one transaction (LDAP mirroring, bulk sync).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserMirror {
+    /// The account; matched on username, created when missing.
+    pub user: User,
+    /// The profile to store; `None` leaves the stored one alone.
+    pub profile: Option<Profile>,
+    /// The complete group list to store; `None` leaves groups alone (mirroring off).
+    pub groups: Option<Vec<Group>>,
+}
+
+/// Users, profiles, groups and local password hashes.
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Inserts a user; [`StoreError::Conflict`] when the username is taken.
+    async fn create_user(&self, user: &User) -> Result<Id<User>, StoreError>;
+    /// The user named `username`.
+    async fn get_user(&self, username: &str) -> Result<Option<Record<User>>, StoreError>;
+    /// Replaces the user with the same username; [`StoreError::NotFound`] when there is none.
+    async fn update_user(&self, user: &User) -> Result<(), StoreError>;
+    /// Deletes a user with profile and memberships.
+    async fn delete_user(&self, username: &str) -> Result<(), StoreError>;
+    /// Users, optionally only those from one source, ordered by username.
+    async fn list_users(&self, source: Option<UserSource>) -> Result<Vec<Record<User>>, StoreError>;
+    /// The stored PHC password hash, if the user has a usable local password.
+    async fn password_hash(&self, username: &str) -> Result<Option<String>, StoreError>;
+    /// Stores (or with `None`, removes) the user's password hash.
+    async fn set_password_hash(&self, username: &str, hash: Option<&str>) -> Result<(), StoreError>;
+    /// The user's profile.
+    async fn get_profile(&self, username: &str) -> Result<Option<Profile>, StoreError>;
+    /// Stores the user's profile.
+    async fn set_profile(&self, username: &str, profile: &Profile) -> Result<(), StoreError>;
+    /// The user's groups, sorted by name.
+    async fn user_groups(&self, username: &str) -> Result<Vec<Group>, StoreError>;
+    /// Replaces all of the user's groups with `groups` in one transaction, creating groups
+    /// that do not exist yet.
+    async fn set_user_groups(&self, username: &str, groups: &[Group]) -> Result<(), StoreError>;
+    /// Creates or updates the user, profile and (when given) groups in one transaction. An
+    /// LDAP-owned user's local password hash is removed.
+    async fn mirror_user(&self, mirror: &UserMirror) -> Result<Id<User>, StoreError>;
+    /// Sets `is_active = false` on the named users; returns how many changed.
+    async fn deactivate_users(&self, usernames: &[String]) -> Result<u64, StoreError>;
+}
+
+#[async_trait]
+impl<S: UserStore + ?Sized> UserStore for std::sync::Arc<S> {
+    async fn create_user(&self, user: &User) -> Result<Id<User>, StoreError> {
+        (**self).create_user(user).await
+    }
+    async fn get_user(&self, username: &str) -> Result<Option<Record<User>>, StoreError> {
+        (**self).get_user(username).await
+    }
+    async fn update_user(&self, user: &User) -> Result<(), StoreError> {
+        (**self).update_user(user).await
+    }
+    async fn delete_user(&self, username: &str) -> Result<(), StoreError> {
+        (**self).delete_user(username).await
+    }
+    async fn list_users(&self, source: Option<UserSource>) -> Result<Vec<Record<User>>, StoreError> {
+        (**self).list_users(source).await
+    }
+    async fn password_hash(&self, username: &str) -> Result<Option<String>, StoreError> {
+        (**self).password_hash(username).await
+    }
+    async fn set_password_hash(&self, username: &str, hash: Option<&str>) -> Result<(), StoreError> {
+        (**self).set_password_hash(username, hash).await
+    }
+    async fn get_profile(&self, username: &str) -> Result<Option<Profile>, StoreError> {
+        (**self).get_profile(username).await
+    }
+    async fn set_profile(&self, username: &str, profile: &Profile) -> Result<(), StoreError> {
+        (**self).set_profile(username, profile).await
+    }
+    async fn user_groups(&self, username: &str) -> Result<Vec<Group>, StoreError> {
+        (**self).user_groups(username).await
+    }
+    async fn set_user_groups(&self, username: &str, groups: &[Group]) -> Result<(), StoreError> {
+        (**self).set_user_groups(username, groups).await
+    }
+    async fn mirror_user(&self, mirror: &UserMirror) -> Result<Id<User>, StoreError> {
+        (**self).mirror_user(mirror).await
+    }
+    async fn deactivate_users(&self, usernames: &[String]) -> Result<u64, StoreError> {
+        (**self).deactivate_users(usernames).await
+    }
+}
