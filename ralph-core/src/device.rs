@@ -107,7 +107,12 @@ impl DeviceModel {
     ///
     /// # Errors
     /// An empty name, or a height that does not suit the type.
-    pub fn new(name: &str, manufacturer: Option<&str>, kind: DeviceType, height_u: u32) -> Result<Self, ValidationError> {
+    pub fn new(
+        name: &str,
+        manufacturer: Option<&str>,
+        kind: DeviceType,
+        height_u: u32,
+    ) -> Result<Self, ValidationError> {
         let model = Self {
             name: required("name", name, 255)?,
             manufacturer: blank_to_none(manufacturer),
@@ -187,7 +192,12 @@ pub struct Device {
 impl Device {
     /// A new, unplaced device of `model`. Blank serial numbers and barcodes become none.
     #[must_use]
-    pub fn new(model: Id<DeviceModel>, hostname: Option<&str>, serial_number: Option<&str>, barcode: Option<&str>) -> Self {
+    pub fn new(
+        model: Id<DeviceModel>,
+        hostname: Option<&str>,
+        serial_number: Option<&str>,
+        barcode: Option<&str>,
+    ) -> Self {
         Self {
             hostname: blank_to_none(hostname),
             serial_number: blank_to_none(serial_number),
@@ -236,7 +246,9 @@ impl Device {
         self.validate()?;
         match (&self.placement, model.kind) {
             (Placement::Blade { .. }, DeviceType::BladeServer) | (Placement::Unplaced, _) => Ok(()),
-            (_, DeviceType::BladeServer) => Err(ValidationError::Placement("a blade server goes in a blade system slot")),
+            (_, DeviceType::BladeServer) => {
+                Err(ValidationError::Placement("a blade server goes in a blade system slot"))
+            }
             (Placement::Blade { .. }, _) => Err(ValidationError::Placement("only blade servers go in blade slots")),
             (Placement::Rack { position: Some(_), .. }, kind) if kind.is_unracked() => {
                 Err(ValidationError::Placement("this device type takes no rack units"))
@@ -249,7 +261,12 @@ impl Device {
 impl Entity for Device {
     const NAME: &'static str = "device";
     fn validate(&self) -> Result<(), ValidationError> {
-        for (field, value) in [("hostname", &self.hostname), ("serial_number", &self.serial_number), ("barcode", &self.barcode), ("service_env", &self.service_env)] {
+        for (field, value) in [
+            ("hostname", &self.hostname),
+            ("serial_number", &self.serial_number),
+            ("barcode", &self.barcode),
+            ("service_env", &self.service_env),
+        ] {
             if let Some(v) = value {
                 if v.trim().is_empty() {
                     return Err(ValidationError::Invalid { field, reason: "blank values must be none".into() });
@@ -259,7 +276,9 @@ impl Entity for Device {
         }
         match &self.placement {
             Placement::Rack { position: Some(0), .. } => Err(ValidationError::Placement("rack positions start at 1")),
-            Placement::Blade { slot, .. } if slot.trim().is_empty() => Err(ValidationError::Placement("a blade needs a slot")),
+            Placement::Blade { slot, .. } if slot.trim().is_empty() => {
+                Err(ValidationError::Placement("a blade needs a slot"))
+            }
             Placement::Blade { slot, .. } => check_len("slot", slot, 32),
             _ => Ok(()),
         }
@@ -292,6 +311,8 @@ mod tests {
         assert!(in_slot.validate_with_model(&blade).is_ok());
         assert!(in_slot.validate_with_model(&server).is_err());
         assert!(Device::new(Id::new(1), None, None, None).in_blade_slot(Id::new(9), " ").validate().is_err());
-        assert!(Device::new(Id::new(1), None, None, None).in_rack(Id::new(1), 0, Orientation::Front).validate().is_err());
+        assert!(
+            Device::new(Id::new(1), None, None, None).in_rack(Id::new(1), 0, Orientation::Front).validate().is_err()
+        );
     }
 }

@@ -110,6 +110,8 @@ pub struct IpAddress {
     pub http_family: Option<String>,
     /// The device it belongs to.
     pub device: Option<Id<Device>>,
+    /// Checksum of the last scan's normalised results, to flag change.
+    pub scan_checksum: Option<String>,
 }
 
 impl IpAddress {
@@ -130,6 +132,7 @@ impl IpAddress {
             snmp_version: None,
             http_family: None,
             device: None,
+            scan_checksum: None,
         }
     }
 

@@ -37,6 +37,8 @@ mod ip;
 mod location;
 mod mac;
 mod network;
+pub mod queue;
+pub mod scan;
 mod secret;
 mod status;
 pub mod store;
@@ -57,6 +59,8 @@ pub use network::{
     HostnameTemplate, Network, NetworkEnvironment, Vlan, ip_key, ip_to_u128, network_size, parse_cidr, parse_ip,
     smallest_containing, u128_to_ip,
 };
+pub use queue::{FailOutcome, Job, JobQueue, QueueStats, RetryPolicy};
+pub use scan::{Observation, RecordSummary, ScanResultStore, apply_observation};
 pub use secret::Secret;
 pub use status::{AssetStatus, Transition, TransitionGraph};
 pub use store::{InventoryStore, Repository, UserMirror, UserStore};

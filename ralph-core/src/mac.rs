@@ -111,14 +111,24 @@ mod tests {
     #[test]
     fn notations_normalise_to_one_form() {
         let expected = "AA:BB:CC:0D:0E:FF";
-        for input in ["aa:bb:cc:0d:0e:ff", "AA-BB-CC-0D-0E-FF", "aabb.cc0d.0eff", "AABBCC0D0EFF", " aa:bb:cc:0d:0e:ff "] {
+        for input in ["aa:bb:cc:0d:0e:ff", "AA-BB-CC-0D-0E-FF", "aabb.cc0d.0eff", "AABBCC0D0EFF", " aa:bb:cc:0d:0e:ff "]
+        {
             assert_eq!(MacAddress::parse(input).expect(input).to_string(), expected);
         }
     }
 
     #[test]
     fn refuses_malformed() {
-        for input in ["", "aa:bb:cc:dd:ee", "aa:bb:cc:dd:ee:fg", "aa:bb-cc:dd:ee:ff", "aabb.ccdd.eef", "a:bb:cc:dd:ee:fff", "+a:bb:cc:dd:ee:ff", "aa:bb:cc:dd:ee:ff:00"] {
+        for input in [
+            "",
+            "aa:bb:cc:dd:ee",
+            "aa:bb:cc:dd:ee:fg",
+            "aa:bb-cc:dd:ee:ff",
+            "aabb.ccdd.eef",
+            "a:bb:cc:dd:ee:fff",
+            "+a:bb:cc:dd:ee:ff",
+            "aa:bb:cc:dd:ee:ff:00",
+        ] {
             assert!(MacAddress::parse(input).is_err(), "{input:?} accepted");
         }
     }

@@ -56,7 +56,8 @@ pub fn parse_cidr(input: &str) -> Result<IpNetwork, ValidationError> {
         return Err(ValidationError::Cidr { input: input.to_owned() });
     }
     let net: IpNetwork = text.parse().map_err(|_| ValidationError::Cidr { input: input.to_owned() })?;
-    let canonical = IpNetwork::new(net.network(), net.prefix()).map_err(|_| ValidationError::Cidr { input: input.to_owned() })?;
+    let canonical =
+        IpNetwork::new(net.network(), net.prefix()).map_err(|_| ValidationError::Cidr { input: input.to_owned() })?;
     if canonical.ip() != net.ip() {
         return Err(ValidationError::CidrHostBits { input: input.to_owned(), network: canonical.to_string() });
     }
@@ -302,11 +303,11 @@ impl Entity for Network {
 }
 
 /// The smallest (longest-prefix) network of `networks` that contains `ip`.
-pub fn smallest_containing<'a, T: AsRef<Network> + 'a>(networks: impl IntoIterator<Item = &'a T>, ip: IpAddr) -> Option<&'a T> {
-    networks
-        .into_iter()
-        .filter(|n| n.as_ref().contains(ip))
-        .max_by_key(|n| n.as_ref().cidr.prefix())
+pub fn smallest_containing<'a, T: AsRef<Network> + 'a>(
+    networks: impl IntoIterator<Item = &'a T>,
+    ip: IpAddr,
+) -> Option<&'a T> {
+    networks.into_iter().filter(|n| n.as_ref().contains(ip)).max_by_key(|n| n.as_ref().cidr.prefix())
 }
 
 impl AsRef<Network> for Network {

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use ipnetwork::IpNetwork;
 
 use crate::{
-    AssetStatus, Component, DataCenter, Device, DeviceModel, Entity, Group, Id, IpAddress, Network,
-    NetworkEnvironment, Profile, Rack, Record, ServerRoom, StoreError, TransitionGraph, User, UserSource,
+    AssetStatus, Component, DataCenter, Device, DeviceModel, Entity, Group, Id, IpAddress, Network, NetworkEnvironment,
+    Profile, Rack, Record, ServerRoom, StoreError, TransitionGraph, User, UserSource,
 };
 
 /// Create, read, update, delete and list one entity type.
@@ -55,15 +55,27 @@ pub trait InventoryStore:
     async fn device_components(&self, device: Id<Device>) -> Result<Vec<Record<Component>>, StoreError>;
     /// Applies transition `name` of `graph` to the device's current status, atomically: two
     /// concurrent transitions cannot both start from the same status.
-    async fn transition_device(&self, id: Id<Device>, graph: &TransitionGraph, name: &str) -> Result<AssetStatus, StoreError>;
+    async fn transition_device(
+        &self,
+        id: Id<Device>,
+        graph: &TransitionGraph,
+        name: &str,
+    ) -> Result<AssetStatus, StoreError>;
     /// The smallest network containing `ip`.
     async fn network_containing(&self, ip: IpAddr) -> Result<Option<Record<Network>>, StoreError>;
     /// The networks of an environment.
-    async fn environment_networks(&self, environment: Id<NetworkEnvironment>) -> Result<Vec<Record<Network>>, StoreError>;
+    async fn environment_networks(
+        &self,
+        environment: Id<NetworkEnvironment>,
+    ) -> Result<Vec<Record<Network>>, StoreError>;
     /// The record of one address.
     async fn find_ip(&self, ip: IpAddr) -> Result<Option<Record<IpAddress>>, StoreError>;
     /// The known addresses inside `range`, in address order; buried ones only when asked.
-    async fn ip_addresses_in(&self, range: IpNetwork, include_buried: bool) -> Result<Vec<Record<IpAddress>>, StoreError>;
+    async fn ip_addresses_in(
+        &self,
+        range: IpNetwork,
+        include_buried: bool,
+    ) -> Result<Vec<Record<IpAddress>>, StoreError>;
 }
 
 /// A user with profile and groups, written in one transaction (LDAP mirroring, bulk sync).

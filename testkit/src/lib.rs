@@ -22,7 +22,9 @@ pub fn in_ci() -> bool {
 pub fn service(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(value) if !value.is_empty() => Some(value),
-        _ if in_ci() => panic!("{var} is not set but CI=true: the service this test needs was not started by scripts/test"),
+        _ if in_ci() => {
+            panic!("{var} is not set but CI=true: the service this test needs was not started by scripts/test")
+        }
         _ => {
             eprintln!("SKIPPED: {var} is not set; run the tests through scripts/test to start the service");
             None

@@ -1,0 +1,1 @@
+//! The ralph-rs examples: see the programs under `examples/examples/`.
