@@ -141,7 +141,7 @@ mod tests {
             let dash = colon.replace(':', "-").to_lowercase();
             let bare = colon.replace(':', "");
             let cisco = format!("{}.{}.{}", &bare[0..4], &bare[4..8], &bare[8..12]).to_lowercase();
-            for text in [colon.clone(), dash, bare, cisco] {
+            for text in [colon, dash, bare, cisco] {
                 prop_assert_eq!(MacAddress::parse(&text).expect("valid"), mac);
             }
         }
