@@ -1,0 +1,367 @@
+//! Neighbour-table safety: admit on-link hosts within what the kernel's ARP/NDP table can hold,
+//! and delete the entries the scan created once their hosts are done (with CAP_NET_ADMIN).
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Without CAP_NET_ADMIN a finished host's entry only becomes collectable once it has not been
+/// updated for 5 s (the kernel's forced GC rule); its slot is held this long after the host.
+pub const DEFAULT_HOLD: Duration = Duration::from_secs(6);
+
+/// The kernel's neighbour-table thresholds for one address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeighbourLimits {
+    /// `gc_thresh1`: below this the GC leaves entries alone.
+    pub gc_thresh1: u64,
+    /// `gc_thresh2`: soft maximum.
+    pub gc_thresh2: u64,
+    /// `gc_thresh3`: hard maximum; beyond it new neighbours fail (`table_fulls`).
+    pub gc_thresh3: u64,
+}
+
+fn family_dir(v6: bool) -> &'static str {
+    if v6 { "ipv6" } else { "ipv4" }
+}
+
+fn read_u64(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+impl NeighbourLimits {
+    /// Reads `/proc/sys/net/<family>/neigh/default/gc_thresh{1,2,3}`; the kernel defaults
+    /// (128/512/1024) when unreadable.
+    #[must_use]
+    pub fn read(v6: bool) -> Self {
+        let f = family_dir(v6);
+        let get = |n: u8, d: u64| read_u64(&format!("/proc/sys/net/{f}/neigh/default/gc_thresh{n}")).unwrap_or(d);
+        Self { gc_thresh1: get(1, 128), gc_thresh2: get(2, 512), gc_thresh3: get(3, 1024) }
+    }
+}
+
+/// Counters of one neighbour table from `/proc/net/stat/{arp,ndisc}_cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NeighbourStats {
+    /// Entries in the table now.
+    pub entries: u64,
+    /// Times a new entry could not be created because the table was full (summed over CPUs).
+    pub table_fulls: u64,
+    /// Packets dropped while waiting for resolution (summed over CPUs).
+    pub unresolved_discards: u64,
+}
+
+impl NeighbourStats {
+    /// Reads the counters; `None` when the file is missing (no IPv6, say).
+    #[must_use]
+    pub fn read(v6: bool) -> Option<Self> {
+        let name = if v6 { "ndisc_cache" } else { "arp_cache" };
+        let text = std::fs::read_to_string(format!("/proc/net/stat/{name}")).ok()?;
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+        let col = |n: &str| header.iter().position(|h| *h == n);
+        let (e, t, u) = (col("entries")?, col("table_fulls")?, col("unresolved_discards")?);
+        let mut stats = Self::default();
+        for line in lines {
+            let v: Vec<u64> = line.split_whitespace().map(|x| u64::from_str_radix(x, 16).unwrap_or(0)).collect();
+            if v.len() < header.len() {
+                continue;
+            }
+            stats.entries = v[e];
+            stats.table_fulls += v[t];
+            stats.unresolved_discards += v[u];
+        }
+        Some(stats)
+    }
+}
+
+/// Whether this process has CAP_NET_ADMIN (effective), from `/proc/self/status`.
+#[must_use]
+pub fn has_net_admin() -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_owned())))
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+}
+
+/// A directly connected subnet of a local interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalSubnet {
+    /// The subnet.
+    pub network: IpNetwork,
+    /// The local address on it.
+    pub local: IpAddr,
+    /// The interface's index.
+    pub ifindex: u32,
+    /// The interface's name.
+    pub interface: String,
+}
+
+/// The subnets of the local non-loopback interfaces (from `getifaddrs`).
+#[must_use]
+pub fn local_subnets() -> Vec<LocalSubnet> {
+    use nix::net::if_::InterfaceFlags;
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    let mut out = Vec::new();
+    for a in addrs {
+        if a.flags.contains(InterfaceFlags::IFF_LOOPBACK) {
+            continue;
+        }
+        let (Some(addr), Some(mask)) = (a.address, a.netmask) else { continue };
+        let (ip, prefix) = if let (Some(ip), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+            (IpAddr::V4(ip.ip()), u32::from(m.ip()).count_ones())
+        } else if let (Some(ip), Some(m)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+            (IpAddr::V6(ip.ip()), u128::from(m.ip()).count_ones())
+        } else {
+            continue;
+        };
+        let Ok(prefix) = u8::try_from(prefix) else { continue };
+        let Ok(net) = IpNetwork::new(ip, prefix) else { continue };
+        let Ok(network) = IpNetwork::new(net.network(), prefix) else { continue };
+        let ifindex = nix::net::if_::if_nametoindex(a.interface_name.as_str()).unwrap_or(0);
+        out.push(LocalSubnet { network, local: ip, ifindex, interface: a.interface_name });
+    }
+    out
+}
+
+/// Decides which targets are on-link and paces them through the neighbour table.
+#[derive(Debug)]
+pub struct NeighbourGuard {
+    subnets: Vec<LocalSubnet>,
+    v4: Arc<Semaphore>,
+    v6: Arc<Semaphore>,
+    budget_v4: usize,
+    budget_v6: usize,
+    hold: Duration,
+    netlink: Option<rtnetlink::Handle>,
+    preexisting: HashSet<IpAddr>,
+    warned: AtomicBool,
+    deleted: AtomicU64,
+    delete_errors: AtomicU64,
+}
+
+/// Settings of the neighbour guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeighbourConfig {
+    /// Entries of headroom left for the rest of the host (default: an eighth of `gc_thresh3`,
+    /// at least 32).
+    pub reserve: Option<u64>,
+    /// Use an explicit budget instead of the one derived from the kernel's thresholds.
+    pub budget: Option<usize>,
+    /// Delete created entries when CAP_NET_ADMIN is available (default true).
+    pub delete_entries: bool,
+    /// How long a slot stays taken after its host when entries are not deleted.
+    pub hold: Duration,
+}
+
+impl Default for NeighbourConfig {
+    fn default() -> Self {
+        Self { reserve: None, budget: None, delete_entries: true, hold: DEFAULT_HOLD }
+    }
+}
+
+/// A host's place in the neighbour table; give it back with [`NeighbourGuard::release`].
+#[derive(Debug)]
+pub struct NeighbourSlot {
+    permit: OwnedSemaphorePermit,
+    ip: IpAddr,
+    ifindex: u32,
+}
+
+fn budget_for(limits: NeighbourLimits, stats: Option<NeighbourStats>, reserve: Option<u64>) -> usize {
+    let reserve = reserve.unwrap_or_else(|| (limits.gc_thresh3 / 8).max(32));
+    let used = stats.map_or(0, |s| s.entries);
+    let free = limits.gc_thresh3.saturating_sub(used).saturating_sub(reserve).max(1);
+    usize::try_from(free).unwrap_or(usize::MAX)
+}
+
+impl NeighbourGuard {
+    /// Reads the local subnets, thresholds and entry counts; opens a netlink socket when
+    /// entries can be deleted. Call inside a tokio runtime.
+    #[must_use]
+    pub fn new(config: NeighbourConfig) -> Self {
+        let budget_v4 = config
+            .budget
+            .unwrap_or_else(|| budget_for(NeighbourLimits::read(false), NeighbourStats::read(false), config.reserve));
+        let budget_v6 = config
+            .budget
+            .unwrap_or_else(|| budget_for(NeighbourLimits::read(true), NeighbourStats::read(true), config.reserve));
+        let netlink = if config.delete_entries && has_net_admin() {
+            match rtnetlink::new_connection() {
+                Ok((conn, handle, _)) => {
+                    tokio::spawn(conn);
+                    Some(handle)
+                }
+                Err(error) => {
+                    tracing::warn!(target: "ralph::discovery", %error, "netlink unavailable; neighbour entries will not be deleted");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        tracing::debug!(target: "ralph::discovery", budget_v4, budget_v6, delete = netlink.is_some(), "neighbour guard");
+        Self {
+            subnets: local_subnets(),
+            v4: Arc::new(Semaphore::new(budget_v4)),
+            v6: Arc::new(Semaphore::new(budget_v6)),
+            budget_v4,
+            budget_v6,
+            hold: config.hold,
+            netlink,
+            preexisting: existing_neighbours(),
+            warned: AtomicBool::new(false),
+            deleted: AtomicU64::new(0),
+            delete_errors: AtomicU64::new(0),
+        }
+    }
+
+    /// The interface through which `ip` is on-link, or `None` for loopback, local and
+    /// routed (off-link) addresses, which cost no neighbour entry.
+    #[must_use]
+    pub fn on_link(&self, ip: IpAddr) -> Option<u32> {
+        if ip.is_loopback() {
+            return None;
+        }
+        if self.subnets.iter().any(|s| s.local == ip) {
+            return None;
+        }
+        self.subnets.iter().filter(|s| s.network.contains(ip)).max_by_key(|s| s.network.prefix()).map(|s| s.ifindex)
+    }
+
+    /// The budget of concurrently held on-link hosts for the family of `ip`.
+    #[must_use]
+    pub fn budget(&self, v6: bool) -> usize {
+        if v6 { self.budget_v6 } else { self.budget_v4 }
+    }
+
+    /// On-link hosts admitted now (IPv4 + IPv6).
+    #[must_use]
+    pub fn in_use(&self) -> usize {
+        (self.budget_v4 - self.v4.available_permits()) + (self.budget_v6 - self.v6.available_permits())
+    }
+
+    /// Whether entries are deleted after use (CAP_NET_ADMIN and netlink available).
+    #[must_use]
+    pub fn deletes_entries(&self) -> bool {
+        self.netlink.is_some()
+    }
+
+    /// Entries deleted so far.
+    #[must_use]
+    pub fn deleted(&self) -> u64 {
+        self.deleted.load(Ordering::Relaxed)
+    }
+
+    /// Waits for room for `ip` when it is on-link; `None` (immediately) otherwise.
+    pub async fn admit(&self, ip: IpAddr) -> Option<NeighbourSlot> {
+        let ifindex = self.on_link(ip)?;
+        if self.netlink.is_none() && !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                target: "ralph::discovery",
+                budget = self.budget(ip.is_ipv6()),
+                "on-link targets are paced by the neighbour-table budget; grant CAP_NET_ADMIN so entries are \
+                 deleted after use, or raise net.ipv4.neigh.default.gc_thresh3 (and gc_thresh2) to scan faster"
+            );
+        }
+        let sem = if ip.is_ipv6() { &self.v6 } else { &self.v4 };
+        let permit = Arc::clone(sem).acquire_owned().await.ok()?;
+        Some(NeighbourSlot { permit, ip, ifindex })
+    }
+
+    /// Gives a slot back once all probes of its host are done: deletes the entry (when it
+    /// did not exist before the scan and deleting is possible) and frees the slot, or else
+    /// keeps the slot taken until the kernel may collect the entry.
+    pub async fn release(&self, slot: NeighbourSlot) {
+        if let Some(handle) = &self.netlink {
+            if !self.preexisting.contains(&slot.ip) {
+                match delete_neighbour(handle, slot.ip, slot.ifindex).await {
+                    Ok(()) => {
+                        self.deleted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        let n = self.delete_errors.fetch_add(1, Ordering::Relaxed);
+                        if n == 0 {
+                            tracing::debug!(target: "ralph::discovery", %error, "neighbour delete failed");
+                        }
+                    }
+                }
+            }
+            drop(slot.permit);
+        } else {
+            let hold = self.hold;
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                drop(slot.permit);
+            });
+        }
+    }
+}
+
+async fn delete_neighbour(handle: &rtnetlink::Handle, ip: IpAddr, ifindex: u32) -> Result<(), rtnetlink::Error> {
+    let mut msg = NeighbourMessage::default();
+    msg.header.ifindex = ifindex;
+    let (family, address) = match ip {
+        IpAddr::V4(v4) => (AddressFamily::Inet, NeighbourAddress::Inet(v4)),
+        IpAddr::V6(v6) => (AddressFamily::Inet6, NeighbourAddress::Inet6(v6)),
+    };
+    msg.header.family = family;
+    msg.attributes.push(NeighbourAttribute::Destination(address));
+    match handle.neighbours().del(msg).execute().await {
+        // ENOENT: the kernel already dropped it.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enoent() => Ok(()),
+        other => other,
+    }
+}
+
+const fn libc_enoent() -> i32 {
+    2
+}
+
+/// IPv4 neighbours present before the scan (from `/proc/net/arp`); never deleted.
+fn existing_neighbours() -> HashSet<IpAddr> {
+    std::fs::read_to_string("/proc/net/arp")
+        .map(|t| t.lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kernel_state() {
+        let l = NeighbourLimits::read(false);
+        assert!(l.gc_thresh1 <= l.gc_thresh3 && l.gc_thresh2 <= l.gc_thresh3);
+        let s = NeighbourStats::read(false).expect("arp_cache");
+        assert!(s.entries < 1 << 32);
+    }
+
+    #[test]
+    fn budget_leaves_headroom() {
+        let l = NeighbourLimits { gc_thresh1: 128, gc_thresh2: 512, gc_thresh3: 1024 };
+        let s = NeighbourStats { entries: 100, ..NeighbourStats::default() };
+        assert_eq!(budget_for(l, Some(s), None), 1024 - 100 - 128);
+        let full = NeighbourStats { entries: 5000, ..NeighbourStats::default() };
+        assert_eq!(budget_for(l, Some(full), None), 1);
+    }
+
+    #[tokio::test]
+    async fn loopback_and_local_addresses_cost_nothing() {
+        let g = NeighbourGuard::new(NeighbourConfig::default());
+        assert!(g.on_link("127.0.0.1".parse().expect("ip")).is_none());
+        assert!(g.on_link("::1".parse().expect("ip")).is_none());
+        for s in local_subnets() {
+            assert!(g.on_link(s.local).is_none());
+        }
+        assert!(g.admit("127.0.0.9".parse().expect("ip")).await.is_none());
+    }
+}

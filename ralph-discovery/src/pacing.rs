@@ -1,0 +1,191 @@
+//! AIMD rate control: probe starts are paced at a rate that halves on congestion signals
+//! (ENOBUFS/EAGAIN, rising kernel drop counters, timeout spikes) and grows additively otherwise.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Rate-control settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateConfig {
+    /// Starting rate, probe starts per second.
+    pub initial: f64,
+    /// Floor of the rate.
+    pub min: f64,
+    /// Ceiling of the rate.
+    pub max: f64,
+    /// Added to the rate per second without congestion.
+    pub increase_per_sec: f64,
+    /// After a halving, further signals within this period are ignored (one halving per
+    /// burst, like TCP's once-per-RTT).
+    pub cooldown: Duration,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        Self {
+            initial: 20_000.0,
+            min: 50.0,
+            max: 500_000.0,
+            increase_per_sec: 5_000.0,
+            cooldown: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A token-bucket pacer whose rate follows AIMD.
+#[derive(Debug)]
+pub struct Pacer {
+    config: RateConfig,
+    state: Mutex<PacerState>,
+}
+
+#[derive(Debug)]
+struct PacerState {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+    last_decrease: Option<Instant>,
+    decreases: u64,
+    min_seen: f64,
+}
+
+impl Pacer {
+    /// A pacer starting at `config.initial`.
+    #[must_use]
+    pub fn new(config: RateConfig) -> Self {
+        let rate = config.initial.clamp(config.min, config.max);
+        Self {
+            config,
+            state: Mutex::new(PacerState {
+                rate,
+                tokens: 1.0,
+                last: Instant::now(),
+                last_decrease: None,
+                decreases: 0,
+                min_seen: rate,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PacerState> {
+        // A poisoned lock only means another task panicked mid-update of plain numbers.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until one more probe may start.
+    pub async fn ready(&self) {
+        loop {
+            let wait = {
+                let mut s = self.lock();
+                let now = Instant::now();
+                let elapsed = now.duration_since(s.last).as_secs_f64();
+                s.last = now;
+                // Additive increase, continuously.
+                s.rate = (s.rate + self.config.increase_per_sec * elapsed).min(self.config.max);
+                // Allow a burst of 10 ms worth of starts so high rates need no sub-ms sleeps.
+                let burst = (s.rate / 100.0).max(1.0);
+                s.tokens = (s.tokens + elapsed * s.rate).min(burst);
+                if s.tokens >= 1.0 {
+                    s.tokens -= 1.0;
+                    return;
+                }
+                Duration::from_secs_f64((1.0 - s.tokens) / s.rate)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// A congestion signal: halves the rate unless it was halved within the cooldown.
+    /// Returns whether it halved.
+    pub fn congestion(&self, reason: &'static str) -> bool {
+        let mut s = self.lock();
+        let now = Instant::now();
+        if s.last_decrease.is_some_and(|t| now.duration_since(t) < self.config.cooldown) {
+            return false;
+        }
+        let old = s.rate;
+        s.rate = (s.rate / 2.0).max(self.config.min);
+        s.tokens = s.tokens.min(1.0);
+        s.last_decrease = Some(now);
+        s.decreases += 1;
+        s.min_seen = s.min_seen.min(s.rate);
+        drop(s);
+        tracing::info!(target: "ralph::discovery", reason, old_rate = old, new_rate = old / 2.0, "rate halved");
+        true
+    }
+
+    /// The current rate, probe starts per second.
+    #[must_use]
+    pub fn rate(&self) -> f64 {
+        self.lock().rate
+    }
+
+    /// The lowest rate reached so far.
+    #[must_use]
+    pub fn min_rate_seen(&self) -> f64 {
+        self.lock().min_seen
+    }
+
+    /// How many times the rate was halved.
+    #[must_use]
+    pub fn decreases(&self) -> u64 {
+        self.lock().decreases
+    }
+}
+
+/// A jittered exponential back-off: `base * 2^attempt`, capped, times a factor in [0.5, 1.5).
+#[must_use]
+pub fn backoff(base: Duration, attempt: u32, cap: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
+    exp.mul_f64(rand::random::<f64>() + 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aimd_halves_once_per_cooldown_and_respects_the_floor() {
+        let p = Pacer::new(RateConfig {
+            initial: 1000.0,
+            min: 100.0,
+            cooldown: Duration::from_secs(60),
+            ..RateConfig::default()
+        });
+        assert!(p.congestion("test"));
+        assert!(!p.congestion("test"), "second signal inside the cooldown is ignored");
+        assert!((p.rate() - 500.0).abs() < 1.0);
+        let p =
+            Pacer::new(RateConfig { initial: 150.0, min: 100.0, cooldown: Duration::ZERO, ..RateConfig::default() });
+        p.congestion("a");
+        p.congestion("b");
+        assert!((p.rate() - 100.0).abs() < 1e-9);
+        assert_eq!(p.decreases(), 2);
+    }
+
+    #[tokio::test]
+    async fn pacing_bounds_the_start_rate() {
+        let p = Pacer::new(RateConfig {
+            initial: 200.0,
+            min: 10.0,
+            max: 200.0,
+            increase_per_sec: 0.0,
+            ..RateConfig::default()
+        });
+        let start = Instant::now();
+        for _ in 0..41 {
+            p.ready().await;
+        }
+        // 41 starts at 200/s with a burst of 2 take at least ~195 ms.
+        assert!(start.elapsed() >= Duration::from_millis(150), "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        for attempt in 0..20 {
+            let d = backoff(Duration::from_millis(10), attempt, Duration::from_secs(1));
+            assert!(d <= Duration::from_millis(1500));
+            assert!(d >= Duration::from_millis(5));
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The [`Probe`] trait, what a probe reports, and the context that gives probes paced,
+//! budgeted, RST-closed sockets.
+
+mod http;
+mod icmp;
+mod snmp;
+mod tcp;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ralph_core::{Secret, SnmpVersion};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
+
+pub use http::{HttpProbe, http_family};
+pub use icmp::IcmpProbe;
+pub use snmp::{SYS_DESCR, SYS_NAME, SnmpProbe};
+pub use tcp::TcpConnectProbe;
+
+use crate::budget::{SocketBudget, SocketPermit};
+use crate::pacing::{Pacer, backoff};
+
+/// When a probe runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Decides whether the host is alive (ping, TCP connect); runs for every target.
+    Alive,
+    /// Gathers facts (HTTP family, SNMP, a host app's Redfish probe); runs for alive hosts.
+    Facts,
+}
+
+/// SNMP facts read from a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnmpFacts {
+    /// `sysName.0`.
+    pub name: Option<String>,
+    /// `sysDescr.0`.
+    pub description: Option<String>,
+    /// The community that answered (redacted in `Debug`).
+    pub community: Secret,
+    /// The version that answered.
+    pub version: SnmpVersion,
+}
+
+/// What one probe found at one host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeReport {
+    /// `Some(true)`: the host answered; `Some(false)`: it was asked and did not; `None`:
+    /// this probe cannot tell (a fact probe, or it failed for local reasons).
+    pub alive: Option<bool>,
+    /// TCP ports that accepted a connection.
+    pub open_ports: Vec<u16>,
+    /// TCP ports that answered with a reset (the host is up, the port closed).
+    pub closed_ports: Vec<u16>,
+    /// HTTP server family mapped from the `Server` header.
+    pub http_family: Option<String>,
+    /// The raw `Server` header.
+    pub http_server: Option<String>,
+    /// SNMP facts.
+    pub snmp: Option<SnmpFacts>,
+    /// Free-form facts from host-app probes.
+    pub facts: BTreeMap<String, String>,
+    /// Local failures (not the host's answers), for the summary.
+    pub errors: Vec<String>,
+}
+
+/// A probe: one target in, one report out. Host applications implement their own (a Redfish
+/// probe, say) and add it to the [`crate::ScanConfig`]; use the [`ProbeContext`] for sockets
+/// so the budget, pacing and RST close apply to them too.
+///
+/// ```
+/// use std::net::IpAddr;
+/// use ralph_discovery::{Probe, ProbeContext, ProbeReport, Stage};
+///
+/// #[derive(Debug)]
+/// struct Banner;
+///
+/// #[async_trait::async_trait]
+/// impl Probe for Banner {
+///     fn name(&self) -> &str { "banner" }
+///     fn stage(&self) -> Stage { Stage::Facts }
+///     async fn probe(&self, target: IpAddr, ctx: &ProbeContext) -> ProbeReport {
+///         let mut report = ProbeReport::default();
+///         if let ralph_discovery::ConnectOutcome::Open(_conn) = ctx.connect((target, 22).into()).await {
+///             report.facts.insert("ssh".into(), "open".into());
+///         }
+///         report
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Probe: Send + Sync + fmt::Debug {
+    /// A short stable name for logs and reports.
+    fn name(&self) -> &str;
+    /// When it runs.
+    fn stage(&self) -> Stage;
+    /// Probes one host.
+    async fn probe(&self, target: IpAddr, ctx: &ProbeContext) -> ProbeReport;
+}
+
+/// Opens TCP connections. The seam exists so a test can inject rare kernel errors (ENOBUFS)
+/// into the real retry path; [`SystemConnector`] is the real thing.
+#[async_trait]
+pub trait Connector: Send + Sync + fmt::Debug {
+    /// Connects to `addr`. The returned stream must have `SO_LINGER` 0.
+    async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream>;
+}
+
+/// Plain non-blocking connect with `SO_LINGER` 0 set before connecting, so the socket is
+/// reset, never left in TIME_WAIT, whenever it is dropped.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemConnector;
+
+#[async_trait]
+impl Connector for SystemConnector {
+    async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_zero_linger()?;
+        socket.connect(addr).await
+    }
+}
+
+/// How a connection attempt ended.
+#[derive(Debug)]
+pub enum ConnectOutcome {
+    /// Connected; dropping it resets the connection and frees its budget.
+    Open(Connection),
+    /// The host answered with a reset: up, port closed.
+    Refused,
+    /// No answer within the timeout, after the retries.
+    Timeout,
+    /// The kernel reports the host or network unreachable (ARP failed, ICMP unreachable).
+    Unreachable,
+    /// A local failure that retries did not cure.
+    Failed(io::Error),
+}
+
+/// An open probe connection holding one unit of the socket budget.
+#[derive(Debug)]
+pub struct Connection {
+    /// The stream (`SO_LINGER` 0).
+    pub stream: TcpStream,
+    _permit: SocketPermit,
+}
+
+/// Counters shared by every probe of a scan.
+#[derive(Debug, Default)]
+pub struct ProbeCounters {
+    /// Connection attempts started.
+    pub attempts: AtomicU64,
+    /// Attempts that timed out.
+    pub timeouts: AtomicU64,
+    /// ENOBUFS/EAGAIN/EADDRNOTAVAIL seen (each retried).
+    pub congestion_errors: AtomicU64,
+    /// EMFILE/ENFILE seen (each requeued after shrinking the budget).
+    pub fd_errors: AtomicU64,
+}
+
+/// Per-probe timeouts and retry policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeTimeouts {
+    /// TCP connect timeout per attempt.
+    pub connect: Duration,
+    /// Retries after a timeout.
+    pub retries: u32,
+    /// Reading an HTTP response or an SNMP answer.
+    pub read: Duration,
+    /// Retries of a transient local error (ENOBUFS, EAGAIN) before giving up on the probe.
+    pub transient_retries: u32,
+    /// First back-off after a transient error; doubles, jittered.
+    pub backoff: Duration,
+}
+
+impl Default for ProbeTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_millis(1500),
+            retries: 1,
+            read: Duration::from_secs(2),
+            transient_retries: 30,
+            backoff: Duration::from_millis(5),
+        }
+    }
+}
+
+/// What probes get from the engine: sockets within the budget, at the paced rate, closed
+/// with RST, with EMFILE/ENOBUFS handled.
+#[derive(Debug, Clone)]
+pub struct ProbeContext {
+    pub(crate) budget: SocketBudget,
+    pub(crate) pacer: Arc<Pacer>,
+    pub(crate) connector: Arc<dyn Connector>,
+    pub(crate) counters: Arc<ProbeCounters>,
+    /// Timeouts and retries.
+    pub timeouts: ProbeTimeouts,
+}
+
+enum Classified {
+    Refused,
+    Unreachable,
+    Fd,
+    Congestion,
+    Other,
+}
+
+fn classify(e: &io::Error) -> Classified {
+    match e.raw_os_error() {
+        Some(nix::libc::ECONNREFUSED) => Classified::Refused,
+        Some(nix::libc::EHOSTUNREACH | nix::libc::ENETUNREACH | nix::libc::EHOSTDOWN) => Classified::Unreachable,
+        Some(nix::libc::EMFILE | nix::libc::ENFILE) => Classified::Fd,
+        Some(nix::libc::ENOBUFS | nix::libc::EAGAIN | nix::libc::EADDRNOTAVAIL | nix::libc::ENOMEM) => {
+            Classified::Congestion
+        }
+        _ if e.kind() == io::ErrorKind::ConnectionRefused => Classified::Refused,
+        _ => Classified::Other,
+    }
+}
+
+/// After this many EMFILE requeues of one probe (the process is out of descriptors for
+/// reasons outside the scan), it is reported as failed rather than retried forever.
+const MAX_FD_REQUEUES: u32 = 10_000;
+
+impl ProbeContext {
+    /// A context with its own budget and pacer, for running probes outside a scan.
+    #[must_use]
+    pub fn standalone(budget: usize) -> Self {
+        Self {
+            budget: SocketBudget::new(budget),
+            pacer: Arc::new(Pacer::new(crate::RateConfig::default())),
+            connector: Arc::new(SystemConnector),
+            counters: Arc::new(ProbeCounters::default()),
+            timeouts: ProbeTimeouts::default(),
+        }
+    }
+
+    /// The socket budget.
+    #[must_use]
+    pub fn budget(&self) -> &SocketBudget {
+        &self.budget
+    }
+
+    /// The pacer.
+    #[must_use]
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
+    }
+
+    /// Connects to `addr` within the budget and rate, retrying timeouts per
+    /// [`ProbeTimeouts::retries`], backing off on ENOBUFS/EAGAIN (which also halves the rate)
+    /// and shrinking the budget and requeueing on EMFILE/ENFILE.
+    pub async fn connect(&self, addr: SocketAddr) -> ConnectOutcome {
+        let mut timeouts = 0u32;
+        let mut transient = 0u32;
+        let mut fd_requeues = 0u32;
+        loop {
+            let permit = self.budget.acquire().await;
+            self.pacer.ready().await;
+            self.counters.attempts.fetch_add(1, Ordering::Relaxed);
+            let result = tokio::time::timeout(self.timeouts.connect, self.connector.connect(addr)).await;
+            let error = match result {
+                Ok(Ok(stream)) => {
+                    // Belt and braces for host-app connectors: RST on close, always.
+                    if let Err(error) = stream.set_zero_linger() {
+                        tracing::warn!(target: "ralph::discovery", %error, "SO_LINGER 0 failed");
+                    }
+                    return ConnectOutcome::Open(Connection { stream, _permit: permit });
+                }
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                    timeouts += 1;
+                    if timeouts > self.timeouts.retries {
+                        return ConnectOutcome::Timeout;
+                    }
+                    continue;
+                }
+            };
+            drop(permit);
+            match classify(&error) {
+                Classified::Refused => return ConnectOutcome::Refused,
+                Classified::Unreachable => return ConnectOutcome::Unreachable,
+                Classified::Fd => {
+                    self.counters.fd_errors.fetch_add(1, Ordering::Relaxed);
+                    self.budget.shrink();
+                    fd_requeues += 1;
+                    if fd_requeues > MAX_FD_REQUEUES {
+                        return ConnectOutcome::Failed(error);
+                    }
+                    tokio::time::sleep(backoff(self.timeouts.backoff, fd_requeues.min(6), Duration::from_millis(200)))
+                        .await;
+                }
+                Classified::Congestion => {
+                    self.counters.congestion_errors.fetch_add(1, Ordering::Relaxed);
+                    self.pacer.congestion("ENOBUFS/EAGAIN on connect");
+                    if transient >= self.timeouts.transient_retries {
+                        return ConnectOutcome::Failed(error);
+                    }
+                    tokio::time::sleep(backoff(self.timeouts.backoff, transient, Duration::from_secs(1))).await;
+                    transient += 1;
+                }
+                Classified::Other => return ConnectOutcome::Failed(error),
+            }
+        }
+    }
+
+    /// A UDP socket connected to `addr` with `IP_RECVERR`/`IPV6_RECVERR` set (so ICMP
+    /// errors and dropped sends surface as errors), holding one unit of the budget.
+    /// EMFILE shrinks the budget and retries.
+    ///
+    /// # Errors
+    /// Socket errors other than EMFILE/ENFILE.
+    pub async fn udp(&self, addr: SocketAddr) -> io::Result<(UdpSocket, SocketPermit)> {
+        let mut requeues = 0u32;
+        loop {
+            let permit = self.budget.acquire().await;
+            self.pacer.ready().await;
+            match open_udp(addr) {
+                Ok(sock) => return Ok((sock, permit)),
+                Err(e) if matches!(classify(&e), Classified::Fd) && requeues < MAX_FD_REQUEUES => {
+                    drop(permit);
+                    self.counters.fd_errors.fetch_add(1, Ordering::Relaxed);
+                    self.budget.shrink();
+                    requeues += 1;
+                    tokio::time::sleep(backoff(self.timeouts.backoff, requeues.min(6), Duration::from_millis(200)))
+                        .await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Records a congestion signal seen by a probe (ENOBUFS on a send, say).
+    pub fn congestion(&self, reason: &'static str) {
+        self.counters.congestion_errors.fetch_add(1, Ordering::Relaxed);
+        self.pacer.congestion(reason);
+    }
+}
+
+fn open_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_nonblocking(true)?;
+    if addr.is_ipv4() {
+        setsockopt(&socket, sockopt::Ipv4RecvErr, &true).map_err(io::Error::from)?;
+    } else {
+        setsockopt(&socket, sockopt::Ipv6RecvErr, &true).map_err(io::Error::from)?;
+    }
+    socket.connect(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// True for the errors that mean "the local side is congested".
+pub(crate) fn is_congestion(e: &io::Error) -> bool {
+    matches!(classify(e), Classified::Congestion)
+}

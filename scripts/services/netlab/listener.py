@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+"""Lab listener: run inside the lab namespace; accepts on every local address of the namespace.
+
+Answers each connection with a short HTTP response carrying a `Server` header, then closes.
+Usage: listener.py PORT [PORT...]
+"""
+import asyncio
+import sys
+
+RESPONSE = b"HTTP/1.0 200 OK\r\nServer: Apache/2.4 (lab)\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+
+async def handle(reader, writer):
+    try:
+        # Answer as soon as the request line arrives, or when the client sends nothing for a moment.
+        try:
+            await asyncio.wait_for(reader.readline(), timeout=2)
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        writer.write(RESPONSE)
+        await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+async def main(ports):
+    servers = [await asyncio.start_server(handle, "0.0.0.0", p, backlog=4096, reuse_address=True) for p in ports]
+    await asyncio.gather(*(s.serve_forever() for s in servers))
+
+
+if __name__ == "__main__":
+    asyncio.run(main([int(p) for p in sys.argv[1:]]))
