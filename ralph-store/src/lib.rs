@@ -1,1 +1,102 @@
-//! ralph-store
+//! # ralph-store
+//!
+//! [sqlx](https://docs.rs/sqlx) implementations of ralph-core's storage traits
+//! ([`Repository`](ralph_core::Repository) for every model type,
+//! [`InventoryStore`](ralph_core::InventoryStore), [`UserStore`](ralph_core::UserStore)) on
+//! SQLite, PostgreSQL and MySQL/MariaDB, with one connection pool per store.
+//!
+//! ## Picking a backend
+//!
+//! Each backend is a cargo feature: `sqlite` (the default), `postgres`, `mysql`. Turn on the
+//! ones you use and open the matching store with a URL:
+//!
+//! | feature    | store              | URL                                          |
+//! |------------|--------------------|----------------------------------------------|
+//! | `sqlite`   | [`SqliteStore`]    | `sqlite://ralph.sqlite3`, `sqlite::memory:`  |
+//! | `postgres` | [`PgStore`]        | `postgres://user:pass@host:5432/ralph`       |
+//! | `mysql`    | [`MySqlStore`]     | `mysql://user:pass@host:3306/ralph`          |
+//!
+//! [`AnyStore::connect`] picks the backend from the URL scheme when the choice is made at run
+//! time. Pool sizes and time-outs come from [`PoolConfig`], which a host application can load
+//! from its own configuration file.
+//!
+//! ## Migrations
+//!
+//! The schema lives in `migrations/{sqlite,postgres,mysql}/` and is compiled into the crate.
+//! [`SqlStore::connect`] applies the migrations that have not run yet (sqlx's migrator takes
+//! an advisory lock on PostgreSQL and `GET_LOCK` on MySQL, so several processes may start at
+//! once); [`SqlStore::from_pool`] skips them and [`SqlStore::migrate`] runs them explicitly.
+//! SQLite files are created when missing and opened in WAL mode with foreign keys on; MySQL
+//! tables are InnoDB with `utf8mb4` and every connection speaks `utf8mb4`.
+//!
+//! ## Invariants
+//!
+//! Every write validates the value first and runs in one transaction. Uniqueness (names, serial
+//! numbers, barcodes, MAC addresses, blade slots), references and value ranges are checked in
+//! code and again by database constraints; a device's rack units are stored as cells under a
+//! unique key, so two racing writers cannot overlap devices either. Driver errors come back as
+//! [`StoreError`](ralph_core::StoreError) classes: `Conflict`, `Reference`, `Invalid`,
+//! `Corrupt`, `Backend`.
+//!
+//! ## Example
+//!
+//! ```
+//! # #[cfg(feature = "sqlite")]
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+//! use ralph_core::{DataCenter, InventoryStore, Orientation, Rack, Repository, ServerRoom, StoreError};
+//! use ralph_store::SqliteStore;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let url = format!("sqlite://{}", dir.path().join("ralph.sqlite3").display());
+//! let store = SqliteStore::connect(&url).await?;
+//!
+//! let dc = store.create(&DataCenter::new("dc1", Some("pl"))?).await?;
+//! let room = store.create(&ServerRoom::new("room-a", dc)?).await?;
+//! store.create(&Rack::new("r1", room)?).await?;
+//!
+//! // A second rack with the same name in the same room is refused, and nothing is written.
+//! let again = store.create(&Rack::new("r1", room)?).await;
+//! assert!(matches!(again, Err(StoreError::Conflict { .. })));
+//! assert_eq!(Repository::<Rack>::list(&store).await?.len(), 1);
+//! assert_eq!(store.find_data_center("dc1").await?.map(|r| r.id), Some(dc));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod any;
+mod config;
+mod driver;
+mod inventory;
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+mod store;
+mod tables;
+mod users;
+
+pub use any::AnyStore;
+pub use config::PoolConfig;
+pub use driver::Backend;
+#[cfg(feature = "mysql")]
+pub use mysql::COLLATION as MYSQL_COLLATION;
+pub use store::{SqlStore, TRACE_TARGET};
+
+/// The store on SQLite.
+#[cfg(feature = "sqlite")]
+pub type SqliteStore = SqlStore<sqlx::Sqlite>;
+/// The store on PostgreSQL.
+#[cfg(feature = "postgres")]
+pub type PgStore = SqlStore<sqlx::Postgres>;
+/// The store on MySQL or MariaDB.
+#[cfg(feature = "mysql")]
+pub type MySqlStore = SqlStore<sqlx::MySql>;
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+compile_error!("ralph-store needs at least one backend feature: sqlite, postgres or mysql");
+
+/// Re-exported so a host application names pools and options with the same sqlx version.
+pub use sqlx;

@@ -1,0 +1,199 @@
+//! [`AnyStore`]: the backend chosen at run time from the URL scheme.
+
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use ipnetwork::IpNetwork;
+use ralph_core::{
+    AssetStatus, Component, DataCenter, Device, Group, Id, InventoryStore, IpAddress, Network, NetworkEnvironment,
+    Profile, Rack, Record, Repository, StoreError, TransitionGraph, User, UserMirror, UserSource, UserStore,
+    ValidationError,
+};
+
+use crate::PoolConfig;
+use crate::tables::Table;
+
+/// A store on whichever backend the URL names (`sqlite:`, `postgres:`/`postgresql:`,
+/// `mysql:`/`mariadb:`), among those compiled in. It implements the same traits by handing
+/// each call to the store inside.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum AnyStore {
+    /// SQLite.
+    #[cfg(feature = "sqlite")]
+    Sqlite(crate::SqliteStore),
+    /// PostgreSQL.
+    #[cfg(feature = "postgres")]
+    Postgres(crate::PgStore),
+    /// MySQL or MariaDB.
+    #[cfg(feature = "mysql")]
+    MySql(crate::MySqlStore),
+}
+
+impl AnyStore {
+    /// Connects with the default [`PoolConfig`] and runs the migrations.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] for a scheme that is unknown or whose feature is off;
+    /// otherwise as [`SqlStore::connect_with`](crate::SqlStore::connect_with).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, &PoolConfig::default()).await
+    }
+
+    /// Connects with `config` and runs the migrations.
+    ///
+    /// # Errors
+    /// As [`AnyStore::connect`].
+    pub async fn connect_with(url: &str, config: &PoolConfig) -> Result<Self, StoreError> {
+        // Only the scheme goes into an error: the rest of the URL may hold a password.
+        let scheme = url.split(':').next().unwrap_or_default().to_ascii_lowercase();
+        match scheme.as_str() {
+            #[cfg(feature = "sqlite")]
+            "sqlite" => crate::SqliteStore::connect_with(url, config).await.map(Self::Sqlite),
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => crate::PgStore::connect_with(url, config).await.map(Self::Postgres),
+            #[cfg(feature = "mysql")]
+            "mysql" | "mariadb" => {
+                let url = url.replacen("mariadb:", "mysql:", 1);
+                crate::MySqlStore::connect_with(&url, config).await.map(Self::MySql)
+            }
+            _ => Err(StoreError::invalid(
+                "store",
+                ValidationError::UnknownName { what: "database URL scheme (or its feature is off)", input: scheme },
+            )),
+        }
+    }
+
+    /// The backend's name: `"SQLite"`, `"PostgreSQL"` or `"MySQL"`.
+    #[must_use]
+    pub fn backend(&self) -> &'static str {
+        use sqlx::Database as _;
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(_) => sqlx::Sqlite::NAME,
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => sqlx::Postgres::NAME,
+            #[cfg(feature = "mysql")]
+            Self::MySql(_) => sqlx::MySql::NAME,
+        }
+    }
+}
+
+/// Calls the same method on whichever store is inside.
+macro_rules! dispatch {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            #[cfg(feature = "sqlite")]
+            AnyStore::Sqlite($store) => $call,
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres($store) => $call,
+            #[cfg(feature = "mysql")]
+            AnyStore::MySql($store) => $call,
+        }
+    };
+}
+
+#[async_trait]
+impl<T: Table> Repository<T> for AnyStore {
+    async fn create(&self, value: &T) -> Result<Id<T>, StoreError> {
+        dispatch!(self, s => s.create(value).await)
+    }
+    async fn get(&self, id: Id<T>) -> Result<Record<T>, StoreError> {
+        dispatch!(self, s => s.get(id).await)
+    }
+    async fn list(&self) -> Result<Vec<Record<T>>, StoreError> {
+        dispatch!(self, s => Repository::<T>::list(s).await)
+    }
+    async fn update(&self, id: Id<T>, value: &T) -> Result<(), StoreError> {
+        dispatch!(self, s => s.update(id, value).await)
+    }
+    async fn delete(&self, id: Id<T>) -> Result<(), StoreError> {
+        dispatch!(self, s => s.delete(id).await)
+    }
+}
+
+#[async_trait]
+impl InventoryStore for AnyStore {
+    async fn find_data_center(&self, name: &str) -> Result<Option<Record<DataCenter>>, StoreError> {
+        dispatch!(self, s => s.find_data_center(name).await)
+    }
+    async fn rack_devices(&self, rack: Id<Rack>) -> Result<Vec<Record<Device>>, StoreError> {
+        dispatch!(self, s => s.rack_devices(rack).await)
+    }
+    async fn find_device_by_serial(&self, serial: &str) -> Result<Option<Record<Device>>, StoreError> {
+        dispatch!(self, s => s.find_device_by_serial(serial).await)
+    }
+    async fn device_components(&self, device: Id<Device>) -> Result<Vec<Record<Component>>, StoreError> {
+        dispatch!(self, s => s.device_components(device).await)
+    }
+    async fn transition_device(
+        &self,
+        id: Id<Device>,
+        graph: &TransitionGraph,
+        name: &str,
+    ) -> Result<AssetStatus, StoreError> {
+        dispatch!(self, s => s.transition_device(id, graph, name).await)
+    }
+    async fn network_containing(&self, ip: IpAddr) -> Result<Option<Record<Network>>, StoreError> {
+        dispatch!(self, s => s.network_containing(ip).await)
+    }
+    async fn environment_networks(
+        &self,
+        environment: Id<NetworkEnvironment>,
+    ) -> Result<Vec<Record<Network>>, StoreError> {
+        dispatch!(self, s => s.environment_networks(environment).await)
+    }
+    async fn find_ip(&self, ip: IpAddr) -> Result<Option<Record<IpAddress>>, StoreError> {
+        dispatch!(self, s => s.find_ip(ip).await)
+    }
+    async fn ip_addresses_in(
+        &self,
+        range: IpNetwork,
+        include_buried: bool,
+    ) -> Result<Vec<Record<IpAddress>>, StoreError> {
+        dispatch!(self, s => s.ip_addresses_in(range, include_buried).await)
+    }
+}
+
+#[async_trait]
+impl UserStore for AnyStore {
+    async fn create_user(&self, user: &User) -> Result<Id<User>, StoreError> {
+        dispatch!(self, s => s.create_user(user).await)
+    }
+    async fn get_user(&self, username: &str) -> Result<Option<Record<User>>, StoreError> {
+        dispatch!(self, s => s.get_user(username).await)
+    }
+    async fn update_user(&self, user: &User) -> Result<(), StoreError> {
+        dispatch!(self, s => s.update_user(user).await)
+    }
+    async fn delete_user(&self, username: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.delete_user(username).await)
+    }
+    async fn list_users(&self, source: Option<UserSource>) -> Result<Vec<Record<User>>, StoreError> {
+        dispatch!(self, s => s.list_users(source).await)
+    }
+    async fn password_hash(&self, username: &str) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.password_hash(username).await)
+    }
+    async fn set_password_hash(&self, username: &str, hash: Option<&str>) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_password_hash(username, hash).await)
+    }
+    async fn get_profile(&self, username: &str) -> Result<Option<Profile>, StoreError> {
+        dispatch!(self, s => s.get_profile(username).await)
+    }
+    async fn set_profile(&self, username: &str, profile: &Profile) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_profile(username, profile).await)
+    }
+    async fn user_groups(&self, username: &str) -> Result<Vec<Group>, StoreError> {
+        dispatch!(self, s => s.user_groups(username).await)
+    }
+    async fn set_user_groups(&self, username: &str, groups: &[Group]) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_user_groups(username, groups).await)
+    }
+    async fn mirror_user(&self, mirror: &UserMirror) -> Result<Id<User>, StoreError> {
+        dispatch!(self, s => s.mirror_user(mirror).await)
+    }
+    async fn deactivate_users(&self, usernames: &[String]) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.deactivate_users(usernames).await)
+    }
+}

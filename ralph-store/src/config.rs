@@ -1,0 +1,147 @@
+//! Pool configuration: a serde-loadable struct with by-value builder methods.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How the store's one connection pool behaves.
+///
+/// Load it from the host application's configuration (durations are whole or fractional
+/// seconds) or build it in code:
+///
+/// ```
+/// use std::time::Duration;
+/// use ralph_store::PoolConfig;
+///
+/// let from_toml: PoolConfig = serde_json::from_str(r#"{"max_connections": 32, "idle_timeout": 30}"#)?;
+/// assert_eq!(from_toml.max_connections, 32);
+/// assert_eq!(from_toml.idle_timeout, Some(Duration::from_secs(30)));
+///
+/// let built = PoolConfig::default().max_connections(32).idle_timeout(Some(Duration::from_secs(30)));
+/// assert_eq!(built, from_toml);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Most connections open at once (default 10).
+    pub max_connections: u32,
+    /// Connections kept open even when idle (default 0).
+    pub min_connections: u32,
+    /// Close a connection idle this long (default 10 minutes; `None`: never).
+    #[serde(with = "opt_secs")]
+    pub idle_timeout: Option<Duration>,
+    /// Close a connection this old (default 30 minutes; `None`: never).
+    #[serde(with = "opt_secs")]
+    pub max_lifetime: Option<Duration>,
+    /// How long a caller waits for a free connection before [`ralph_core::StoreError::Backend`]
+    /// (default 30 seconds).
+    #[serde(with = "secs")]
+    pub acquire_timeout: Duration,
+    /// SQLite only: how long a writer waits for the database lock (default 5 seconds).
+    #[serde(with = "secs")]
+    pub busy_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            min_connections: 0,
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            acquire_timeout: Duration::from_secs(30),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Sets [`PoolConfig::max_connections`].
+    #[must_use]
+    pub fn max_connections(mut self, max: u32) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// Sets [`PoolConfig::min_connections`].
+    #[must_use]
+    pub fn min_connections(mut self, min: u32) -> Self {
+        self.min_connections = min;
+        self
+    }
+
+    /// Sets [`PoolConfig::idle_timeout`].
+    #[must_use]
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets [`PoolConfig::max_lifetime`].
+    #[must_use]
+    pub fn max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.max_lifetime = lifetime;
+        self
+    }
+
+    /// Sets [`PoolConfig::acquire_timeout`].
+    #[must_use]
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Sets [`PoolConfig::busy_timeout`] (SQLite).
+    #[must_use]
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// The sqlx pool options these settings describe.
+    pub(crate) fn pool_options<DB: sqlx::Database>(&self) -> sqlx::pool::PoolOptions<DB> {
+        sqlx::pool::PoolOptions::new()
+            .max_connections(self.max_connections.max(1))
+            .min_connections(self.min_connections.min(self.max_connections.max(1)))
+            .idle_timeout(self.idle_timeout)
+            .max_lifetime(self.max_lifetime)
+            .acquire_timeout(self.acquire_timeout)
+    }
+}
+
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(value.as_secs_f64())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(deserializer)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    // `serialize_with` hands over the field by reference, so the `&Option` is not ours to change.
+    #[allow(clippy::ref_option)]
+    pub(super) fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => serializer.serialize_some(&d.as_secs_f64()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+        Option::<f64>::deserialize(deserializer)?
+            .map(|secs| Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}

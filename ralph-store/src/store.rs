@@ -1,0 +1,176 @@
+//! [`SqlStore`]: one sqlx pool, migrations, and the statement helpers every module shares.
+
+use std::fmt;
+
+use ralph_core::StoreError;
+use tracing::{debug, info};
+
+use crate::PoolConfig;
+use crate::driver::{Backend, Kind, Row, Value, store_error};
+
+/// The tracing target of every store event.
+pub const TRACE_TARGET: &str = "ralph::store";
+
+/// The store: ralph-core's storage traits on one sqlx connection pool.
+///
+/// Use the alias for your backend: [`SqliteStore`](crate::SqliteStore),
+/// [`PgStore`](crate::PgStore) or [`MySqlStore`](crate::MySqlStore). Cloning is cheap and
+/// shares the pool.
+pub struct SqlStore<DB: Backend> {
+    pool: sqlx::Pool<DB>,
+}
+
+impl<DB: Backend> Clone for SqlStore<DB> {
+    fn clone(&self) -> Self {
+        Self { pool: self.pool.clone() }
+    }
+}
+
+impl<DB: Backend> fmt::Debug for SqlStore<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &DB::NAME)
+            .field("connections", &self.pool.size())
+            .field("idle", &self.pool.num_idle())
+            .finish()
+    }
+}
+
+impl<DB: Backend> SqlStore<DB> {
+    /// Connects with the default [`PoolConfig`] and runs the migrations.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the database cannot be reached or a migration fails.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, &PoolConfig::default()).await
+    }
+
+    /// Connects with `config` and runs the migrations (under the database's migration lock on
+    /// PostgreSQL and MySQL, so several processes may start at once).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the database cannot be reached or a migration fails.
+    pub async fn connect_with(url: &str, config: &PoolConfig) -> Result<Self, StoreError> {
+        let pool = DB::open(url, config).await.map_err(|e| store_error("store", e))?;
+        let store = Self::from_pool(pool);
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Wraps an existing pool without touching the schema; call [`SqlStore::migrate`] unless
+    /// the schema is known to be current. SQLite pools must enable foreign keys.
+    #[must_use]
+    pub fn from_pool(pool: sqlx::Pool<DB>) -> Self {
+        Self { pool }
+    }
+
+    /// Applies the migrations that have not run yet; a no-op when the schema is current.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when a migration fails or an applied one was changed.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        DB::migrate(&self.pool).await.map_err(|e| StoreError::Backend(Box::new(e)))?;
+        info!(target: TRACE_TARGET, backend = DB::NAME, "schema is current");
+        Ok(())
+    }
+
+    /// The connection pool, for queries of your own (and for the job queue).
+    #[must_use]
+    pub fn pool(&self) -> &sqlx::Pool<DB> {
+        &self.pool
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Runs a read on a pooled connection.
+    pub(crate) async fn read(
+        &self,
+        entity: &'static str,
+        sql: &str,
+        args: &[Value],
+        kinds: &[Kind],
+    ) -> Result<Vec<Row>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| store_error(entity, e))?;
+        fetch::<DB>(&mut conn, entity, sql, args, kinds).await
+    }
+
+    /// Runs one statement outside a transaction.
+    pub(crate) async fn run(&self, entity: &'static str, sql: &str, args: &[Value]) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| store_error(entity, e))?;
+        execute::<DB>(&mut conn, entity, sql, args).await
+    }
+
+    /// Starts a write transaction (on SQLite, one that holds the write lock from the start).
+    pub(crate) async fn begin(&self, entity: &'static str) -> Result<sqlx::Transaction<'static, DB>, StoreError> {
+        DB::begin_write(&self.pool).await.map_err(|e| store_error(entity, e))
+    }
+}
+
+/// Commits, mapping a failure (a deferred constraint, a lost connection) like any other.
+pub(crate) async fn commit<DB: Backend>(
+    tx: sqlx::Transaction<'static, DB>,
+    entity: &'static str,
+) -> Result<(), StoreError> {
+    tx.commit().await.map_err(|e| store_error(entity, e))
+}
+
+/// Runs a query and decodes its rows as `kinds`.
+pub(crate) async fn fetch<DB: Backend>(
+    conn: &mut DB::Connection,
+    entity: &'static str,
+    sql: &str,
+    args: &[Value],
+    kinds: &[Kind],
+) -> Result<Vec<Row>, StoreError> {
+    let rows = DB::fetch(conn, sql, args, kinds).await.map_err(|e| store_error(entity, e))?;
+    Ok(rows.into_iter().map(|values| Row::new(values, entity)).collect())
+}
+
+/// Runs a statement; returns the rows it touched.
+pub(crate) async fn execute<DB: Backend>(
+    conn: &mut DB::Connection,
+    entity: &'static str,
+    sql: &str,
+    args: &[Value],
+) -> Result<u64, StoreError> {
+    DB::execute(conn, sql, args).await.map(|done| done.rows).map_err(|e| store_error(entity, e))
+}
+
+/// Inserts one row and returns its generated id.
+pub(crate) async fn insert<DB: Backend>(
+    conn: &mut DB::Connection,
+    entity: &'static str,
+    table: &str,
+    columns: &[&str],
+    values: &[Value],
+) -> Result<i64, StoreError> {
+    let marks = vec!["?"; columns.len()].join(", ");
+    let mut sql = format!("INSERT INTO {table} ({}) VALUES ({marks})", columns.join(", "));
+    let id = if DB::DIALECT.returns_id() {
+        sql.push_str(" RETURNING id");
+        let mut rows = fetch::<DB>(conn, entity, &sql, values, &[Kind::Int]).await?;
+        match rows.first_mut() {
+            Some(row) => row.int()?,
+            None => return Err(StoreError::Corrupt { entity, detail: "INSERT returned no id".into() }),
+        }
+    } else {
+        let done = DB::execute(conn, &sql, values).await.map_err(|e| store_error(entity, e))?;
+        done.last_id.ok_or_else(|| StoreError::Corrupt { entity, detail: "INSERT reported no id".into() })?
+    };
+    debug!(target: TRACE_TARGET, entity, id, "inserted");
+    Ok(id)
+}
+
+/// The first column of the first row as an integer, if there is a row.
+pub(crate) async fn fetch_id<DB: Backend>(
+    conn: &mut DB::Connection,
+    entity: &'static str,
+    sql: &str,
+    args: &[Value],
+) -> Result<Option<i64>, StoreError> {
+    let mut rows = fetch::<DB>(conn, entity, sql, args, &[Kind::Int]).await?;
+    rows.first_mut().map(Row::int).transpose()
+}
