@@ -1,0 +1,325 @@
+//! [`LdapBackend`]: the [`AuthBackend`] that checks passwords against the directory and
+//! mirrors users, profiles and roles through a [`UserStore`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use deadpool::managed::Object;
+use ralph_core::store::UserMirror;
+use ralph_core::{AuthBackend, AuthError, AuthOutcome, Credentials, DenyReason, Identity, Secret, UserStore};
+use tokio::sync::OnceCell;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::config::{LdapConfig, NestedGroups};
+use crate::conn::{self, Connector, Entry, Pool, Role};
+use crate::groups::{self, Directory, GroupCache, LdapGroup};
+use crate::mapping::{self, GroupRules, Verdict};
+use crate::{Error, Result, TRACE_TARGET, dn, filter};
+
+/// An LDAP / Active Directory authentication backend.
+///
+/// Cheap to clone (the pools, cache and store are shared). See the crate docs for the login
+/// flow; every step emits events under the `ralph::ldap` target, never with a password.
+pub struct LdapBackend<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for LdapBackend<S> {
+    fn clone(&self) -> Self {
+        Self { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<S> std::fmt::Debug for LdapBackend<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LdapBackend").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner<S> {
+    pub(crate) config: LdapConfig,
+    pub(crate) store: S,
+    service: Pool,
+    binds: Pool,
+    op_timeout: std::time::Duration,
+    pub(crate) cache: GroupCache,
+    pub(crate) rules: GroupRules,
+    is_ad: OnceCell<bool>,
+    pub(crate) attrs: Vec<String>,
+}
+
+/// The outcome of looking a login name up.
+pub(crate) enum Lookup {
+    Found { entry: Entry, username: String },
+    NotFound,
+}
+
+impl<S: UserStore> LdapBackend<S> {
+    /// A backend for `config`, mirroring into `store`. Connections are opened on first use,
+    /// so this succeeds while the directory is down.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid configuration or an unreadable CA file.
+    pub fn new(config: LdapConfig, store: S) -> Result<Self> {
+        config.validate()?;
+        let connector = Connector::new(&config)?;
+        let service = conn::pool(&config, &connector, Role::Service)?;
+        let binds = conn::pool(&config, &connector, Role::UserBind)?;
+        let rules = GroupRules::new(&config)?;
+        let attrs = mapping::user_attributes(&config);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cache: GroupCache::new(config.cache_ttl()),
+                op_timeout: config.operation_timeout(),
+                config,
+                store,
+                service,
+                binds,
+                rules,
+                is_ad: OnceCell::new(),
+                attrs,
+            }),
+        })
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &LdapConfig {
+        &self.inner.config
+    }
+
+    /// The store users are mirrored into.
+    #[must_use]
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// Forgets every cached group membership.
+    pub fn clear_group_cache(&self) {
+        self.inner.cache.clear();
+    }
+
+    pub(crate) fn inner(&self) -> &Inner<S> {
+        &self.inner
+    }
+
+    async fn login(&self, credentials: &Credentials) -> Result<AuthOutcome> {
+        let inner = &*self.inner;
+        // An empty password would be an unauthenticated bind, which many servers accept as
+        // anonymous: refuse it before anything reaches the directory.
+        if credentials.password.is_empty() {
+            debug!(target: TRACE_TARGET, "empty password refused before any bind");
+            return Ok(AuthOutcome::NotHandled);
+        }
+        if ralph_core::check_username(&credentials.username).is_err() {
+            debug!(target: TRACE_TARGET, "username is not valid, not looked up");
+            return Ok(AuthOutcome::NotHandled);
+        }
+        let (entry, username) = match inner.lookup(&credentials.username).await? {
+            Lookup::Found { entry, username } => (entry, username),
+            Lookup::NotFound => return Ok(AuthOutcome::NotHandled),
+        };
+        if !inner.user_bind(&entry.dn, &credentials.password).await? {
+            debug!(target: TRACE_TARGET, dn = %entry.dn, "directory refused the password");
+            return Ok(AuthOutcome::NotHandled);
+        }
+        let groups = match inner.groups_of(&entry, &username).await {
+            Ok(groups) => groups,
+            Err(e) => {
+                // Fail closed: a login never proceeds as if the user had no groups.
+                warn!(target: TRACE_TARGET, dn = %entry.dn, error = %e, "reading groups failed, login refused");
+                return Err(e);
+            }
+        };
+        let (roles, flags) = match inner.rules.decide(&groups) {
+            Verdict::MissingRequired => return Ok(AuthOutcome::Denied(DenyReason::MissingRequiredGroup)),
+            Verdict::Denied => return Ok(AuthOutcome::Denied(DenyReason::DeniedGroup)),
+            Verdict::Roles(roles, flags) => (roles, flags),
+        };
+        let user = mapping::user(&inner.config, &entry, &username, &roles, flags);
+        let profile = mapping::profile(&inner.config, &entry);
+        let mirror = UserMirror {
+            user: user.clone(),
+            profile: profile.clone(),
+            groups: inner.config.mirror_groups.then(|| roles.clone()),
+        };
+        inner.store.mirror_user(&mirror).await?;
+        if !user.is_active {
+            debug!(target: TRACE_TARGET, username = %username, "user is not in the active group");
+            return Ok(AuthOutcome::Denied(DenyReason::Inactive));
+        }
+        Ok(AuthOutcome::Authenticated(Identity { user, profile, groups: roles }))
+    }
+}
+
+impl<S> Inner<S> {
+    /// A search over the service pool. A connection found dead (the server restarted) is
+    /// dropped and the search retried once on a fresh one; any other error is returned.
+    pub(crate) async fn service_search(
+        &self,
+        base: &str,
+        scope: ldap3::Scope,
+        filter: &str,
+        attrs: &[&str],
+    ) -> Result<Vec<Entry>> {
+        let mut retried = false;
+        loop {
+            let mut ldap = conn::checkout(&self.service).await?;
+            match conn::search(&mut ldap, self.op_timeout, base, scope, filter, attrs).await {
+                Ok(found) => {
+                    if found.referrals > 0 {
+                        debug!(target: TRACE_TARGET, referrals = found.referrals, "referrals ignored (not chased)");
+                    }
+                    return Ok(found.entries);
+                }
+                Err(e) => {
+                    if e.is_unavailable() {
+                        drop(Object::take(ldap));
+                    }
+                    if conn::is_stale(&e) && !retried {
+                        retried = true;
+                        continue;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// A service connection for a long operation (the bulk sync).
+    pub(crate) async fn service_connection(&self) -> Result<Object<conn::Manager>> {
+        conn::checkout(&self.service).await
+    }
+
+    pub(crate) fn op_timeout(&self) -> std::time::Duration {
+        self.op_timeout
+    }
+
+    /// Finds the entry for a login name: a user search (escaped, ANDed with the user filter)
+    /// or a DN template (escaped as a DN value). Zero or several matches are "not found".
+    pub(crate) async fn lookup(&self, login: &str) -> Result<Lookup> {
+        let attrs: Vec<&str> = self.attrs.iter().map(String::as_str).collect();
+        let user_filter = self.config.user_filter.as_deref().unwrap_or_default();
+        let entries = if let Some(search) = &self.config.user_search {
+            let f = filter::and(&[&filter::fill(&search.filter, &filter::escape(login)), user_filter]);
+            self.service_search(&search.base, search.scope.into(), &f, &attrs).await?
+        } else if let Some(template) = &self.config.user_dn_template {
+            let user_dn = filter::fill(template, &dn::escape_value(login));
+            let f = filter::and(&[user_filter]);
+            self.service_search(&user_dn, ldap3::Scope::Base, &f, &attrs).await?
+        } else {
+            return Err(Error::Config("no user search or DN template".into()));
+        };
+        let mut entries = entries.into_iter();
+        let (Some(entry), None) = (entries.next(), entries.next()) else {
+            debug!(target: TRACE_TARGET, "no single directory entry for this login");
+            return Ok(Lookup::NotFound);
+        };
+        let username = match &self.config.username_attr {
+            None => login.to_owned(),
+            Some(attr) => {
+                let wanted = login.to_lowercase();
+                match entry.values(attr).iter().find(|v| v.to_lowercase() == wanted) {
+                    Some(value) => value.clone(),
+                    None => {
+                        warn!(target: TRACE_TARGET, dn = %entry.dn, "entry found does not carry the login name, ignored");
+                        return Ok(Lookup::NotFound);
+                    }
+                }
+            }
+        };
+        if ralph_core::check_username(&username).is_err() {
+            warn!(target: TRACE_TARGET, dn = %entry.dn, "directory username is not a valid Ralph username");
+            return Ok(Lookup::NotFound);
+        }
+        Ok(Lookup::Found { entry, username })
+    }
+
+    /// Binds as the user on a bind-only connection. `Ok(false)` for a refused password.
+    async fn user_bind(&self, user_dn: &str, password: &Secret) -> Result<bool> {
+        if password.is_empty() {
+            return Ok(false);
+        }
+        let mut retried = false;
+        loop {
+            let mut ldap = conn::checkout(&self.binds).await?;
+            let result = ldap.with_timeout(self.op_timeout).simple_bind(user_dn, password.expose()).await;
+            let error = match result {
+                Ok(r) => match r.rc {
+                    0 => return Ok(true),
+                    // invalidCredentials; inappropriateAuthentication; insufficientAccessRights;
+                    // unwillingToPerform; constraintViolation (locked by a password policy).
+                    49 | 48 | 50 | 53 | 19 => {
+                        debug!(target: TRACE_TARGET, rc = r.rc, "user bind refused");
+                        return Ok(false);
+                    }
+                    rc => Error::Result { op: "user bind", rc, text: r.text },
+                },
+                Err(e) => Error::from_ldap("user bind", e),
+            };
+            if error.is_unavailable() {
+                drop(Object::take(ldap));
+            }
+            if conn::is_stale(&error) && !retried {
+                retried = true;
+                continue;
+            }
+            return Err(error);
+        }
+    }
+
+    /// The user's groups, from the cache or the directory.
+    pub(crate) async fn groups_of(&self, entry: &Entry, username: &str) -> Result<Vec<LdapGroup>> {
+        let key = dn::normalize(&entry.dn);
+        if let Some(groups) = self.cache.get(&key) {
+            return Ok(groups);
+        }
+        let use_rule = self.use_matching_rule().await?;
+        let member_of = entry.values(&self.config.member_of_attr);
+        let groups = groups::resolve(&self.config, self, &entry.dn, username, member_of, use_rule).await?;
+        self.cache.put(key, groups.clone());
+        Ok(groups)
+    }
+
+    async fn use_matching_rule(&self) -> Result<bool> {
+        match self.config.nested_groups {
+            NestedGroups::MatchingRule => Ok(true),
+            NestedGroups::Off | NestedGroups::Recursive => Ok(false),
+            NestedGroups::Auto if self.config.group_search.is_none() => Ok(false),
+            NestedGroups::Auto => {
+                let is_ad = self
+                    .is_ad
+                    .get_or_try_init(|| async {
+                        let root = self
+                            .service_search("", ldap3::Scope::Base, "(objectClass=*)", &["supportedCapabilities"])
+                            .await?;
+                        let is_ad = root
+                            .iter()
+                            .any(|e| e.values("supportedCapabilities").iter().any(|c| c == groups::AD_CAPABILITY));
+                        debug!(target: TRACE_TARGET, is_ad, "directory type detected for nested groups");
+                        Ok::<_, Error>(is_ad)
+                    })
+                    .await?;
+                Ok(*is_ad)
+            }
+        }
+    }
+}
+
+impl<S> Directory for Inner<S> {
+    async fn search(&self, base: &str, scope: ldap3::Scope, filter: &str, attrs: &[&str]) -> Result<Vec<Entry>> {
+        self.service_search(base, scope, filter, attrs).await
+    }
+}
+
+#[async_trait]
+impl<S: UserStore> AuthBackend for LdapBackend<S> {
+    fn name(&self) -> &str {
+        "ldap"
+    }
+
+    async fn authenticate(&self, credentials: &Credentials) -> Result<AuthOutcome, AuthError> {
+        let span = info_span!(target: TRACE_TARGET, "ldap_login", username = %credentials.username);
+        self.login(credentials).instrument(span).await.map_err(AuthError::from)
+    }
+}

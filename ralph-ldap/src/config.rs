@@ -1,0 +1,812 @@
+//! The backend's configuration: every django-auth-ldap setting Ralph used, loadable from TOML
+//! and buildable in code.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ralph_core::{Group, Secret};
+use serde::Deserialize;
+
+use crate::{Error, dn, filter};
+
+/// Search scope (`ldap.SCOPE_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// The base entry only.
+    Base,
+    /// The base's direct children.
+    #[serde(alias = "onelevel")]
+    OneLevel,
+    /// The base and everything below it.
+    #[default]
+    Subtree,
+}
+
+impl From<Scope> for ldap3::Scope {
+    fn from(value: Scope) -> Self {
+        match value {
+            Scope::Base => Self::Base,
+            Scope::OneLevel => Self::OneLevel,
+            Scope::Subtree => Self::Subtree,
+        }
+    }
+}
+
+/// An `LDAPSearch(base, scope, filter)`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchSpec {
+    /// Where the search starts.
+    pub base: String,
+    /// How deep it goes.
+    #[serde(default)]
+    pub scope: Scope,
+    /// The filter; for the user search it holds the `%(user)s` (or `{user}`) placeholder.
+    pub filter: String,
+}
+
+impl SearchSpec {
+    /// A search of `base` with `scope` and `filter`.
+    #[must_use]
+    pub fn new(base: impl Into<String>, scope: Scope, filter: impl Into<String>) -> Self {
+        Self { base: base.into(), scope, filter: filter.into() }
+    }
+}
+
+/// Where group membership comes from (`AUTH_LDAP_GROUP_TYPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupType {
+    /// The user entry's `memberOf` values (Active Directory; OpenLDAP's memberof overlay).
+    #[default]
+    MemberOf,
+    /// A group search for groups whose `member` holds the user's DN (`GroupOfNamesType`,
+    /// Ralph's `MappedGroupOfNamesType`).
+    GroupOfNames,
+    /// A group search for posixGroups whose `memberUid` holds the username.
+    Posix,
+}
+
+/// How nested groups are resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NestedGroups {
+    /// Only direct memberships.
+    Off,
+    /// Follow group-in-group memberships on the client, with a cycle guard and a depth limit.
+    Recursive,
+    /// Active Directory's `LDAP_MATCHING_RULE_IN_CHAIN` (1.2.840.113556.1.4.1941): one search,
+    /// resolved by the server.
+    MatchingRule,
+    /// The matching rule when the server says it is Active Directory, recursion otherwise.
+    #[default]
+    Auto,
+}
+
+/// How the connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// Plain `ldap://` (or TLS from the start for `ldaps://` URIs).
+    #[default]
+    None,
+    /// The StartTLS extended operation on `ldap://` URIs (RFC 4513).
+    StartTls,
+}
+
+/// TLS settings. Certificates are verified unless `verify = false` is written explicitly.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// StartTLS on `ldap://` URIs. `ldaps://` URIs always use TLS.
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// A PEM file of CA certificates to trust instead of the system store.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Verify the server certificate and host name (default: true).
+    #[serde(default = "yes")]
+    pub verify: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self { mode: TlsMode::None, ca_file: None, verify: true }
+    }
+}
+
+/// `AUTH_LDAP_USER_ATTR_MAP`: which directory attribute fills which user field.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserAttrMap {
+    /// Given name (default `givenName`).
+    #[serde(default)]
+    pub first_name: Option<String>,
+    /// Family name (default `sn`).
+    #[serde(default)]
+    pub last_name: Option<String>,
+    /// E-mail (default `mail`).
+    #[serde(default)]
+    pub email: Option<String>,
+}
+
+impl Default for UserAttrMap {
+    fn default() -> Self {
+        Self { first_name: Some("givenName".into()), last_name: Some("sn".into()), email: Some("mail".into()) }
+    }
+}
+
+/// `AUTH_LDAP_PROFILE_ATTR_MAP`: which directory attribute fills which profile field.
+/// `manager` is a DN whose display name is stored; `country` must be an ISO 3166-1 code.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileAttrMap {
+    /// Company.
+    #[serde(default)]
+    pub company: Option<String>,
+    /// The manager's DN.
+    #[serde(default)]
+    pub manager: Option<String>,
+    /// Department.
+    #[serde(default)]
+    pub department: Option<String>,
+    /// Employee id.
+    #[serde(default)]
+    pub employee_id: Option<String>,
+    /// Office or location.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// ISO 3166-1 alpha-2 country code.
+    #[serde(default)]
+    pub country: Option<String>,
+}
+
+impl ProfileAttrMap {
+    /// Whether any profile field is mapped.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.attributes().next().is_none()
+    }
+
+    /// The mapped attribute names.
+    pub fn attributes(&self) -> impl Iterator<Item = &str> {
+        [&self.company, &self.manager, &self.department, &self.employee_id, &self.location, &self.country]
+            .into_iter()
+            .filter_map(|a| a.as_deref())
+    }
+}
+
+/// `AUTH_LDAP_USER_FLAGS_BY_GROUP`: group DNs that set a flag, on top of the `active`,
+/// `staff` and `superuser` roles.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagsByGroup {
+    /// Members of any of these groups are active.
+    #[serde(default)]
+    pub is_active: Vec<String>,
+    /// Members of any of these groups are staff.
+    #[serde(default)]
+    pub is_staff: Vec<String>,
+    /// Members of any of these groups are superusers.
+    #[serde(default)]
+    pub is_superuser: Vec<String>,
+}
+
+/// The whole configuration. Load it with [`LdapConfig::from_toml_str`] /
+/// [`LdapConfig::from_toml_file`], or build it with [`LdapConfig::builder`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapConfig {
+    /// `AUTH_LDAP_SERVER_URI`: `ldap://` or `ldaps://` URIs, tried in order (failover).
+    pub server_uris: Vec<String>,
+    /// `AUTH_LDAP_BIND_DN`: the service account; anonymous when absent.
+    #[serde(default)]
+    pub bind_dn: Option<String>,
+    /// `AUTH_LDAP_BIND_PASSWORD`.
+    #[serde(default)]
+    pub bind_password: Option<Secret>,
+    /// `AUTH_LDAP_PROTOCOL_VERSION`: only 3 is supported.
+    #[serde(default = "three")]
+    pub protocol_version: u8,
+    /// `AUTH_LDAP_USER_SEARCH`: where and how to find a user; the filter holds the placeholder.
+    #[serde(default)]
+    pub user_search: Option<SearchSpec>,
+    /// `AUTH_LDAP_USER_DN_TEMPLATE`, e.g. `uid=%(user)s,ou=people,dc=example,dc=com`: used
+    /// instead of a search when set.
+    #[serde(default)]
+    pub user_dn_template: Option<String>,
+    /// `AUTH_LDAP_USER_FILTER`: ANDed into every user lookup and into the bulk sync; users it
+    /// does not match are not imported at all.
+    #[serde(default)]
+    pub user_filter: Option<String>,
+    /// The attribute holding the login name (`sAMAccountName`, `uid`). When set, the stored
+    /// username is this attribute's value (the directory's spelling), the looked-up entry must
+    /// carry the typed name in it, and the bulk sync can name users. Required for the sync.
+    #[serde(default)]
+    pub username_attr: Option<String>,
+    /// `AUTH_LDAP_USER_ATTR_MAP`.
+    #[serde(default)]
+    pub user_attr_map: UserAttrMap,
+    /// `AUTH_LDAP_PROFILE_ATTR_MAP`.
+    #[serde(default)]
+    pub profile_attr_map: ProfileAttrMap,
+    /// `AUTH_LDAP_GROUP_TYPE`.
+    #[serde(default)]
+    pub group_type: GroupType,
+    /// The `name_attr` of the group type: the attribute naming a group (default `cn`).
+    #[serde(default = "cn")]
+    pub group_name_attr: String,
+    /// The group attribute listing member DNs, for [`GroupType::GroupOfNames`] (default `member`).
+    #[serde(default = "member")]
+    pub group_member_attr: String,
+    /// The user attribute listing group DNs, for [`GroupType::MemberOf`] (default `memberOf`).
+    #[serde(default = "member_of")]
+    pub member_of_attr: String,
+    /// `AUTH_LDAP_GROUP_SEARCH`: where groups live (required for the group-search types and
+    /// for the matching-rule nesting).
+    #[serde(default)]
+    pub group_search: Option<SearchSpec>,
+    /// `AUTH_LDAP_FIND_GROUP_PERMS`-style nesting.
+    #[serde(default)]
+    pub nested_groups: NestedGroups,
+    /// How deep client-side recursion goes (default 8).
+    #[serde(default = "eight")]
+    pub max_group_depth: usize,
+    /// `AUTH_LDAP_GROUP_MAPPING`: group DN → Ralph role. When not empty, unmapped groups are
+    /// ignored; when empty, group names are used as they are.
+    #[serde(default)]
+    pub group_mapping: BTreeMap<String, String>,
+    /// `AUTH_LDAP_MIRROR_GROUPS`: store the user's roles as local groups.
+    #[serde(default = "yes")]
+    pub mirror_groups: bool,
+    /// `AUTH_LDAP_REQUIRE_GROUP`: a group DN the user must be in.
+    #[serde(default)]
+    pub require_group: Option<String>,
+    /// `AUTH_LDAP_DENY_GROUP`: a group DN whose members are refused.
+    #[serde(default)]
+    pub deny_group: Option<String>,
+    /// `AUTH_LDAP_USER_FLAGS_BY_GROUP`.
+    #[serde(default)]
+    pub flags_by_group: FlagsByGroup,
+    /// `AUTH_LDAP_CACHE_TIMEOUT`: how long a user's groups are cached, in seconds (default
+    /// 1200; 0 turns the cache off).
+    #[serde(default = "cache_ttl")]
+    pub cache_ttl_secs: u64,
+    /// TLS.
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// Connect timeout per server URI, in milliseconds (default 2000), TLS handshake included.
+    #[serde(default = "connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Timeout of each LDAP operation, in milliseconds (default 5000).
+    #[serde(default = "operation_timeout")]
+    pub operation_timeout_ms: u64,
+    /// Connections kept to the directory, per pool (service searches; user binds). Default 8.
+    #[serde(default = "pool_size")]
+    pub pool_size: usize,
+    /// RFC 2696 page size for the bulk sync (default 500).
+    #[serde(default = "page_size")]
+    pub page_size: u32,
+    /// Whether the bulk sync deactivates LDAP-owned users the directory no longer lists
+    /// (default true).
+    #[serde(default = "yes")]
+    pub deactivate_missing: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn three() -> u8 {
+    3
+}
+fn cn() -> String {
+    "cn".into()
+}
+fn member() -> String {
+    "member".into()
+}
+fn member_of() -> String {
+    "memberOf".into()
+}
+fn eight() -> usize {
+    8
+}
+fn cache_ttl() -> u64 {
+    1200
+}
+fn connect_timeout() -> u64 {
+    2000
+}
+fn operation_timeout() -> u64 {
+    5000
+}
+fn pool_size() -> usize {
+    8
+}
+fn page_size() -> u32 {
+    500
+}
+
+impl LdapConfig {
+    /// A configuration for `server_uris` with every other setting at its default; set a user
+    /// search or DN template before use.
+    #[must_use]
+    pub fn new<I, S>(server_uris: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            server_uris: server_uris.into_iter().map(Into::into).collect(),
+            bind_dn: None,
+            bind_password: None,
+            protocol_version: three(),
+            user_search: None,
+            user_dn_template: None,
+            user_filter: None,
+            username_attr: None,
+            user_attr_map: UserAttrMap::default(),
+            profile_attr_map: ProfileAttrMap::default(),
+            group_type: GroupType::default(),
+            group_name_attr: cn(),
+            group_member_attr: member(),
+            member_of_attr: member_of(),
+            group_search: None,
+            nested_groups: NestedGroups::default(),
+            max_group_depth: eight(),
+            group_mapping: BTreeMap::new(),
+            mirror_groups: true,
+            require_group: None,
+            deny_group: None,
+            flags_by_group: FlagsByGroup::default(),
+            cache_ttl_secs: cache_ttl(),
+            tls: TlsConfig::default(),
+            connect_timeout_ms: connect_timeout(),
+            operation_timeout_ms: operation_timeout(),
+            pool_size: pool_size(),
+            page_size: page_size(),
+            deactivate_missing: true,
+        }
+    }
+
+    /// A builder starting from [`LdapConfig::new`].
+    pub fn builder<I, S>(server_uris: I) -> LdapConfigBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        LdapConfigBuilder(Self::new(server_uris))
+    }
+
+    /// Parses and validates a TOML document.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a syntax error, an unknown key or an invalid setting. The message
+    /// never contains the bind password.
+    pub fn from_toml_str(text: &str) -> Result<Self, Error> {
+        let config: Self = toml::from_str(text).map_err(|e| Error::Config(format!("invalid TOML: {}", e.message())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a TOML file.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the file cannot be read or is invalid.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml_str(&text)
+    }
+
+    /// The connect timeout.
+    #[must_use]
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The per-operation timeout.
+    #[must_use]
+    pub fn operation_timeout(&self) -> Duration {
+        Duration::from_millis(self.operation_timeout_ms)
+    }
+
+    /// The group cache lifetime.
+    #[must_use]
+    pub fn cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.cache_ttl_secs)
+    }
+
+    /// Checks that the settings make sense together.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first problem.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        if self.server_uris.is_empty() {
+            return bad("server_uris is empty".into());
+        }
+        for uri in &self.server_uris {
+            check_uri(uri)?;
+        }
+        if self.protocol_version != 3 {
+            return bad(format!("protocol_version {} is not supported (only 3)", self.protocol_version));
+        }
+        if self.bind_password.is_some() && self.bind_dn.is_none() {
+            return bad("bind_password is set but bind_dn is not".into());
+        }
+        if let Some(dn) = &self.bind_dn {
+            check_dn("bind_dn", dn)?;
+        }
+        match (&self.user_search, &self.user_dn_template) {
+            (None, None) => return bad("set user_search or user_dn_template".into()),
+            (Some(_), Some(_)) => return bad("set only one of user_search and user_dn_template".into()),
+            (Some(search), None) => {
+                check_dn("user_search.base", &search.base)?;
+                if !filter::has_placeholder(&search.filter) {
+                    return bad("user_search.filter has no %(user)s or {user} placeholder".into());
+                }
+                filter::check(&filter::fill(&search.filter, "x"))
+                    .map_err(|e| Error::Config(format!("user_search: {e}")))?;
+            }
+            (None, Some(template)) => {
+                if !filter::has_placeholder(template) {
+                    return bad("user_dn_template has no %(user)s or {user} placeholder".into());
+                }
+                check_dn("user_dn_template", &filter::fill(template, "x"))?;
+            }
+        }
+        if let Some(f) = &self.user_filter {
+            filter::check(f).map_err(|e| Error::Config(format!("user_filter: {e}")))?;
+        }
+        if let Some(search) = &self.group_search {
+            check_dn("group_search.base", &search.base)?;
+            filter::check(&search.filter).map_err(|e| Error::Config(format!("group_search: {e}")))?;
+        }
+        if self.group_type != GroupType::MemberOf && self.group_search.is_none() {
+            return bad(format!("group_type {:?} needs group_search", self.group_type));
+        }
+        if self.nested_groups == NestedGroups::MatchingRule
+            && self.group_type == GroupType::MemberOf
+            && self.group_search.is_none()
+        {
+            return bad("nested_groups = \"matching_rule\" needs group_search".into());
+        }
+        for attr in [&self.group_name_attr, &self.group_member_attr, &self.member_of_attr] {
+            check_attr(attr)?;
+        }
+        if let Some(a) = &self.username_attr {
+            check_attr(a)?;
+        }
+        for a in [&self.user_attr_map.first_name, &self.user_attr_map.last_name, &self.user_attr_map.email]
+            .into_iter()
+            .flatten()
+        {
+            check_attr(a)?;
+        }
+        for a in self.profile_attr_map.attributes() {
+            check_attr(a)?;
+        }
+        for (group_dn, role) in &self.group_mapping {
+            check_dn("group_mapping key", group_dn)?;
+            Group::new(role).map_err(|e| Error::Config(format!("group_mapping role {role:?}: {e}")))?;
+        }
+        for (name, dn) in [("require_group", &self.require_group), ("deny_group", &self.deny_group)] {
+            if let Some(dn) = dn {
+                check_dn(name, dn)?;
+            }
+        }
+        let flags = &self.flags_by_group;
+        for group_dn in flags.is_active.iter().chain(&flags.is_staff).chain(&flags.is_superuser) {
+            check_dn("flags_by_group", group_dn)?;
+        }
+        if let Some(ca) = &self.tls.ca_file
+            && !ca.is_file()
+        {
+            return bad(format!("tls.ca_file {} is not a readable file", ca.display()));
+        }
+        if self.connect_timeout_ms == 0 || self.operation_timeout_ms == 0 {
+            return bad("timeouts must be above zero".into());
+        }
+        if self.pool_size == 0 {
+            return bad("pool_size must be at least 1".into());
+        }
+        if self.page_size == 0 || i32::try_from(self.page_size).is_err() {
+            return bad("page_size must be between 1 and 2^31-1".into());
+        }
+        if self.max_group_depth == 0 {
+            return bad("max_group_depth must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+fn check_uri(uri: &str) -> Result<(), Error> {
+    let bad = || Error::Config(format!("server URI {uri:?} must be ldap://host[:port] or ldaps://host[:port]"));
+    let rest = uri.strip_prefix("ldap://").or_else(|| uri.strip_prefix("ldaps://")).ok_or_else(bad)?;
+    let hostport = rest.split('/').next().unwrap_or_default();
+    let host = if let Some(v6) = hostport.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        hostport.rsplit_once(':').map_or(hostport, |(h, _)| h)
+    };
+    if host.is_empty() {
+        return Err(bad());
+    }
+    if let Some((_, port)) = hostport.rsplit_once(':')
+        && !hostport.ends_with(']')
+        && port.parse::<u16>().is_err()
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn check_dn(what: &str, value: &str) -> Result<(), Error> {
+    dn::Dn::parse(value).map(|_| ()).map_err(|e| Error::Config(format!("{what} {value:?} is not a DN: {e}")))
+}
+
+fn check_attr(attr: &str) -> Result<(), Error> {
+    let ok = !attr.is_empty()
+        && attr.as_bytes()[0].is_ascii_alphanumeric()
+        && attr.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b';');
+    if ok { Ok(()) } else { Err(Error::Config(format!("{attr:?} is not an attribute name"))) }
+}
+
+/// Builds an [`LdapConfig`] in code, by value: `LdapConfig::builder([uri]).bind(dn, pw)...build()`.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct LdapConfigBuilder(LdapConfig);
+
+impl LdapConfigBuilder {
+    /// The service account.
+    pub fn bind(mut self, dn: impl Into<String>, password: impl Into<Secret>) -> Self {
+        self.0.bind_dn = Some(dn.into());
+        self.0.bind_password = Some(password.into());
+        self
+    }
+
+    /// The user search.
+    pub fn user_search(mut self, base: impl Into<String>, scope: Scope, filter: impl Into<String>) -> Self {
+        self.0.user_search = Some(SearchSpec::new(base, scope, filter));
+        self
+    }
+
+    /// A DN template instead of a search.
+    pub fn user_dn_template(mut self, template: impl Into<String>) -> Self {
+        self.0.user_dn_template = Some(template.into());
+        self
+    }
+
+    /// The user filter.
+    pub fn user_filter(mut self, filter: impl Into<String>) -> Self {
+        self.0.user_filter = Some(filter.into());
+        self
+    }
+
+    /// The login-name attribute.
+    pub fn username_attr(mut self, attr: impl Into<String>) -> Self {
+        self.0.username_attr = Some(attr.into());
+        self
+    }
+
+    /// The user attribute map.
+    pub fn user_attr_map(mut self, map: UserAttrMap) -> Self {
+        self.0.user_attr_map = map;
+        self
+    }
+
+    /// The profile attribute map.
+    pub fn profile_attr_map(mut self, map: ProfileAttrMap) -> Self {
+        self.0.profile_attr_map = map;
+        self
+    }
+
+    /// The group type and naming attribute.
+    pub fn group_type(mut self, group_type: GroupType, name_attr: impl Into<String>) -> Self {
+        self.0.group_type = group_type;
+        self.0.group_name_attr = name_attr.into();
+        self
+    }
+
+    /// The group search.
+    pub fn group_search(mut self, base: impl Into<String>, scope: Scope, filter: impl Into<String>) -> Self {
+        self.0.group_search = Some(SearchSpec::new(base, scope, filter));
+        self
+    }
+
+    /// How nested groups are resolved.
+    pub fn nested_groups(mut self, nested: NestedGroups) -> Self {
+        self.0.nested_groups = nested;
+        self
+    }
+
+    /// Maps a group DN to a Ralph role.
+    pub fn map_group(mut self, group_dn: impl Into<String>, role: impl Into<String>) -> Self {
+        self.0.group_mapping.insert(group_dn.into(), role.into());
+        self
+    }
+
+    /// Whether roles are stored as local groups.
+    pub fn mirror_groups(mut self, mirror: bool) -> Self {
+        self.0.mirror_groups = mirror;
+        self
+    }
+
+    /// A group the user must be in.
+    pub fn require_group(mut self, group_dn: impl Into<String>) -> Self {
+        self.0.require_group = Some(group_dn.into());
+        self
+    }
+
+    /// A group whose members are refused.
+    pub fn deny_group(mut self, group_dn: impl Into<String>) -> Self {
+        self.0.deny_group = Some(group_dn.into());
+        self
+    }
+
+    /// Flags set by group membership.
+    pub fn flags_by_group(mut self, flags: FlagsByGroup) -> Self {
+        self.0.flags_by_group = flags;
+        self
+    }
+
+    /// The group cache lifetime (zero turns it off).
+    pub fn cache_ttl(mut self, ttl: Duration) -> Self {
+        self.0.cache_ttl_secs = ttl.as_secs();
+        self
+    }
+
+    /// TLS settings.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.0.tls = tls;
+        self
+    }
+
+    /// Connect and operation timeouts.
+    pub fn timeouts(mut self, connect: Duration, operation: Duration) -> Self {
+        self.0.connect_timeout_ms = u64::try_from(connect.as_millis()).unwrap_or(u64::MAX);
+        self.0.operation_timeout_ms = u64::try_from(operation.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Connections per pool.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.0.pool_size = size;
+        self
+    }
+
+    /// The bulk sync's page size.
+    pub fn page_size(mut self, size: u32) -> Self {
+        self.0.page_size = size;
+        self
+    }
+
+    /// Whether the bulk sync deactivates users gone from the directory.
+    pub fn deactivate_missing(mut self, deactivate: bool) -> Self {
+        self.0.deactivate_missing = deactivate;
+        self
+    }
+
+    /// Validates and returns the configuration.
+    ///
+    /// # Errors
+    /// [`Error::Config`] as [`LdapConfig::validate`].
+    pub fn build(self) -> Result<LdapConfig, Error> {
+        self.0.validate()?;
+        Ok(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RALPH: &str = r#"
+        server_uris = ["ldap://activedirectory.domain:389"]
+        bind_dn = "CN=ralph,OU=Services,DC=allegrogroup,DC=internal"
+        bind_password = "s3cret-bind"
+        protocol_version = 3
+        username_attr = "sAMAccountName"
+        user_filter = "(|(memberOf=CN=_gr_ralph_group1,OU=something,DC=mygroup,DC=domain)(memberOf=CN=_gr_ralph_group2,OU=something else,DC=mygroups,DC=domain))"
+        group_type = "group_of_names"
+        group_name_attr = "cn"
+        mirror_groups = true
+
+        [user_search]
+        base = "DC=allegrogroup,DC=internal"
+        scope = "subtree"
+        filter = "(&(objectClass=*)(sAMAccountName=%(user)s))"
+
+        [user_attr_map]
+        first_name = "givenName"
+        last_name = "sn"
+        email = "mail"
+
+        [profile_attr_map]
+        company = "company"
+        manager = "manager"
+        department = "department"
+        employee_id = "employeeID"
+        location = "officeName"
+        country = "ISO-country-code"
+
+        [group_search]
+        base = "DC=organization,DC=internal"
+        scope = "subtree"
+        filter = "(objectClass=group)"
+
+        [group_mapping]
+        "CN=_gr_ralph,OU=Other,DC=mygroups,DC=domain" = "active"
+        "CN=_gr_ralph_admin,OU=Other,DC=mygroups,DC=domain" = "superuser"
+    "#;
+
+    #[test]
+    fn ralph_settings_load_with_defaults() {
+        let c = LdapConfig::from_toml_str(RALPH).expect("valid");
+        assert_eq!(c.server_uris, ["ldap://activedirectory.domain:389"]);
+        assert_eq!(c.bind_password.as_ref().map(Secret::expose), Some("s3cret-bind"));
+        assert_eq!(c.group_type, GroupType::GroupOfNames);
+        assert_eq!(c.group_mapping.len(), 2);
+        assert_eq!(c.cache_ttl(), Duration::from_secs(1200));
+        assert!(c.tls.verify, "verification must default to on");
+        assert_eq!(c.profile_attr_map.country.as_deref(), Some("ISO-country-code"));
+        assert!(!format!("{c:?}").contains("s3cret-bind"), "bind password in Debug");
+    }
+
+    #[test]
+    fn invalid_settings_are_typed_errors_without_the_password() {
+        // (top-level lines replacing the defaults, extra tables, expected words in the error)
+        let uris = "server_uris = [\"ldap://h\"]\nbind_dn = \"cn=svc,dc=x\"\nbind_password = \"s3cret-bind\"";
+        let search = "[user_search]\nbase = \"dc=x\"\nfilter = \"(uid=%(user)s)\"";
+        let cases = [
+            ("server_uris = []", search, "server_uris"),
+            ("server_uris = [\"http://x\"]", search, "server URI"),
+            ("server_uris = [\"ldap:///\"]", search, "server URI"),
+            ("server_uris = [\"ldap://h:99999\"]", search, "server URI"),
+            ("server_uris = [\"ldap://h\"]\nbind_password = \"s3cret-bind\"", search, "bind_dn"),
+            (uris, "", "user_search"),
+            (uris, "[user_search]\nbase = \"dc=x\"\nfilter = \"(uid=alice)\"", "placeholder"),
+            (&format!("{uris}\nprotocol_version = 2"), search, "protocol_version"),
+            (&format!("{uris}\nuser_filter = \"(&(a=1)\""), search, "user_filter"),
+            (&format!("{uris}\nbogus_key = 1"), search, "invalid TOML"),
+            (&format!("{uris}\ngroup_type = \"posix\""), search, "group_search"),
+            (&format!("{uris}\npool_size = 0"), search, "pool_size"),
+            (&format!("{uris}\nconnect_timeout_ms = 0"), search, "timeouts"),
+            (uris, &format!("{search}\n[group_mapping]\n\"not a dn\" = \"active\""), "group_mapping"),
+            (uris, &format!("{search}\n[group_mapping]\n\"cn=g,dc=x\" = \"  \""), "group_mapping"),
+            (uris, &format!("{search}\n[tls]\nca_file = \"/nonexistent/ca.pem\""), "ca_file"),
+        ];
+        for (top, tables, expect) in cases {
+            let text = format!("{top}\n{tables}\n");
+            let err = LdapConfig::from_toml_str(&text).expect_err(&text);
+            let msg = err.to_string();
+            assert!(matches!(err, Error::Config(_)), "{text}: {err:?}");
+            assert!(msg.contains(expect), "{text}: {msg}");
+            assert!(!msg.contains("s3cret-bind") && !format!("{err:?}").contains("s3cret-bind"), "leak: {msg}");
+        }
+        let ok = format!("{uris}\n{search}\n");
+        assert!(LdapConfig::from_toml_str(&ok).is_ok());
+    }
+
+    #[test]
+    fn builder_matches_toml() {
+        let built = LdapConfig::builder(["ldaps://127.0.0.1:636"])
+            .bind("cn=svc,dc=x", "pw")
+            .user_search("dc=x", Scope::Subtree, "(uid={user})")
+            .map_group("cn=admins,dc=x", "superuser")
+            .cache_ttl(Duration::ZERO)
+            .build()
+            .expect("valid");
+        assert_eq!(built.group_mapping.get("cn=admins,dc=x").map(String::as_str), Some("superuser"));
+        assert_eq!(built.cache_ttl_secs, 0);
+        assert!(LdapConfig::builder(["ldap://h"]).build().is_err(), "no user search accepted");
+        assert!(
+            LdapConfig::builder(["ldap://h"]).user_dn_template("uid=%(user)s,dc=x").build().is_ok(),
+            "dn template refused"
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! Connections: TLS settings, failover across server URIs, the two connection pools, and
+//! searches that skip referrals and never panic on a malformed entry.
+//!
+//! Two pools, both [`deadpool`]: the *service* pool holds connections bound as the service
+//! account, used for every search; the *bind* pool holds connections used only to check user
+//! passwords. A connection in the bind pool may be left bound as the last user who logged in,
+//! so it is never given service-account work; the service pool never sees a user bind.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult};
+use ldap3::adapters::PagedResults;
+use ldap3::asn1::{PL, StructureTag};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, ResultEntry};
+use ralph_core::Secret;
+use tracing::{debug, warn};
+
+use crate::config::{LdapConfig, TlsMode};
+use crate::{Error, Result, TRACE_TARGET};
+
+/// One directory entry: its DN and text attributes (names as the server spelled them).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Entry {
+    /// The entry's DN.
+    pub dn: String,
+    /// Attribute values; binary (non-UTF-8) values are left out.
+    pub attrs: HashMap<String, Vec<String>>,
+}
+
+impl Entry {
+    /// The values of `attr` (case-insensitive name).
+    #[must_use]
+    pub fn values(&self, attr: &str) -> &[String] {
+        self.attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(attr)).map_or(&[], |(_, v)| v.as_slice())
+    }
+
+    /// The first value of `attr`, trimmed, when not blank.
+    #[must_use]
+    pub fn first(&self, attr: &str) -> Option<&str> {
+        self.values(attr).iter().map(|v| v.trim()).find(|v| !v.is_empty())
+    }
+}
+
+/// Decodes a SearchResultEntry without the panics of `ldap3::SearchEntry::construct`: a
+/// malformed entry from a broken or hostile server is an error.
+pub(crate) fn parse_entry(entry: ResultEntry) -> Result<Entry> {
+    let malformed = |what: &str| Error::Protocol(format!("search result entry: {what}"));
+    let tag = entry.0;
+    let PL::C(mut parts) = tag.payload else { return Err(malformed("not constructed")) };
+    if parts.len() != 2 {
+        return Err(malformed("expected DN and attributes"));
+    }
+    let attrs_tag = parts.pop().ok_or_else(|| malformed("no attributes"))?;
+    let dn_tag = parts.pop().ok_or_else(|| malformed("no DN"))?;
+    let dn = primitive_string(dn_tag).ok_or_else(|| malformed("DN is not a UTF-8 string"))?;
+    let PL::C(attr_list) = attrs_tag.payload else { return Err(malformed("attribute list")) };
+    let mut attrs: HashMap<String, Vec<String>> = HashMap::new();
+    for partial in attr_list {
+        let PL::C(mut pair) = partial.payload else { return Err(malformed("attribute")) };
+        if pair.len() != 2 {
+            return Err(malformed("attribute needs a type and values"));
+        }
+        let values_tag = pair.pop().ok_or_else(|| malformed("values"))?;
+        let name = pair.pop().and_then(primitive_string).ok_or_else(|| malformed("attribute type"))?;
+        let PL::C(values) = values_tag.payload else { return Err(malformed("value set")) };
+        let slot = attrs.entry(name).or_default();
+        for value in values {
+            match value.payload {
+                PL::P(bytes) => {
+                    if let Ok(text) = String::from_utf8(bytes) {
+                        slot.push(text);
+                    }
+                }
+                PL::C(_) => return Err(malformed("attribute value")),
+            }
+        }
+    }
+    Ok(Entry { dn, attrs })
+}
+
+fn primitive_string(tag: StructureTag) -> Option<String> {
+    match tag.payload {
+        PL::P(bytes) => String::from_utf8(bytes).ok(),
+        PL::C(_) => None,
+    }
+}
+
+/// How to open connections: URIs in failover order, TLS, timeouts.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    uris: Arc<[String]>,
+    settings: LdapConnSettings,
+    starttls: bool,
+    connect_timeout: Duration,
+    op_timeout: Duration,
+}
+
+impl Connector {
+    pub(crate) fn new(config: &LdapConfig) -> Result<Self> {
+        let mut builder = native_tls::TlsConnector::builder();
+        if let Some(path) = &config.tls.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::Config(format!("cannot read tls.ca_file {}: {e}", path.display())))?;
+            let certs =
+                pem_certificates(&pem).map_err(|e| Error::Config(format!("tls.ca_file {}: {e}", path.display())))?;
+            for cert in certs {
+                builder.add_root_certificate(cert);
+            }
+            // Trust only the configured CA: a certificate from any public CA is not enough.
+            builder.disable_built_in_roots(true);
+        }
+        if !config.tls.verify {
+            warn!(target: TRACE_TARGET, "TLS certificate verification is disabled by configuration");
+            builder.danger_accept_invalid_certs(true).danger_accept_invalid_hostnames(true);
+        }
+        let tls = builder.build().map_err(|e| Error::Config(format!("TLS setup failed: {e}")))?;
+        let starttls = config.tls.mode == TlsMode::StartTls;
+        let settings = LdapConnSettings::new()
+            .set_conn_timeout(config.connect_timeout())
+            .set_connector(tls)
+            .set_starttls(starttls)
+            .set_no_tls_verify(!config.tls.verify);
+        Ok(Self {
+            uris: config.server_uris.clone().into(),
+            settings,
+            starttls,
+            connect_timeout: config.connect_timeout(),
+            op_timeout: config.operation_timeout(),
+        })
+    }
+
+    pub(crate) fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
+    /// Opens a connection to the first URI that answers (and, with `bind`, accepts the bind).
+    pub(crate) async fn connect(&self, bind: Option<(&str, &Secret)>) -> Result<Ldap> {
+        let mut last = None;
+        for uri in self.uris.iter() {
+            match self.connect_one(uri, bind).await {
+                Ok(ldap) => return Ok(ldap),
+                // A refused service bind is the same on every replica: do not hide it.
+                Err(e @ Error::ServiceBind { .. }) => return Err(e),
+                Err(e) => {
+                    warn!(target: TRACE_TARGET, uri = %uri, error = %e, "LDAP server failed, trying the next one");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(Error::Unreachable {
+            tried: self.uris.join(", "),
+            source: Box::new(last.unwrap_or_else(|| Error::Config("no server URIs".into()))),
+        })
+    }
+
+    async fn connect_one(&self, uri: &str, bind: Option<(&str, &Secret)>) -> Result<Ldap> {
+        let started = std::time::Instant::now();
+        let (conn, mut ldap) =
+            LdapConnAsync::with_settings(self.settings.clone(), uri).await.map_err(|source| match source {
+                ldap3::LdapError::Timeout { .. } => Error::Timeout { op: "connect" },
+                source => Error::Connect { uri: uri.to_owned(), source: Box::new(source) },
+            })?;
+        let uri_owned = uri.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = conn.drive().await {
+                debug!(target: TRACE_TARGET, uri = %uri_owned, error = %e, "LDAP connection closed");
+            }
+        });
+        if let Some((dn, password)) = bind {
+            let result = ldap
+                .with_timeout(self.op_timeout)
+                .simple_bind(dn, password.expose())
+                .await
+                .map_err(|e| Error::from_ldap("service bind", e))?;
+            if result.rc != 0 {
+                return Err(Error::ServiceBind { rc: result.rc });
+            }
+        }
+        debug!(
+            target: TRACE_TARGET,
+            uri = %uri,
+            starttls = self.starttls,
+            elapsed_secs = started.elapsed().as_secs_f64(),
+            "LDAP connection opened"
+        );
+        Ok(ldap)
+    }
+
+    /// The longest a `connect` can take: every URI's connect timeout plus a bind.
+    pub(crate) fn worst_connect(&self) -> Duration {
+        let uris = u32::try_from(self.uris.len()).unwrap_or(u32::MAX);
+        (self.connect_timeout + self.op_timeout).saturating_mul(uris)
+    }
+}
+
+/// Splits a PEM bundle into certificates.
+fn pem_certificates(pem: &[u8]) -> std::result::Result<Vec<native_tls::Certificate>, String> {
+    let text = std::str::from_utf8(pem).map_err(|_| "not a PEM file".to_owned())?;
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut certs = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        let after = &rest[start..];
+        let end = after.find(END).ok_or_else(|| "unterminated certificate".to_owned())? + END.len();
+        let cert = native_tls::Certificate::from_pem(&after.as_bytes()[..end]).map_err(|e| e.to_string())?;
+        certs.push(cert);
+        rest = &after[end..];
+    }
+    if certs.is_empty() {
+        return Err("no certificates found".to_owned());
+    }
+    Ok(certs)
+}
+
+/// What a pool's connections are for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Bound as the service account; searches only.
+    Service,
+    /// User binds only.
+    UserBind,
+}
+
+/// deadpool manager. `create` runs in the caller's task and returns its own error, so an
+/// unreachable directory is reported at once with its cause (bb8 0.8 connects in the
+/// background and reports only a timeout); `recycle` drops connections whose driver ended.
+pub(crate) struct Manager {
+    connector: Connector,
+    role: Role,
+    bind_dn: Option<String>,
+    bind_password: Secret,
+}
+
+impl managed::Manager for Manager {
+    type Type = Ldap;
+    type Error = Error;
+
+    async fn create(&self) -> Result<Ldap> {
+        match (self.role, &self.bind_dn) {
+            (Role::Service, Some(dn)) => self.connector.connect(Some((dn, &self.bind_password))).await,
+            _ => self.connector.connect(None).await,
+        }
+    }
+
+    async fn recycle(&self, conn: &mut Ldap, _: &Metrics) -> RecycleResult<Error> {
+        if conn.is_closed() { Err(RecycleError::message("connection closed")) } else { Ok(()) }
+    }
+}
+
+pub(crate) type Pool = managed::Pool<Manager>;
+
+pub(crate) fn pool(config: &LdapConfig, connector: &Connector, role: Role) -> Result<Pool> {
+    let manager = Manager {
+        connector: connector.clone(),
+        role,
+        bind_dn: config.bind_dn.clone(),
+        bind_password: config.bind_password.clone().unwrap_or_default(),
+    };
+    managed::Pool::builder(manager)
+        .max_size(config.pool_size)
+        .runtime(deadpool::Runtime::Tokio1)
+        .wait_timeout(Some(connector.op_timeout()))
+        .create_timeout(Some(connector.worst_connect()))
+        .recycle_timeout(Some(connector.op_timeout()))
+        .build()
+        .map_err(|e| Error::Config(format!("connection pool: {e}")))
+}
+
+/// Takes a connection from `pool`, mapping pool errors to ours.
+pub(crate) async fn checkout(pool: &Pool) -> Result<Object<Manager>> {
+    pool.get().await.map_err(|e| match e {
+        managed::PoolError::Backend(e) => e,
+        managed::PoolError::Timeout(_) => Error::Timeout { op: "connection checkout" },
+        other => Error::Config(format!("connection pool: {other}")),
+    })
+}
+
+/// Whether an error means this connection is dead and a fresh one may succeed.
+pub(crate) fn is_stale(error: &Error) -> bool {
+    matches!(error, Error::ConnectionLost { .. })
+}
+
+/// A finished search: the entries, with continuation references dropped (never chased).
+pub(crate) struct Found {
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) referrals: usize,
+}
+
+/// One search on `ldap`, collecting entries; `sizeLimitExceeded` and any other non-success
+/// result is an error (so a partial answer is never mistaken for the whole answer). A result
+/// of `referral` (the base is elsewhere) is an empty answer: referrals are not chased.
+pub(crate) async fn search(
+    ldap: &mut Ldap,
+    op_timeout: Duration,
+    base: &str,
+    scope: ldap3::Scope,
+    filter: &str,
+    attrs: &[&str],
+) -> Result<Found> {
+    let mut stream = ldap
+        .with_timeout(op_timeout)
+        .streaming_search(base, scope, filter, attrs.to_vec())
+        .await
+        .map_err(|e| Error::from_ldap("search", e))?;
+    let mut found = Found { entries: Vec::new(), referrals: 0 };
+    loop {
+        match stream.next().await {
+            Ok(Some(item)) if item.is_ref() => found.referrals += 1,
+            Ok(Some(item)) if item.is_intermediate() => {}
+            Ok(Some(item)) => found.entries.push(parse_entry(item)?),
+            Ok(None) => break,
+            Err(e) => return Err(Error::from_ldap("search", e)),
+        }
+    }
+    let result = stream.finish().await;
+    finish_search(result, found)
+}
+
+fn finish_search(result: ldap3::LdapResult, found: Found) -> Result<Found> {
+    match result.rc {
+        0 => Ok(found),
+        // noSuchObject for the base, referral: nothing here.
+        10 | 32 => Ok(Found { entries: Vec::new(), referrals: found.referrals + usize::from(result.rc == 10) }),
+        rc => Err(Error::Result { op: "search", rc, text: result.text }),
+    }
+}
+
+/// An RFC 2696 paged search: every page is fetched, entries are handed to `each` as they
+/// arrive. Fails if the search does not complete (a size limit, a broken connection), so the
+/// caller never treats a partial listing as complete.
+pub(crate) async fn paged_search(
+    ldap: &mut Ldap,
+    op_timeout: Duration,
+    page_size: i32,
+    search: (&str, ldap3::Scope, &str),
+    attrs: Vec<String>,
+    mut each: impl FnMut(Entry),
+) -> Result<usize> {
+    let (base, scope, filter) = search;
+    let mut stream = ldap
+        .with_timeout(op_timeout)
+        .streaming_search_with(PagedResults::new(page_size), base, scope, filter, attrs)
+        .await
+        .map_err(|e| Error::from_ldap("paged search", e))?;
+    let mut referrals = 0;
+    loop {
+        match stream.next().await {
+            Ok(Some(item)) if item.is_ref() => referrals += 1,
+            Ok(Some(item)) if item.is_intermediate() => {}
+            Ok(Some(item)) => each(parse_entry(item)?),
+            Ok(None) => break,
+            Err(e) => return Err(Error::from_ldap("paged search", e)),
+        }
+    }
+    let result = stream.finish().await;
+    if result.rc != 0 {
+        return Err(Error::Result { op: "paged search", rc: result.rc, text: result.text });
+    }
+    Ok(referrals)
+}

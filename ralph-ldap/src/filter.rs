@@ -1,0 +1,108 @@
+//! Search filters (RFC 4515): value escaping, the `%(user)s` / `{user}` templates, and AND.
+
+/// The placeholders a filter or DN template may use for the login name: Ralph's
+/// (django-auth-ldap's) `%(user)s` and the shorter `{user}`.
+pub const PLACEHOLDERS: [&str; 2] = ["%(user)s", "{user}"];
+
+/// Escapes a value for use inside a filter (RFC 4515 section 3): `*`, `(`, `)`, `\` and NUL
+/// become `\2a`, `\28`, `\29`, `\5c`, `\00`. Every other byte, UTF-8 included, stays as it is.
+#[must_use]
+pub fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        match c {
+            '*' => out.push_str("\\2a"),
+            '(' => out.push_str("\\28"),
+            ')' => out.push_str("\\29"),
+            '\\' => out.push_str("\\5c"),
+            '\0' => out.push_str("\\00"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether `template` contains a user placeholder.
+#[must_use]
+pub fn has_placeholder(template: &str) -> bool {
+    PLACEHOLDERS.iter().any(|p| template.contains(p))
+}
+
+/// Replaces every user placeholder in `template` with `value`, which the caller has already
+/// escaped for where the template goes (a filter or a DN).
+#[must_use]
+pub fn fill(template: &str, value: &str) -> String {
+    PLACEHOLDERS.iter().fold(template.to_owned(), |acc, p| acc.replace(p, value))
+}
+
+/// Wraps a filter in parentheses when it is a bare `attr=value` item.
+#[must_use]
+pub fn parenthesize(filter: &str) -> String {
+    let f = filter.trim();
+    if f.starts_with('(') { f.to_owned() } else { format!("({f})") }
+}
+
+/// ANDs the non-empty filters together; one filter is returned as it is.
+#[must_use]
+pub fn and(filters: &[&str]) -> String {
+    let parts: Vec<String> = filters.iter().filter(|f| !f.trim().is_empty()).map(|f| parenthesize(f)).collect();
+    match parts.len() {
+        0 => "(objectClass=*)".to_owned(),
+        1 => parts.into_iter().next().unwrap_or_default(),
+        _ => format!("(&{})", parts.concat()),
+    }
+}
+
+/// Checks that a configured filter parses (ldap3's parser), so a typo is a configuration
+/// error at start, not a failed login later.
+///
+/// # Errors
+/// A message naming the filter.
+pub fn check(filter: &str) -> Result<(), String> {
+    ldap3::parse_filter(parenthesize(filter)).map(|_| ()).map_err(|()| format!("invalid LDAP filter {filter:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn escapes_metacharacters() {
+        assert_eq!(escape("alice"), "alice");
+        assert_eq!(escape("*"), "\\2a");
+        assert_eq!(escape("a)(uid=*"), "a\\29\\28uid=\\2a");
+        assert_eq!(escape("back\\slash\0"), "back\\5cslash\\00");
+        assert_eq!(escape("łukasz"), "łukasz");
+    }
+
+    #[test]
+    fn templates_and_conjunction() {
+        let t = "(&(objectClass=*)(sAMAccountName=%(user)s))";
+        assert!(has_placeholder(t) && has_placeholder("uid={user}") && !has_placeholder("(uid=x)"));
+        assert_eq!(fill(t, "bob"), "(&(objectClass=*)(sAMAccountName=bob))");
+        assert_eq!(fill("uid={user}", "x"), "uid=x");
+        assert_eq!(and(&["(a=1)", "", "b=2"]), "(&(a=1)(b=2))");
+        assert_eq!(and(&["(a=1)"]), "(a=1)");
+        assert_eq!(and(&[]), "(objectClass=*)");
+        assert!(check("(&(a=1)(b=2))").is_ok());
+        assert!(check("uid=x").is_ok());
+        assert!(check("(&(a=1)").is_err());
+    }
+
+    proptest! {
+        /// However hostile, an escaped value stays one equality assertion: the filter still
+        /// parses, and it has exactly the structure of the template with a harmless value.
+        #[test]
+        fn escaped_values_cannot_change_filter_structure(value in "\\PC{0,30}") {
+            let filter = and(&[&fill("(uid=%(user)s)", &escape(&value)), "(memberOf=cn=g,dc=x)"]);
+            prop_assert!(ldap3::parse_filter(&filter).is_ok(), "{} does not parse", filter);
+            let unescaped_meta = filter
+                .replace("\\2a", "").replace("\\28", "").replace("\\29", "").replace("\\5c", "").replace("\\00", "");
+            prop_assert_eq!(unescaped_meta.matches('(').count(), 3);
+            prop_assert_eq!(unescaped_meta.matches(')').count(), 3);
+            prop_assert!(!value.contains('*') || !unescaped_meta.contains(&value), "wildcard survived");
+            prop_assert!(!escape(&value).contains('*'));
+        }
+    }
+}

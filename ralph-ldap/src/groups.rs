@@ -1,0 +1,196 @@
+//! Group membership: `memberOf`, groupOfNames and posixGroup lookups, nested groups (AD's
+//! in-chain matching rule or client-side recursion with a cycle guard), and the TTL cache.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use crate::config::{GroupType, LdapConfig, NestedGroups};
+use crate::{Error, Result, TRACE_TARGET, dn, filter};
+
+/// Active Directory's `LDAP_MATCHING_RULE_IN_CHAIN`.
+pub const IN_CHAIN_RULE: &str = "1.2.840.113556.1.4.1941";
+/// The root DSE capability Active Directory advertises (`LDAP_CAP_ACTIVE_DIRECTORY_OID`).
+pub const AD_CAPABILITY: &str = "1.2.840.113556.1.4.800";
+
+/// A group the user is in, directly or through nesting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LdapGroup {
+    /// The group's DN as the server wrote it.
+    pub dn: String,
+    /// Its name (the `group_name_attr` value).
+    pub name: String,
+}
+
+/// Caches each user's resolved groups for the configured TTL (django-auth-ldap's
+/// `AUTH_LDAP_CACHE_TIMEOUT`). Failures are never cached.
+#[derive(Debug, Default)]
+pub(crate) struct GroupCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (Instant, Vec<LdapGroup>)>>,
+}
+
+impl GroupCache {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        Self { ttl, entries: Mutex::new(HashMap::new()) }
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<Vec<LdapGroup>> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let map = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, groups)| groups.clone())
+    }
+
+    pub(crate) fn put(&self, key: String, groups: Vec<LdapGroup>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut map = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() > 100_000 {
+            let ttl = self.ttl;
+            map.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        map.insert(key, (Instant::now(), groups));
+    }
+
+    pub(crate) fn clear(&self) {
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+    }
+}
+
+/// What to look groups up with: a search function over the service connection.
+pub(crate) trait Directory {
+    /// Searches `base` with `scope` and `filter`, returning entries with `attrs`.
+    async fn search(
+        &self,
+        base: &str,
+        scope: ldap3::Scope,
+        filter: &str,
+        attrs: &[&str],
+    ) -> Result<Vec<crate::conn::Entry>>;
+}
+
+/// Resolves a user's groups per the configuration. `direct_member_of` holds the user entry's
+/// `memberOf` values when the group type is [`GroupType::MemberOf`]; `use_matching_rule` says
+/// whether the in-chain rule is to be used for nesting.
+pub(crate) async fn resolve<D: Directory>(
+    config: &LdapConfig,
+    directory: &D,
+    user_dn: &str,
+    username: &str,
+    direct_member_of: &[String],
+    use_matching_rule: bool,
+) -> Result<Vec<LdapGroup>> {
+    let name_attr = config.group_name_attr.as_str();
+    let nested = config.nested_groups != NestedGroups::Off && config.group_type != GroupType::Posix;
+    if nested && use_matching_rule {
+        let search =
+            config.group_search.as_ref().ok_or_else(|| Error::Config("matching rule needs group_search".into()))?;
+        let member = match config.group_type {
+            GroupType::GroupOfNames | GroupType::MemberOf => config.group_member_attr.as_str(),
+            GroupType::Posix => "memberUid",
+        };
+        let f = filter::and(&[&search.filter, &format!("({member}:{IN_CHAIN_RULE}:={})", filter::escape(user_dn))]);
+        let entries = directory.search(&search.base, search.scope.into(), &f, &[name_attr]).await?;
+        return Ok(entries.into_iter().filter_map(|e| named(e, name_attr)).collect());
+    }
+
+    // Direct groups first.
+    let mut groups: Vec<LdapGroup> = Vec::new();
+    match config.group_type {
+        GroupType::MemberOf => {
+            for group_dn in direct_member_of {
+                groups.push(group_named(directory, group_dn, name_attr).await?);
+            }
+        }
+        GroupType::GroupOfNames | GroupType::Posix => {
+            let search =
+                config.group_search.as_ref().ok_or_else(|| Error::Config("group type needs group_search".into()))?;
+            let item = if config.group_type == GroupType::Posix {
+                format!("(memberUid={})", filter::escape(username))
+            } else {
+                format!("({}={})", config.group_member_attr, filter::escape(user_dn))
+            };
+            let f = filter::and(&[&search.filter, &item]);
+            let entries = directory.search(&search.base, search.scope.into(), &f, &[name_attr]).await?;
+            groups.extend(entries.into_iter().filter_map(|e| named(e, name_attr)));
+        }
+    }
+    if !nested {
+        return Ok(groups);
+    }
+
+    // Client-side recursion, breadth first, each group visited once (cycles end), depth-limited.
+    let mut seen: HashSet<String> = groups.iter().map(|g| dn::normalize(&g.dn)).collect();
+    let mut queue: VecDeque<(String, usize)> = groups.iter().map(|g| (g.dn.clone(), 1)).collect();
+    while let Some((group_dn, depth)) = queue.pop_front() {
+        if depth >= config.max_group_depth {
+            debug!(target: TRACE_TARGET, group = %group_dn, "group nesting deeper than max_group_depth, not followed");
+            continue;
+        }
+        let parents = parents_of(config, directory, &group_dn).await?;
+        for parent in parents {
+            if seen.insert(dn::normalize(&parent.dn)) {
+                queue.push_back((parent.dn.clone(), depth + 1));
+                groups.push(parent);
+            }
+        }
+    }
+    Ok(groups)
+}
+
+/// The groups that `group_dn` is itself a member of.
+async fn parents_of<D: Directory>(config: &LdapConfig, directory: &D, group_dn: &str) -> Result<Vec<LdapGroup>> {
+    let name_attr = config.group_name_attr.as_str();
+    match config.group_type {
+        GroupType::MemberOf => {
+            let attr = config.member_of_attr.as_str();
+            let entries = directory.search(group_dn, ldap3::Scope::Base, "(objectClass=*)", &[attr]).await?;
+            let mut parents = Vec::new();
+            for entry in entries {
+                for parent in entry.values(attr) {
+                    parents.push(group_named(directory, parent, name_attr).await?);
+                }
+            }
+            Ok(parents)
+        }
+        GroupType::GroupOfNames => {
+            let search =
+                config.group_search.as_ref().ok_or_else(|| Error::Config("group type needs group_search".into()))?;
+            let item = format!("({}={})", config.group_member_attr, filter::escape(group_dn));
+            let f = filter::and(&[&search.filter, &item]);
+            let entries = directory.search(&search.base, search.scope.into(), &f, &[name_attr]).await?;
+            Ok(entries.into_iter().filter_map(|e| named(e, name_attr)).collect())
+        }
+        GroupType::Posix => Ok(Vec::new()),
+    }
+}
+
+/// A group known by DN: named from its first RDN when that is the name attribute (no
+/// round trip), else read from the directory.
+async fn group_named<D: Directory>(directory: &D, group_dn: &str, name_attr: &str) -> Result<LdapGroup> {
+    let parsed = dn::Dn::parse(group_dn).map_err(|e| Error::Protocol(format!("group DN {group_dn:?}: {e}")))?;
+    if let Some(name) = parsed.first().and_then(|rdn| rdn.value_of(name_attr)) {
+        return Ok(LdapGroup { dn: group_dn.to_owned(), name: name.to_owned() });
+    }
+    let entries = directory.search(group_dn, ldap3::Scope::Base, "(objectClass=*)", &[name_attr]).await?;
+    entries
+        .into_iter()
+        .find_map(|e| named(e, name_attr))
+        .ok_or_else(|| Error::Protocol(format!("group {group_dn:?} has no {name_attr}")))
+}
+
+fn named(entry: crate::conn::Entry, name_attr: &str) -> Option<LdapGroup> {
+    let name = entry.first(name_attr).map(str::to_owned);
+    match name {
+        Some(name) => Some(LdapGroup { dn: entry.dn, name }),
+        None => {
+            debug!(target: TRACE_TARGET, group = %entry.dn, "group has no name attribute, ignored");
+            None
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The bulk sync (Ralph's `ldap_sync`): page through every user the user filter admits,
+//! mirror each one, and deactivate LDAP-owned users the directory no longer lists.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use ralph_core::store::UserMirror;
+use ralph_core::{UserSource, UserStore};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::backend::LdapBackend;
+use crate::conn::{self, Entry};
+use crate::mapping::{self, Verdict};
+use crate::{Error, Result, TRACE_TARGET, filter};
+
+/// What a sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    /// Entries the paged search returned.
+    pub seen: usize,
+    /// Users created.
+    pub created: usize,
+    /// Existing users whose record, profile or groups were rewritten.
+    pub updated: usize,
+    /// Entries skipped: no usable username, refused by require/deny group.
+    pub skipped: usize,
+    /// LDAP-owned users deactivated because the directory no longer lists them.
+    pub deactivated: u64,
+    /// Mirrored users that are active.
+    pub active: usize,
+    /// Pages of `page_size` the search needed (at least).
+    pub pages: usize,
+    /// Referrals returned by the server and ignored.
+    pub referrals_ignored: usize,
+}
+
+impl<S: UserStore> LdapBackend<S> {
+    /// Imports every user matching the user search (placeholder replaced by `*`) and the user
+    /// filter with an RFC 2696 paged search, creating or updating users, profiles and groups;
+    /// then, if `deactivate_missing` is on, deactivates LDAP-owned users not seen.
+    ///
+    /// Deactivation only happens after the whole listing was read: a search cut short (a size
+    /// limit, a lost connection) is an error and deactivates nobody.
+    ///
+    /// # Errors
+    /// [`Error::Config`] without `user_search` or `username_attr`; directory and store errors.
+    pub async fn sync(&self) -> Result<SyncReport> {
+        let inner = self.inner();
+        let config = &inner.config;
+        let started = Instant::now();
+        let search = config
+            .user_search
+            .as_ref()
+            .ok_or_else(|| Error::Config("the sync needs user_search (a DN template cannot list users)".into()))?;
+        let username_attr = config
+            .username_attr
+            .as_deref()
+            .ok_or_else(|| Error::Config("the sync needs username_attr to name users".into()))?;
+        let f = filter::and(&[&filter::fill(&search.filter, "*"), config.user_filter.as_deref().unwrap_or_default()]);
+        let page_size = i32::try_from(config.page_size).map_err(|_| Error::Config("page_size too large".into()))?;
+
+        let mut entries: Vec<Entry> = Vec::new();
+        let referrals = {
+            let mut ldap = inner.service_connection().await?;
+            let result = conn::paged_search(
+                &mut ldap,
+                inner.op_timeout(),
+                page_size,
+                (&search.base, search.scope.into(), &f),
+                inner.attrs.clone(),
+                |entry| entries.push(entry),
+            )
+            .await;
+            if let Err(e) = &result
+                && e.is_unavailable()
+            {
+                drop(deadpool::managed::Object::take(ldap));
+            }
+            result?
+        };
+        let mut report = SyncReport {
+            seen: entries.len(),
+            pages: entries.len().div_ceil(config.page_size as usize).max(1),
+            referrals_ignored: referrals,
+            ..SyncReport::default()
+        };
+
+        let mut present: HashSet<String> = HashSet::new();
+        for entry in &entries {
+            let Some(username) = entry.first(username_attr).map(str::to_owned) else {
+                report.skipped += 1;
+                continue;
+            };
+            if ralph_core::check_username(&username).is_err() {
+                warn!(target: TRACE_TARGET, dn = %entry.dn, "directory username is not a valid Ralph username, skipped");
+                report.skipped += 1;
+                continue;
+            }
+            // A user still in the directory is never deactivated as missing, even if skipped.
+            present.insert(username.clone());
+            let groups = inner.groups_of(entry, &username).await?;
+            let Verdict::Roles(roles, flags) = inner.rules.decide(&groups) else {
+                report.skipped += 1;
+                continue;
+            };
+            let user = mapping::user(config, entry, &username, &roles, flags);
+            let profile = mapping::profile(config, entry);
+            let groups = config.mirror_groups.then(|| roles.clone());
+            let before = inner.store.get_user(&username).await?;
+            let changed = match &before {
+                None => true,
+                Some(existing) => {
+                    existing.value != user
+                        || (profile.is_some() && inner.store.get_profile(&username).await? != profile)
+                        || (groups.is_some() && Some(inner.store.user_groups(&username).await?) != groups)
+                }
+            };
+            if changed {
+                inner.store.mirror_user(&UserMirror { user: user.clone(), profile, groups }).await?;
+                if before.is_none() {
+                    report.created += 1;
+                } else {
+                    report.updated += 1;
+                }
+            }
+            if user.is_active {
+                report.active += 1;
+            }
+        }
+
+        if config.deactivate_missing {
+            let gone: Vec<String> = inner
+                .store
+                .list_users(Some(UserSource::Ldap))
+                .await?
+                .into_iter()
+                .filter(|u| u.value.is_active && !present.contains(&u.value.username))
+                .map(|u| u.value.username)
+                .collect();
+            if !gone.is_empty() {
+                report.deactivated = inner.store.deactivate_users(&gone).await?;
+            }
+        }
+        info!(
+            target: TRACE_TARGET,
+            seen = report.seen,
+            created = report.created,
+            updated = report.updated,
+            skipped = report.skipped,
+            deactivated = report.deactivated,
+            elapsed_secs = started.elapsed().as_secs_f64(),
+            "LDAP sync finished"
+        );
+        Ok(report)
+    }
+}
