@@ -161,16 +161,16 @@ impl<S> Inner<S> {
         scope: ldap3::Scope,
         filter: &str,
         attrs: &[&str],
-    ) -> Result<Vec<Entry>> {
+    ) -> Result<conn::Found> {
         let mut retried = false;
         loop {
             let mut ldap = conn::checkout(&self.service).await?;
             match conn::search(&mut ldap, self.op_timeout, base, scope, filter, attrs).await {
                 Ok(found) => {
-                    if found.referrals > 0 {
+                    if found.referrals > 0 || found.referred {
                         debug!(target: TRACE_TARGET, referrals = found.referrals, "referrals ignored (not chased)");
                     }
-                    return Ok(found.entries);
+                    return Ok(found);
                 }
                 Err(e) => {
                     if e.is_unavailable() {
@@ -202,11 +202,11 @@ impl<S> Inner<S> {
         let user_filter = self.config.user_filter.as_deref().unwrap_or_default();
         let entries = if let Some(search) = &self.config.user_search {
             let f = filter::and(&[&filter::fill(&search.filter, &filter::escape(login)), user_filter]);
-            self.service_search(&search.base, search.scope.into(), &f, &attrs).await?
+            self.service_search(&search.base, search.scope.into(), &f, &attrs).await?.entries
         } else if let Some(template) = &self.config.user_dn_template {
             let user_dn = filter::fill(template, &dn::escape_value(login));
             let f = filter::and(&[user_filter]);
-            self.service_search(&user_dn, ldap3::Scope::Base, &f, &attrs).await?
+            self.service_search(&user_dn, ldap3::Scope::Base, &f, &attrs).await?.entries
         } else {
             return Err(Error::Config("no user search or DN template".into()));
         };
@@ -294,6 +294,7 @@ impl<S> Inner<S> {
                             .service_search("", ldap3::Scope::Base, "(objectClass=*)", &["supportedCapabilities"])
                             .await?;
                         let is_ad = root
+                            .entries
                             .iter()
                             .any(|e| e.values("supportedCapabilities").iter().any(|c| c == groups::AD_CAPABILITY));
                         debug!(target: TRACE_TARGET, is_ad, "directory type detected for nested groups");
@@ -307,8 +308,18 @@ impl<S> Inner<S> {
 }
 
 impl<S> Directory for Inner<S> {
+    /// Group lookups fail closed: a base that refers elsewhere is an error, since the groups
+    /// there cannot be read (continuation references below the base are ignored).
     async fn search(&self, base: &str, scope: ldap3::Scope, filter: &str, attrs: &[&str]) -> Result<Vec<Entry>> {
-        self.service_search(base, scope, filter, attrs).await
+        let found = self.service_search(base, scope, filter, attrs).await?;
+        if found.referred {
+            return Err(Error::Result {
+                op: "group search",
+                rc: 10,
+                text: format!("{base} is a referral (not chased)"),
+            });
+        }
+        Ok(found.entries)
     }
 }
 

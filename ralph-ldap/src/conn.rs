@@ -286,7 +286,10 @@ pub(crate) fn is_stale(error: &Error) -> bool {
 /// A finished search: the entries, with continuation references dropped (never chased).
 pub(crate) struct Found {
     pub(crate) entries: Vec<Entry>,
+    /// Continuation references met (and ignored).
     pub(crate) referrals: usize,
+    /// The server answered `referral`: the base itself is elsewhere.
+    pub(crate) referred: bool,
 }
 
 /// One search on `ldap`, collecting entries; `sizeLimitExceeded` and any other non-success
@@ -305,7 +308,7 @@ pub(crate) async fn search(
         .streaming_search(base, scope, filter, attrs.to_vec())
         .await
         .map_err(|e| Error::from_ldap("search", e))?;
-    let mut found = Found { entries: Vec::new(), referrals: 0 };
+    let mut found = Found { entries: Vec::new(), referrals: 0, referred: false };
     loop {
         match stream.next().await {
             Ok(Some(item)) if item.is_ref() => found.referrals += 1,
@@ -322,8 +325,8 @@ pub(crate) async fn search(
 fn finish_search(result: ldap3::LdapResult, found: Found) -> Result<Found> {
     match result.rc {
         0 => Ok(found),
-        // noSuchObject for the base, referral: nothing here.
-        10 | 32 => Ok(Found { entries: Vec::new(), referrals: found.referrals + usize::from(result.rc == 10) }),
+        // The base is elsewhere (not chased) or does not exist: nothing here.
+        10 | 32 => Ok(Found { entries: Vec::new(), referrals: found.referrals, referred: result.rc == 10 }),
         rc => Err(Error::Result { op: "search", rc, text: result.text }),
     }
 }

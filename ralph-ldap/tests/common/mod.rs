@@ -1,0 +1,147 @@
+//! Shared helpers for the integration tests: the fixture's addresses, a standard
+//! configuration, a fresh SQLite store, and admin access for tests that add entries.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashSet;
+
+use ldap3::{LdapConnAsync, Mod};
+use ralph_ldap::LdapConfig;
+use ralph_store::SqliteStore;
+
+/// Where the fixture slapd is (from the `RALPH_TEST_LDAP_*` variables up.sh exports).
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    pub url: String,
+    pub ldaps_url: String,
+    pub ca: String,
+    pub other_ca: String,
+    pub base: String,
+    pub bind_dn: String,
+    pub bind_password: String,
+    pub admin_dn: String,
+    pub admin_password: String,
+    pub bulk_users: usize,
+    pub pid_file: String,
+    pub restart: String,
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_default()
+}
+
+/// The fixture, or `None` (a printed skip; a failure under CI=true) when slapd is not running.
+pub fn fixture() -> Option<Fixture> {
+    let url = ralph_testkit::service("RALPH_TEST_LDAP_URL")?;
+    Some(Fixture {
+        url,
+        ldaps_url: var("RALPH_TEST_LDAPS_URL"),
+        ca: var("RALPH_TEST_LDAP_CA"),
+        other_ca: var("RALPH_TEST_LDAP_OTHER_CA"),
+        base: var("RALPH_TEST_LDAP_BASE"),
+        bind_dn: var("RALPH_TEST_LDAP_BIND_DN"),
+        bind_password: var("RALPH_TEST_LDAP_BIND_PASSWORD"),
+        admin_dn: var("RALPH_TEST_LDAP_ADMIN_DN"),
+        admin_password: var("RALPH_TEST_LDAP_ADMIN_PASSWORD"),
+        bulk_users: var("RALPH_TEST_LDAP_BULK_USERS").parse().unwrap_or(5000),
+        pid_file: var("RALPH_TEST_LDAP_PID_FILE"),
+        restart: var("RALPH_TEST_LDAP_RESTART"),
+    })
+}
+
+/// Ralph's settings from the issue, pointed at the fixture (memberOf groups, mapping,
+/// nested groups by recursion, the ralph-users user filter).
+pub fn ralph_toml(fx: &Fixture) -> String {
+    let b = &fx.base;
+    format!(
+        r#"
+server_uris = ["{url}"]
+bind_dn = "{bind_dn}"
+bind_password = "{bind_pw}"
+protocol_version = 3
+username_attr = "sAMAccountName"
+user_filter = "(memberOf=cn=ralph-users,ou=groups,{b})"
+group_type = "member_of"
+group_name_attr = "cn"
+nested_groups = "recursive"
+mirror_groups = true
+deny_group = "cn=_gr_ralph_banned,ou=groups,{b}"
+connect_timeout_ms = 1000
+operation_timeout_ms = 2000
+
+[user_search]
+base = "{b}"
+scope = "subtree"
+filter = "(&(objectClass=*)(sAMAccountName=%(user)s))"
+
+[user_attr_map]
+first_name = "givenName"
+last_name = "sn"
+email = "mail"
+
+[profile_attr_map]
+company = "company"
+manager = "manager"
+department = "department"
+employee_id = "employeeID"
+location = "officeName"
+country = "ISO-country-code"
+
+[group_mapping]
+"CN=_gr_ralph,OU=groups,{B}" = "active"
+"CN=_gr_ralph_admin,OU=groups,{B}" = "superuser"
+"CN=_gr_ralph_staff,OU=groups,{B}" = "staff"
+"CN=_gr_ralph_assets_buyer,OU=groups,{B}" = "assets-buyer"
+"CN=_gr_ralph_assets_staff,OU=groups,{B}" = "assets-staff"
+"#,
+        url = fx.url,
+        bind_dn = fx.bind_dn,
+        bind_pw = fx.bind_password,
+        B = b.to_uppercase(),
+    )
+}
+
+pub fn ralph_config(fx: &Fixture) -> LdapConfig {
+    LdapConfig::from_toml_str(&ralph_toml(fx)).expect("fixture config is valid")
+}
+
+/// A fresh SQLite store in a temporary directory (kept alive by the returned guard).
+pub async fn store() -> (SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("ralph.sqlite3").display());
+    (SqliteStore::connect(&url).await.expect("sqlite store"), dir)
+}
+
+/// An admin connection for tests that add and remove their own entries.
+pub async fn admin(fx: &Fixture) -> ldap3::Ldap {
+    let (conn, mut ldap) = LdapConnAsync::new(&fx.url).await.expect("admin connect");
+    ldap3::drive!(conn);
+    ldap.simple_bind(&fx.admin_dn, &fx.admin_password).await.expect("admin bind").success().expect("admin bind ok");
+    ldap
+}
+
+/// Adds an entry (attribute name → values).
+pub async fn add(ldap: &mut ldap3::Ldap, dn: &str, attrs: &[(&str, &[&str])]) {
+    let attrs: Vec<(&str, HashSet<&str>)> = attrs.iter().map(|(a, v)| (*a, v.iter().copied().collect())).collect();
+    ldap.add(dn, attrs).await.expect("add").success().unwrap_or_else(|e| panic!("adding {dn}: {e}"));
+}
+
+/// Removes one value of an attribute.
+pub async fn remove_value(ldap: &mut ldap3::Ldap, dn: &str, attr: &str, value: &str) {
+    let m = vec![Mod::Delete(attr, HashSet::from([value]))];
+    ldap.modify(dn, m).await.expect("modify").success().unwrap_or_else(|e| panic!("modifying {dn}: {e}"));
+}
+
+/// Deletes entries (referral objects included: ManageDsaIT), ignoring those already gone.
+pub async fn delete(ldap: &mut ldap3::Ldap, dns: &[&str]) {
+    use ldap3::controls::{MakeCritical, ManageDsaIt};
+    for dn in dns {
+        let _ = ldap.with_controls(ManageDsaIt.critical()).delete(dn).await;
+    }
+}
+
+/// A unique suffix for entries a test creates.
+pub fn unique(prefix: &str) -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
