@@ -48,5 +48,5 @@ pub use probe::{
     ConnectOutcome, Connection, Connector, HttpProbe, IcmpProbe, Probe, ProbeContext, ProbeCounters, ProbeReport,
     ProbeTimeouts, SYS_DESCR, SYS_NAME, SnmpFacts, SnmpProbe, Stage, SystemConnector, TcpConnectProbe, http_family,
 };
-pub use target::{DEFAULT_MAX_ADDRESSES, Targets, dedup_addresses};
+pub use target::{Addresses, DEFAULT_MAX_ADDRESSES, Targets, dedup_addresses};
 pub use worker::{ScanJob, Worker, WorkerConfig, WorkerStats, enqueue_addresses, enqueue_environment, enqueue_network};

@@ -12,9 +12,26 @@ use netlink_packet_route::AddressFamily;
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Without CAP_NET_ADMIN a finished host's entry only becomes collectable once it has not been
-/// updated for 5 s (the kernel's forced GC rule); its slot is held this long after the host.
-pub const DEFAULT_HOLD: Duration = Duration::from_secs(6);
+/// How long a finished host's entry keeps its slot when entries cannot be deleted: the kernel
+/// only collects an entry that holds no timer (so not REACHABLE, which lasts up to 1.5 x
+/// `base_reachable_time`) and has not been updated for 5 s. Derived from the interfaces'
+/// `base_reachable_time_ms`: 1.5 x the largest + 6 s (51 s at the default 30 s).
+#[must_use]
+pub fn default_hold() -> Duration {
+    let base_ms = local_subnets()
+        .iter()
+        .filter_map(|s| {
+            read_u64(&format!(
+                "/proc/sys/net/{}/neigh/{}/base_reachable_time_ms",
+                family_dir(s.network.is_ipv6()),
+                s.interface
+            ))
+        })
+        .chain(read_u64("/proc/sys/net/ipv4/neigh/default/base_reachable_time_ms"))
+        .max()
+        .unwrap_or(30_000);
+    Duration::from_millis(base_ms.saturating_mul(3) / 2) + Duration::from_secs(6)
+}
 
 /// The kernel's neighbour-table thresholds for one address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,13 +175,14 @@ pub struct NeighbourConfig {
     pub budget: Option<usize>,
     /// Delete created entries when CAP_NET_ADMIN is available (default true).
     pub delete_entries: bool,
-    /// How long a slot stays taken after its host when entries are not deleted.
-    pub hold: Duration,
+    /// How long a slot stays taken after its host when entries are not deleted (default:
+    /// [`default_hold`]).
+    pub hold: Option<Duration>,
 }
 
 impl Default for NeighbourConfig {
     fn default() -> Self {
-        Self { reserve: None, budget: None, delete_entries: true, hold: DEFAULT_HOLD }
+        Self { reserve: None, budget: None, delete_entries: true, hold: None }
     }
 }
 
@@ -215,7 +233,7 @@ impl NeighbourGuard {
             v6: Arc::new(Semaphore::new(budget_v6)),
             budget_v4,
             budget_v6,
-            hold: config.hold,
+            hold: config.hold.unwrap_or_else(default_hold),
             netlink,
             preexisting: existing_neighbours(),
             warned: AtomicBool::new(false),

@@ -170,9 +170,12 @@ impl Targets {
         self.len() == 0
     }
 
-    /// The addresses, ascending, each once.
-    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + Send + 'static {
-        self.blocks().into_iter().flat_map(|b| (b.start..=b.end).map(u128_to_ip))
+    /// The addresses, ascending, each once (the iterator knows its exact length).
+    #[must_use]
+    pub fn addresses(&self) -> Addresses {
+        let blocks = self.blocks();
+        let remaining = blocks.iter().fold(0u128, |acc, b| acc.saturating_add(b.end - b.start + 1));
+        Addresses { next: blocks.first().map_or(0, |b| b.start), blocks, index: 0, remaining }
     }
 
     /// The networks of an environment with the store's buried addresses excluded.
@@ -203,6 +206,39 @@ impl Targets {
             .map(|r| r.value.address)
             .collect();
         Ok(self.add_network(network.cidr)?.exclude_addresses(buried))
+    }
+}
+
+/// The addresses of a [`Targets`], ascending.
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    blocks: Vec<Block>,
+    index: usize,
+    next: u128,
+    remaining: u128,
+}
+
+impl Iterator for Addresses {
+    type Item = IpAddr;
+
+    fn next(&mut self) -> Option<IpAddr> {
+        let block = *self.blocks.get(self.index)?;
+        let ip = u128_to_ip(self.next);
+        self.remaining -= 1;
+        if self.next == block.end {
+            self.index += 1;
+            self.next = self.blocks.get(self.index).map_or(0, |b| b.start);
+        } else {
+            self.next += 1;
+        }
+        Some(ip)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match usize::try_from(self.remaining) {
+            Ok(n) => (n, Some(n)),
+            Err(_) => (usize::MAX, None),
+        }
     }
 }
 

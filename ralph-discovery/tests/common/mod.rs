@@ -1,0 +1,78 @@
+//! Helpers shared by the integration tests: real loopback listeners and kernel counters.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Raises the soft descriptor limit to the hard one (tests hold thousands of listeners).
+pub fn raise_nofile() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    let want = hard.min(1 << 20);
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard).expect("setrlimit");
+    want
+}
+
+/// Starts an HTTP-ish listener on `addr` answering every connection with `server` as the
+/// `Server` header. Returns the bound address.
+pub async fn http_listener(addr: SocketAddr, server: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind(addr).await.expect("bind");
+    let local = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let read = tokio::time::timeout(std::time::Duration::from_secs(1), stream.read(&mut buf)).await;
+                if matches!(read, Ok(Ok(n)) if n > 0) {
+                    let response = format!("HTTP/1.0 200 OK\r\nServer: {server}\r\nContent-Length: 2\r\n\r\nok");
+                    let _ = stream.write_all(response.as_bytes()).await;
+                }
+            });
+        }
+    });
+    local
+}
+
+/// A port on 127.0.0.1 with nothing listening (bound, then closed).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Sockets in TIME_WAIT (state 06) in /proc/net/tcp{,6} whose local or remote endpoint
+/// matches `filter(ip, port)`.
+pub fn time_wait(filter: impl Fn(IpAddr, u16) -> bool) -> usize {
+    let mut n = 0;
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 || f[3] != "06" {
+                continue;
+            }
+            if [f[1], f[2]].iter().filter_map(|e| parse_endpoint(e)).any(|(ip, port)| filter(ip, port)) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+fn parse_endpoint(text: &str) -> Option<(IpAddr, u16)> {
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    if addr.len() == 8 {
+        let v = u32::from_str_radix(addr, 16).ok()?;
+        // /proc prints the address in host (little-endian) byte order.
+        return Some((IpAddr::V4(std::net::Ipv4Addr::from(v.swap_bytes())), port));
+    }
+    let mut bytes = [0u8; 16];
+    for (i, chunk) in addr.as_bytes().chunks(8).enumerate() {
+        let word = u32::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?.swap_bytes();
+        bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
+    }
+    Some((IpAddr::V6(std::net::Ipv6Addr::from(bytes)), port))
+}

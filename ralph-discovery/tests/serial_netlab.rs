@@ -1,0 +1,113 @@
+//! Sweeps of the network-namespace lab (scripts/services/netlab): 4,094 on-link hosts at the
+//! kernel's default neighbour thresholds, with and without deleting the created entries.
+//! These touch the host-wide neighbour table, so they run one at a time (`serial_`).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ralph_discovery::neighbour::{NeighbourLimits, NeighbourStats};
+use ralph_discovery::{HostState, NeighbourConfig, ScanConfig, Scanner, Targets};
+
+struct Lab {
+    cidr: String,
+    open: u16,
+    closed: u16,
+    iface: String,
+}
+
+fn lab() -> Option<Lab> {
+    let cidr = ralph_testkit::service("RALPH_TEST_NETLAB_CIDR")?;
+    if !ralph_testkit::require_root("the namespace lab") {
+        return None;
+    }
+    let port = |v: &str| ralph_testkit::service(v).and_then(|p| p.parse().ok());
+    Some(Lab {
+        cidr,
+        open: port("RALPH_TEST_NETLAB_OPEN_PORT")?,
+        closed: port("RALPH_TEST_NETLAB_CLOSED_PORT")?,
+        iface: ralph_testkit::service("RALPH_TEST_NETLAB_IFACE")?,
+    })
+}
+
+/// Neighbour entries on the lab interface now.
+fn lab_entries(iface: &str) -> usize {
+    std::fs::read_to_string("/proc/net/arp")
+        .map(|t| t.lines().skip(1).filter(|l| l.split_whitespace().last() == Some(iface)).count())
+        .unwrap_or(0)
+}
+
+/// Waits until the kernel has forgotten earlier tests' lab entries, so each test starts at
+/// the same place.
+async fn settle(iface: &str) {
+    for _ in 0..120 {
+        if lab_entries(iface) < 64 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn sweep(lab: &Lab, range: &str, neighbour: NeighbourConfig) {
+    settle(&lab.iface).await;
+    let limits = NeighbourLimits::read(false);
+    let targets = Targets::parse(range).expect("lab range");
+    let total = targets.len();
+    assert!(total > u128::from(limits.gc_thresh3), "the sweep must be larger than the neighbour table");
+    let before = NeighbourStats::read(false).expect("arp_cache");
+    let config = ScanConfig::default().ports(vec![lab.open, lab.closed]).icmp(false).http(None).neighbour(neighbour);
+    let (hosts, summary) = Scanner::new(config).scan(targets.addresses()).await.expect("scan");
+    let after = NeighbourStats::read(false).expect("arp_cache");
+    let false_down: Vec<IpAddr> = hosts.iter().filter(|h| h.state != HostState::Up).map(|h| h.address).collect();
+    assert_eq!(hosts.len() as u128, total);
+    assert!(
+        false_down.is_empty(),
+        "{} hosts wrongly not up, e.g. {:?}",
+        false_down.len(),
+        &false_down[..false_down.len().min(5)]
+    );
+    assert!(
+        hosts.iter().all(|h| h.open_ports == [lab.open] && h.closed_ports == [lab.closed]),
+        "every host: lab port open, the other closed"
+    );
+    assert_eq!(after.table_fulls, before.table_fulls, "neighbour table overflowed");
+    assert_eq!(summary.table_fulls_delta, 0);
+    eprintln!("lab sweep: {summary:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_lab_sweep_of_4094_on_link_hosts_deleting_entries() {
+    let Some(lab) = lab() else { return };
+    assert_eq!(Targets::parse(&lab.cidr).expect("cidr").len(), 4094, "the lab is a /20");
+    sweep(&lab, &lab.cidr, NeighbourConfig::default()).await;
+    // Deleted as hosts finished: the table holds (almost) nothing of the sweep.
+    assert!(lab_entries(&lab.iface) < 64, "entries left: {}", lab_entries(&lab.iface));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_lab_sweep_paced_by_budget_without_deleting() {
+    let Some(lab) = lab() else { return };
+    // As a process without CAP_NET_ADMIN would: entries stay, slots are held until the kernel
+    // may collect them (~51 s at the default base_reachable_time), so this sweeps 1,500 hosts,
+    // still more than gc_thresh3 (1024), in two rounds.
+    sweep(&lab, "10.213.0.1-10.213.5.220", NeighbourConfig { delete_entries: false, ..NeighbourConfig::default() })
+        .await;
+    // Leave the table as we found it for the next test (our lab interface only).
+    let _ = std::process::Command::new("ip").args(["neigh", "flush", "dev", &lab.iface]).status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_lab_hosts_that_do_not_exist_are_down() {
+    let Some(lab) = lab() else { return };
+    // 10.213.16.0/28 is on-link (the host side holds a /19) but nothing in the namespace
+    // answers for it: ARP fails, the hosts are down.
+    let targets = Targets::parse("10.213.16.1-10.213.16.6").expect("targets");
+    let config = ScanConfig::default()
+        .ports(vec![lab.open])
+        .icmp(false)
+        .http(None)
+        .timeouts(ralph_discovery::ProbeTimeouts { connect: Duration::from_secs(4), retries: 0, ..Default::default() });
+    let (hosts, summary) = Scanner::new(config).scan(targets.addresses()).await.expect("scan");
+    assert_eq!(hosts.len(), 6);
+    assert!(hosts.iter().all(|h| h.state == HostState::Down), "{hosts:?}");
+    assert_eq!(summary.down, 6);
+}
