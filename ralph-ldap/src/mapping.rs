@@ -73,7 +73,7 @@ impl GroupRules {
                         roles.insert(role);
                     }
                     Err(e) => {
-                        debug!(target: TRACE_TARGET, group = %group.dn, error = %e, "group name not usable as a role")
+                        debug!(target: TRACE_TARGET, group = %group.dn, error = %e, "group name not usable as a role");
                     }
                 }
             }

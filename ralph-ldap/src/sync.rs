@@ -1,7 +1,7 @@
 //! The bulk sync (Ralph's `ldap_sync`): page through every user the user filter admits,
 //! mirror each one, and deactivate LDAP-owned users the directory no longer lists.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use ralph_core::store::UserMirror;
@@ -23,7 +23,7 @@ pub struct SyncReport {
     pub created: usize,
     /// Existing users whose record, profile or groups were rewritten.
     pub updated: usize,
-    /// Entries skipped: no usable username, refused by require/deny group.
+    /// Entries skipped: no usable or an ambiguous username, refused by require/deny group.
     pub skipped: usize,
     /// LDAP-owned users deactivated because the directory no longer lists them.
     pub deactivated: u64,
@@ -86,6 +86,14 @@ impl<S: UserStore> LdapBackend<S> {
             ..SyncReport::default()
         };
 
+        // A login name held by several entries is ambiguous: like a login, the sync refuses
+        // to pick one (but still counts the name as present).
+        let mut holders: HashMap<String, usize> = HashMap::new();
+        for entry in &entries {
+            if let Some(name) = entry.first(username_attr) {
+                *holders.entry(name.to_lowercase()).or_default() += 1;
+            }
+        }
         let mut present: HashSet<String> = HashSet::new();
         for entry in &entries {
             let Some(username) = entry.first(username_attr).map(str::to_owned) else {
@@ -99,6 +107,11 @@ impl<S: UserStore> LdapBackend<S> {
             }
             // A user still in the directory is never deactivated as missing, even if skipped.
             present.insert(username.clone());
+            if holders.get(&username.to_lowercase()).copied().unwrap_or(0) > 1 {
+                warn!(target: TRACE_TARGET, dn = %entry.dn, "several entries hold this username, skipped");
+                report.skipped += 1;
+                continue;
+            }
             let groups = inner.groups_of(entry, &username).await?;
             let Verdict::Roles(roles, flags) = inner.rules.decide(&groups) else {
                 report.skipped += 1;

@@ -1,0 +1,108 @@
+//! The bulk sync against a slapd whose size limit (1,000) is far below the user count.
+
+mod common;
+
+use common::{fixture, ralph_config, store};
+use ralph_core::store::UserMirror;
+use ralph_core::{User, UserSource, UserStore};
+use ralph_ldap::LdapBackend;
+
+#[tokio::test]
+async fn unpaged_search_hits_the_size_limit() {
+    let Some(fx) = fixture() else { return };
+    // Proves the fixture really needs paging: the service account cannot list everyone at once.
+    let (conn, mut ldap) = ldap3::LdapConnAsync::new(&fx.url).await.expect("connect");
+    ldap3::drive!(conn);
+    ldap.simple_bind(&fx.bind_dn, &fx.bind_password).await.expect("bind").success().expect("bind ok");
+    let filter = format!("(memberOf=cn=ralph-users,ou=groups,{})", fx.base);
+    let result = ldap.search(&fx.base, ldap3::Scope::Subtree, &filter, vec!["1.1"]).await.expect("search");
+    assert_eq!(result.1.rc, 4, "expected sizeLimitExceeded");
+    assert_eq!(result.0.len(), 1000);
+}
+
+#[tokio::test]
+async fn sync_pages_through_every_user_then_deactivates_the_missing() {
+    let Some(fx) = fixture() else { return };
+    let (store, _dir) = store().await;
+    let mut config = ralph_config(&fx);
+    config.page_size = 400;
+    let backend = LdapBackend::new(config, store).expect("backend");
+
+    // An LDAP-owned user the directory does not know, and a local one the sync must not touch.
+    let mut ghost = User::new("ghost").expect("valid");
+    ghost.source = UserSource::Ldap;
+    backend.store().mirror_user(&UserMirror { user: ghost, profile: None, groups: None }).await.expect("ghost");
+    backend.store().create_user(&User::new("local-admin").expect("valid")).await.expect("local");
+
+    let report = backend.sync().await.expect("sync");
+    let expected = fx.bulk_users + 12; // named users in ralph-users (twins count twice)
+    assert!(report.seen >= expected, "{report:?}");
+    assert!(report.pages >= expected / 400, "{report:?}");
+    // mallory is refused by the deny group; the two twins share one username.
+    assert_eq!(report.skipped, 3, "{report:?}");
+    assert_eq!(report.created, report.seen - report.skipped, "{report:?}");
+    assert_eq!(report.deactivated, 1, "{report:?}");
+
+    let users = backend.store().list_users(Some(UserSource::Ldap)).await.expect("list");
+    assert!(users.len() >= fx.bulk_users + 8);
+    assert_eq!(backend.store().get_user("twin").await.expect("store"), None, "ambiguous username imported");
+    let bulk_active = users.iter().filter(|u| u.value.username.starts_with("bulk") && u.value.is_active).count();
+    assert_eq!(bulk_active, 1000.min(fx.bulk_users), "bulk00000..00999 are in _gr_ralph");
+    let last = format!("bulk{:05}", fx.bulk_users - 1);
+    let last = backend.store().get_user(&last).await.expect("store").expect("the last page was read");
+    assert!(!last.value.is_active);
+    let p = backend.store().get_profile("bulk00003").await.expect("store").expect("profile");
+    assert_eq!(p.country, None, "XX is not a country");
+    assert_eq!(p.company.as_deref(), Some("Bulk Co"));
+    assert_eq!(
+        backend.store().get_profile("bulk00000").await.expect("store").and_then(|p| p.country).map(|c| c.as_str()),
+        Some("PL")
+    );
+    assert!(!backend.store().get_user("ghost").await.expect("store").expect("kept").value.is_active);
+    assert!(backend.store().get_user("local-admin").await.expect("store").expect("kept").value.is_active);
+    assert_eq!(backend.store().get_user("mallory").await.expect("store"), None);
+    assert_eq!(backend.store().get_user("eve").await.expect("store"), None, "outside the user filter");
+    let carol = backend.store().user_groups("carol").await.expect("store");
+    assert!(carol.iter().any(|g| g.as_str() == "assets-staff"), "nested groups in the sync too");
+
+    // A second run changes nothing.
+    let again = backend.sync().await.expect("second sync");
+    assert_eq!((again.created, again.updated, again.deactivated), (0, 0, 0), "{again:?}");
+    assert_eq!(again.seen, report.seen);
+}
+
+#[tokio::test]
+async fn sync_can_leave_missing_users_active() {
+    let Some(fx) = fixture() else { return };
+    let (store, _dir) = store().await;
+    let mut config = ralph_config(&fx);
+    config.deactivate_missing = false;
+    config.user_filter = Some(format!("(memberOf=cn=_gr_ralph_admin,ou=groups,{})", fx.base));
+    let backend = LdapBackend::new(config, store).expect("backend");
+    let mut ghost = User::new("ghost").expect("valid");
+    ghost.source = UserSource::Ldap;
+    backend.store().mirror_user(&UserMirror { user: ghost, profile: None, groups: None }).await.expect("ghost");
+    let report = backend.sync().await.expect("sync");
+    assert_eq!((report.seen, report.created, report.deactivated), (1, 1, 0), "{report:?}");
+    assert!(backend.store().get_user("ghost").await.expect("store").expect("kept").value.is_active);
+    assert!(backend.store().get_user("bob").await.expect("store").expect("bob").value.is_superuser);
+}
+
+#[tokio::test]
+async fn a_failed_listing_deactivates_nobody() {
+    let Some(fx) = fixture() else { return };
+    let (store, _dir) = store().await;
+    let mut config = ralph_config(&fx);
+    // The directory is unreachable: the sync fails and nobody is deactivated.
+    config.server_uris = vec![format!("ldap://127.0.0.1:{}", {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    })];
+    let backend = LdapBackend::new(config, store).expect("backend");
+    let mut ghost = User::new("ghost").expect("valid");
+    ghost.source = UserSource::Ldap;
+    backend.store().mirror_user(&UserMirror { user: ghost, profile: None, groups: None }).await.expect("ghost");
+    let err = backend.sync().await.expect_err("directory down");
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(backend.store().get_user("ghost").await.expect("store").expect("kept").value.is_active);
+}
