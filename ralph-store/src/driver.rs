@@ -279,7 +279,7 @@ macro_rules! driver {
         db = $db:ty,
         dialect = $dialect:expr,
         open = $open:path,
-        migrator = $migrator:path,
+        migrate = $migrate:path,
         begin = |$pool:ident| $begin:expr,
         last_id = |$res:ident| $last_id:expr $(,)?
     ) => {
@@ -293,7 +293,7 @@ macro_rules! driver {
             }
 
             async fn migrate(pool: &sqlx::Pool<Self>) -> Result<(), sqlx::migrate::MigrateError> {
-                $migrator.run(pool).await
+                $migrate(pool).await
             }
 
             async fn begin_write($pool: &sqlx::Pool<Self>) -> Result<sqlx::Transaction<'static, Self>, sqlx::Error> {
@@ -364,7 +364,7 @@ driver! {
     db = sqlx::Sqlite,
     dialect = Dialect::Sqlite,
     open = crate::sqlite::open,
-    migrator = crate::sqlite::MIGRATOR,
+    migrate = crate::sqlite::migrate,
     begin = |pool| pool.begin_with("BEGIN IMMEDIATE"),
     last_id = |r| Some(r.last_insert_rowid()),
 }
@@ -374,7 +374,7 @@ driver! {
     db = sqlx::Postgres,
     dialect = Dialect::Postgres,
     open = crate::postgres::open,
-    migrator = crate::postgres::MIGRATOR,
+    migrate = crate::postgres::migrate,
     begin = |pool| pool.begin(),
     last_id = |_r| None,
 }
@@ -384,7 +384,7 @@ driver! {
     db = sqlx::MySql,
     dialect = Dialect::MySql,
     open = crate::mysql::open,
-    migrator = crate::mysql::MIGRATOR,
+    migrate = crate::mysql::migrate,
     begin = |pool| pool.begin(),
     last_id = |r| i64::try_from(r.last_insert_id()).ok(),
 }

@@ -6,7 +6,12 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 
 use crate::PoolConfig;
 
-pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Applies pending migrations (sqlx holds an advisory lock meanwhile).
+pub(crate) async fn migrate(pool: &sqlx::Pool<sqlx::Postgres>) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
 
 /// Opens the pool; the server tells `pg_stat_activity` who we are.
 pub(crate) async fn open(url: &str, config: &PoolConfig) -> Result<PgPool, sqlx::Error> {

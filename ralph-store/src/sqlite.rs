@@ -6,7 +6,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSy
 
 use crate::PoolConfig;
 
-pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Applies pending migrations (SQLite runs one writer at a time).
+pub(crate) async fn migrate(pool: &sqlx::Pool<sqlx::Sqlite>) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
 
 /// Opens the pool. An in-memory database lives in one connection, so its pool holds exactly
 /// one that never expires; a file gets WAL so readers never block the writer.

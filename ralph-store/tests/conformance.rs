@@ -497,6 +497,37 @@ async fn utf8_round_trips_byte_for_byte<S: InventoryStore + UserStore>(s: &S) {
     s.create(&Rack::new("🔥", room).expect("rack")).await.expect("fire is another name");
 }
 
+/// Raw SQL on the store's own pool, to plant rows the model would never write.
+trait Raw {
+    async fn raw(&self, sql: &str);
+}
+
+macro_rules! raw {
+    ($($feature:literal => $store:ty),*) => {$(
+        #[cfg(feature = $feature)]
+        impl Raw for $store {
+            async fn raw(&self, sql: &str) {
+                ralph_store::sqlx::query(sql).execute(self.pool()).await.expect("raw statement");
+            }
+        }
+    )*};
+}
+
+raw!("sqlite" => ralph_store::SqliteStore, "postgres" => ralph_store::PgStore, "mysql" => ralph_store::MySqlStore);
+
+/// A row the model cannot represent is reported as corrupt, never as a panic or a default.
+async fn corrupt_rows_are_reported<S: InventoryStore + Raw>(s: &S) {
+    let dc = s.create(&DataCenter::new("dc-corrupt", Some("de")).expect("dc")).await.expect("dc");
+    let model = s.create(&DeviceModel::new("m", None, DeviceType::RackServer, 1).expect("m")).await.expect("m");
+    let device = s.create(&Device::new(model, Some("d"), None, None)).await.expect("device");
+    s.raw("UPDATE data_centers SET country = 'XX'").await;
+    s.raw("UPDATE devices SET management_ip = 'not-an-address'").await;
+    assert!(matches!(s.get(dc).await, Err(StoreError::Corrupt { .. })));
+    assert!(matches!(Repository::<DataCenter>::list(s).await, Err(StoreError::Corrupt { .. })));
+    assert!(matches!(s.get(device).await, Err(StoreError::Corrupt { .. })));
+    assert!(matches!(s.find_data_center("dc-corrupt").await, Err(StoreError::Corrupt { .. })));
+}
+
 /// Concurrent writers racing for the same rack units: exactly one wins, on every backend.
 async fn racing_placements_never_overlap<S: InventoryStore + Clone + 'static>(s: &S) {
     let site = site(s, "race").await;
@@ -538,6 +569,7 @@ macro_rules! suite {
                 users_profiles_groups,
                 utf8_round_trips_byte_for_byte,
                 racing_placements_never_overlap,
+                corrupt_rows_are_reported,
             );
         }
     };

@@ -1,0 +1,140 @@
+//! Opening stores: SQLite settings, repeatable migrations, pool configuration, backend choice by
+//! URL scheme, and utf8mb4 on MySQL connections and tables.
+
+use ralph_core::{DataCenter, Repository, StoreError, UserStore};
+use ralph_store::{AnyStore, PoolConfig, SqliteStore, sqlx};
+
+#[tokio::test]
+async fn sqlite_file_is_created_in_wal_mode_with_foreign_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("nested-name.sqlite3");
+    let url = format!("sqlite://{}", path.display());
+    let config = PoolConfig::default().max_connections(3).busy_timeout(std::time::Duration::from_millis(1500));
+    let store = SqliteStore::connect_with(&url, &config).await.expect("create");
+    assert!(path.exists(), "created when missing");
+    let pool = store.pool();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(pool).await.expect("pragma");
+    assert_eq!(mode, "wal");
+    let fks: i64 = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(pool).await.expect("pragma");
+    assert_eq!(fks, 1);
+    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(pool).await.expect("pragma");
+    assert_eq!(busy, 1500);
+    assert_eq!(pool.options().get_max_connections(), 3);
+    store.create(&DataCenter::new("dc1", None).expect("dc")).await.expect("dc");
+    store.close().await;
+
+    // Reopening runs the migrations again as a no-op and finds the data.
+    let again = SqliteStore::connect(&url).await.expect("reopen");
+    again.migrate().await.expect("migrate twice");
+    assert_eq!(Repository::<DataCenter>::list(&again).await.expect("list").len(), 1);
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_keeps_one_connection() {
+    let store =
+        SqliteStore::connect_with("sqlite::memory:", &PoolConfig::default().max_connections(8)).await.expect("memory");
+    assert_eq!(store.pool().options().get_max_connections(), 1, "one database, one connection");
+    store.create(&DataCenter::new("dc1", None).expect("dc")).await.expect("dc");
+    assert_eq!(Repository::<DataCenter>::list(&store).await.expect("list").len(), 1);
+}
+
+#[tokio::test]
+async fn any_store_picks_the_backend_by_scheme() {
+    let store = AnyStore::connect("sqlite::memory:").await.expect("sqlite");
+    assert_eq!(store.backend(), "SQLite");
+    store.create(&DataCenter::new("dc1", None).expect("dc")).await.expect("dc through AnyStore");
+    assert_eq!(store.list_users(None).await.expect("users").len(), 0);
+
+    let refused = AnyStore::connect("oracle://scott:tiger-Pass@db.example/ralph").await.expect_err("unknown scheme");
+    assert!(matches!(refused, StoreError::Invalid { .. }));
+    let text = format!("{refused} {refused:?}");
+    assert!(text.contains("oracle") && !text.contains("tiger-Pass"), "{text}");
+
+    #[cfg(feature = "postgres")]
+    if let Some(url) = ralph_testkit::service("RALPH_TEST_PG_URL") {
+        assert_eq!(AnyStore::connect(&url).await.expect("postgres").backend(), "PostgreSQL");
+    }
+    #[cfg(feature = "mysql")]
+    if let Some(url) = ralph_testkit::service("RALPH_TEST_MYSQL_URL") {
+        let mariadb = url.replacen("mysql:", "mariadb:", 1);
+        assert_eq!(AnyStore::connect(&mariadb).await.expect("mysql").backend(), "MySQL");
+    }
+}
+
+#[cfg(feature = "mysql")]
+#[tokio::test]
+async fn mysql_connections_and_tables_are_utf8mb4() {
+    let url = ralph_testkit::require!("RALPH_TEST_MYSQL_URL");
+    let store = ralph_store::MySqlStore::connect(&url).await.expect("mysql");
+    let pool = store.pool();
+    let (charset, collation): (String, String) =
+        sqlx::query_as("SELECT @@character_set_connection, @@collation_connection")
+            .fetch_one(pool)
+            .await
+            .expect("session variables");
+    assert_eq!((charset.as_str(), collation.as_str()), ("utf8mb4", ralph_store::MYSQL_COLLATION));
+    let tables: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT CAST(table_name AS CHAR), CAST(engine AS CHAR), CAST(table_collation AS CHAR) \
+         FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("tables");
+    for name in ["data_centers", "devices", "rack_cells", "ip_addresses", "users", "profiles", "auth_groups"] {
+        let found = tables.iter().find(|(t, _, _)| t == name);
+        let (_, engine, collation) = found.unwrap_or_else(|| panic!("table {name} missing"));
+        assert_eq!(engine, "InnoDB", "{name}");
+        assert_eq!(collation, ralph_store::MYSQL_COLLATION, "{name}");
+    }
+}
+
+/// Four stores opening one fresh database at once: the migration lock lets exactly one of them
+/// migrate and the others find the schema current. (MariaDB ignores sqlx's own lock request,
+/// which made this fail before the store took its own lock.)
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+async fn concurrent_first_connects<DB: ralph_store::Backend>(url: &str) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let url = url.to_owned();
+        tasks.spawn(async move { ralph_store::SqlStore::<DB>::connect(&url).await.map(|_| ()) });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.expect("task").expect("every concurrent connect succeeds");
+    }
+    let store = ralph_store::SqlStore::<DB>::connect(url).await.expect("connect");
+    store.create(&DataCenter::new("dc1", None).expect("dc")).await.expect("schema works");
+}
+
+/// `<base>_setup_race` on the server of `base`.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn race_db(base: &str) -> (String, String) {
+    let (server, name) = base.rsplit_once('/').expect("URL with a database name");
+    let db = format!("{name}_setup_race");
+    (format!("{server}/{db}"), db)
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_first_connects_migrate_once() {
+    use sqlx::Connection as _;
+    let base = ralph_testkit::require!("RALPH_TEST_PG_URL");
+    let (url, db) = race_db(&base);
+    let mut admin = sqlx::PgConnection::connect(&base).await.expect("admin");
+    for sql in [format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"), format!("CREATE DATABASE {db}")] {
+        sqlx::query(&sql).execute(&mut admin).await.expect("fresh database");
+    }
+    concurrent_first_connects::<sqlx::Postgres>(&url).await;
+}
+
+#[cfg(feature = "mysql")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_concurrent_first_connects_migrate_once() {
+    use sqlx::Connection as _;
+    let base = ralph_testkit::require!("RALPH_TEST_MYSQL_URL");
+    let (url, db) = race_db(&base);
+    let mut admin = sqlx::MySqlConnection::connect(&base).await.expect("admin");
+    for sql in [format!("DROP DATABASE IF EXISTS `{db}`"), format!("CREATE DATABASE `{db}`")] {
+        sqlx::query(&sql).execute(&mut admin).await.expect("fresh database");
+    }
+    concurrent_first_connects::<sqlx::MySql>(&url).await;
+}
