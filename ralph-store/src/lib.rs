@@ -72,6 +72,9 @@ mod inventory;
 mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
+pub mod queue;
+#[cfg(feature = "mysql")]
+pub mod schema_check;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod store;

@@ -1,0 +1,259 @@
+//! Single-process queue tests run against SQLite, PostgreSQL and MariaDB: claim, ack, retry
+//! with back-off, dead letters, lease expiry and reclaim, statistics, exclusive claims.
+
+mod queue_common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ralph_core::{FailOutcome, JobQueue, RetryPolicy};
+
+fn payloads(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{{\"n\":{i},\"name\":\"Zażółć gęślą jaźń 🚀 {i}\"}}")).collect()
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn claim_ack_and_stats<Q: JobQueue>(q: &Q) {
+    let ids = q.enqueue("discovery.dc1", &payloads(3)).await.expect("enqueue");
+    assert_eq!(ids.len(), 3);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in order: {ids:?}");
+    q.enqueue("discovery.dc2", &payloads(1)).await.expect("enqueue other queue");
+
+    let stats = q.stats("discovery.dc1").await.expect("stats");
+    assert_eq!((stats.pending, stats.running, stats.expired, stats.dead, stats.done), (3, 0, 0, 0, 0));
+    assert!(stats.oldest_pending_age.is_some());
+
+    let before = Utc::now();
+    let jobs = q.claim("discovery.dc1", 2, LEASE, "w1").await.expect("claim");
+    assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), ids[..2].to_vec(), "oldest first");
+    assert_eq!(jobs[0].payload, payloads(1)[0], "payload round-trips byte for byte");
+    assert!(jobs.iter().all(|j| j.attempts == 1 && j.queue == "discovery.dc1"));
+    assert!(jobs[0].lease_until > before + chrono::Duration::seconds(25), "lease {:?}", jobs[0].lease_until);
+
+    let stats = q.stats("discovery.dc1").await.expect("stats");
+    assert_eq!((stats.pending, stats.running), (1, 2));
+
+    assert!(q.ack(&jobs[0]).await.expect("ack"));
+    assert!(!q.ack(&jobs[0]).await.expect("second ack"), "a job is acked once");
+    let stats = q.stats("discovery.dc1").await.expect("stats");
+    assert_eq!((stats.pending, stats.running, stats.done), (1, 1, 1));
+
+    let all = q.all_stats().await.expect("all stats");
+    let names: Vec<_> = all.iter().map(|s| (s.queue.as_str(), s.pending)).collect();
+    assert_eq!(names, vec![("discovery.dc1", 1), ("discovery.dc2", 1)]);
+
+    let empty = q.stats("nobody").await.expect("stats of an empty queue");
+    assert_eq!((empty.pending, empty.done, empty.oldest_pending_age), (0, 0, None));
+}
+
+async fn retry_backoff_and_dead_letter<Q: JobQueue>(q: &Q) {
+    let policy =
+        RetryPolicy { max_attempts: 2, base_backoff: Duration::from_millis(400), max_backoff: Duration::from_secs(10) };
+    q.enqueue("retry", &payloads(1)).await.expect("enqueue");
+    let job = q.claim("retry", 1, LEASE, "w").await.expect("claim").remove(0);
+    let before = Utc::now();
+    let FailOutcome::Retry { at } = q.fail(&job, "boom", &policy).await.expect("fail") else {
+        panic!("first failure must be retried");
+    };
+    let wait = at - before;
+    assert!(wait > chrono::Duration::milliseconds(250) && wait < chrono::Duration::milliseconds(1500), "{wait:?}");
+    let stats = q.stats("retry").await.expect("stats");
+    assert_eq!((stats.pending, stats.running), (1, 0), "a job waiting for its retry counts as pending");
+    assert!(q.claim("retry", 1, LEASE, "w").await.expect("claim").is_empty(), "back-off is honoured");
+    assert_eq!(q.fail(&job, "again", &policy).await.expect("stale fail"), FailOutcome::LeaseLost);
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let again = q.claim("retry", 1, LEASE, "w").await.expect("claim").remove(0);
+    assert_eq!((again.id, again.attempts), (job.id, 2));
+    assert_ne!(again.lease_token, job.lease_token);
+    assert_eq!(q.fail(&again, "boom twice", &policy).await.expect("fail"), FailOutcome::Dead);
+    let stats = q.stats("retry").await.expect("stats");
+    assert_eq!((stats.pending, stats.running, stats.dead), (0, 0, 1));
+    assert!(q.claim("retry", 1, LEASE, "w").await.expect("claim").is_empty(), "dead jobs are not delivered");
+}
+
+async fn lease_expiry_and_reclaim<Q: JobQueue>(q: &Q) {
+    q.enqueue("lease", &payloads(2)).await.expect("enqueue");
+    let short = Duration::from_millis(300);
+    let first = q.claim("lease", 2, short, "dies").await.expect("claim");
+    assert_eq!(first.len(), 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = q.stats("lease").await.expect("stats");
+    assert_eq!((stats.running, stats.expired, stats.pending), (0, 2, 0));
+
+    // One is taken back by a claim directly, the other by reclaim.
+    let retaken = q.claim("lease", 1, LEASE, "lives").await.expect("claim");
+    assert_eq!(retaken.len(), 1);
+    assert_eq!(retaken[0].attempts, 2);
+    assert_eq!(q.reclaim_expired("lease").await.expect("reclaim"), 1);
+    assert_eq!(q.reclaim_expired("lease").await.expect("reclaim again"), 0);
+    let stats = q.stats("lease").await.expect("stats");
+    assert_eq!((stats.pending, stats.running, stats.expired), (1, 1, 0));
+
+    // The dead worker's leases no longer hold.
+    let stale = first.iter().find(|j| j.id == retaken[0].id).expect("same job");
+    assert!(!q.ack(stale).await.expect("stale ack"));
+    assert!(!q.extend_lease(stale, LEASE).await.expect("stale extend"));
+    assert!(q.extend_lease(&retaken[0], Duration::from_secs(120)).await.expect("extend"));
+    assert!(q.ack(&retaken[0]).await.expect("ack"));
+    let rest = q.claim("lease", 5, LEASE, "lives").await.expect("claim");
+    assert_eq!(rest.len(), 1);
+    assert!(q.ack(&rest[0]).await.expect("ack"));
+    let stats = q.stats("lease").await.expect("stats");
+    assert_eq!((stats.pending, stats.running, stats.done), (0, 0, 2));
+}
+
+async fn exclusive_concurrent_claims<Q: JobQueue + 'static>(q: Arc<Q>) {
+    let ids = q.enqueue("race", &payloads(300)).await.expect("enqueue");
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let q = Arc::clone(&q);
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                let jobs = q.claim("race", 7, LEASE, &format!("w{w}")).await.expect("claim");
+                if jobs.is_empty() {
+                    break;
+                }
+                for job in jobs {
+                    assert!(q.ack(&job).await.expect("ack"));
+                    seen.push(job.id);
+                }
+            }
+            seen
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    let unique: HashSet<_> = all.iter().copied().collect();
+    assert_eq!(all.len(), 300, "every job once");
+    assert_eq!(unique, ids.into_iter().collect::<HashSet<_>>());
+    assert_eq!(q.stats("race").await.expect("stats").done, 300);
+}
+
+async fn bad_input<Q: JobQueue>(q: &Q) {
+    assert!(q.enqueue("", &payloads(1)).await.is_err_and(|e| e.is_invalid()));
+    assert!(q.enqueue(&"q".repeat(300), &payloads(1)).await.is_err_and(|e| e.is_invalid()));
+    assert!(q.claim(" ", 1, LEASE, "w").await.is_err_and(|e| e.is_invalid()));
+    assert!(q.claim("bad", 0, LEASE, "w").await.expect("max 0").is_empty());
+    assert!(q.enqueue("bad", &[]).await.expect("nothing").is_empty());
+    // Enormous leases are clamped, not overflowed.
+    q.enqueue("bad", &payloads(1)).await.expect("enqueue");
+    let job = q.claim("bad", usize::MAX, Duration::MAX, "w").await.expect("huge lease").remove(0);
+    assert!(q.ack(&job).await.expect("ack"));
+}
+
+async fn many_jobs_in_one_batch<Q: JobQueue>(q: &Q) {
+    // More rows than one statement's bind-parameter budget on SQLite.
+    let ids = q.enqueue("bulk", &payloads(40_000)).await.expect("enqueue");
+    assert_eq!(ids.len(), 40_000);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(q.stats("bulk").await.expect("stats").pending, 40_000);
+    let jobs = q.claim("bulk", 1000, LEASE, "w").await.expect("claim");
+    assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), ids[..1000].to_vec());
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use super::*;
+    use ralph_store::queue::SqliteQueue;
+
+    async fn queue() -> (SqliteQueue, tempfile::TempDir) {
+        let (pool, dir) = queue_common::lite::pool(8).await;
+        let q = SqliteQueue::new(pool);
+        q.migrate().await.expect("migrate");
+        (q, dir)
+    }
+
+    #[tokio::test]
+    async fn sqlite_claim_ack_and_stats() {
+        let (q, _dir) = queue().await;
+        claim_ack_and_stats(&q).await;
+    }
+    #[tokio::test]
+    async fn sqlite_retry_backoff_and_dead_letter() {
+        let (q, _dir) = queue().await;
+        retry_backoff_and_dead_letter(&q).await;
+    }
+    #[tokio::test]
+    async fn sqlite_lease_expiry_and_reclaim() {
+        let (q, _dir) = queue().await;
+        lease_expiry_and_reclaim(&q).await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_exclusive_concurrent_claims() {
+        let (q, _dir) = queue().await;
+        exclusive_concurrent_claims(Arc::new(q)).await;
+    }
+    #[tokio::test]
+    async fn sqlite_bad_input() {
+        let (q, _dir) = queue().await;
+        bad_input(&q).await;
+    }
+    #[tokio::test]
+    async fn sqlite_many_jobs_in_one_batch() {
+        let (q, _dir) = queue().await;
+        many_jobs_in_one_batch(&q).await;
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use queue_common::pg;
+    use ralph_store::queue::PgQueue;
+
+    macro_rules! pg_test {
+        ($name:ident, $tag:literal, |$q:ident| $body:expr) => {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let Some(db) = pg::fresh($tag).await else { return };
+                let $q = PgQueue::new(pg::pool(&db, 8).await);
+                $q.migrate().await.expect("migrate");
+                $body.await;
+                $q.pool().close().await;
+                pg::drop_db(db).await;
+            }
+        };
+    }
+
+    pg_test!(pg_claim_ack_and_stats, "qstats", |q| claim_ack_and_stats(&q));
+    pg_test!(pg_retry_backoff_and_dead_letter, "qretry", |q| retry_backoff_and_dead_letter(&q));
+    pg_test!(pg_lease_expiry_and_reclaim, "qlease", |q| lease_expiry_and_reclaim(&q));
+    pg_test!(pg_exclusive_concurrent_claims, "qrace", |q| exclusive_concurrent_claims(Arc::new(q.clone())));
+    pg_test!(pg_bad_input, "qbad", |q| bad_input(&q));
+    pg_test!(pg_many_jobs_in_one_batch, "qbulk", |q| many_jobs_in_one_batch(&q));
+}
+
+#[cfg(feature = "mysql")]
+mod mysql {
+    use super::*;
+    use queue_common::my;
+    use ralph_store::queue::MySqlQueue;
+
+    macro_rules! my_test {
+        ($name:ident, $tag:literal, |$q:ident| $body:expr) => {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let Some(db) = my::fresh($tag).await else { return };
+                let $q = MySqlQueue::new(my::pool(&db, 8).await);
+                $q.migrate().await.expect("migrate");
+                $body.await;
+                $q.pool().close().await;
+                my::drop_db(db).await;
+            }
+        };
+    }
+
+    my_test!(mysql_claim_ack_and_stats, "qstats", |q| claim_ack_and_stats(&q));
+    my_test!(mysql_retry_backoff_and_dead_letter, "qretry", |q| retry_backoff_and_dead_letter(&q));
+    my_test!(mysql_lease_expiry_and_reclaim, "qlease", |q| lease_expiry_and_reclaim(&q));
+    my_test!(mysql_exclusive_concurrent_claims, "qrace", |q| exclusive_concurrent_claims(Arc::new(q.clone())));
+    my_test!(mysql_bad_input, "qbad", |q| bad_input(&q));
+    my_test!(mysql_many_jobs_in_one_batch, "qbulk", |q| many_jobs_in_one_batch(&q));
+}
