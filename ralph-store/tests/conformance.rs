@@ -11,8 +11,8 @@ use ralph_core::{
     Rack, Repository, Secret, ServerRoom, SnmpVersion, StoreError, TransitionGraph, User, UserMirror, UserSource,
     UserStore, ValidationError,
 };
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-use ralph_store::sqlx;
+
+mod store_common;
 
 type Counts = [usize; 9];
 
@@ -595,37 +595,15 @@ async fn open_sqlite(_base: &str, _name: &str) -> (ralph_store::SqliteStore, tem
     (ralph_store::SqliteStore::connect(&url).await.expect("open sqlite"), dir)
 }
 
-/// The base URL with its database name replaced by `<base>_<suffix>`.
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-fn derived(base: &str, suffix: &str) -> (String, String) {
-    let (server, name) = base.rsplit_once('/').expect("URL with a database name");
-    let db = format!("{name}_{suffix}");
-    (format!("{server}/{db}"), db)
-}
-
 #[cfg(feature = "postgres")]
 async fn open_postgres(base: &str, name: &str) -> (ralph_store::PgStore, ()) {
-    use sqlx::Connection;
-    let (url, db) = derived(base, &format!("c_{name}"));
-    let mut admin = sqlx::PgConnection::connect(base).await.expect("connect to PostgreSQL");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&mut admin).await.expect("drop");
-    sqlx::query(&format!("CREATE DATABASE {db} ENCODING 'UTF8' TEMPLATE template0"))
-        .execute(&mut admin)
-        .await
-        .expect("create database");
+    let url = store_common::fresh_postgres(base, &format!("c_{name}")).await;
     (ralph_store::PgStore::connect(&url).await.expect("open postgres"), ())
 }
 
 #[cfg(feature = "mysql")]
 async fn open_mysql(base: &str, name: &str) -> (ralph_store::MySqlStore, ()) {
-    use sqlx::Connection;
-    let (url, db) = derived(base, &format!("c_{name}"));
-    let mut admin = sqlx::MySqlConnection::connect(base).await.expect("connect to MariaDB");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS `{db}`")).execute(&mut admin).await.expect("drop");
-    sqlx::query(&format!("CREATE DATABASE `{db}` CHARACTER SET utf8mb4 COLLATE {}", ralph_store::MYSQL_COLLATION))
-        .execute(&mut admin)
-        .await
-        .expect("create database");
+    let url = store_common::fresh_mysql(base, &format!("c_{name}")).await;
     (ralph_store::MySqlStore::connect(&url).await.expect("open mysql"), ())
 }
 

@@ -4,6 +4,12 @@
 use ralph_core::{DataCenter, Repository, StoreError, UserStore};
 use ralph_store::{AnyStore, PoolConfig, SqliteStore, sqlx};
 
+mod store_common;
+#[cfg(feature = "mysql")]
+use store_common::fresh_mysql;
+#[cfg(feature = "postgres")]
+use store_common::fresh_postgres;
+
 #[tokio::test]
 async fn sqlite_file_is_created_in_wal_mode_with_foreign_keys() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -51,21 +57,22 @@ async fn any_store_picks_the_backend_by_scheme() {
     assert!(text.contains("oracle") && !text.contains("tiger-Pass"), "{text}");
 
     #[cfg(feature = "postgres")]
-    if let Some(url) = ralph_testkit::service("RALPH_TEST_PG_URL") {
+    if let Some(base) = ralph_testkit::service("RALPH_TEST_PG_URL") {
+        let url = fresh_postgres(&base, "setup_any").await;
         assert_eq!(AnyStore::connect(&url).await.expect("postgres").backend(), "PostgreSQL");
     }
     #[cfg(feature = "mysql")]
-    if let Some(url) = ralph_testkit::service("RALPH_TEST_MYSQL_URL") {
-        let mariadb = url.replacen("mysql:", "mariadb:", 1);
-        assert_eq!(AnyStore::connect(&mariadb).await.expect("mysql").backend(), "MySQL");
+    if let Some(base) = ralph_testkit::service("RALPH_TEST_MYSQL_URL") {
+        let url = fresh_mysql(&base, "setup_any").await.replacen("mysql:", "mariadb:", 1);
+        assert_eq!(AnyStore::connect(&url).await.expect("mysql").backend(), "MySQL");
     }
 }
 
 #[cfg(feature = "mysql")]
 #[tokio::test]
 async fn mysql_connections_and_tables_are_utf8mb4() {
-    let url = ralph_testkit::require!("RALPH_TEST_MYSQL_URL");
-    let store = ralph_store::MySqlStore::connect(&url).await.expect("mysql");
+    let base = ralph_testkit::require!("RALPH_TEST_MYSQL_URL");
+    let store = ralph_store::MySqlStore::connect(&fresh_mysql(&base, "setup_utf8").await).await.expect("mysql");
     let pool = store.pool();
     let (charset, collation): (String, String) =
         sqlx::query_as("SELECT @@character_set_connection, @@collation_connection")
@@ -105,36 +112,16 @@ async fn concurrent_first_connects<DB: ralph_store::Backend>(url: &str) {
     store.create(&DataCenter::new("dc1", None).expect("dc")).await.expect("schema works");
 }
 
-/// `<base>_setup_race` on the server of `base`.
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-fn race_db(base: &str) -> (String, String) {
-    let (server, name) = base.rsplit_once('/').expect("URL with a database name");
-    let db = format!("{name}_setup_race");
-    (format!("{server}/{db}"), db)
-}
-
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_concurrent_first_connects_migrate_once() {
-    use sqlx::Connection as _;
     let base = ralph_testkit::require!("RALPH_TEST_PG_URL");
-    let (url, db) = race_db(&base);
-    let mut admin = sqlx::PgConnection::connect(&base).await.expect("admin");
-    for sql in [format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"), format!("CREATE DATABASE {db}")] {
-        sqlx::query(&sql).execute(&mut admin).await.expect("fresh database");
-    }
-    concurrent_first_connects::<sqlx::Postgres>(&url).await;
+    concurrent_first_connects::<sqlx::Postgres>(&fresh_postgres(&base, "setup_race").await).await;
 }
 
 #[cfg(feature = "mysql")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysql_concurrent_first_connects_migrate_once() {
-    use sqlx::Connection as _;
     let base = ralph_testkit::require!("RALPH_TEST_MYSQL_URL");
-    let (url, db) = race_db(&base);
-    let mut admin = sqlx::MySqlConnection::connect(&base).await.expect("admin");
-    for sql in [format!("DROP DATABASE IF EXISTS `{db}`"), format!("CREATE DATABASE `{db}`")] {
-        sqlx::query(&sql).execute(&mut admin).await.expect("fresh database");
-    }
-    concurrent_first_connects::<sqlx::MySql>(&url).await;
+    concurrent_first_connects::<sqlx::MySql>(&fresh_mysql(&base, "setup_race").await).await;
 }
