@@ -271,6 +271,20 @@ pub trait Driver: sqlx::Database {
     ) -> Result<Vec<Vec<Value>>, sqlx::Error>;
 }
 
+/// Binds every [`Value`] of `$args` to `$query`, each in the backend's native type.
+macro_rules! bind_all {
+    ($query:ident, $args:expr) => {
+        for arg in $args {
+            $query = match arg {
+                Value::Int(v) => $query.bind(*v),
+                Value::Text(v) => $query.bind(v.as_deref()),
+                Value::Bool(v) => $query.bind(*v),
+                Value::Time(v) => $query.bind(*v),
+            };
+        }
+    };
+}
+
 /// Implements [`Driver`] for one sqlx database; the bodies are the same for every backend,
 /// only the types and the few listed differences change.
 macro_rules! driver {
@@ -303,14 +317,7 @@ macro_rules! driver {
             async fn execute(conn: &mut Self::Connection, sql: &str, args: &[Value]) -> Result<Done, sqlx::Error> {
                 let sql = Self::DIALECT.placeholders(sql);
                 let mut query = sqlx::query::<$db>(&sql);
-                for arg in args {
-                    query = match arg {
-                        Value::Int(v) => query.bind(*v),
-                        Value::Text(v) => query.bind(v.as_deref()),
-                        Value::Bool(v) => query.bind(*v),
-                        Value::Time(v) => query.bind(*v),
-                    };
-                }
+                bind_all!(query, args);
                 let $res = query.execute(&mut *conn).await?;
                 Ok(Done { rows: $res.rows_affected(), last_id: $last_id })
             }
@@ -324,14 +331,7 @@ macro_rules! driver {
                 use sqlx::Row as _;
                 let sql = Self::DIALECT.placeholders(sql);
                 let mut query = sqlx::query::<$db>(&sql);
-                for arg in args {
-                    query = match arg {
-                        Value::Int(v) => query.bind(*v),
-                        Value::Text(v) => query.bind(v.as_deref()),
-                        Value::Bool(v) => query.bind(*v),
-                        Value::Time(v) => query.bind(*v),
-                    };
-                }
+                bind_all!(query, args);
                 let rows = query.fetch_all(&mut *conn).await?;
                 rows.iter()
                     .map(|row| {

@@ -2,7 +2,7 @@
 //! under both error policies, and no password in any log line.
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use ralph_core::auth::{ErrorPolicy, LoginError};
@@ -11,6 +11,9 @@ use ralph_core::{
     UserMirror, UserSource, UserStore,
 };
 use ralph_store::SqliteStore;
+
+mod store_common;
+use store_common::Capture;
 
 const ADMIN_PASSWORD: &str = "correct-Horse-battery-7!";
 const WRONG_PASSWORD: &str = "Tr0ub4dor&3-not-it";
@@ -28,27 +31,6 @@ impl AuthBackend for Down {
 
     async fn authenticate(&self, _credentials: &Credentials) -> Result<AuthOutcome, AuthError> {
         Err(AuthError::Unavailable(Box::new(io::Error::new(io::ErrorKind::ConnectionRefused, "directory down"))))
-    }
-}
-
-/// Collects everything the fmt subscriber writes.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().map_err(|_| io::Error::other("poisoned"))?.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("capture lock")).into_owned()
     }
 }
 
@@ -78,13 +60,7 @@ async fn store_with_users() -> (Arc<SqliteStore>, tempfile::TempDir) {
 #[tokio::test]
 async fn the_chain_on_the_sqlite_store() {
     let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = capture.install();
 
     let (store, _dir) = store_with_users().await;
     let local: Arc<dyn AuthBackend> = Arc::new(LocalBackend::new(store.clone()));

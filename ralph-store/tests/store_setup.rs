@@ -1,7 +1,7 @@
 //! Opening stores: SQLite settings, repeatable migrations, pool configuration, backend choice by
 //! URL scheme, and utf8mb4 on MySQL connections and tables.
 
-use ralph_core::{DataCenter, Repository, StoreError, UserStore};
+use ralph_core::{DataCenter, InventoryStore, IpAddress, Repository, Secret, StoreError, UserStore};
 use ralph_store::{AnyStore, PoolConfig, SqliteStore, sqlx};
 
 mod store_common;
@@ -33,6 +33,29 @@ async fn sqlite_file_is_created_in_wal_mode_with_foreign_keys() {
     let again = SqliteStore::connect(&url).await.expect("reopen");
     again.migrate().await.expect("migrate twice");
     assert_eq!(Repository::<DataCenter>::list(&again).await.expect("list").len(), 1);
+}
+
+/// The SNMP community is stored (discovery needs it back) but no store or driver event shows it.
+#[tokio::test]
+async fn store_events_never_show_the_snmp_community() {
+    const COMMUNITY: &str = "c0mmunity-Secret-77";
+    let capture = store_common::Capture::default();
+    let _guard = capture.install();
+    let store = SqliteStore::connect("sqlite::memory:").await.expect("store");
+    let mut ip = IpAddress::parse("10.0.0.9", None).expect("ip");
+    ip.snmp_community = Some(Secret::new(COMMUNITY));
+    let id = store.create(&ip).await.expect("create");
+    let read = store.get(id).await.expect("get");
+    assert_eq!(read.snmp_community.as_ref().map(Secret::expose), Some(COMMUNITY));
+    store.update(id, &read.value).await.expect("update");
+    assert_eq!(
+        store.ip_addresses_in(ralph_core::parse_cidr("10.0.0.0/24").expect("cidr"), false).await.expect("range").len(),
+        1
+    );
+    assert!(format!("{read:?}").contains("redacted") && !format!("{read:?}").contains(COMMUNITY));
+    let log = capture.text();
+    assert!(log.contains("ralph::store") && log.contains("inserted"), "log was:\n{log}");
+    assert!(!log.contains(COMMUNITY), "the community leaked into the log:\n{log}");
 }
 
 #[tokio::test]
