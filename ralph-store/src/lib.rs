@@ -65,6 +65,7 @@
 //! ```
 
 mod any;
+pub mod bulk;
 mod config;
 mod driver;
 mod inventory;

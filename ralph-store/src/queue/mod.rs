@@ -22,6 +22,10 @@
 //!
 //! # Reading queue statistics
 //!
+//! Every store ([`SqliteStore`](crate::SqliteStore), [`PgStore`](crate::PgStore),
+//! [`MySqlStore`](crate::MySqlStore)) is a [`JobQueue`] over its own pool; [`SqliteQueue`],
+//! [`PgQueue`] and [`MySqlQueue`] are the same queues over a pool you bring.
+//!
 //! "How many tasks are waiting?" is one call, [`JobQueue::stats`] (or [`JobQueue::all_stats`]
 //! for every queue), which a host application can poll for a dashboard or a metrics exporter:
 //!
@@ -53,6 +57,8 @@
 
 use std::time::Duration;
 
+#[cfg(doc)]
+use ralph_core::JobQueue;
 use ralph_core::{StoreError, ValidationError};
 
 #[cfg(feature = "mysql")]
@@ -64,6 +70,60 @@ mod sqlite;
 
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlQueue;
+
+/// `impl JobQueue for SqlStore<DB>`: the store's own pool serves the queue too (one pool per
+/// store, so workers never open connections of their own).
+macro_rules! store_queue {
+    ($feature:literal, $db:ty, $queue:ident) => {
+        #[cfg(feature = $feature)]
+        #[async_trait::async_trait]
+        impl ralph_core::JobQueue for crate::SqlStore<$db> {
+            async fn enqueue(
+                &self,
+                queue: &str,
+                payloads: &[String],
+            ) -> Result<Vec<ralph_core::Id<ralph_core::Job>>, StoreError> {
+                $queue::new(self.pool().clone()).enqueue(queue, payloads).await
+            }
+            async fn claim(
+                &self,
+                queue: &str,
+                max: usize,
+                lease: Duration,
+                worker: &str,
+            ) -> Result<Vec<ralph_core::Job>, StoreError> {
+                $queue::new(self.pool().clone()).claim(queue, max, lease, worker).await
+            }
+            async fn ack(&self, job: &ralph_core::Job) -> Result<bool, StoreError> {
+                $queue::new(self.pool().clone()).ack(job).await
+            }
+            async fn fail(
+                &self,
+                job: &ralph_core::Job,
+                error: &str,
+                policy: &ralph_core::RetryPolicy,
+            ) -> Result<ralph_core::FailOutcome, StoreError> {
+                $queue::new(self.pool().clone()).fail(job, error, policy).await
+            }
+            async fn extend_lease(&self, job: &ralph_core::Job, lease: Duration) -> Result<bool, StoreError> {
+                $queue::new(self.pool().clone()).extend_lease(job, lease).await
+            }
+            async fn reclaim_expired(&self, queue: &str) -> Result<u64, StoreError> {
+                $queue::new(self.pool().clone()).reclaim_expired(queue).await
+            }
+            async fn stats(&self, queue: &str) -> Result<ralph_core::QueueStats, StoreError> {
+                $queue::new(self.pool().clone()).stats(queue).await
+            }
+            async fn all_stats(&self) -> Result<Vec<ralph_core::QueueStats>, StoreError> {
+                $queue::new(self.pool().clone()).all_stats().await
+            }
+        }
+    };
+}
+
+store_queue!("sqlite", sqlx::Sqlite, SqliteQueue);
+store_queue!("postgres", sqlx::Postgres, PgQueue);
+store_queue!("mysql", sqlx::MySql, MySqlQueue);
 #[cfg(feature = "postgres")]
 pub use postgres::PgQueue;
 #[cfg(feature = "sqlite")]

@@ -47,7 +47,7 @@ impl MySqlQueue {
     /// # Errors
     /// The migration failed.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/mysql").run(&self.pool).await.map_err(|e| StoreError::Backend(Box::new(e)))
+        crate::SqlStore::<sqlx::MySql>::from_pool(self.pool.clone()).migrate().await
     }
 
     async fn server(&self) -> Result<&ServerInfo, StoreError> {

@@ -39,7 +39,7 @@ impl PgQueue {
     /// # Errors
     /// The migration failed.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/postgres").run(&self.pool).await.map_err(|e| StoreError::Backend(Box::new(e)))
+        crate::SqlStore::<sqlx::Postgres>::from_pool(self.pool.clone()).migrate().await
     }
 }
 

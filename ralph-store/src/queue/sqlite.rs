@@ -44,7 +44,7 @@ impl SqliteQueue {
     /// # Errors
     /// The migration failed.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/sqlite").run(&self.pool).await.map_err(|e| StoreError::Backend(Box::new(e)))
+        crate::SqlStore::<sqlx::Sqlite>::from_pool(self.pool.clone()).migrate().await
     }
 }
 

@@ -1,0 +1,213 @@
+//! Bulk upsert of scan observations on SQLite, PostgreSQL and MariaDB: the SQL agrees with
+//! `apply_observation` on random inputs, buried addresses stay untouched, batches larger than
+//! one statement's parameter budget work, and a refused batch writes nothing.
+
+mod queue_common;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use ralph_core::{
+    InventoryStore, IpAddress, Observation, RecordSummary, Repository, ScanResultStore, Secret, SnmpVersion,
+    apply_observation,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+trait Store: ScanResultStore + InventoryStore + Repository<IpAddress> {}
+impl<T: ScanResultStore + InventoryStore + Repository<IpAddress>> Store for T {}
+
+fn addr(i: u32) -> IpAddr {
+    IpAddr::from([10, 9, (i >> 8) as u8, i as u8])
+}
+
+fn time(rng: &mut StdRng) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(1_700_000_000_000_000 + rng.gen_range(0..10_000_000_000)).expect("time")
+}
+
+fn pick<T: Clone>(rng: &mut StdRng, options: &[T]) -> Option<T> {
+    let i = rng.gen_range(0..=options.len());
+    options.get(i).cloned()
+}
+
+fn random_record(rng: &mut StdRng, address: IpAddr) -> IpAddress {
+    let mut r = IpAddress::new(address);
+    r.last_seen = rng.gen_bool(0.5).then(|| time(rng));
+    r.dead_ping_count = rng.gen_range(0..4);
+    r.is_buried = rng.gen_bool(0.2);
+    r.http_family = pick(rng, &["Apache".to_owned(), "nginx".to_owned()]);
+    r.snmp_name = pick(rng, &["sw-1.dc1".to_owned(), "Zażółć-🚀".to_owned()]);
+    r.snmp_community = r.snmp_name.as_ref().map(|_| Secret::new("public"));
+    r.snmp_version = r.snmp_name.as_ref().map(|_| SnmpVersion::V2c);
+    r.scan_checksum = pick(rng, &["c1".to_owned(), "c2".to_owned()]);
+    r
+}
+
+fn random_observation(rng: &mut StdRng, address: IpAddr) -> Observation {
+    let mut o = Observation::new(address, rng.gen_bool(0.6), time(rng));
+    o.http_family = pick(rng, &["Apache".to_owned(), "Cisco".to_owned(), "ünïcode".to_owned()]);
+    o.snmp_name = pick(rng, &["sw-2.dc1".to_owned(), "東京-router".to_owned()]);
+    o.snmp_community = pick(rng, &[Secret::new("private"), Secret::new("s3cr3t")]);
+    o.snmp_version = pick(rng, &[SnmpVersion::V1, SnmpVersion::V2c, SnmpVersion::V3]);
+    o.checksum = pick(rng, &["c1".to_owned(), "c2".to_owned(), "c3".to_owned()]);
+    o
+}
+
+/// The rules applied in Rust, one observation after the other.
+fn expected(
+    mut known: HashMap<IpAddr, IpAddress>,
+    observations: &[Observation],
+    limit: u32,
+) -> (HashMap<IpAddr, IpAddress>, RecordSummary) {
+    let mut summary = RecordSummary::default();
+    for o in observations {
+        match known.get_mut(&o.address) {
+            Some(r) if r.is_buried => {}
+            Some(r) => {
+                summary.updated += 1;
+                if apply_observation(r, o, limit) {
+                    summary.changed += 1;
+                }
+            }
+            None if o.alive => {
+                let mut r = IpAddress::new(o.address);
+                apply_observation(&mut r, o, limit);
+                summary.inserted += 1;
+                known.insert(o.address, r);
+            }
+            None => {}
+        }
+    }
+    (known, summary)
+}
+
+/// Random existing rows, random batches with repeated addresses, random dead-ping limits: the
+/// store must end where `apply_observation` ends, and report the same counts.
+async fn rules_match_apply_observation<S: Store>(store: &S, cases: u32, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for case in 0..cases {
+        let base = case * 40;
+        let mut known = HashMap::new();
+        for i in 0..20 {
+            if rng.gen_bool(0.6) {
+                let r = random_record(&mut rng, addr(base + i));
+                store.create(&r).await.expect("seed row");
+                known.insert(r.address, r);
+            }
+        }
+        let limit = rng.gen_range(0..4);
+        for _batch in 0..3 {
+            let observations: Vec<Observation> = (0..30)
+                .map(|_| {
+                    let a = addr(base + rng.gen_range(0..25));
+                    random_observation(&mut rng, a)
+                })
+                .collect();
+            let (want, want_summary) = expected(known.clone(), &observations, limit);
+            let got_summary = store.record_observations(&observations, limit).await.expect("record");
+            assert_eq!(got_summary, want_summary, "seed {seed} case {case}: summary");
+            for i in 0..25 {
+                let a = addr(base + i);
+                let got = store.find_ip(a).await.expect("find").map(|r| r.value);
+                assert_eq!(got.as_ref(), want.get(&a), "seed {seed} case {case}: address {a} (limit {limit})");
+            }
+            known = want;
+        }
+    }
+}
+
+async fn large_batches_cross_chunks<S: Store>(store: &S) {
+    let now = Utc::now();
+    let alive: Vec<Observation> = (0..40_000).map(|i| Observation::new(addr(100_000 + i), true, now)).collect();
+    let s = store.record_observations(&alive, 2).await.expect("record alive");
+    assert_eq!((s.inserted, s.updated), (40_000, 0));
+    let dead: Vec<Observation> = alive.iter().map(|o| Observation::new(o.address, false, now)).collect();
+    let s = store.record_observations(&dead, 2).await.expect("record dead");
+    assert_eq!((s.inserted, s.updated), (0, 40_000));
+    let last = store.find_ip(addr(100_000 + 39_999)).await.expect("find").expect("exists");
+    assert_eq!(last.dead_ping_count, 1);
+}
+
+async fn refused_batch_writes_nothing<S: Store>(store: &S) {
+    let now = Utc::now();
+    let mut batch: Vec<Observation> = (0..5000).map(|i| Observation::new(addr(200_000 + i), true, now)).collect();
+    batch[4999].http_family = Some("x".repeat(65));
+    let err = store.record_observations(&batch, 2).await.expect_err("overlong fact");
+    assert!(err.is_invalid(), "{err:?}");
+    assert!(store.find_ip(addr(200_000)).await.expect("find").is_none(), "nothing of the batch was written");
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use super::*;
+    use ralph_store::SqliteStore;
+
+    async fn store() -> (SqliteStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("bulk.sqlite3").display());
+        (SqliteStore::connect(&url).await.expect("connect"), dir)
+    }
+
+    #[tokio::test]
+    async fn sqlite_rules_match_apply_observation() {
+        let (s, _dir) = store().await;
+        rules_match_apply_observation(&s, 40, 0x5eed_0001).await;
+    }
+    #[tokio::test]
+    async fn sqlite_large_batches_cross_chunks() {
+        let (s, _dir) = store().await;
+        large_batches_cross_chunks(&s).await;
+    }
+    #[tokio::test]
+    async fn sqlite_refused_batch_writes_nothing() {
+        let (s, _dir) = store().await;
+        refused_batch_writes_nothing(&s).await;
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use queue_common::pg;
+    use ralph_store::PgStore;
+
+    macro_rules! pg_test {
+        ($name:ident, $tag:literal, |$s:ident| $body:expr) => {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(db) = pg::fresh($tag).await else { return };
+                let $s = PgStore::connect(&db.url).await.expect("connect");
+                $body.await;
+                $s.close().await;
+                pg::drop_db(db).await;
+            }
+        };
+    }
+    pg_test!(pg_rules_match_apply_observation, "brules", |s| rules_match_apply_observation(&s, 15, 0x5eed_0002));
+    pg_test!(pg_large_batches_cross_chunks, "blarge", |s| large_batches_cross_chunks(&s));
+    pg_test!(pg_refused_batch_writes_nothing, "brefuse", |s| refused_batch_writes_nothing(&s));
+}
+
+#[cfg(feature = "mysql")]
+mod mysql {
+    use super::*;
+    use queue_common::my;
+    use ralph_store::MySqlStore;
+
+    macro_rules! my_test {
+        ($name:ident, $tag:literal, |$s:ident| $body:expr) => {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(db) = my::fresh($tag).await else { return };
+                let $s = MySqlStore::connect(&db.url).await.expect("connect");
+                $body.await;
+                $s.close().await;
+                my::drop_db(db).await;
+            }
+        };
+    }
+    my_test!(mysql_rules_match_apply_observation, "brules", |s| rules_match_apply_observation(&s, 15, 0x5eed_0003));
+    my_test!(mysql_large_batches_cross_chunks, "blarge", |s| large_batches_cross_chunks(&s));
+    my_test!(mysql_refused_batch_writes_nothing, "brefuse", |s| refused_batch_writes_nothing(&s));
+}
