@@ -23,10 +23,10 @@
 //! ```
 //!
 //! The fixes are `ALTER TABLE t ENGINE = InnoDB` for a non-InnoDB table, `ALTER TABLE t CONVERT
-//! TO CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci` for a table whose default character set
+//! TO CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_520_ci` for a table whose default character set
 //! is not utf8mb4 (this converts its text columns too, keeping the data; MySQL widens `TEXT` to
 //! `MEDIUMTEXT` where needed to keep the byte capacity), `ALTER TABLE t MODIFY c ... CHARACTER SET
-//! utf8mb4 COLLATE utf8mb4_unicode_ci` for a single column of an otherwise utf8mb4 table, and
+//! utf8mb4 COLLATE utf8mb4_unicode_520_ci` for a single column of an otherwise utf8mb4 table, and
 //! `ALTER DATABASE` for a database whose default would give new tables another character set.
 //! Converting rewrites the table: on a large table run it in a maintenance window.
 
@@ -37,7 +37,7 @@ use sqlx::Row;
 use sqlx::mysql::MySqlPool;
 
 /// The collation the fixes convert to.
-pub const UTF8MB4_COLLATION: &str = "utf8mb4_unicode_ci";
+pub const UTF8MB4_COLLATION: &str = crate::MYSQL_COLLATION;
 
 fn backend(error: sqlx::Error) -> StoreError {
     StoreError::Backend(Box::new(error))

@@ -14,4 +14,4 @@ CREATE TABLE IF NOT EXISTS queue_jobs (
     finished_at DATETIME(6),
     CONSTRAINT queue_jobs_state CHECK (state IN ('pending', 'running', 'done', 'dead')),
     KEY queue_jobs_claim (queue, state, due_at, id)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_520_ci;
