@@ -162,6 +162,8 @@ impl<DB: Backend> InventoryStore for SqlStore<DB> {
             )
             .await?;
         if changed == 0 {
+            // Deleted meanwhile, or moved by a concurrent transition.
+            Repository::<Device>::get(self, id).await?;
             return Err(StoreError::Conflict {
                 entity: Device::NAME,
                 constraint: format!("status changed from {current} concurrently"),

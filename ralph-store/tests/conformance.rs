@@ -497,6 +497,35 @@ async fn utf8_round_trips_byte_for_byte<S: InventoryStore + UserStore>(s: &S) {
     s.create(&Rack::new("🔥", room).expect("rack")).await.expect("fire is another name");
 }
 
+/// Concurrent transitions from the same status: the compare-and-set lets exactly one through.
+async fn racing_transitions_apply_once<S: InventoryStore + Clone + 'static>(s: &S) {
+    let site = site(s, "cas").await;
+    let device = s.create(&Device::new(site.server_1u, Some("cas"), None, None)).await.expect("device");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let store = s.clone();
+        tasks.spawn(
+            async move { store.transition_device(device, &TransitionGraph::data_center_assets(), "deploy").await },
+        );
+    }
+    let mut won = 0;
+    while let Some(result) = tasks.join_next().await {
+        match result.expect("task") {
+            Ok(status) => {
+                assert_eq!(status, AssetStatus::InUse);
+                won += 1;
+            }
+            // Lost the race at the compare-and-set, or read the new status and was refused.
+            Err(
+                StoreError::Conflict { .. } | StoreError::Invalid { source: ValidationError::Transition { .. }, .. },
+            ) => {}
+            Err(other) => panic!("unexpected error {other:?}"),
+        }
+    }
+    assert_eq!(won, 1, "one deploy, not {won}");
+    assert_eq!(s.get(device).await.expect("device").status, AssetStatus::InUse);
+}
+
 /// Raw SQL on the store's own pool, to plant rows the model would never write.
 trait Raw {
     async fn raw(&self, sql: &str);
@@ -570,6 +599,7 @@ macro_rules! suite {
                 utf8_round_trips_byte_for_byte,
                 racing_placements_never_overlap,
                 corrupt_rows_are_reported,
+                racing_transitions_apply_once,
             );
         }
     };
