@@ -1,7 +1,9 @@
 //! [`LdapBackend`]: the [`AuthBackend`] that checks passwords against the directory and
 //! mirrors users, profiles and roles through a [`UserStore`].
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use deadpool::managed::Object;
@@ -46,6 +48,9 @@ pub(crate) struct Inner<S> {
     pub(crate) rules: GroupRules,
     is_ad: OnceCell<bool>,
     pub(crate) attrs: Vec<String>,
+    /// What this backend last wrote for each user, and when: an identical mirror within the
+    /// cache TTL is not written again (the store is the bottleneck of a login otherwise).
+    mirrored: Mutex<HashMap<String, (Instant, UserMirror)>>,
 }
 
 /// The outcome of looking a login name up.
@@ -78,6 +83,7 @@ impl<S: UserStore> LdapBackend<S> {
                 rules,
                 is_ad: OnceCell::new(),
                 attrs,
+                mirrored: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -94,9 +100,11 @@ impl<S: UserStore> LdapBackend<S> {
         &self.inner.store
     }
 
-    /// Forgets every cached group membership.
+    /// Forgets every cached group membership (and which mirrors were written, so the next
+    /// login of each user writes the store again).
     pub fn clear_group_cache(&self) {
         self.inner.cache.clear();
+        self.inner.lock_mirrored().clear();
     }
 
     pub(crate) fn inner(&self) -> &Inner<S> {
@@ -143,7 +151,7 @@ impl<S: UserStore> LdapBackend<S> {
             profile: profile.clone(),
             groups: inner.config.mirror_groups.then(|| roles.clone()),
         };
-        inner.store.mirror_user(&mirror).await?;
+        inner.mirror(mirror).await?;
         if !user.is_active {
             debug!(target: TRACE_TARGET, username = %username, "user is not in the active group");
             return Ok(AuthOutcome::Denied(DenyReason::Inactive));
@@ -152,7 +160,35 @@ impl<S: UserStore> LdapBackend<S> {
     }
 }
 
+impl<S: UserStore> Inner<S> {
+    /// Writes the mirror unless this backend wrote the very same one within the cache TTL.
+    async fn mirror(&self, mirror: UserMirror) -> Result<()> {
+        let ttl = self.config.cache_ttl();
+        let fresh = |at: &Instant| !ttl.is_zero() && at.elapsed() < ttl;
+        let unchanged = self
+            .lock_mirrored()
+            .get(&mirror.user.username)
+            .is_some_and(|(at, last)| fresh(at) && *last == mirror);
+        if unchanged {
+            return Ok(());
+        }
+        self.store.mirror_user(&mirror).await?;
+        if !ttl.is_zero() {
+            let mut map = self.lock_mirrored();
+            if map.len() > 100_000 {
+                map.retain(|_, (at, _)| fresh(at));
+            }
+            map.insert(mirror.user.username.clone(), (Instant::now(), mirror));
+        }
+        Ok(())
+    }
+}
+
 impl<S> Inner<S> {
+    fn lock_mirrored(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, UserMirror)>> {
+        self.mirrored.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// A search over the service pool. A connection found dead (the server restarted) is
     /// dropped and the search retried once on a fresh one; any other error is returned.
     pub(crate) async fn service_search(
