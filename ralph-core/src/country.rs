@@ -3,8 +3,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 use crate::ValidationError;
 
 /// An ISO 3166-1 alpha-2 country code such as `PL` or `US`.
@@ -78,18 +76,7 @@ impl FromStr for CountryCode {
     }
 }
 
-impl Serialize for CountryCode {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for CountryCode {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
+crate::text::serde_as_validated_str!(CountryCode);
 
 #[cfg(test)]
 mod tests {

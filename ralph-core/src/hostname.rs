@@ -3,8 +3,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 use crate::ValidationError;
 
 /// A host name that follows RFC 1123: dot-separated labels of ASCII letters, digits and
@@ -81,18 +79,7 @@ impl AsRef<str> for Hostname {
     }
 }
 
-impl Serialize for Hostname {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Hostname {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
+crate::text::serde_as_validated_str!(Hostname);
 
 #[cfg(test)]
 mod tests {

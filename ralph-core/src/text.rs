@@ -43,3 +43,23 @@ pub fn deserialize_blank_as_none<'de, D: Deserializer<'de>>(deserializer: D) -> 
     let value = Option::<String>::deserialize(deserializer)?;
     Ok(blank_to_none(value.as_deref()))
 }
+
+/// Serializes a validated text type as its `Display` form and deserializes it through its
+/// `FromStr` (so serde input is validated exactly like any other input).
+macro_rules! serde_as_validated_str {
+    ($ty:ty) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use serde_as_validated_str;
