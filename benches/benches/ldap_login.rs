@@ -183,7 +183,9 @@ where
     let secs = started.elapsed().as_secs_f64();
     let after = time_wait(port);
     all.sort();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default()
+    };
     Figures {
         logins: all.len(),
         secs,
@@ -203,9 +205,14 @@ async fn naive_login(s: Arc<(String, String, String, String)>, store: SqliteStor
     ldap3::drive!(conn);
     let ok = async {
         ldap.simple_bind(bind_dn, bind_pw).await.ok()?.success().ok()?;
-        let filter = format!("(&(sAMAccountName={})(memberOf=cn=ralph-users,ou=groups,{base}))", ldap3::ldap_escape(&name));
-        let (entries, _) =
-            ldap.search(base, Scope::Subtree, &filter, vec!["givenName", "sn", "mail", "memberOf"]).await.ok()?.success().ok()?;
+        let filter =
+            format!("(&(sAMAccountName={})(memberOf=cn=ralph-users,ou=groups,{base}))", ldap3::ldap_escape(&name));
+        let (entries, _) = ldap
+            .search(base, Scope::Subtree, &filter, vec!["givenName", "sn", "mail", "memberOf"])
+            .await
+            .ok()?
+            .success()
+            .ok()?;
         let entry = ldap3::SearchEntry::construct(entries.into_iter().next()?);
         ldap.simple_bind(&entry.dn, &pw).await.ok()?.success().ok()?;
         let active = entry.attrs.get("memberOf")?.iter().any(|g| g.starts_with("cn=_gr_ralph,"));
@@ -253,7 +260,8 @@ fn main() {
         for concurrency in [1usize, 32] {
             let pool = concurrency.clamp(4, 32);
             let backend = LdapBackend::new(config(&slapd, pool), store.clone()).expect("backend");
-            let chain = Arc::new(AuthChain::new().with(Arc::new(backend)).with(Arc::new(LocalBackend::new(store.clone()))));
+            let chain =
+                Arc::new(AuthChain::new().with(Arc::new(backend)).with(Arc::new(LocalBackend::new(store.clone()))));
             // Warm-up: fill the pools and the group cache, mirror every user once.
             for i in 0..USERS {
                 let (u, p) = user(i);

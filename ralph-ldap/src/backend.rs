@@ -165,10 +165,8 @@ impl<S: UserStore> Inner<S> {
     async fn mirror(&self, mirror: UserMirror) -> Result<()> {
         let ttl = self.config.cache_ttl();
         let fresh = |at: &Instant| !ttl.is_zero() && at.elapsed() < ttl;
-        let unchanged = self
-            .lock_mirrored()
-            .get(&mirror.user.username)
-            .is_some_and(|(at, last)| fresh(at) && *last == mirror);
+        let unchanged =
+            self.lock_mirrored().get(&mirror.user.username).is_some_and(|(at, last)| fresh(at) && *last == mirror);
         if unchanged {
             return Ok(());
         }

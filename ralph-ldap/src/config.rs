@@ -793,6 +793,22 @@ mod tests {
     }
 
     #[test]
+    fn readme_toml_is_valid_and_complete() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```toml\n").expect("toml block") + "```toml\n".len();
+        let end = start + readme[start..].find("```").expect("block end");
+        let c = LdapConfig::from_toml_str(&readme[start..end]).expect("README TOML is valid");
+        assert_eq!(c.group_mapping.len(), 6);
+        assert_eq!(c.group_type, GroupType::GroupOfNames);
+        assert_eq!(
+            c.user_search.as_ref().map(|s| s.filter.as_str()),
+            Some("(&(objectClass=*)(sAMAccountName=%(user)s))")
+        );
+        assert_eq!(c.profile_attr_map.attributes().count(), 6);
+        assert_eq!(c.flags_by_group.is_staff.len(), 1);
+    }
+
+    #[test]
     fn builder_matches_toml() {
         let built = LdapConfig::builder(["ldaps://127.0.0.1:636"])
             .bind("cn=svc,dc=x", "pw")
