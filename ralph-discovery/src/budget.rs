@@ -112,17 +112,19 @@ impl SocketBudget {
         self.inner.shrinks.load(Ordering::Relaxed)
     }
 
-    /// Shrinks the bound by a quarter (keeping at least 1) after EMFILE/ENFILE. Returns the
-    /// new capacity. Concurrent callers that saw the same error shrink once per call, so a
-    /// burst of errors converges quickly to what the process can really open.
+    /// Shrinks the bound after EMFILE/ENFILE (called by the probe that met it, while it
+    /// still holds its permit): to what was demonstrably open at that moment, the other
+    /// holders, and always by at least one, keeping at least 1. Returns the new capacity.
     pub fn shrink(&self) -> usize {
         let mut removed = 0;
+        let others = self.in_use().saturating_sub(1);
         let result = self.inner.capacity.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cap| {
             if cap <= 1 {
                 return None;
             }
-            removed = (cap / 4).max(1);
-            Some(cap - removed)
+            let new = (cap - 1).min(others).max(1);
+            removed = cap - new;
+            Some(new)
         });
         let Ok(old) = result else { return self.capacity() };
         self.inner.shrinks.fetch_add(1, Ordering::Relaxed);
@@ -142,12 +144,14 @@ mod tests {
     #[tokio::test]
     async fn shrink_takes_effect_as_permits_return() {
         let budget = SocketBudget::new(8);
-        let held: Vec<_> = futures::future::join_all((0..8).map(|_| budget.acquire())).await;
+        let mut held: Vec<_> = futures::future::join_all((0..8).map(|_| budget.acquire())).await;
         assert_eq!(budget.in_use(), 8);
-        assert_eq!(budget.shrink(), 6);
+        assert_eq!(budget.shrink(), 7, "all 8 were open: one less");
+        held.truncate(4);
+        assert_eq!(budget.shrink(), 3, "only 4 open when EMFILE came: the 3 others");
         drop(held);
         assert_eq!(budget.in_use(), 0);
-        assert_eq!(budget.inner.semaphore.available_permits(), 6);
+        assert_eq!(budget.inner.semaphore.available_permits(), 3);
         for _ in 0..10 {
             budget.shrink();
         }

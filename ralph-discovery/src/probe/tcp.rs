@@ -6,6 +6,13 @@ use async_trait::async_trait;
 
 use super::{ConnectOutcome, Probe, ProbeContext, ProbeReport, Stage};
 
+enum Port {
+    Open,
+    Closed,
+    Silent,
+    Failed(std::io::Error),
+}
+
 /// Connects to each port; open and closed (reset) ports both prove the host is up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpConnectProbe {
@@ -33,21 +40,28 @@ impl Probe for TcpConnectProbe {
 
     async fn probe(&self, target: IpAddr, ctx: &ProbeContext) -> ProbeReport {
         let outcomes = futures::future::join_all(self.ports.iter().map(|&port| async move {
-            let outcome = ctx.connect(SocketAddr::new(target, port)).await;
-            // Close (RST) right away; only the outcome matters here.
-            let open = matches!(outcome, ConnectOutcome::Open(_));
-            (port, open, outcome)
+            // The connection (and its budget) is dropped, with RST, as soon as it is open:
+            // holding it until the other ports finish would pin the whole budget.
+            let outcome = match ctx.connect(SocketAddr::new(target, port)).await {
+                ConnectOutcome::Open(conn) => {
+                    drop(conn);
+                    Port::Open
+                }
+                ConnectOutcome::Refused => Port::Closed,
+                ConnectOutcome::Timeout | ConnectOutcome::Unreachable => Port::Silent,
+                ConnectOutcome::Failed(e) => Port::Failed(e),
+            };
+            (port, outcome)
         }))
         .await;
         let mut report = ProbeReport::default();
         let mut asked = false;
-        for (port, open, outcome) in outcomes {
+        for (port, outcome) in outcomes {
             match outcome {
-                _ if open => report.open_ports.push(port),
-                ConnectOutcome::Refused => report.closed_ports.push(port),
-                ConnectOutcome::Timeout | ConnectOutcome::Unreachable => asked = true,
-                ConnectOutcome::Failed(e) => report.errors.push(format!("tcp/{port}: {e}")),
-                ConnectOutcome::Open(_) => {}
+                Port::Open => report.open_ports.push(port),
+                Port::Closed => report.closed_ports.push(port),
+                Port::Silent => asked = true,
+                Port::Failed(e) => report.errors.push(format!("tcp/{port}: {e}")),
             }
         }
         report.alive = if !report.open_ports.is_empty() || !report.closed_ports.is_empty() {
