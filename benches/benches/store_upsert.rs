@@ -1,0 +1,128 @@
+//! Bulk upsert of 100,000 scan observations per backend against the naive loop (one
+//! `INSERT ... ON CONFLICT/DUPLICATE KEY UPDATE` statement and transaction per row), measured
+//! in the same run. `cargo bench -p ralph-benches --bench store_upsert`
+#![allow(missing_docs, unreachable_pub, clippy::unwrap_used)]
+
+mod store_common;
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use chrono::Utc;
+use ralph_core::{Observation, ScanResultStore, ip_key};
+use ralph_store::{MySqlStore, PgStore, SqliteStore, sqlx};
+
+const ROWS: u32 = 100_000;
+
+fn observations(offset: u32, n: u32) -> Vec<Observation> {
+    let now = Utc::now();
+    (offset..offset + n)
+        .map(|i| {
+            let mut o = Observation::new(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), true, now);
+            o.http_family = Some("Apache".into());
+            o.checksum = Some(format!("{i:08x}"));
+            o
+        })
+        .collect()
+}
+
+struct Line {
+    backend: &'static str,
+    bulk_insert: f64,
+    bulk_update: f64,
+    naive: f64,
+    naive_rows: u32,
+}
+
+async fn bulk<S: ScanResultStore>(store: &S) -> (f64, f64) {
+    let obs = observations(0, ROWS);
+    let t = Instant::now();
+    let s = store.record_observations(&obs, 2).await.unwrap();
+    let insert = f64::from(ROWS) / t.elapsed().as_secs_f64();
+    assert_eq!(s.inserted, u64::from(ROWS));
+    let t = Instant::now();
+    let s = store.record_observations(&obs, 2).await.unwrap();
+    let update = f64::from(ROWS) / t.elapsed().as_secs_f64();
+    assert_eq!(s.updated, u64::from(ROWS));
+    (insert, update)
+}
+
+/// The naive loop: each row its own statement in its own (autocommit) transaction.
+macro_rules! naive {
+    ($pool:expr, $sql:expr, $n:expr) => {{
+        let obs = observations(1_000_000, $n);
+        let t = Instant::now();
+        for o in &obs {
+            sqlx::query($sql)
+                .bind(o.address.to_string())
+                .bind(ip_key(o.address))
+                .bind(o.seen_at)
+                .bind(o.http_family.as_deref())
+                .bind(o.checksum.as_deref())
+                .execute($pool)
+                .await
+                .unwrap();
+        }
+        f64::from($n) / t.elapsed().as_secs_f64()
+    }};
+}
+
+const NAIVE_SQLITE_PG: &str = "INSERT INTO ip_addresses (address, ip_key, last_seen, dead_ping_count, http_family, \
+     scan_checksum) VALUES ($1, $2, $3, 0, $4, $5) ON CONFLICT (ip_key) DO UPDATE SET last_seen = excluded.last_seen, \
+     dead_ping_count = 0, http_family = excluded.http_family, scan_checksum = excluded.scan_checksum";
+const NAIVE_MYSQL: &str = "INSERT INTO ip_addresses (address, ip_key, last_seen, dead_ping_count, http_family, \
+     scan_checksum) VALUES (?, ?, ?, 0, ?, ?) ON DUPLICATE KEY UPDATE last_seen = VALUES(last_seen), \
+     dead_ping_count = 0, http_family = VALUES(http_family), scan_checksum = VALUES(scan_checksum)";
+
+#[tokio::main]
+async fn main() {
+    let mut lines = Vec::new();
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("bench.sqlite3").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    let (bulk_insert, bulk_update) = bulk(&store).await;
+    let naive = naive!(store.pool(), NAIVE_SQLITE_PG, 5_000);
+    lines.push(Line { backend: "SQLite (file, WAL)", bulk_insert, bulk_update, naive, naive_rows: 5_000 });
+    store.close().await;
+
+    if let Some((url, admin, name)) = store_common::fresh("RALPH_TEST_PG_URL", store_common::PG_DEFAULT, "upsert").await
+    {
+        let store = PgStore::connect(&url).await.unwrap();
+        let (bulk_insert, bulk_update) = bulk(&store).await;
+        let naive = naive!(store.pool(), NAIVE_SQLITE_PG, 2_000);
+        lines.push(Line { backend: "PostgreSQL", bulk_insert, bulk_update, naive, naive_rows: 2_000 });
+        store.close().await;
+        store_common::drop_db(&admin, &name).await;
+    }
+
+    if let Some((url, admin, name)) =
+        store_common::fresh("RALPH_TEST_MYSQL_URL", store_common::MYSQL_DEFAULT, "upsert").await
+    {
+        let store = MySqlStore::connect(&url).await.unwrap();
+        let (bulk_insert, bulk_update) = bulk(&store).await;
+        let naive = naive!(store.pool(), NAIVE_MYSQL, 2_000);
+        lines.push(Line { backend: "MariaDB/MySQL", bulk_insert, bulk_update, naive, naive_rows: 2_000 });
+        store.close().await;
+        store_common::drop_db(&admin, &name).await;
+    }
+
+    println!();
+    println!("upsert of {ROWS} IP address observations per backend (record_observations, one call)");
+    println!(
+        "{:<20} {:>16} {:>16} {:>22} {:>10}",
+        "backend", "insert rows/s", "update rows/s", "naive loop rows/s", "speed-up"
+    );
+    for l in &lines {
+        println!(
+            "{:<20} {:>16.0} {:>16.0} {:>14.0} ({:>5}) {:>9.0}x",
+            l.backend,
+            l.bulk_insert,
+            l.bulk_update,
+            l.naive,
+            l.naive_rows,
+            l.bulk_insert.min(l.bulk_update) / l.naive
+        );
+    }
+    println!("(speed-up: the slower of insert/update against the naive loop on the same server, same run)");
+}
