@@ -399,9 +399,16 @@ mod hostile {
             let username: String = parts.concat();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
-                let (b, _dir) = backend(ralph_config(&fx)).await;
-                for (password, owner) in [("alice-pw", "alice"), ("wildcard-pw", "w*ld(c)ard\\")] {
-                    let outcome = login(&b, &username, password).await.expect("decided");
+                let (by_search, _d1) = backend(ralph_config(&fx)).await;
+                let mut template = ralph_config(&fx);
+                template.user_search = None;
+                template.user_dn_template = Some(format!("uid=%(user)s,ou=people,{}", fx.base));
+                let (by_dn, _d2) = backend(template).await;
+                for (b, (password, owner)) in [&by_search, &by_dn]
+                    .into_iter()
+                    .flat_map(|b| [("alice-pw", "alice"), ("wildcard-pw", "w*ld(c)ard\\")].map(|p| (b, p)))
+                {
+                    let outcome = login(b, &username, password).await.expect("decided");
                     let is_owner = username.to_lowercase() == owner;
                     match outcome {
                         AuthOutcome::Authenticated(id) => {
