@@ -24,8 +24,9 @@ async fn check_unique<DB: Backend, T: Table>(
     for key in T::UNIQUE {
         let mut args = Vec::with_capacity(key.len() + 1);
         for column in *key {
-            let Some(pos) = T::COLUMNS.iter().position(|(c, _)| c == column) else { continue };
-            args.push(values[pos].clone());
+            let value = T::COLUMNS.iter().position(|(c, _)| c == column).and_then(|pos| values.get(pos));
+            let Some(value) = value else { continue };
+            args.push(value.clone());
         }
         if args.iter().any(Value::is_null) {
             continue;
