@@ -104,6 +104,19 @@ pub trait JobQueue: Send + Sync {
     /// Marks a claimed job done. Returns `false` when the lease was lost.
     async fn ack(&self, job: &Job) -> Result<bool, StoreError>;
 
+    /// Marks several claimed jobs done, in one statement where the backend can (a worker that
+    /// claimed a batch acks it at once instead of paying one commit per job). Returns how many
+    /// were still held; the others' leases were lost. The default acks them one by one.
+    async fn ack_batch(&self, jobs: &[Job]) -> Result<u64, StoreError> {
+        let mut held = 0;
+        for job in jobs {
+            if self.ack(job).await? {
+                held += 1;
+            }
+        }
+        Ok(held)
+    }
+
     /// Records a failure: retried after the policy's back-off, or dead-lettered.
     async fn fail(&self, job: &Job, error: &str, policy: &RetryPolicy) -> Result<FailOutcome, StoreError>;
 

@@ -130,7 +130,10 @@ async fn serial_mysql_pool_reuses_connections() {
     let before = user_connections().await;
     let global_before = global_connections().await;
 
-    let url = db.url.replacen("root@", &format!("{user}@"), 1);
+    // Same server and database, the test's own user (no password).
+    let (scheme, rest) = db.url.split_once("://").expect("url scheme");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let url = format!("{scheme}://{user}@{host}");
     let store = Arc::new(
         MySqlStore::connect_with(&url, &PoolConfig::default().max_connections(POOL_MAX)).await.expect("connect"),
     );

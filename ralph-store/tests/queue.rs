@@ -136,6 +136,22 @@ async fn exclusive_concurrent_claims<Q: JobQueue + 'static>(q: Arc<Q>) {
     assert_eq!(q.stats("race").await.expect("stats").done, 300);
 }
 
+async fn batch_ack<Q: JobQueue>(q: &Q) {
+    q.enqueue("acks", &payloads(6)).await.expect("enqueue");
+    let a = q.claim("acks", 3, LEASE, "a").await.expect("claim");
+    let b = q.claim("acks", 3, Duration::from_millis(300), "b").await.expect("claim");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = q.claim("acks", 3, LEASE, "c").await.expect("claim");
+    assert_eq!(c.iter().map(|j| j.id).collect::<Vec<_>>(), b.iter().map(|j| j.id).collect::<Vec<_>>());
+    let stale_and_live: Vec<_> = a.iter().chain(&b).cloned().collect();
+    assert_eq!(q.ack_batch(&stale_and_live).await.expect("ack a+b"), 3, "only a's leases hold");
+    assert_eq!(q.ack_batch(&c).await.expect("ack c"), 3);
+    assert_eq!(q.ack_batch(&c).await.expect("ack c again"), 0);
+    assert_eq!(q.ack_batch(&[]).await.expect("nothing"), 0);
+    let stats = q.stats("acks").await.expect("stats");
+    assert_eq!((stats.done, stats.running, stats.expired, stats.pending), (6, 0, 0, 0));
+}
+
 async fn bad_input<Q: JobQueue>(q: &Q) {
     assert!(q.enqueue("", &payloads(1)).await.is_err_and(|e| e.is_invalid()));
     assert!(q.enqueue(&"q".repeat(300), &payloads(1)).await.is_err_and(|e| e.is_invalid()));
@@ -191,6 +207,11 @@ mod sqlite {
         exclusive_concurrent_claims(Arc::new(q)).await;
     }
     #[tokio::test]
+    async fn sqlite_batch_ack() {
+        let (q, _dir) = queue().await;
+        batch_ack(&q).await;
+    }
+    #[tokio::test]
     async fn sqlite_bad_input() {
         let (q, _dir) = queue().await;
         bad_input(&q).await;
@@ -226,6 +247,7 @@ mod postgres {
     pg_test!(pg_retry_backoff_and_dead_letter, "qretry", |q| retry_backoff_and_dead_letter(&q));
     pg_test!(pg_lease_expiry_and_reclaim, "qlease", |q| lease_expiry_and_reclaim(&q));
     pg_test!(pg_exclusive_concurrent_claims, "qrace", |q| exclusive_concurrent_claims(Arc::new(q.clone())));
+    pg_test!(pg_batch_ack, "qacks", |q| batch_ack(&q));
     pg_test!(pg_bad_input, "qbad", |q| bad_input(&q));
     pg_test!(pg_many_jobs_in_one_batch, "qbulk", |q| many_jobs_in_one_batch(&q));
 }
@@ -254,6 +276,7 @@ mod mysql {
     my_test!(mysql_retry_backoff_and_dead_letter, "qretry", |q| retry_backoff_and_dead_letter(&q));
     my_test!(mysql_lease_expiry_and_reclaim, "qlease", |q| lease_expiry_and_reclaim(&q));
     my_test!(mysql_exclusive_concurrent_claims, "qrace", |q| exclusive_concurrent_claims(Arc::new(q.clone())));
+    my_test!(mysql_batch_ack, "qacks", |q| batch_ack(&q));
     my_test!(mysql_bad_input, "qbad", |q| bad_input(&q));
     my_test!(mysql_many_jobs_in_one_batch, "qbulk", |q| many_jobs_in_one_batch(&q));
 }

@@ -97,6 +97,9 @@ macro_rules! store_queue {
             async fn ack(&self, job: &ralph_core::Job) -> Result<bool, StoreError> {
                 $queue::new(self.pool().clone()).ack(job).await
             }
+            async fn ack_batch(&self, jobs: &[ralph_core::Job]) -> Result<u64, StoreError> {
+                $queue::new(self.pool().clone()).ack_batch(jobs).await
+            }
             async fn fail(
                 &self,
                 job: &ralph_core::Job,
@@ -143,6 +146,22 @@ pub(crate) const PENDING: &str = "pending";
 pub(crate) const RUNNING: &str = "running";
 pub(crate) const DONE: &str = "done";
 pub(crate) const DEAD: &str = "dead";
+
+/// Job ids per statement in `ack_batch` (under SQLite's 32,766 parameters).
+pub(crate) const ACK_CHUNK: usize = 10_000;
+
+/// Jobs grouped by lease token (one group per claim), ids ascending.
+pub(crate) fn by_token(jobs: &[ralph_core::Job]) -> std::collections::BTreeMap<&str, Vec<i64>> {
+    let mut groups: std::collections::BTreeMap<&str, Vec<i64>> = std::collections::BTreeMap::new();
+    for job in jobs {
+        groups.entry(job.lease_token.as_str()).or_default().push(job.id.get());
+    }
+    for ids in groups.values_mut() {
+        ids.sort_unstable();
+        ids.dedup();
+    }
+    groups
+}
 
 /// The longest error text kept on a failed job, in characters.
 pub(crate) const MAX_ERROR_LEN: usize = 4000;

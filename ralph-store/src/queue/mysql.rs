@@ -213,6 +213,27 @@ impl JobQueue for MySqlQueue {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn ack_batch(&self, jobs: &[Job]) -> Result<u64, StoreError> {
+        let mut held = 0;
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for (token, ids) in super::by_token(jobs) {
+            for chunk in ids.chunks(super::ACK_CHUNK) {
+                let sql = format!(
+                    "UPDATE queue_jobs SET state = 'done', lease_token = NULL, finished_at = UTC_TIMESTAMP(6) \
+                     WHERE lease_token = ? AND state = 'running' AND id IN ({})",
+                    placeholders(chunk.len())
+                );
+                let mut query = sqlx::query(&sql).bind(token);
+                for id in chunk {
+                    query = query.bind(id);
+                }
+                held += query.execute(&mut *tx).await.map_err(backend)?.rows_affected();
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(held)
+    }
+
     async fn fail(&self, job: &Job, error: &str, policy: &RetryPolicy) -> Result<FailOutcome, StoreError> {
         let dead = job.attempts >= policy.max_attempts;
         let (state, delay) = if dead { (DEAD, 0) } else { (PENDING, micros(policy.backoff(job.attempts))) };

@@ -147,6 +147,25 @@ impl JobQueue for PgQueue {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn ack_batch(&self, jobs: &[Job]) -> Result<u64, StoreError> {
+        let mut held = 0;
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for (token, ids) in super::by_token(jobs) {
+            held += sqlx::query(
+                "UPDATE queue_jobs SET state = 'done', lease_token = NULL, finished_at = now() \
+                 WHERE lease_token = $1 AND state = 'running' AND id = ANY($2)",
+            )
+            .bind(token)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(held)
+    }
+
     async fn fail(&self, job: &Job, error: &str, policy: &RetryPolicy) -> Result<FailOutcome, StoreError> {
         let dead = job.attempts >= policy.max_attempts;
         let (state, delay) = if dead { (DEAD, 0) } else { (PENDING, micros(policy.backoff(job.attempts))) };

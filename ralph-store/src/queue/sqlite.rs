@@ -165,6 +165,28 @@ impl JobQueue for SqliteQueue {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn ack_batch(&self, jobs: &[Job]) -> Result<u64, StoreError> {
+        let now = now_micros();
+        let mut held = 0;
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for (token, ids) in super::by_token(jobs) {
+            for chunk in ids.chunks(super::ACK_CHUNK) {
+                let sql = format!(
+                    "UPDATE queue_jobs SET state = 'done', lease_token = NULL, finished_at = ? \
+                     WHERE lease_token = ? AND state = 'running' AND id IN ({})",
+                    vec!["?"; chunk.len()].join(", ")
+                );
+                let mut query = sqlx::query(&sql).bind(now).bind(token);
+                for id in chunk {
+                    query = query.bind(id);
+                }
+                held += query.execute(&mut *tx).await.map_err(backend)?.rows_affected();
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(held)
+    }
+
     async fn fail(&self, job: &Job, error: &str, policy: &RetryPolicy) -> Result<FailOutcome, StoreError> {
         let now = now_micros();
         let dead = job.attempts >= policy.max_attempts;
