@@ -23,9 +23,11 @@
 //! ## Migrations
 //!
 //! The schema lives in `migrations/{sqlite,postgres,mysql}/` and is compiled into the crate.
-//! [`SqlStore::connect`] applies the migrations that have not run yet (sqlx's migrator takes
-//! an advisory lock on PostgreSQL and `GET_LOCK` on MySQL, so several processes may start at
-//! once); [`SqlStore::from_pool`] skips them and [`SqlStore::migrate`] runs them explicitly.
+//! [`SqlStore::connect`] applies the migrations that have not run yet, under a lock so that
+//! several processes may start at once: sqlx's advisory lock on PostgreSQL, a named
+//! `GET_LOCK` of the store's own on MySQL/MariaDB (MariaDB answers the infinite wait sqlx asks
+//! for with NULL at once). [`SqlStore::from_pool`] skips them; [`SqlStore::migrate`] runs them
+//! explicitly.
 //! SQLite files are created when missing and opened in WAL mode with foreign keys on; MySQL
 //! tables are InnoDB with `utf8mb4` and every connection speaks `utf8mb4`.
 //!
