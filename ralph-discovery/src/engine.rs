@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use ralph_core::{Observation, Secret};
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::budget::{DEFAULT_FD_RESERVE, SocketBudget, socket_budget};
@@ -479,7 +479,11 @@ struct Shared {
     ctx: ProbeContext,
     neighbour: NeighbourGuard,
     hosts: HostCounters,
+    host_done: tokio::sync::Notify,
 }
+
+/// Hosts allowed in flight however low the rate.
+const MIN_HOST_WINDOW: usize = 16;
 
 async fn probe_host(ip: IpAddr, shared: &Shared) -> HostResult {
     let mut result = HostResult::new(ip);
@@ -590,7 +594,7 @@ async fn run<I>(
     targets: I,
     total: Option<u64>,
     tx: mpsc::Sender<HostResult>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     progress: watch::Sender<Progress>,
 ) -> ScanSummary
 where
@@ -612,42 +616,52 @@ where
         },
         neighbour: NeighbourGuard::new(config.neighbour),
         hosts: HostCounters::default(),
+        host_done: tokio::sync::Notify::new(),
     });
     tracing::info!(target: "ralph::discovery", total, socket_budget = budget, neighbour_budget = shared.neighbour.budget(false),
         deletes_neighbours = shared.neighbour.deletes_entries(), "scan started");
     let control =
         tokio::spawn(control_loop(Arc::clone(&shared), total, start, progress.clone(), config.progress_interval));
-    let hosts = Arc::new(Semaphore::new(budget));
     let mut tasks = JoinSet::new();
     let mut stopped = false;
     for ip in targets {
-        if *stop.borrow() {
-            stopped = true;
+        // Hosts in flight are bounded by the socket budget and by about half a second's worth
+        // of probe starts at the current rate, so a stop leaves little to drain.
+        loop {
+            if *stop.borrow() {
+                stopped = true;
+                break;
+            }
+            let window = ((shared.ctx.pacer.rate() / 2.0) as usize).max(MIN_HOST_WINDOW).min(budget.max(1));
+            if shared.hosts.in_flight.load(Ordering::Acquire) < window as u64 {
+                break;
+            }
+            tokio::select! {
+                () = shared.host_done.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        if stopped {
             break;
         }
-        let permit = tokio::select! {
-            p = Arc::clone(&hosts).acquire_owned() => p,
-            _ = stop.changed() => { stopped = true; break; }
-        };
-        let Ok(permit) = permit else { break };
         let slot = shared.neighbour.admit(ip).await;
         shared.hosts.started.fetch_add(1, Ordering::Relaxed);
-        shared.hosts.in_flight.fetch_add(1, Ordering::Relaxed);
+        shared.hosts.in_flight.fetch_add(1, Ordering::AcqRel);
         let (shared, tx) = (Arc::clone(&shared), tx.clone());
         tasks.spawn(async move {
             let result = probe_host(ip, &shared).await;
             if let Some(slot) = slot {
                 shared.neighbour.release(slot).await;
             }
-            drop(permit);
             let h = &shared.hosts;
             match result.state {
                 HostState::Up => h.up.fetch_add(1, Ordering::Relaxed),
                 HostState::Down => h.down.fetch_add(1, Ordering::Relaxed),
                 HostState::Unknown => h.unknown.fetch_add(1, Ordering::Relaxed),
             };
-            h.in_flight.fetch_sub(1, Ordering::Relaxed);
+            h.in_flight.fetch_sub(1, Ordering::AcqRel);
             h.done.fetch_add(1, Ordering::Relaxed);
+            shared.host_done.notify_one();
             tracing::trace!(target: "ralph::discovery", address = %result.address, state = ?result.state, "host done");
             // A dropped receiver only means nobody wants the result any more.
             let _ = tx.send(result).await;

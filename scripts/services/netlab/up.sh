@@ -19,6 +19,7 @@ HOST_ADDR=10.213.31.254/19
 NS_ADDR=10.213.31.253/19
 OPEN_PORT=80
 CLOSED_PORT=81
+DEAD_CIDR=10.213.16.0/24
 
 log() { echo "netlab: $*" >&2; }
 
@@ -40,6 +41,9 @@ ip netns exec "$NS" ip addr add "$NS_ADDR" dev "$NS_IF"
 ip netns exec "$NS" ip link set "$NS_IF" up
 # AnyIP: every address of the lab range is local inside the namespace (and answered by ARP).
 ip netns exec "$NS" ip route add local "$LAB_CIDR" dev lo
+# Hosts that are down: 10.213.16.0/24 is routed into the namespace's blackhole, so nothing
+# answers ARP for it (the host side sees them unreachable) and no packet leaves the lab.
+ip netns exec "$NS" ip route add blackhole "$DEAD_CIDR"
 # Accept many concurrent connections inside the namespace.
 ip netns exec "$NS" sysctl -qw net.core.somaxconn=8192 >&2 || true
 ip netns exec "$NS" sysctl -qw net.ipv4.tcp_max_syn_backlog=8192 >&2 || true
@@ -58,6 +62,7 @@ done
 log "lab up: $LAB_CIDR in namespace $NS via $HOST_IF"
 
 echo "export RALPH_TEST_NETLAB_CIDR=$LAB_CIDR"
+echo "export RALPH_TEST_NETLAB_DEAD_CIDR=$DEAD_CIDR"
 echo "export RALPH_TEST_NETLAB_OPEN_PORT=$OPEN_PORT"
 echo "export RALPH_TEST_NETLAB_CLOSED_PORT=$CLOSED_PORT"
 echo "export RALPH_TEST_NETLAB_IFACE=$HOST_IF"
