@@ -525,9 +525,19 @@ impl LdapConfig {
 }
 
 fn check_uri(uri: &str) -> Result<(), Error> {
-    let bad = || Error::Config(format!("server URI {uri:?} must be ldap://host[:port] or ldaps://host[:port]"));
+    // Quote only up to the host: whatever follows may hold a password.
+    let shown: String = match uri.find("://") {
+        Some(i) => uri[..i + 3].chars().chain(uri[i + 3..].chars().take_while(|c| !"/?@#".contains(*c))).collect(),
+        None => uri.chars().take_while(|c| !"/?@#".contains(*c)).take(16).collect(),
+    };
+    let bad = || Error::Config(format!("server URI {shown:?} must be ldap://host[:port] or ldaps://host[:port]"));
     let rest = uri.strip_prefix("ldap://").or_else(|| uri.strip_prefix("ldaps://")).ok_or_else(bad)?;
-    let hostport = rest.split('/').next().unwrap_or_default();
+    let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
+    // No DN, attributes or extensions (an `X-BINDPW` extension would put a password in a
+    // string that ends up in logs and errors).
+    if !path.is_empty() || hostport.contains(['?', '@', '#']) {
+        return Err(bad());
+    }
     let host = if let Some(v6) = hostport.strip_prefix('[') {
         v6.split(']').next().unwrap_or_default()
     } else {
@@ -767,6 +777,7 @@ mod tests {
             ("server_uris = [\"http://x\"]", search, "server URI"),
             ("server_uris = [\"ldap:///\"]", search, "server URI"),
             ("server_uris = [\"ldap://h:99999\"]", search, "server URI"),
+            ("server_uris = [\"ldap://h/dc=x??sub?x-bindpw=s3cret-bind\"]", search, "server URI"),
             ("server_uris = [\"ldap://h\"]\nbind_password = \"s3cret-bind\"", search, "bind_dn"),
             (uris, "", "user_search"),
             (uris, "[user_search]\nbase = \"dc=x\"\nfilter = \"(uid=alice)\"", "placeholder"),
