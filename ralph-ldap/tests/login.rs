@@ -422,3 +422,19 @@ mod hostile {
         }
     }
 }
+
+#[tokio::test]
+async fn auto_nesting_avoids_the_ad_rule_on_openldap() {
+    let Some(fx) = fixture() else { return };
+    let mut c = ralph_config(&fx);
+    c.group_type = GroupType::GroupOfNames;
+    c.group_search = Some(SearchSpec::new(&fx.base, Scope::Subtree, "(objectClass=groupOfNames)"));
+    // Forced, the in-chain rule is unknown to slapd and silently matches nothing, so carol
+    // would lose every group; `auto` sees from the root DSE that this is not AD and recurses.
+    c.nested_groups = NestedGroups::MatchingRule;
+    let (forced, _d1) = backend(c.clone()).await;
+    assert_eq!(login(&forced, "carol", "carol-pw").await.expect("decided"), AuthOutcome::Denied(DenyReason::Inactive));
+    c.nested_groups = NestedGroups::Auto;
+    let (auto, _d2) = backend(c).await;
+    assert_eq!(roles(&identity(login(&auto, "carol", "carol-pw").await)), ["active", "assets-staff"]);
+}
