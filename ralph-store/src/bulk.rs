@@ -3,9 +3,10 @@
 //! [`ScanResultStore::record_observations`] writes a whole batch of discovery results in one
 //! transaction: either every observation is recorded or none is. Per chunk it
 //!
-//! 1. reads (and on PostgreSQL and MySQL locks, `FOR UPDATE`) the rows already known for the
-//!    chunk's addresses, which gives the inserted / updated / changed counts and leaves buried
-//!    addresses and dead answers from unknown addresses out;
+//! 1. reads the rows already known for the chunk's addresses, which gives the inserted /
+//!    updated / changed counts and leaves buried addresses and dead answers from unknown
+//!    addresses out (SQLite: under the write lock `BEGIN IMMEDIATE` took; PostgreSQL: in the
+//!    same statement as the upsert, a CTE over the same snapshot; MySQL: a plain read);
 //! 2. runs one multi-row upsert whose `DO UPDATE` / `ON DUPLICATE KEY UPDATE` clause is
 //!    [`apply_observation`](ralph_core::apply_observation) written in SQL (a property test
 //!    compares the two on random inputs).
@@ -18,6 +19,10 @@
 //! DUPLICATE KEY UPDATE c = new.c`), because `VALUES(c)` is deprecated there. MariaDB (every
 //! version up to 11.x) has no row alias, and there `VALUES(c)` is the documented, non-deprecated
 //! form (also spelled `VALUE(c)`), so on MariaDB the store uses it.
+//!
+//! The upsert itself re-checks `is_buried` (a `WHERE` on `DO UPDATE`, an `IF()` per assignment
+//! on MySQL), so an address buried by someone else between the read and the write stays
+//! untouched; under such a race only the returned counts can be off.
 //!
 //! An address seen twice in one call is applied twice, in order, as `apply_observation` would.
 
@@ -49,6 +54,7 @@ fn backend(error: sqlx::Error) -> StoreError {
 
 /// One observation, checked and ready to bind.
 struct Row<'a> {
+    ip: u128,
     key: String,
     address: String,
     alive: bool,
@@ -79,6 +85,7 @@ impl<'a> Row<'a> {
         }
         let snmp = o.snmp_name.is_some();
         Ok(Self {
+            ip: ralph_core::ip_to_u128(o.address),
             key: ip_key(o.address),
             address: o.address.to_string(),
             alive: o.alive,
@@ -100,10 +107,10 @@ impl<'a> Row<'a> {
 /// Splits the batch into rounds in which every address appears once, keeping order: a repeated
 /// address goes to the next round, which runs after (and sees) the previous one.
 fn rounds(rows: Vec<Row<'_>>) -> Vec<Vec<Row<'_>>> {
-    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut seen: HashMap<u128, usize> = HashMap::with_capacity(rows.len());
     let mut rounds: Vec<Vec<Row<'_>>> = Vec::new();
     for row in rows {
-        let n = seen.entry(row.key.clone()).or_insert(0);
+        let n = seen.entry(row.ip).or_insert(0);
         if rounds.len() <= *n {
             rounds.push(Vec::new());
         }
@@ -140,29 +147,33 @@ fn plan<'r, 'a>(
     write
 }
 
-/// The update half of the upsert: `apply_observation` in SQL. `new(c)` names the incoming
+/// The update half of the upsert: `apply_observation` in SQL, as `(column, expression)`. `new(c)` names the incoming
 /// row's column, `old(c)` the stored one; `least` is the two-argument minimum. The
 /// assignments that read the stored `dead_ping_count` come before the one that changes it,
 /// because MySQL evaluates assignments left to right on the updated row.
-fn update_clause(new: impl Fn(&str) -> String, old: impl Fn(&str) -> String, least: &str) -> String {
+fn assignments(new: impl Fn(&str) -> String, old: impl Fn(&str) -> String, least: &str) -> Vec<(&'static str, String)> {
     let alive = format!("{} = 0", new("dead_ping_count"));
     let next_dead = format!("{least}({} + 1, {MAX_DEAD})", old("dead_ping_count"));
     let cleared = format!("(NOT ({alive}) AND {next_dead} >= ?LIMIT)");
     let snmp = format!("({alive} AND {} IS NOT NULL)", new("snmp_name"));
-    let fact = |col: &str, when_alive: &str| {
-        format!("{col} = CASE WHEN {when_alive} THEN {} WHEN {cleared} THEN NULL ELSE {} END", new(col), old(col))
+    let fact = |col: &'static str, when_alive: &str| {
+        (col, format!("CASE WHEN {when_alive} THEN {} WHEN {cleared} THEN NULL ELSE {} END", new(col), old(col)))
     };
     let http_alive = format!("({alive} AND {} IS NOT NULL)", new("http_family"));
-    [
+    vec![
         fact("http_family", &http_alive),
         fact("snmp_name", &snmp),
         fact("snmp_community", &snmp),
         fact("snmp_version", &snmp),
-        format!("scan_checksum = COALESCE({}, {})", new("scan_checksum"), old("scan_checksum")),
-        format!("last_seen = CASE WHEN {alive} THEN {} ELSE {} END", new("last_seen"), old("last_seen")),
-        format!("dead_ping_count = CASE WHEN {alive} THEN 0 ELSE {next_dead} END"),
+        ("scan_checksum", format!("COALESCE({}, {})", new("scan_checksum"), old("scan_checksum"))),
+        ("last_seen", format!("CASE WHEN {alive} THEN {} ELSE {} END", new("last_seen"), old("last_seen"))),
+        ("dead_ping_count", format!("CASE WHEN {alive} THEN 0 ELSE {next_dead} END")),
     ]
-    .join(", ")
+}
+
+/// The assignments as `col = expr, ...`.
+fn update_clause(new: impl Fn(&str) -> String, old: impl Fn(&str) -> String, least: &str) -> String {
+    assignments(new, old, least).into_iter().map(|(col, expr)| format!("{col} = {expr}")).collect::<Vec<_>>().join(", ")
 }
 
 const INSERT_COLUMNS: &str = "address, ip_key, last_seen, dead_ping_count, http_family, snmp_name, snmp_community, \
@@ -238,26 +249,34 @@ mod sqlite {
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
-    use sqlx::{Postgres, Row as _, Transaction};
+    use sqlx::Row as _;
 
-    async fn known(
-        tx: &mut Transaction<'static, Postgres>,
-        chunk: &[Row<'_>],
-    ) -> Result<HashMap<String, (bool, Option<String>)>, StoreError> {
-        let mut keys: Vec<&str> = chunk.iter().map(|r| r.key.as_str()).collect();
-        // One lock order for every caller, so concurrent batches cannot deadlock.
-        keys.sort_unstable();
-        let rows = sqlx::query(
-            "SELECT ip_key, is_buried, scan_checksum FROM ip_addresses WHERE ip_key = ANY($1) ORDER BY ip_key FOR UPDATE",
+    /// One statement per chunk: the stored rows are read in the same snapshot the upsert
+    /// starts from (for the counts and to skip buried and unknown-dead addresses), and the
+    /// upsert's own row locks serialise it against concurrent writers.
+    fn statement() -> String {
+        let update = update_clause(|c| format!("EXCLUDED.{c}"), |c| format!("ip_addresses.{c}"), "LEAST")
+            .replace("?LIMIT", "$10");
+        format!(
+            "WITH input AS ( \
+               SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TIMESTAMPTZ[], $4::BIGINT[], $5::TEXT[], $6::TEXT[], \
+                                    $7::TEXT[], $8::TEXT[], $9::TEXT[]) \
+                 AS t({INSERT_COLUMNS})), \
+             old AS ( \
+               SELECT a.is_buried, a.scan_checksum AS old_sum, i.scan_checksum AS new_sum \
+               FROM input i JOIN ip_addresses a ON a.ip_key = i.ip_key), \
+             up AS ( \
+               INSERT INTO ip_addresses ({INSERT_COLUMNS}) \
+               SELECT i.* FROM input i WHERE i.dead_ping_count = 0 \
+                 OR EXISTS (SELECT 1 FROM ip_addresses a WHERE a.ip_key = i.ip_key AND NOT a.is_buried) \
+               ON CONFLICT (ip_key) DO UPDATE SET {update} WHERE NOT ip_addresses.is_buried \
+               RETURNING (xmax = 0) AS fresh) \
+             SELECT \
+               (SELECT COUNT(*) FROM up WHERE fresh) AS inserted, \
+               (SELECT COUNT(*) FROM old WHERE NOT is_buried) AS updated, \
+               (SELECT COUNT(*) FROM old WHERE NOT is_buried AND new_sum IS NOT NULL \
+                  AND old_sum IS DISTINCT FROM new_sum) AS changed"
         )
-        .bind(&keys)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(backend)?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(backend)
     }
 
     pub(super) async fn record(
@@ -266,36 +285,28 @@ mod postgres {
         limit: u32,
     ) -> Result<RecordSummary, StoreError> {
         let mut summary = RecordSummary::default();
+        let sql = statement();
         let mut tx = pool.begin().await.map_err(backend)?;
-        let update = update_clause(|c| format!("EXCLUDED.{c}"), |c| format!("ip_addresses.{c}"), "LEAST")
-            .replace("?LIMIT", "$10");
-        let sql = format!(
-            "INSERT INTO ip_addresses ({INSERT_COLUMNS}) \
-             SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TIMESTAMPTZ[], $4::BIGINT[], $5::TEXT[], $6::TEXT[], \
-                                  $7::TEXT[], $8::TEXT[], $9::TEXT[]) \
-             ON CONFLICT (ip_key) DO UPDATE SET {update} WHERE NOT ip_addresses.is_buried"
-        );
         for round in rounds(rows) {
             for chunk in round.chunks(PG_CHUNK) {
-                let known = known(&mut tx, chunk).await?;
-                let write = plan(chunk, &known, &mut summary);
-                if write.is_empty() {
-                    continue;
-                }
-                sqlx::query(&sql)
-                    .bind(write.iter().map(|r| r.address.as_str()).collect::<Vec<_>>())
-                    .bind(write.iter().map(|r| r.key.as_str()).collect::<Vec<_>>())
-                    .bind(write.iter().map(|r| r.seen_at).collect::<Vec<_>>())
-                    .bind(write.iter().map(|r| r.dead_flag()).collect::<Vec<_>>())
-                    .bind(write.iter().map(|r| r.http_family).collect::<Vec<_>>())
-                    .bind(write.iter().map(|r| r.snmp_name).collect::<Vec<_>>())
-                    .bind(write.iter().map(|r| r.snmp_community).collect::<Vec<_>>())
-                    .bind(write.iter().map(|r| r.snmp_version).collect::<Vec<_>>())
-                    .bind(write.iter().map(|r| r.checksum).collect::<Vec<_>>())
+                let counts = sqlx::query(&sql)
+                    .bind(chunk.iter().map(|r| r.address.as_str()).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|r| r.key.as_str()).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|r| r.seen_at).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|r| r.dead_flag()).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|r| r.http_family).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|r| r.snmp_name).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|r| r.snmp_community).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|r| r.snmp_version).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|r| r.checksum).collect::<Vec<_>>())
                     .bind(i64::from(limit))
-                    .execute(&mut *tx)
+                    .fetch_one(&mut *tx)
                     .await
                     .map_err(backend)?;
+                let get = |name: &str| counts.try_get::<i64, _>(name).map(|n| u64::try_from(n).unwrap_or(0));
+                summary.inserted += get("inserted").map_err(backend)?;
+                summary.updated += get("updated").map_err(backend)?;
+                summary.changed += get("changed").map_err(backend)?;
             }
         }
         tx.commit().await.map_err(backend)?;
@@ -314,14 +325,12 @@ mod mysql {
         chunk: &[Row<'_>],
     ) -> Result<HashMap<String, (bool, Option<String>)>, StoreError> {
         let sql = format!(
-            "SELECT ip_key, is_buried, scan_checksum FROM ip_addresses WHERE ip_key IN ({}) ORDER BY ip_key FOR UPDATE",
+            "SELECT ip_key, is_buried, scan_checksum FROM ip_addresses WHERE ip_key IN ({})",
             vec!["?"; chunk.len()].join(", ")
         );
-        let mut keys: Vec<&str> = chunk.iter().map(|r| r.key.as_str()).collect();
-        keys.sort_unstable();
         let mut query = sqlx::query(&sql);
-        for key in keys {
-            query = query.bind(key);
+        for row in chunk {
+            query = query.bind(&row.key);
         }
         let rows = query.fetch_all(&mut **tx).await.map_err(backend)?;
         rows.iter()
@@ -333,14 +342,19 @@ mod mysql {
     /// The upsert's tail for this server: a row alias where MySQL supports it, `VALUES()` on
     /// MariaDB and older MySQL.
     pub(super) fn upsert_tail(server: &ServerInfo, limit: u32) -> String {
-        let update = if server.supports_row_alias() {
-            let clause = update_clause(|c| format!("new.{c}"), |c| format!("ip_addresses.{c}"), "LEAST");
-            format!(" AS new ON DUPLICATE KEY UPDATE {clause}")
+        let old = |c: &str| format!("ip_addresses.{c}");
+        let (head, list) = if server.supports_row_alias() {
+            (" AS new ON DUPLICATE KEY UPDATE ", assignments(|c| format!("new.{c}"), old, "LEAST"))
         } else {
-            let clause = update_clause(|c| format!("VALUES({c})"), |c| format!("ip_addresses.{c}"), "LEAST");
-            format!(" ON DUPLICATE KEY UPDATE {clause}")
+            (" ON DUPLICATE KEY UPDATE ", assignments(|c| format!("VALUES({c})"), old, "LEAST"))
         };
-        update.replace("?LIMIT", &limit.to_string())
+        // No `WHERE` on this upsert: an address buried since the read keeps its values.
+        let clause = list
+            .into_iter()
+            .map(|(col, expr)| format!("{col} = IF(ip_addresses.is_buried, ip_addresses.{col}, {expr})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("{head}{clause}").replace("?LIMIT", &limit.to_string())
     }
 
     pub(super) async fn record(
