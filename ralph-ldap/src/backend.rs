@@ -125,7 +125,12 @@ impl<S: UserStore> LdapBackend<S> {
         }
         let (entry, username) = match inner.lookup(&credentials.username).await? {
             Lookup::Found { entry, username } => (entry, username),
-            Lookup::NotFound => return Ok(AuthOutcome::NotHandled),
+            Lookup::NotFound => {
+                // Spend the bind round trip anyway, so the time a refusal takes does not tell
+                // whether the account exists.
+                inner.dummy_bind(&credentials.password).await;
+                return Ok(AuthOutcome::NotHandled);
+            }
         };
         if !inner.user_bind(&entry.dn, &credentials.password).await? {
             debug!(target: TRACE_TARGET, dn = %entry.dn, "directory refused the password");
@@ -299,6 +304,19 @@ impl<S> Inner<S> {
                 continue;
             }
             return Err(error);
+        }
+    }
+
+    /// A bind as an entry that does not exist, for timing only; its outcome is ignored.
+    async fn dummy_bind(&self, password: &Secret) {
+        let base = self.config.user_search.as_ref().map_or("", |s| s.base.as_str());
+        let dn = if base.is_empty() {
+            "cn=ralph-ldap-no-such-user".to_owned()
+        } else {
+            format!("cn=ralph-ldap-no-such-user,{base}")
+        };
+        if let Ok(mut ldap) = conn::checkout(&self.binds).await {
+            let _ = ldap.with_timeout(self.op_timeout).simple_bind(&dn, password.expose()).await;
         }
     }
 
