@@ -78,7 +78,8 @@ pub mod my {
         let (prefix, base, query) = split_url(&url);
         let name = fresh_name(&base, tag);
         let admin = MySqlPoolOptions::new().max_connections(1).connect(&url).await.expect("connect to MySQL");
-        sqlx::raw_sql(&format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"))
+        let collation = ralph_store::MYSQL_COLLATION;
+        sqlx::raw_sql(&format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE {collation}"))
             .execute(&admin)
             .await
             .expect("create database");
