@@ -231,8 +231,8 @@ async fn naive_login(s: Arc<(String, String, String, String)>, store: SqliteStor
 
 fn main() {
     let secs: f64 = std::env::var("LDAP_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
-    // LDAP_BENCH_CASES=store,pooled,uncached,naive and LDAP_BENCH_CONCURRENCY=1,32 pick cases.
-    let cases = std::env::var("LDAP_BENCH_CASES").unwrap_or_else(|_| "store,pooled,uncached,naive".into());
+    // LDAP_BENCH_CASES=store,pooled,uncached,floor,naive and LDAP_BENCH_CONCURRENCY=1,32 pick cases.
+    let cases = std::env::var("LDAP_BENCH_CASES").unwrap_or_else(|_| "store,pooled,uncached,floor,naive".into());
     let wanted = |case: &str| cases.split(',').any(|c| c.trim() == case);
     let levels: Vec<usize> = std::env::var("LDAP_BENCH_CONCURRENCY")
         .unwrap_or_else(|_| "1,32".into())
@@ -307,6 +307,20 @@ fn main() {
                 })
                 .await;
                 figures.print("pooled chain, cache off", concurrency);
+            }
+            if wanted("floor") && concurrency == 1 {
+                // The floor of a login: one LDAP round trip (a bind on an open connection); a
+                // login needs two (search, then bind as the user).
+                let (conn, ldap) = LdapConnAsync::new(slapd.var("URL")).await.expect("connect");
+                ldap3::drive!(conn);
+                let creds = Arc::new((slapd.var("BIND_DN").to_owned(), slapd.var("BIND_PASSWORD").to_owned()));
+                let figures = run(port, 1, secs, move |_| {
+                    let mut ldap = ldap.clone();
+                    let creds = Arc::clone(&creds);
+                    async move { ldap.simple_bind(&creds.0, &creds.1).await.is_ok_and(|r| r.rc == 0) }
+                })
+                .await;
+                figures.print("floor: one bind round trip", 1);
             }
             if !wanted("naive") {
                 continue;
