@@ -144,7 +144,7 @@ async fn main() -> ExitCode {
             }
         })
     };
-    let mut recorder = store.map(|s| BatchRecorder::new(s));
+    let mut recorder = store.map(BatchRecorder::new);
     let mut failed_store = None;
     while let Some(host) = handle.results.recv().await {
         if let Some(rec) = recorder.as_mut() {

@@ -73,6 +73,9 @@ pub struct ScanConfig {
     pub connector: Arc<dyn Connector>,
     /// How often progress is published.
     pub progress_interval: Duration,
+    /// Pace loopback targets too (they cross no wire, so by default only the socket budget
+    /// bounds them).
+    pub pace_loopback: bool,
 }
 
 impl Default for ScanConfig {
@@ -90,6 +93,7 @@ impl Default for ScanConfig {
             neighbour: NeighbourConfig::default(),
             connector: Arc::new(SystemConnector),
             progress_interval: Duration::from_millis(100),
+            pace_loopback: false,
         }
     }
 }
@@ -147,6 +151,12 @@ impl ScanConfig {
     #[must_use]
     pub fn neighbour(mut self, neighbour: NeighbourConfig) -> Self {
         self.neighbour = neighbour;
+        self
+    }
+    /// Paces loopback targets too.
+    #[must_use]
+    pub fn pace_loopback(mut self, on: bool) -> Self {
+        self.pace_loopback = on;
         self
     }
     /// Replaces the connector (tests inject kernel errors with it).
@@ -613,6 +623,7 @@ where
             connector: Arc::clone(&config.connector),
             counters: Arc::new(ProbeCounters::default()),
             timeouts: config.timeouts,
+            pace_loopback: config.pace_loopback,
         },
         neighbour: NeighbourGuard::new(config.neighbour),
         hosts: HostCounters::default(),

@@ -152,7 +152,13 @@ async fn enobufs_storm_halves_the_rate_and_every_target_is_still_probed() {
     }
     let storm = Arc::new(EnobufsStorm { storm: 400, calls: AtomicU64::new(0), injected: AtomicU64::new(0) });
     let rate = RateConfig { initial: 4000.0, min: 100.0, cooldown: Duration::from_millis(20), ..RateConfig::default() };
-    let config = ScanConfig::default().ports(vec![port]).icmp(false).http(None).rate(rate).connector(storm.clone());
+    let config = ScanConfig::default()
+        .ports(vec![port])
+        .icmp(false)
+        .http(None)
+        .rate(rate)
+        .pace_loopback(true)
+        .connector(storm.clone());
     let (hosts, summary) = Scanner::new(config).scan(targets.clone()).await.expect("scan");
     assert_eq!(storm.injected.load(Ordering::SeqCst), 400);
     assert_eq!(hosts.len(), targets.len(), "no target dropped");
