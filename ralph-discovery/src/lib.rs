@@ -46,7 +46,8 @@ pub use pacing::{Pacer, RateConfig};
 pub use persist::{BatchRecorder, DEFAULT_BATCH};
 pub use probe::{
     ConnectOutcome, Connection, Connector, HttpProbe, IcmpProbe, Probe, ProbeContext, ProbeCounters, ProbeReport,
-    ProbeTimeouts, SYS_DESCR, SYS_NAME, SnmpFacts, SnmpProbe, Stage, SystemConnector, TcpConnectProbe, http_family,
+    ProbeTimeouts, SYS_DESCR, SYS_NAME, Scheme, SnmpFacts, SnmpProbe, Stage, SystemConnector, TcpConnectProbe,
+    http_family,
 };
 pub use target::{Addresses, DEFAULT_MAX_ADDRESSES, Targets, dedup_addresses};
 pub use worker::{ScanJob, Worker, WorkerConfig, WorkerStats, enqueue_addresses, enqueue_environment, enqueue_network};

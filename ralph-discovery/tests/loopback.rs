@@ -49,7 +49,7 @@ async fn http_family_is_read_from_the_server_header() {
         let config = ScanConfig::default()
             .ports(vec![addr.port()])
             .icmp(false)
-            .http(Some(HttpProbe { ports: vec![common::closed_port(), addr.port()] }));
+            .http(Some(HttpProbe::http([common::closed_port(), addr.port()])));
         let (hosts, _) = Scanner::new(config).scan([addr.ip()]).await.expect("scan");
         assert_eq!(hosts[0].http_family.as_deref(), Some(family), "{addr}");
         assert!(hosts[0].observation().expect("observation").http_family.is_some());
@@ -166,4 +166,57 @@ async fn enobufs_storm_halves_the_rate_and_every_target_is_still_probed() {
     assert_eq!(summary.congestion_errors, 400);
     assert!(summary.rate_halvings >= 1);
     assert!(summary.min_rate <= summary.initial_rate / 2.0, "{} vs {}", summary.min_rate, summary.initial_rate);
+}
+
+/// A TLS server with a fresh self-signed certificate (made with the openssl CLI), answering
+/// with `server` as the `Server` header, on a blocking thread.
+fn https_listener(ip: &str, server: &'static str) -> (SocketAddr, tempfile::TempDir) {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=bmc.lab"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl CLI");
+    assert!(status.success());
+    let identity =
+        native_tls::Identity::from_pkcs8(&std::fs::read(&cert).expect("cert"), &std::fs::read(&key).expect("key"))
+            .expect("identity");
+    let acceptor = native_tls::TlsAcceptor::new(identity).expect("acceptor");
+    let listener = std::net::TcpListener::bind(format!("{ip}:0")).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let Ok(mut tls) = acceptor.accept(stream) else { continue };
+            let mut buf = [0u8; 1024];
+            if tls.read(&mut buf).is_ok_and(|n| n > 0) {
+                let response = format!("HTTP/1.1 200 OK\r\nServer: {server}\r\nContent-Length: 2\r\n\r\nok");
+                let _ = tls.write_all(response.as_bytes());
+            }
+        }
+    });
+    (addr, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_family_is_read_through_tls_after_plain_http_fails() {
+    let (tls, _dir) = https_listener("127.0.0.4", "Sun-ILOM-Web-Server/1.0");
+    let probe = HttpProbe {
+        endpoints: vec![
+            (ralph_discovery::Scheme::Http, common::closed_port()),
+            (ralph_discovery::Scheme::Https, tls.port()),
+            (ralph_discovery::Scheme::Http, 8006),
+        ],
+    };
+    let report = probe.probe(tls.ip(), &ProbeContext::standalone(16)).await;
+    assert_eq!(report.http_family.as_deref(), Some("Sun"), "{report:?}");
+    assert_eq!(report.http_server.as_deref(), Some("Sun-ILOM-Web-Server/1.0"));
+    // Plain HTTP spoken to the TLS port gets no family.
+    let plain = HttpProbe::http([tls.port()]).probe(tls.ip(), &ProbeContext::standalone(16)).await;
+    assert_eq!(plain.http_family, None);
 }

@@ -28,11 +28,8 @@ async fn serial_sweep_of_5000_loopback_endpoints_leaves_no_time_wait() {
     let ours = |ip: IpAddr, p: u16| p == port && matches!(ip, IpAddr::V4(v) if v.octets()[..2] == [127, 77]);
     let before = common::time_wait(ours);
 
-    let config = ScanConfig::default()
-        .ports(vec![port])
-        .icmp(false)
-        .http(Some(HttpProbe { ports: vec![port] }))
-        .max_sockets(2048);
+    let config =
+        ScanConfig::default().ports(vec![port]).icmp(false).http(Some(HttpProbe::http([port]))).max_sockets(2048);
     let (hosts, summary) = Scanner::new(config).scan(targets.clone()).await.expect("scan");
     assert_eq!(hosts.len(), usize::from(ENDPOINTS));
     assert!(hosts.iter().all(|h| h.state == HostState::Up && h.open_ports == [port]));

@@ -38,14 +38,9 @@ async fn autoscan_rules_produce_the_right_rows() {
 
     let targets: Vec<IpAddr> =
         ["127.0.0.1", "127.0.0.2", "10.213.16.1", "10.213.16.3"].iter().map(|s| s.parse().expect("ip")).collect();
-    let config =
-        ScanConfig::default().ports(vec![port]).icmp(false).http(Some(HttpProbe { ports: vec![port] })).timeouts(
-            ralph_discovery::ProbeTimeouts {
-                connect: std::time::Duration::from_secs(4),
-                retries: 0,
-                ..Default::default()
-            },
-        );
+    let config = ScanConfig::default().ports(vec![port]).icmp(false).http(Some(HttpProbe::http([port]))).timeouts(
+        ralph_discovery::ProbeTimeouts { connect: std::time::Duration::from_secs(4), retries: 0, ..Default::default() },
+    );
     let scanner = Scanner::new(config);
 
     for round in 1..=2u32 {

@@ -51,18 +51,35 @@ pub fn http_family(server: &str) -> Option<String> {
     Some(token.chars().take(64).collect())
 }
 
-/// Asks `GET /` on each URL in turn (Ralph: `http://`, then `https://`, then `:8006`) and
-/// records the family of the first `Server` header. HTTPS needs TLS, which this crate does
-/// not link; the default list is `http://:80` then `http://:8006`.
+/// HTTP or HTTPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS; certificates are not verified (BMCs ship self-signed ones) since only
+    /// the `Server` header is read.
+    Https,
+}
+
+/// Asks `GET /` on each endpoint in turn, as Ralph did (`http://`, then `https://`, then
+/// `http://:8006`), and records the family of the first `Server` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpProbe {
-    /// Plain-HTTP ports, in order.
-    pub ports: Vec<u16>,
+    /// Endpoints in order.
+    pub endpoints: Vec<(Scheme, u16)>,
 }
 
 impl Default for HttpProbe {
     fn default() -> Self {
-        Self { ports: vec![80, 8006] }
+        Self { endpoints: vec![(Scheme::Http, 80), (Scheme::Https, 443), (Scheme::Http, 8006)] }
+    }
+}
+
+impl HttpProbe {
+    /// Plain HTTP on these ports, in order.
+    #[must_use]
+    pub fn http(ports: impl IntoIterator<Item = u16>) -> Self {
+        Self { endpoints: ports.into_iter().map(|p| (Scheme::Http, p)).collect() }
     }
 }
 
@@ -74,15 +91,22 @@ fn server_header(head: &str) -> Option<String> {
     })
 }
 
-async fn fetch_head(ctx: &ProbeContext, addr: SocketAddr) -> Result<Option<String>, String> {
-    let ConnectOutcome::Open(mut conn) = ctx.connect(addr).await else { return Ok(None) };
+fn request(addr: SocketAddr) -> String {
     let host = match addr.ip() {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("[{v6}]"),
     };
-    let request = format!("GET / HTTP/1.0\r\nHost: {host}\r\nUser-Agent: ralph-discovery\r\nConnection: close\r\n\r\n");
+    format!("GET / HTTP/1.0\r\nHost: {host}\r\nUser-Agent: ralph-discovery\r\nConnection: close\r\n\r\n")
+}
+
+fn head_complete(buf: &[u8]) -> bool {
+    buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= MAX_HEAD
+}
+
+async fn fetch_plain(ctx: &ProbeContext, addr: SocketAddr) -> Result<Option<Vec<u8>>, String> {
+    let ConnectOutcome::Open(mut conn) = ctx.connect(addr).await else { return Ok(None) };
     let read = async {
-        conn.stream.write_all(request.as_bytes()).await?;
+        conn.stream.write_all(request(addr).as_bytes()).await?;
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 2048];
         loop {
@@ -91,18 +115,67 @@ async fn fetch_head(ctx: &ProbeContext, addr: SocketAddr) -> Result<Option<Strin
                 break;
             }
             buf.extend_from_slice(&chunk[..n]);
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= MAX_HEAD {
+            if head_complete(&buf) {
                 break;
             }
         }
         Ok::<_, std::io::Error>(buf)
     };
-    let head = match tokio::time::timeout(ctx.timeouts.read, read).await {
-        Ok(Ok(buf)) => buf,
-        Ok(Err(e)) => return Err(format!("http {addr}: {e}")),
-        Err(_) => return Ok(None),
-    };
+    match tokio::time::timeout(ctx.timeouts.read, read).await {
+        Ok(Ok(buf)) => Ok(Some(buf)),
+        Ok(Err(e)) => Err(format!("http {addr}: {e}")),
+        Err(_) => Ok(None),
+    }
     // `conn` drops here: SO_LINGER 0 resets it, even with unread body bytes.
+}
+
+/// TLS with native-tls's blocking API on a blocking thread; the socket keeps SO_LINGER 0, so
+/// dropping the TLS stream resets the connection too.
+async fn fetch_tls(ctx: &ProbeContext, addr: SocketAddr) -> Result<Option<Vec<u8>>, String> {
+    use std::io::{Read, Write};
+    let ConnectOutcome::Open(conn) = ctx.connect(addr).await else { return Ok(None) };
+    let (stream, permit) = conn.into_std().map_err(|e| format!("https {addr}: {e}"))?;
+    let timeout = ctx.timeouts.read;
+    let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let connector = native_tls::TlsConnector::builder()
+            .danger_accept_invalid_certs(true)
+            .danger_accept_invalid_hostnames(true)
+            .build()
+            .map_err(std::io::Error::other)?;
+        let mut tls =
+            connector.connect(&addr.ip().to_string(), stream).map_err(|e| std::io::Error::other(e.to_string()))?;
+        tls.write_all(request(addr).as_bytes())?;
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 2048];
+        loop {
+            let n = tls.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if head_complete(&buf) {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(buf)
+    });
+    match task.await {
+        Ok(Ok(buf)) => Ok(Some(buf)),
+        // A port that is open but speaks no TLS, or too slowly: no family from it.
+        Ok(Err(_)) => Ok(None),
+        Err(e) => Err(format!("https {addr}: {e}")),
+    }
+}
+
+async fn fetch_head(ctx: &ProbeContext, scheme: Scheme, addr: SocketAddr) -> Result<Option<String>, String> {
+    let head = match scheme {
+        Scheme::Http => fetch_plain(ctx, addr).await?,
+        Scheme::Https => fetch_tls(ctx, addr).await?,
+    };
+    let Some(head) = head else { return Ok(None) };
     let text = String::from_utf8_lossy(&head);
     if !text.starts_with("HTTP/") {
         return Ok(None);
@@ -122,8 +195,8 @@ impl Probe for HttpProbe {
 
     async fn probe(&self, target: IpAddr, ctx: &ProbeContext) -> ProbeReport {
         let mut report = ProbeReport::default();
-        for &port in &self.ports {
-            match fetch_head(ctx, SocketAddr::new(target, port)).await {
+        for &(scheme, port) in &self.endpoints {
+            match fetch_head(ctx, scheme, SocketAddr::new(target, port)).await {
                 Ok(Some(server)) => {
                     report.alive = Some(true);
                     report.http_family = http_family(&server);

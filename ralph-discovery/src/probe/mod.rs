@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use ralph_core::{Secret, SnmpVersion};
 use tokio::net::{TcpStream, UdpSocket};
 
-pub use http::{HttpProbe, http_family};
+pub use http::{HttpProbe, Scheme, http_family};
 pub use icmp::IcmpProbe;
 pub use snmp::{SYS_DESCR, SYS_NAME, SnmpProbe};
 pub use tcp::TcpConnectProbe;
@@ -170,6 +170,19 @@ pub struct Connection {
     /// The stream (`SO_LINGER` 0).
     pub stream: TcpStream,
     _permit: SocketPermit,
+}
+
+impl Connection {
+    /// The blocking std stream (for libraries with a blocking API, run on a blocking thread)
+    /// and the budget unit to keep alive as long as the stream.
+    ///
+    /// # Errors
+    /// Deregistering from the reactor or switching to blocking mode failed.
+    pub fn into_std(self) -> io::Result<(std::net::TcpStream, SocketPermit)> {
+        let std = self.stream.into_std()?;
+        std.set_nonblocking(false)?;
+        Ok((std, self._permit))
+    }
 }
 
 /// Counters shared by every probe of a scan.
