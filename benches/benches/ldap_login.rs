@@ -5,7 +5,8 @@
 //!
 //! `cargo bench -p ralph-benches --bench ldap_login` (uses RALPH_TEST_LDAP_* when set, else
 //! starts a private slapd with scripts/services/slapd/up.sh). `LDAP_BENCH_SECS` sets the
-//! measuring time per case (default 5).
+//! measuring time per case (default 5); `LDAP_BENCH_POOL` the pool size (default 8, the config
+//! default); `LDAP_BENCH_CASES` / `LDAP_BENCH_CONCURRENCY` pick cases (see `main`).
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -269,7 +270,7 @@ fn main() {
         }
 
         for concurrency in levels.iter().copied() {
-            let pool = concurrency.clamp(4, 32);
+            let pool = std::env::var("LDAP_BENCH_POOL").ok().and_then(|p| p.parse().ok()).unwrap_or(8);
             let backend = LdapBackend::new(config(&slapd, pool), store.clone()).expect("backend");
             let chain =
                 Arc::new(AuthChain::new().with(Arc::new(backend)).with(Arc::new(LocalBackend::new(store.clone()))));
