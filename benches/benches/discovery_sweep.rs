@@ -108,19 +108,17 @@ async fn port_sweep() {
     println!("TIME_WAIT on 127.0.0.1 before/after our 3 sweeps (196,605 connects): {tw_before} / {tw_after}");
 }
 
-fn lab_up() -> Option<(String, bool)> {
-    if let Ok(cidr) = std::env::var("RALPH_TEST_NETLAB_CIDR") {
-        return Some((cidr, false));
+/// The lab's CIDR and host-side interface, and whether this run started it.
+fn lab_up() -> Option<(String, String, bool)> {
+    if let (Ok(cidr), Ok(iface)) = (std::env::var("RALPH_TEST_NETLAB_CIDR"), std::env::var("RALPH_TEST_NETLAB_IFACE")) {
+        return Some((cidr, iface, false));
     }
-    if std::path::Path::new("/sys/class/net/ralphlab0").exists() {
-        // Started by someone else (scripts/test or by hand): use it, leave it running.
-        return Some(("10.213.0.0/20".to_owned(), false));
-    }
+    // up.sh takes a free lab slot, so a lab another run uses is left alone.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services/netlab/up.sh");
     let out = Command::new("bash").arg(&root).env("RALPH_TEST_RUN_DIR", "/tmp/ralph-bench-netlab").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let cidr = text.lines().find_map(|l| l.strip_prefix("export RALPH_TEST_NETLAB_CIDR="))?.to_owned();
-    Some((cidr, true))
+    let var = |name: &str| text.lines().find_map(|l| l.strip_prefix(&format!("export {name}=")).map(str::to_owned));
+    Some((var("RALPH_TEST_NETLAB_CIDR")?, var("RALPH_TEST_NETLAB_IFACE")?, true))
 }
 
 fn lab_down() {
@@ -128,8 +126,8 @@ fn lab_down() {
     let _ = Command::new("bash").arg(root).env("RALPH_TEST_RUN_DIR", "/tmp/ralph-bench-netlab").status();
 }
 
-fn flush_lab_neighbours() {
-    let _ = Command::new("ip").args(["neigh", "flush", "dev", "ralphlab0"]).status();
+fn flush_lab_neighbours(iface: &str) {
+    let _ = Command::new("ip").args(["neigh", "flush", "dev", iface]).status();
 }
 
 async fn lab_sweep() {
@@ -137,7 +135,7 @@ async fn lab_sweep() {
         "== 4,094-host on-link lab sweep (port 80), gc_thresh3 = {}",
         ralph_discovery::neighbour::NeighbourLimits::read(false).gc_thresh3
     );
-    let Some((cidr, started)) = lab_up() else {
+    let Some((cidr, iface, started)) = lab_up() else {
         println!("skipped: the namespace lab needs root (scripts/services/netlab/up.sh)");
         return;
     };
@@ -146,7 +144,7 @@ async fn lab_sweep() {
     let scanner = Scanner::new(ScanConfig::default().ports(vec![80]).icmp(false).http(None));
     let mut ours = Vec::new();
     for _ in 0..3 {
-        flush_lab_neighbours();
+        flush_lab_neighbours(&iface);
         let fulls = table_fulls();
         let (hosts, summary) = scanner.scan(targets.addresses()).await.expect("scan");
         let up = hosts.iter().filter(|h| h.state == HostState::Up && h.open_ports == [80]).count();
@@ -155,13 +153,13 @@ async fn lab_sweep() {
     }
     let mut theirs = Vec::new();
     for _ in 0..2 {
-        flush_lab_neighbours();
+        flush_lab_neighbours(&iface);
         let fulls = table_fulls();
         let (secs, open) = nmap(&["-sT", "-Pn", "-p80", "-T4", &cidr]);
         println!("  nmap: {secs:.3} s, {}/{total} reported open, table_fulls +{}", open.len(), table_fulls() - fulls);
         theirs.push((secs, open.len()));
     }
-    flush_lab_neighbours();
+    flush_lab_neighbours(&iface);
     // The naive way: every host at once, no neighbour budget.
     let fulls = table_fulls();
     let start = Instant::now();
@@ -197,7 +195,7 @@ async fn lab_sweep() {
     println!("ralph-discovery median {:.3} s ({:.0} hosts/s), {}/{total} correct", o.0, total as f64 / o.0, o.1);
     println!("nmap -sT -Pn -p80 -T4 best {:.3} s, {}/{total} correct", t.0, t.1);
     println!("speed-up vs nmap's best run: {:.1}x (goal >= 10x)", t.0 / o.0);
-    flush_lab_neighbours();
+    flush_lab_neighbours(&iface);
     if started {
         lab_down();
     }

@@ -48,7 +48,14 @@ struct BudgetInner {
     debt: AtomicUsize,
     in_use: AtomicUsize,
     shrinks: AtomicUsize,
+    /// The bound it started with: regrowth stops there.
+    max: usize,
+    /// Sockets opened since the last change of the bound.
+    opened: AtomicUsize,
 }
+
+/// Sockets opened without EMFILE before the bound grows back by one.
+const REGROW_AFTER: usize = 32;
 
 /// One socket's worth of budget; released on drop.
 #[derive(Debug)]
@@ -81,6 +88,8 @@ impl SocketBudget {
                 debt: AtomicUsize::new(0),
                 in_use: AtomicUsize::new(0),
                 shrinks: AtomicUsize::new(0),
+                max: capacity,
+                opened: AtomicUsize::new(0),
             }),
         }
     }
@@ -112,6 +121,24 @@ impl SocketBudget {
         self.inner.shrinks.load(Ordering::Relaxed)
     }
 
+    /// Records a socket opened without EMFILE; after a run of them a shrunk bound grows back
+    /// by one (additive increase, as the rate does), up to where it started.
+    pub fn opened(&self) {
+        let n = self.inner.opened.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < REGROW_AFTER || self.capacity() >= self.inner.max || self.inner.debt.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        self.inner.opened.store(0, Ordering::Relaxed);
+        if self
+            .inner
+            .capacity
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| (c < self.inner.max).then_some(c + 1))
+            .is_ok()
+        {
+            self.inner.semaphore.add_permits(1);
+        }
+    }
+
     /// Shrinks the bound after EMFILE/ENFILE (called by the probe that met it, while it
     /// still holds its permit): to what was demonstrably open at that moment, the other
     /// holders, and always by at least one, keeping at least 1. Returns the new capacity.
@@ -128,6 +155,7 @@ impl SocketBudget {
         });
         let Ok(old) = result else { return self.capacity() };
         self.inner.shrinks.fetch_add(1, Ordering::Relaxed);
+        self.inner.opened.store(0, Ordering::Relaxed);
         let forgotten = self.inner.semaphore.forget_permits(removed);
         if forgotten < removed {
             self.inner.debt.fetch_add(removed - forgotten, Ordering::AcqRel);
@@ -157,6 +185,15 @@ mod tests {
         }
         assert_eq!(budget.capacity(), 1, "never below one");
         assert_eq!(budget.inner.semaphore.available_permits(), 1);
+        for _ in 0..REGROW_AFTER * 3 {
+            budget.opened();
+        }
+        assert_eq!(budget.capacity(), 4, "grows back by one per run of successful opens");
+        assert_eq!(budget.inner.semaphore.available_permits(), 4);
+        for _ in 0..REGROW_AFTER * 100 {
+            budget.opened();
+        }
+        assert_eq!(budget.capacity(), 8, "never above where it started");
     }
 
     #[test]

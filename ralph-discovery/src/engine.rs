@@ -531,9 +531,11 @@ async fn probe_host(ip: IpAddr, shared: &Shared) -> HostResult {
     result
 }
 
-/// Kernel counters whose rise means packets are being dropped locally.
+/// Kernel counters whose rise means packets are being dropped locally: a full neighbour
+/// table and UDP sends dropped for lack of buffer space. (`unresolved_discards` is left out:
+/// it rises whenever a down on-link host fails ARP, which is no congestion.)
 fn kernel_drops() -> u64 {
-    let neigh = NeighbourStats::read(false).map_or(0, |s| s.unresolved_discards + s.table_fulls);
+    let neigh = NeighbourStats::read(false).map_or(0, |s| s.table_fulls);
     let udp = std::fs::read_to_string("/proc/net/snmp").ok().and_then(|t| {
         let mut lines = t.lines().filter(|l| l.starts_with("Udp:"));
         let (head, vals) = (lines.next()?, lines.next()?);
@@ -682,6 +684,8 @@ where
     while tasks.join_next().await.is_some() {}
     drop(tx);
     control.abort();
+    // Wait for the abort to land, so no late snapshot overwrites the final one.
+    let _ = control.await;
     let last = snapshot(&shared, total, start, true);
     progress.send_replace(last.clone());
     let c = &shared.ctx.counters;

@@ -2,32 +2,15 @@
 //! kernel's default neighbour thresholds, with and without deleting the created entries.
 //! These touch the host-wide neighbour table, so they run one at a time (`serial_`).
 
+mod common;
+
 use std::net::IpAddr;
 use std::time::Duration;
 
+use common::{Lab, lab};
+
 use ralph_discovery::neighbour::{NeighbourLimits, NeighbourStats};
 use ralph_discovery::{HostState, NeighbourConfig, ScanConfig, Scanner, Targets};
-
-struct Lab {
-    cidr: String,
-    open: u16,
-    closed: u16,
-    iface: String,
-}
-
-fn lab() -> Option<Lab> {
-    let cidr = ralph_testkit::service("RALPH_TEST_NETLAB_CIDR")?;
-    if !ralph_testkit::require_root("the namespace lab") {
-        return None;
-    }
-    let port = |v: &str| ralph_testkit::service(v).and_then(|p| p.parse().ok());
-    Some(Lab {
-        cidr,
-        open: port("RALPH_TEST_NETLAB_OPEN_PORT")?,
-        closed: port("RALPH_TEST_NETLAB_CLOSED_PORT")?,
-        iface: ralph_testkit::service("RALPH_TEST_NETLAB_IFACE")?,
-    })
-}
 
 /// Neighbour entries on the lab interface now.
 fn lab_entries(iface: &str) -> usize {
@@ -47,15 +30,15 @@ async fn settle(iface: &str) {
     }
 }
 
-async fn sweep(lab: &Lab, range: &str, neighbour: NeighbourConfig) {
+async fn sweep(lab: &Lab, targets: Vec<IpAddr>, neighbour: NeighbourConfig) {
     settle(&lab.iface).await;
     let limits = NeighbourLimits::read(false);
-    let targets = Targets::parse(range).expect("lab range");
-    let total = targets.len();
+    lab.check(&targets);
+    let total = targets.len() as u128;
     assert!(total > u128::from(limits.gc_thresh3), "the sweep must be larger than the neighbour table");
     let before = NeighbourStats::read(false).expect("arp_cache");
     let config = ScanConfig::default().ports(vec![lab.open, lab.closed]).icmp(false).http(None).neighbour(neighbour);
-    let (hosts, summary) = Scanner::new(config).scan(targets.addresses()).await.expect("scan");
+    let (hosts, summary) = Scanner::new(config).scan(targets).await.expect("scan");
     let after = NeighbourStats::read(false).expect("arp_cache");
     let false_down: Vec<IpAddr> = hosts.iter().filter(|h| h.state != HostState::Up).map(|h| h.address).collect();
     assert_eq!(hosts.len() as u128, total);
@@ -78,7 +61,7 @@ async fn sweep(lab: &Lab, range: &str, neighbour: NeighbourConfig) {
 async fn serial_lab_sweep_of_4094_on_link_hosts_deleting_entries() {
     let Some(lab) = lab() else { return };
     assert_eq!(Targets::parse(&lab.cidr).expect("cidr").len(), 4094, "the lab is a /20");
-    sweep(&lab, &lab.cidr, NeighbourConfig::default()).await;
+    sweep(&lab, lab.hosts(&lab.cidr, 4094), NeighbourConfig::default()).await;
     // Deleted as hosts finished: the table holds (almost) nothing of the sweep.
     assert!(lab_entries(&lab.iface) < 64, "entries left: {}", lab_entries(&lab.iface));
 }
@@ -89,8 +72,8 @@ async fn serial_lab_sweep_paced_by_budget_without_deleting() {
     // As a process without CAP_NET_ADMIN would: entries stay, slots are held until the kernel
     // may collect them (~51 s at the default base_reachable_time), so this sweeps 1,500 hosts,
     // still more than gc_thresh3 (1024), in two rounds.
-    sweep(&lab, "10.213.0.1-10.213.5.220", NeighbourConfig { delete_entries: false, ..NeighbourConfig::default() })
-        .await;
+    let first = lab.hosts(&lab.cidr, 1500);
+    sweep(&lab, first, NeighbourConfig { delete_entries: false, ..NeighbourConfig::default() }).await;
     // Leave the table as we found it for the next test (our lab interface only).
     let _ = std::process::Command::new("ip").args(["neigh", "flush", "dev", &lab.iface]).status();
 }
@@ -100,14 +83,13 @@ async fn serial_lab_hosts_that_do_not_exist_are_down() {
     let Some(lab) = lab() else { return };
     // The lab's dead range is on-link (the host side holds a /19) but blackholed inside the
     // namespace: nothing answers ARP for it, the hosts are down.
-    let _ = ralph_testkit::require!("RALPH_TEST_NETLAB_DEAD_CIDR");
-    let targets = Targets::parse("10.213.16.1-10.213.16.6").expect("targets");
+    let targets = lab.hosts(&lab.dead, 6);
     let config = ScanConfig::default()
         .ports(vec![lab.open])
         .icmp(false)
         .http(None)
         .timeouts(ralph_discovery::ProbeTimeouts { connect: Duration::from_secs(4), retries: 0, ..Default::default() });
-    let (hosts, summary) = Scanner::new(config).scan(targets.addresses()).await.expect("scan");
+    let (hosts, summary) = Scanner::new(config).scan(targets).await.expect("scan");
     assert_eq!(hosts.len(), 6);
     assert!(hosts.iter().all(|h| h.state == HostState::Down), "{hosts:?}");
     assert_eq!(summary.down, 6);

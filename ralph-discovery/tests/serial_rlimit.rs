@@ -1,6 +1,8 @@
-//! A scan under RLIMIT_NOFILE 128, run in a child process (this test binary re-executed),
-//! with descriptors taken away mid-scan so the engine meets real EMFILE: it must shrink its
-//! budget, requeue, and still report every port correctly.
+//! Scans under RLIMIT_NOFILE 128, run in a child process (this test binary re-executed):
+//! 2,000 loopback ports with descriptors taken away while the scan runs, and 1,000 lab hosts
+//! (answers arrive asynchronously, so sockets are in flight) with 60 of the 128 descriptors
+//! taken after the budget was set: the engine meets real EMFILE, shrinks its budget, requeues,
+//! and still reports every port correctly.
 
 mod common;
 
@@ -9,7 +11,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use ralph_discovery::{HostState, Probe, ProbeContext, ProbeReport, ScanConfig, Scanner, Stage};
+use std::time::Duration;
+
+use ralph_discovery::{HostState, Probe, ProbeContext, ProbeReport, ProbeTimeouts, ScanConfig, Scanner, Stage};
 
 const CHILD_ENV: &str = "RALPH_RLIMIT_CHILD_PORTS";
 
@@ -104,6 +108,104 @@ async fn serial_scan_under_rlimit_nofile_128_is_correct() {
     assert_eq!(ports("closed"), closed, "every closed port found under the limit");
     assert_eq!(r["errors"].as_array().map(Vec::len), Some(0), "{r}");
     assert!(r["budget_start"].as_u64().expect("budget") < 128, "budget below the soft limit: {r}");
+}
+
+const LAB_CHILD_ENV: &str = "RALPH_RLIMIT_LAB_CHILD";
+
+/// Opens the real connection after, on the first call, taking every free descriptor but 16:
+/// the sockets in flight to the lab then meet real EMFILE from `socket()`.
+#[derive(Debug)]
+struct HogThenConnect;
+
+#[async_trait]
+impl ralph_discovery::Connector for HogThenConnect {
+    async fn connect(&self, addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+        if let Ok(mut held) = HOGGED.lock() {
+            if held.is_empty() {
+                while let Ok(f) = File::open("/dev/null") {
+                    held.push(f);
+                }
+                let keep = held.len().saturating_sub(16);
+                held.truncate(keep);
+            }
+        }
+        ralph_discovery::SystemConnector.connect(addr).await
+    }
+}
+
+/// The child's half of the lab variant (returns at once unless re-executed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_rlimit_lab_child() {
+    let Ok(spec) = std::env::var(LAB_CHILD_ENV) else { return };
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, 128, hard).expect("setrlimit 128");
+    let v: serde_json::Value = serde_json::from_str(&spec).expect("spec");
+    let hosts: Vec<IpAddr> =
+        v["hosts"].as_array().expect("hosts").iter().filter_map(|h| h.as_str()?.parse().ok()).collect();
+    let ports: Vec<u16> =
+        v["ports"].as_array().expect("ports").iter().filter_map(|p| p.as_u64()).map(|p| p as u16).collect();
+    let timeouts = ProbeTimeouts { connect: Duration::from_secs(1), retries: 0, ..ProbeTimeouts::default() };
+    let config = ScanConfig::default()
+        .ports(ports)
+        .icmp(false)
+        .http(None)
+        .timeouts(timeouts)
+        .connector(std::sync::Arc::new(HogThenConnect));
+    let (results, summary) = Scanner::new(config).scan(hosts).await.expect("scan");
+    let out = serde_json::json!({
+        "hosts": results.len(),
+        "up": results.iter().filter(|h| h.state == HostState::Up).count(),
+        "down": results.iter().filter(|h| h.state == HostState::Down).map(|h| h.address.to_string()).collect::<Vec<_>>(),
+        "ports": results
+            .iter()
+            .filter(|h| h.state == HostState::Up)
+            .map(|h| (h.open_ports.clone(), h.closed_ports.clone()))
+            .collect::<std::collections::BTreeSet<_>>(),
+        "errors": results.iter().map(|h| h.errors.len()).sum::<usize>(),
+        "fd_errors": summary.fd_errors,
+        "budget_start": summary.socket_budget_start,
+        "budget_end": summary.socket_budget_end,
+        "halvings": summary.rate_halvings,
+        "min_rate": summary.min_rate,
+        "elapsed": summary.elapsed_secs,
+        "timeouts": summary.timeouts,
+    });
+    println!("RESULT {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_lab_scan_under_rlimit_nofile_128_meets_emfile_and_is_correct() {
+    let Some(lab) = common::lab() else { return };
+    // Down hosts first: their sockets stay in flight until the timeout, so the budget fills.
+    let dead = lab.hosts(&lab.dead, 40);
+    let hosts: Vec<IpAddr> = dead.iter().copied().chain(lab.hosts(&lab.cidr, 1000)).collect();
+    let spec = serde_json::json!({
+        "hosts": hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "ports": [lab.open, lab.closed],
+    });
+    let child = tokio::process::Command::new(std::env::current_exe().expect("exe"))
+        .args(["serial_rlimit_lab_child", "--exact", "--nocapture", "--test-threads", "1"])
+        .env(LAB_CHILD_ENV, spec.to_string())
+        .output()
+        .await
+        .expect("run child");
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    assert!(child.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&child.stderr));
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("no result from the child: {stdout}"));
+    let r: serde_json::Value = serde_json::from_str(line).expect("json");
+    assert_eq!((r["hosts"].as_u64(), r["up"].as_u64()), (Some(1040), Some(1000)), "every lab host up: {r}");
+    let mut down: Vec<String> =
+        r["down"].as_array().expect("down").iter().filter_map(|d| d.as_str().map(str::to_owned)).collect();
+    down.sort();
+    let mut want: Vec<String> = dead.iter().map(ToString::to_string).collect();
+    want.sort();
+    assert_eq!(down, want, "exactly the blackholed hosts are down");
+    assert_eq!(r["ports"], serde_json::json!([[[lab.open], [lab.closed]]]), "every host: open and closed port right");
+    assert_eq!(r["errors"].as_u64(), Some(0), "{r}");
     assert!(r["fd_errors"].as_u64().expect("fd_errors") > 0, "the scan met EMFILE: {r}");
     assert!(r["budget_end"].as_u64() < r["budget_start"].as_u64(), "the budget shrank: {r}");
 }

@@ -25,19 +25,22 @@ async fn row(store: &SqliteStore, ip: &str) -> Option<IpAddress> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autoscan_rules_produce_the_right_rows() {
     // Dead hosts come from the namespace lab (blackholed, nothing answers).
-    let dead_cidr = ralph_testkit::require!("RALPH_TEST_NETLAB_DEAD_CIDR");
-    assert!(dead_cidr.starts_with("10.213.16."), "{dead_cidr}");
+    let Some(lab) = common::lab() else { return };
+    let dead_hosts = lab.hosts(&lab.dead, 3);
+    let (dead_new, dead_known) = (dead_hosts[0].to_string(), dead_hosts[2].to_string());
     let (_dir, store) = store().await;
     let web = common::http_listener("127.0.0.1:0".parse().expect("addr"), "GoAhead-Webs").await;
     let port = web.port();
     // Known and dead, with facts from an earlier scan.
-    let mut known = IpAddress::parse("10.213.16.3", None).expect("ip");
+    let mut known = IpAddress::parse(&dead_known, None).expect("ip");
     known.http_family = Some("Apache".into());
     known.snmp_name = Some("old-name".into());
     Repository::<IpAddress>::create(&*store, &known).await.expect("create");
 
-    let targets: Vec<IpAddr> =
-        ["127.0.0.1", "127.0.0.2", "10.213.16.1", "10.213.16.3"].iter().map(|s| s.parse().expect("ip")).collect();
+    let targets: Vec<IpAddr> = ["127.0.0.1", "127.0.0.2", dead_new.as_str(), dead_known.as_str()]
+        .iter()
+        .map(|s| s.parse().expect("ip"))
+        .collect();
     let config = ScanConfig::default().ports(vec![port]).icmp(false).http(Some(HttpProbe::http([port]))).timeouts(
         ralph_discovery::ProbeTimeouts { connect: std::time::Duration::from_secs(4), retries: 0, ..Default::default() },
     );
@@ -47,7 +50,7 @@ async fn autoscan_rules_produce_the_right_rows() {
         let (hosts, _) = scanner.scan(targets.clone()).await.expect("scan");
         let state = |ip: &str| hosts.iter().find(|h| h.address.to_string() == ip).map(|h| h.state);
         assert_eq!(state("127.0.0.1"), Some(HostState::Up));
-        assert_eq!(state("10.213.16.3"), Some(HostState::Down));
+        assert_eq!(state(&dead_known), Some(HostState::Down));
         let mut recorder = BatchRecorder::new(Arc::clone(&store)).batch(3);
         for h in &hosts {
             recorder.push(h).await.expect("push");
@@ -62,9 +65,9 @@ async fn autoscan_rules_produce_the_right_rows() {
         let checksum = alive.scan_checksum.clone().expect("checksum stored");
         assert_eq!(checksum, hosts.iter().find(|h| h.address == web.ip()).expect("host").checksum());
         assert!(row(&store, "127.0.0.2").await.expect("alive, port closed").last_seen.is_some());
-        assert!(row(&store, "10.213.16.1").await.is_none(), "unknown dead addresses are not inserted");
+        assert!(row(&store, &dead_new).await.is_none(), "unknown dead addresses are not inserted");
 
-        let dead = row(&store, "10.213.16.3").await.expect("known dead host");
+        let dead = row(&store, &dead_known).await.expect("known dead host");
         assert_eq!(dead.dead_ping_count, round);
         assert!(dead.last_seen.is_none());
         if round == 1 {

@@ -304,6 +304,9 @@ impl ProbeContext {
             }
             self.counters.attempts.fetch_add(1, Ordering::Relaxed);
             let result = tokio::time::timeout(self.timeouts.connect, self.connector.connect(addr)).await;
+            if !matches!(&result, Ok(Err(e)) if matches!(classify(e), Classified::Fd)) {
+                self.budget.opened();
+            }
             let error = match result {
                 Ok(Ok(stream)) => {
                     // Belt and braces for host-app connectors: RST on close, always.

@@ -76,3 +76,56 @@ fn parse_endpoint(text: &str) -> Option<(IpAddr, u16)> {
     }
     Some((IpAddr::V6(std::net::Ipv6Addr::from(bytes)), port))
 }
+
+/// The namespace lab started by scripts/services/netlab.
+pub struct Lab {
+    /// The /20 whose 4,094 hosts answer.
+    pub cidr: String,
+    /// A /24 blackholed inside the namespace: hosts that are down.
+    pub dead: String,
+    /// Open port on every lab host.
+    pub open: u16,
+    /// Closed port on every lab host.
+    pub closed: u16,
+    /// The host side of the veth.
+    pub iface: String,
+}
+
+/// The lab, or `None` (skip) when it is not running or we are not root.
+pub fn lab() -> Option<Lab> {
+    let cidr = ralph_testkit::service("RALPH_TEST_NETLAB_CIDR")?;
+    if !ralph_testkit::require_root("the namespace lab") {
+        return None;
+    }
+    let port = |v: &str| ralph_testkit::service(v).and_then(|p| p.parse().ok());
+    Some(Lab {
+        cidr,
+        dead: ralph_testkit::service("RALPH_TEST_NETLAB_DEAD_CIDR")?,
+        open: port("RALPH_TEST_NETLAB_OPEN_PORT")?,
+        closed: port("RALPH_TEST_NETLAB_CLOSED_PORT")?,
+        iface: ralph_testkit::service("RALPH_TEST_NETLAB_IFACE")?,
+    })
+}
+
+impl Lab {
+    /// Panics unless every address is on-link through the lab's interface right now: never
+    /// let a vanished lab send the probes out of the default route.
+    pub fn check(&self, targets: &[IpAddr]) {
+        let subnets: Vec<_> =
+            ralph_discovery::neighbour::local_subnets().into_iter().filter(|s| s.interface == self.iface).collect();
+        for ip in targets {
+            assert!(
+                subnets.iter().any(|s| s.network.contains(*ip)),
+                "{ip} is not on-link through {} (is the lab up?): refusing to probe it",
+                self.iface
+            );
+        }
+    }
+
+    /// The first `n` addresses of `cidr`, checked with [`Lab::check`].
+    pub fn hosts(&self, cidr: &str, n: usize) -> Vec<IpAddr> {
+        let hosts: Vec<IpAddr> = ralph_discovery::Targets::parse(cidr).expect("lab cidr").addresses().take(n).collect();
+        self.check(&hosts);
+        hosts
+    }
+}

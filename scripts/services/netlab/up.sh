@@ -1,25 +1,21 @@
 #!/usr/bin/env bash
 # Network-namespace lab for ralph-discovery tests.
 #
-# Creates namespace `ralphlab` and a veth pair. The namespace holds the whole 10.213.0.0/20 locally
-# (`ip route add local ... dev lo`), so every one of its 4,094 host addresses answers ARP and accepts
-# on the lab ports. The host side of the veth holds 10.213.31.254/19, so the /20 is on-link from the
-# host and a sweep creates real neighbour (ARP) entries. Only addresses inside this namespace are
-# ever probed. Prints only `export RALPH_TEST_...` lines on stdout; logs go to stderr.
+# Creates a namespace and a veth pair. The namespace holds a whole /20 locally
+# (`ip route add local ... dev lo`), so every one of its 4,094 host addresses answers ARP and
+# accepts on the lab port; the next /24 is blackholed inside the namespace (hosts that are down).
+# The host side of the veth holds the /19 around them, so the /20 is on-link from the host and a
+# sweep creates real neighbour (ARP) entries. Only addresses inside this namespace are probed.
+#
+# Several runs can coexist (two checkouts testing at once): each takes the first free slot N
+# (namespace ralphlabN, interfaces rlabNh/rlabNn, addresses 10.213.(32N).0/19) and records it in
+# $RALPH_TEST_RUN_DIR, so down.sh removes its own lab only.
+# Prints only `export RALPH_TEST_...` lines on stdout; logs go to stderr.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 RUN_DIR="${RALPH_TEST_RUN_DIR:-/tmp/ralph-test-run}"
 mkdir -p "$RUN_DIR"
-NS=ralphlab
-HOST_IF=ralphlab0
-NS_IF=ralphlab1
-LAB_CIDR=10.213.0.0/20
-HOST_ADDR=10.213.31.254/19
-NS_ADDR=10.213.31.253/19
-OPEN_PORT=80
-CLOSED_PORT=81
-DEAD_CIDR=10.213.16.0/24
 
 log() { echo "netlab: $*" >&2; }
 
@@ -28,8 +24,30 @@ if [ "$(id -u)" != 0 ]; then
     exit 0
 fi
 
-# Idempotent: clear anything a previous run left behind.
+# Idempotent: clear what this run directory started before.
 bash "$HERE/down.sh" >&2 || true
+
+SLOT=""
+for n in 0 1 2 3 4 5 6 7; do
+    if ! ip link show "rlab${n}h" > /dev/null 2>&1 && ! ip netns list 2>/dev/null | grep -qw "ralphlab$n" \
+        && [ -z "$(ip -4 -o addr show to "10.213.$((n * 32)).0/19" 2>/dev/null)" ]; then
+        SLOT=$n
+        break
+    fi
+done
+[ -n "$SLOT" ] || { log "no free lab slot (8 labs exist; run down.sh of stale runs)"; exit 1; }
+echo "$SLOT" > "$RUN_DIR/netlab.slot"
+
+NS="ralphlab$SLOT"
+HOST_IF="rlab${SLOT}h"
+NS_IF="rlab${SLOT}n"
+BASE=$((SLOT * 32))
+LAB_CIDR="10.213.$BASE.0/20"
+DEAD_CIDR="10.213.$((BASE + 16)).0/24"
+HOST_ADDR="10.213.$((BASE + 31)).254/19"
+NS_ADDR="10.213.$((BASE + 31)).253/19"
+OPEN_PORT=80
+CLOSED_PORT=81
 
 ip netns add "$NS"
 ip link add "$HOST_IF" type veth peer name "$NS_IF"
@@ -41,8 +59,7 @@ ip netns exec "$NS" ip addr add "$NS_ADDR" dev "$NS_IF"
 ip netns exec "$NS" ip link set "$NS_IF" up
 # AnyIP: every address of the lab range is local inside the namespace (and answered by ARP).
 ip netns exec "$NS" ip route add local "$LAB_CIDR" dev lo
-# Hosts that are down: 10.213.16.0/24 is routed into the namespace's blackhole, so nothing
-# answers ARP for it (the host side sees them unreachable) and no packet leaves the lab.
+# Hosts that are down: routed into the namespace's blackhole, nothing answers ARP for them.
 ip netns exec "$NS" ip route add blackhole "$DEAD_CIDR"
 # Accept many concurrent connections inside the namespace.
 ip netns exec "$NS" sysctl -qw net.core.somaxconn=8192 >&2 || true
@@ -52,14 +69,14 @@ PY="$(command -v python3)"
 ip netns exec "$NS" "$PY" "$HERE/listener.py" "$OPEN_PORT" > "$RUN_DIR/netlab-listener.log" 2>&1 &
 echo $! > "$RUN_DIR/netlab-listener.pid"
 
-# Wait until the listener accepts.
+FIRST="10.213.$BASE.1"
 for _ in $(seq 1 50); do
-    if ip netns exec "$NS" "$PY" -c "import socket; socket.create_connection(('10.213.0.1', $OPEN_PORT), 0.2).close()" 2>/dev/null; then
+    if ip netns exec "$NS" "$PY" -c "import socket; socket.create_connection(('$FIRST', $OPEN_PORT), 0.2).close()" 2>/dev/null; then
         break
     fi
     sleep 0.1
 done
-log "lab up: $LAB_CIDR in namespace $NS via $HOST_IF"
+log "lab up: $LAB_CIDR in namespace $NS via $HOST_IF (down hosts: $DEAD_CIDR)"
 
 echo "export RALPH_TEST_NETLAB_CIDR=$LAB_CIDR"
 echo "export RALPH_TEST_NETLAB_DEAD_CIDR=$DEAD_CIDR"
