@@ -91,7 +91,7 @@ impl Default for ScanConfig {
             rate: RateConfig::default(),
             timeouts: ProbeTimeouts::default(),
             neighbour: NeighbourConfig::default(),
-            connector: Arc::new(SystemConnector),
+            connector: Arc::new(SystemConnector::default()),
             progress_interval: Duration::from_millis(100),
             pace_loopback: false,
         }

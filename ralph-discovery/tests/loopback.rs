@@ -121,6 +121,7 @@ async fn host_app_probes_add_facts_to_alive_hosts() {
 /// The seam: the first `storm` connects fail with ENOBUFS, then the real kernel connects.
 #[derive(Debug)]
 struct EnobufsStorm {
+    inner: SystemConnector,
     storm: u64,
     calls: AtomicU64,
     injected: AtomicU64,
@@ -133,7 +134,7 @@ impl Connector for EnobufsStorm {
             self.injected.fetch_add(1, Ordering::SeqCst);
             return Err(io::Error::from_raw_os_error(nix::libc::ENOBUFS));
         }
-        SystemConnector.connect(addr).await
+        self.inner.connect(addr).await
     }
 }
 
@@ -150,7 +151,12 @@ async fn enobufs_storm_halves_the_rate_and_every_target_is_still_probed() {
         let a = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 9, 0, i)), port);
         targets.push(common::http_listener(a, "x").await.ip());
     }
-    let storm = Arc::new(EnobufsStorm { storm: 400, calls: AtomicU64::new(0), injected: AtomicU64::new(0) });
+    let storm = Arc::new(EnobufsStorm {
+        inner: SystemConnector::default(),
+        storm: 400,
+        calls: AtomicU64::new(0),
+        injected: AtomicU64::new(0),
+    });
     let rate = RateConfig { initial: 4000.0, min: 100.0, cooldown: Duration::from_millis(20), ..RateConfig::default() };
     let config = ScanConfig::default()
         .ports(vec![port])

@@ -19,14 +19,15 @@ fn lab_entries(iface: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Waits until the kernel has forgotten earlier tests' lab entries, so each test starts at
-/// the same place.
+/// Starts each sweep from the same place: the lab interface's neighbour entries (ours only)
+/// are flushed, so earlier tests' leftovers do not shrink the budget.
 async fn settle(iface: &str) {
-    for _ in 0..120 {
+    let _ = std::process::Command::new("ip").args(["neigh", "flush", "dev", iface]).status();
+    for _ in 0..100 {
         if lab_entries(iface) < 64 {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -115,7 +115,9 @@ const LAB_CHILD_ENV: &str = "RALPH_RLIMIT_LAB_CHILD";
 /// Opens the real connection after, on the first call, taking every free descriptor but 16:
 /// the sockets in flight to the lab then meet real EMFILE from `socket()`.
 #[derive(Debug)]
-struct HogThenConnect;
+struct HogThenConnect {
+    inner: ralph_discovery::SystemConnector,
+}
 
 #[async_trait]
 impl ralph_discovery::Connector for HogThenConnect {
@@ -129,7 +131,7 @@ impl ralph_discovery::Connector for HogThenConnect {
                 held.truncate(keep);
             }
         }
-        ralph_discovery::SystemConnector.connect(addr).await
+        self.inner.connect(addr).await
     }
 }
 
@@ -151,7 +153,7 @@ async fn serial_rlimit_lab_child() {
         .icmp(false)
         .http(None)
         .timeouts(timeouts)
-        .connector(std::sync::Arc::new(HogThenConnect));
+        .connector(std::sync::Arc::new(HogThenConnect { inner: ralph_discovery::SystemConnector::default() }));
     let (results, summary) = Scanner::new(config).scan(hosts).await.expect("scan");
     let out = serde_json::json!({
         "hosts": results.len(),
