@@ -34,12 +34,16 @@ use ralph_core::{Observation, RecordSummary, ScanResultStore, StoreError, Valida
 
 /// The most observations one call takes from a chunk before it flushes; also the PostgreSQL
 /// array length.
+#[cfg(feature = "postgres")]
 const PG_CHUNK: usize = 10_000;
 /// Bind parameters per observation row on SQLite and MySQL.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 const PARAMS_PER_ROW: usize = 9;
 /// Rows per SQLite statement: under 32,766 parameters.
+#[cfg(feature = "sqlite")]
 const SQLITE_CHUNK: usize = 32_766 / PARAMS_PER_ROW;
 /// Rows per MySQL statement: under 65,535 parameters and well inside a 16 MiB packet.
+#[cfg(feature = "mysql")]
 const MYSQL_CHUNK: usize = 65_535 / PARAMS_PER_ROW;
 
 const ENTITY: &str = "IP address";
@@ -121,6 +125,7 @@ fn rounds(rows: Vec<Row<'_>>) -> Vec<Vec<Row<'_>>> {
 }
 
 /// Picks the rows to write from what the database holds, counting as it goes.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 fn plan<'r, 'a>(
     chunk: &'r [Row<'a>],
     known: &HashMap<String, (bool, Option<String>)>,
@@ -172,6 +177,7 @@ fn assignments(new: impl Fn(&str) -> String, old: impl Fn(&str) -> String, least
 }
 
 /// The assignments as `col = expr, ...`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn update_clause(new: impl Fn(&str) -> String, old: impl Fn(&str) -> String, least: &str) -> String {
     assignments(new, old, least).into_iter().map(|(col, expr)| format!("{col} = {expr}")).collect::<Vec<_>>().join(", ")
 }

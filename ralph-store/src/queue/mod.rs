@@ -153,6 +153,7 @@ pub(crate) const DONE: &str = "done";
 pub(crate) const DEAD: &str = "dead";
 
 /// Job ids per statement in `ack_batch` (under SQLite's 32,766 parameters).
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 pub(crate) const ACK_CHUNK: usize = 10_000;
 
 /// Jobs grouped by lease token (one group per claim), ids ascending.
