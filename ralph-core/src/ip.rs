@@ -150,6 +150,21 @@ impl IpAddress {
 impl Entity for IpAddress {
     const NAME: &'static str = "IP address";
     fn validate(&self) -> Result<(), ValidationError> {
+        if self.address.to_canonical() != self.address {
+            return Err(ValidationError::Invalid {
+                field: "address",
+                reason: format!("{} is IPv4-mapped; store it as {}", self.address, self.address.to_canonical()),
+            });
+        }
+        if let Some(community) = &self.snmp_community {
+            // The community is a secret: the error names the rule, never the value.
+            if community.expose().chars().count() > 255 {
+                return Err(ValidationError::TooLong { field: "snmp_community", max: 255 });
+            }
+        }
+        if let Some(checksum) = &self.scan_checksum {
+            crate::text::check_len("scan_checksum", checksum, 128)?;
+        }
         if let Some(name) = &self.snmp_name {
             crate::text::check_len("snmp_name", name, 255)?;
         }
@@ -157,5 +172,25 @@ impl Entity for IpAddress {
             crate::text::check_len("http_family", family, 64)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_refuses_mapped_addresses_and_overlong_facts() {
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("ip");
+        assert!(IpAddress::new(mapped).validate().is_err());
+        assert!(IpAddress::parse("::ffff:10.0.0.1", None).expect("canonicalised").validate().is_ok());
+        let mut ip = IpAddress::parse("10.0.0.1", Some("web-01.dc1")).expect("valid");
+        ip.snmp_community = Some(Secret::new("c".repeat(256)));
+        let error = ip.validate().expect_err("too long");
+        assert!(!error.to_string().contains("ccc"), "the community never appears in the error");
+        ip.snmp_community = None;
+        ip.scan_checksum = Some("x".repeat(129));
+        assert!(ip.validate().is_err());
+        assert!(IpAddress::parse("10.0.0.1", Some("bad_name")).is_err());
     }
 }

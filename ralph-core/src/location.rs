@@ -45,6 +45,12 @@ impl Entity for DataCenter {
     const NAME: &'static str = "data centre";
     fn validate(&self) -> Result<(), ValidationError> {
         required("name", &self.name, 255)?;
+        if let Some(city) = &self.city {
+            crate::text::check_len("city", city, 255)?;
+        }
+        if let Some(address) = &self.address {
+            crate::text::check_len("address", address, 255)?;
+        }
         Ok(())
     }
 }

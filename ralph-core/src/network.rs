@@ -64,12 +64,17 @@ pub fn parse_cidr(input: &str) -> Result<IpNetwork, ValidationError> {
     Ok(canonical)
 }
 
-/// Parses an IPv4 or IPv6 address.
+/// Parses an IPv4 or IPv6 address. An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) is
+/// returned in its IPv4 form, so one host never has two spellings in the inventory.
 ///
 /// # Errors
 /// [`ValidationError::IpAddress`].
 pub fn parse_ip(input: &str) -> Result<IpAddr, ValidationError> {
-    input.trim().parse().map_err(|_| ValidationError::IpAddress { input: input.to_owned() })
+    input
+        .trim()
+        .parse::<IpAddr>()
+        .map(|ip| ip.to_canonical())
+        .map_err(|_| ValidationError::IpAddress { input: input.to_owned() })
 }
 
 /// The number of addresses in `net` (saturating at `u128::MAX` for a `/0` IPv6 network).
@@ -141,6 +146,10 @@ impl Entity for NetworkEnvironment {
     fn validate(&self) -> Result<(), ValidationError> {
         required("name", &self.name, 255)?;
         required("queue", &self.queue, 255)?;
+        if let Some(template) = &self.hostname_template {
+            crate::text::check_len("hostname_template.prefix", &template.prefix, 255)?;
+            crate::text::check_len("hostname_template.postfix", &template.postfix, 255)?;
+        }
         Ok(())
     }
 }
@@ -370,6 +379,12 @@ mod tests {
         assert_eq!(find("10.9.0.1"), Some("all"));
         assert_eq!(find("192.0.2.1"), None);
         assert_eq!(find("2001:db8::5"), Some("v6"));
+    }
+
+    #[test]
+    fn mapped_addresses_are_canonical() {
+        assert_eq!(parse_ip("::ffff:10.0.0.1"), parse_ip("10.0.0.1"));
+        assert!(parse_ip("10.0.0.256").is_err());
     }
 
     #[test]

@@ -71,8 +71,9 @@ impl<S: UserStore> LocalBackend<S> {
     /// Sets a local user's password.
     ///
     /// # Errors
-    /// [`AuthError::Config`] for an empty password or an LDAP-owned user (their password lives
-    /// in the directory), [`AuthError::Store`] when the user does not exist.
+    /// [`AuthError::Store`] wrapping [`StoreError::Invalid`] for an empty password or
+    /// [`StoreError::NotFound`] for a missing user; [`AuthError::Config`] for an LDAP-owned user
+    /// (their password lives in the directory).
     pub async fn set_password(&self, username: &str, password: &Secret) -> Result<(), AuthError> {
         if password.is_empty() {
             return Err(AuthError::Store(StoreError::invalid("user", ValidationError::Empty { field: "password" })));
