@@ -231,6 +231,16 @@ impl Dialect {
         }
     }
 
+    /// Shared row lock for a read inside a write transaction (blocks writers of the row, not
+    /// other readers); SQLite has one writer already.
+    pub(crate) fn for_share(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR SHARE",
+            Self::MySql => " LOCK IN SHARE MODE",
+        }
+    }
+
     /// `INSERT` that silently skips a row whose unique key exists.
     pub(crate) fn insert_ignore(self, table: &str, columns: &str, conflict: &str) -> String {
         let values = vec!["?"; columns.split(',').count()].join(", ");
@@ -341,7 +351,14 @@ macro_rules! driver {
                             .map(|(i, kind)| {
                                 Ok(match kind {
                                     Kind::Int => Value::Int(row.try_get(i)?),
-                                    Kind::Text => Value::Text(row.try_get(i)?),
+                                    // MySQL flags `utf8mb4_bin` text (usernames, group names) binary and
+                                    // sqlx then refuses it as a string; its bytes are still UTF-8 text.
+                                    Kind::Text => Value::Text(match row.try_get(i) {
+                                        Err(sqlx::Error::ColumnDecode { .. }) if Self::DIALECT == Dialect::MySql => {
+                                            row.try_get_unchecked(i)?
+                                        }
+                                        other => other?,
+                                    }),
                                     Kind::Bool => Value::Bool(row.try_get(i)?),
                                     Kind::Time => Value::Time(row.try_get(i)?),
                                 })

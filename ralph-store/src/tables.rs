@@ -398,6 +398,38 @@ impl Table for DeviceModel {
             full_depth: row.bool()?,
         })
     }
+
+    /// The shape of a model (height, depth, kind) decides the rack cells and blade slots of its
+    /// devices: it may not change while any device uses the model.
+    async fn before_write<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+        id: Option<i64>,
+    ) -> Result<Option<Cells>, StoreError> {
+        let Some(id) = id else { return Ok(None) };
+        // Lock the model so no device is written against its old shape meanwhile.
+        let sql =
+            format!("SELECT {} FROM device_models WHERE id = ?{}", select_list::<Self>(""), DB::DIALECT.for_update());
+        let rows = fetch::<DB>(conn, Self::NAME, &sql, &[id.into()], &kinds::<Self>()).await?;
+        let Some(mut row) = rows.into_iter().next() else { return Ok(None) };
+        row.skip()?;
+        let stored = Self::decode(&mut row)?;
+        let changed = [
+            ("height_u", stored.height_u != self.height_u),
+            ("full_depth", stored.full_depth != self.full_depth),
+            ("kind", stored.kind != self.kind),
+        ];
+        let Some((field, _)) = changed.into_iter().find(|(_, changed)| *changed) else { return Ok(None) };
+        // A locking read sees devices committed after this transaction's snapshot (MySQL).
+        let sql = format!("SELECT id FROM devices WHERE model_id = ? LIMIT 1{}", DB::DIALECT.for_share());
+        if fetch_id::<DB>(conn, Self::NAME, &sql, &[id.into()]).await?.is_some() {
+            return Err(invalid::<Self>(ValidationError::Invalid {
+                field,
+                reason: "devices use this model; move them to another model first".into(),
+            }));
+        }
+        Ok(None)
+    }
 }
 
 #[async_trait]
@@ -538,7 +570,9 @@ impl Table for Device {
 
 /// The model a device points at; a missing one is a broken reference.
 async fn load_model<DB: Backend>(conn: &mut DB::Connection, model: Id<DeviceModel>) -> Result<DeviceModel, StoreError> {
-    let sql = format!("SELECT {} FROM device_models WHERE id = ?", select_list::<DeviceModel>(""));
+    // Shared lock: the model's shape cannot change until this device is written.
+    let sql =
+        format!("SELECT {} FROM device_models WHERE id = ?{}", select_list::<DeviceModel>(""), DB::DIALECT.for_share());
     let rows = fetch::<DB>(conn, DeviceModel::NAME, &sql, &[model.get().into()], &kinds::<DeviceModel>()).await?;
     let Some(mut row) = rows.into_iter().next() else {
         return Err(StoreError::Reference {

@@ -283,8 +283,23 @@ impl<DB: Backend> UserStore for SqlStore<DB> {
             .transpose()
             .map_err(|e| StoreError::invalid("profile", e))?;
         let mut tx = self.begin(USER).await?;
-        let id = match user_id::<DB>(&mut tx, &user.username).await? {
-            Some(id) => {
+        let stored = fetch::<DB>(
+            &mut tx,
+            USER,
+            "SELECT id, source FROM users WHERE username = ?",
+            &[user.username.as_str().into()],
+            &[Kind::Int, Kind::Text],
+        )
+        .await?;
+        let id = match stored.into_iter().next() {
+            Some(mut row) => {
+                let id = row.int()?;
+                // A directory account never takes over a local one of the same name: the local
+                // account (and its password, the way in while LDAP is down) stays as it is.
+                if user.source == UserSource::Ldap && row.parse(UserSource::parse)? == UserSource::Local {
+                    debug!(target: TRACE_TARGET, username = %user.username, "mirror refused: local account");
+                    return Err(StoreError::Conflict { entity: USER, constraint: "local account".into() });
+                }
                 write_user::<DB>(&mut tx, id, user).await?;
                 id
             }
@@ -303,14 +318,17 @@ impl<DB: Backend> UserStore for SqlStore<DB> {
 
     async fn deactivate_users(&self, usernames: &[String]) -> Result<u64, StoreError> {
         let mut changed = 0;
+        // One transaction: all of them or (on an error) none of them.
+        let mut tx = self.begin(USER).await?;
         // Chunks keep every statement far below each backend's bind-parameter limit.
         for chunk in usernames.chunks(500) {
             let marks = vec!["?"; chunk.len()].join(", ");
             let sql = format!("UPDATE users SET is_active = ? WHERE is_active = ? AND username IN ({marks})");
             let mut args: Vec<Value> = vec![false.into(), true.into()];
             args.extend(chunk.iter().map(|u| Value::from(u.as_str())));
-            changed += self.run(USER, &sql, &args).await?;
+            changed += execute::<DB>(&mut tx, USER, &sql, &args).await?;
         }
+        commit(tx, USER).await?;
         Ok(changed)
     }
 }

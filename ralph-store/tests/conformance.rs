@@ -401,10 +401,8 @@ async fn users_profiles_groups<S: UserStore>(s: &S) {
     s.set_user_groups("alice", &groups(&["assets-buyer"])).await.expect("replace");
     assert_eq!(s.user_groups("alice").await.expect("groups"), groups(&["assets-buyer"]));
 
-    // Mirroring an LDAP user: user, profile and groups in one call; a local hash goes away.
+    // Mirroring an LDAP user: user, profile and groups in one call.
     let mut bob = User::new("bob").expect("user");
-    s.create_user(&bob).await.expect("bob local");
-    s.set_password_hash("bob", Some("$argon2id$old")).await.expect("hash");
     bob.source = UserSource::Ldap;
     bob.last_name = "Builder".into();
     let mirror = UserMirror {
@@ -449,6 +447,97 @@ async fn users_profiles_groups<S: UserStore>(s: &S) {
     assert!(s.get_profile("bob").await.expect("profile").is_none());
     assert!(s.user_groups("bob").await.expect("groups").is_empty());
     assert!(s.delete_user("bob").await.expect_err("gone").is_not_found());
+}
+
+/// Usernames and group names match byte for byte on every backend: no case or accent folding.
+async fn usernames_match_exactly<S: UserStore>(s: &S) {
+    let admin = User::new("admin").expect("user");
+    let admin_id = s.create_user(&admin).await.expect("admin");
+    s.set_password_hash("admin", Some("$argon2id$admin")).await.expect("hash");
+    for other in ["ADMIN", "Admin", "Ádmin", "admín"] {
+        assert!(s.get_user(other).await.expect("get").is_none(), "{other} is not admin");
+        assert_eq!(s.password_hash(other).await.expect("hash"), None, "{other} has no hash");
+        assert!(s.set_profile(other, &Profile::default()).await.expect_err("missing").is_not_found());
+    }
+    let capital = s.create_user(&User::new("Admin").expect("user")).await.expect("Admin is another user");
+    assert_ne!(capital, admin_id);
+    s.delete_user("ADMIN").await.expect_err("no such user");
+    assert_eq!(s.list_users(None).await.expect("list").len(), 2);
+
+    // An LDAP user whose name differs only by accent or case is a new account: the local admin
+    // keeps its source and password.
+    let ldap = User { source: UserSource::Ldap, ..User::new("Ádmin").expect("user") };
+    let ldap_id = s.mirror_user(&UserMirror { user: ldap, profile: None, groups: None }).await.expect("mirror");
+    assert!(ldap_id != admin_id && ldap_id != capital);
+    let stored = s.get_user("admin").await.expect("get").expect("admin");
+    assert_eq!((stored.id, stored.value), (admin_id, admin));
+    assert_eq!(s.password_hash("admin").await.expect("hash").as_deref(), Some("$argon2id$admin"));
+    assert_eq!(s.get_user("Ádmin").await.expect("get").expect("ldap").value.source, UserSource::Ldap);
+
+    // Group names too: "Staff" and "staff" are two groups.
+    let groups = ["staff", "Staff", "stáff"].map(|n| Group::new(n).expect("group"));
+    s.set_user_groups("admin", &groups).await.expect("groups");
+    let mut expected = groups.to_vec();
+    expected.sort();
+    assert_eq!(s.user_groups("admin").await.expect("groups"), expected);
+    s.set_user_groups("Admin", &groups[..1]).await.expect("groups");
+    assert_eq!(s.user_groups("Admin").await.expect("groups"), groups[..1]);
+}
+
+/// A directory account never takes over a local one of the same name.
+async fn mirror_keeps_local_accounts<S: UserStore>(s: &S) {
+    let root = User { first_name: "Local".into(), ..User::new("root").expect("user") };
+    let root_id = s.create_user(&root).await.expect("root");
+    s.set_password_hash("root", Some("$argon2id$root")).await.expect("hash");
+    s.set_user_groups("root", &[Group::new("superusers").expect("group")]).await.expect("groups");
+    let mirror = UserMirror {
+        user: User { source: UserSource::Ldap, first_name: "Directory".into(), ..User::new("root").expect("user") },
+        profile: Some(Profile { company: Some("Evil".into()), ..Profile::default() }),
+        groups: Some(vec![Group::new("ldap").expect("group")]),
+    };
+    let error = s.mirror_user(&mirror).await.expect_err("local account");
+    assert!(error.is_conflict(), "{error:?}");
+    // Nothing written.
+    let stored = s.get_user("root").await.expect("get").expect("root");
+    assert_eq!((stored.id, stored.value), (root_id, root.clone()));
+    assert_eq!(s.password_hash("root").await.expect("hash").as_deref(), Some("$argon2id$root"));
+    assert_eq!(s.user_groups("root").await.expect("groups"), [Group::new("superusers").expect("group")]);
+    assert!(s.get_profile("root").await.expect("profile").is_none());
+    // A local mirror of a local account still updates it.
+    let local = UserMirror { user: User { is_staff: true, ..root.clone() }, profile: None, groups: None };
+    assert_eq!(s.mirror_user(&local).await.expect("local mirror"), root_id);
+    assert!(s.get_user("root").await.expect("get").expect("root").value.is_staff);
+    assert_eq!(s.password_hash("root").await.expect("hash").as_deref(), Some("$argon2id$root"));
+}
+
+/// A model's height, depth and kind are fixed while devices use it; other fields may change.
+async fn model_shape_is_fixed_while_in_use<S: InventoryStore>(s: &S) {
+    let site = site(s, "shape").await;
+    let original: DeviceModel = s.get(site.server_2u).await.expect("model").value;
+    let unused: DeviceModel = s.get(site.server_1u).await.expect("model").value;
+    s.create(&Device::new(site.server_2u, Some("host-2u"), None, None).in_rack(site.rack, 10, Orientation::Front))
+        .await
+        .expect("device");
+    let changes: [(&str, DeviceModel); 3] = [
+        ("height_u", DeviceModel { height_u: 4, ..original.clone() }),
+        ("full_depth", DeviceModel { full_depth: false, ..original.clone() }),
+        ("kind", DeviceModel { kind: DeviceType::Storage, ..original.clone() }),
+    ];
+    for (field, changed) in changes {
+        match invalid(s.update(site.server_2u, &changed).await) {
+            ValidationError::Invalid { field: f, .. } => assert_eq!(f, field),
+            other => panic!("{field}: unexpected {other:?}"),
+        }
+        assert_eq!(s.get(site.server_2u).await.expect("model").value, original, "nothing written");
+    }
+    // The name may change; an unused model may change shape.
+    let renamed = DeviceModel { name: "S2-renamed".into(), ..original.clone() };
+    s.update(site.server_2u, &renamed).await.expect("rename");
+    assert_eq!(s.get(site.server_2u).await.expect("model").value, renamed);
+    let taller = DeviceModel { height_u: 3, full_depth: false, ..unused };
+    s.update(site.server_1u, &taller).await.expect("unused model");
+    assert_eq!(s.get(site.server_1u).await.expect("model").value, taller);
+    assert_eq!(s.rack_devices(site.rack).await.expect("rack").len(), 1);
 }
 
 const UTF8: [&str; 3] = ["Zażółć gęślą jaźń", "🚀 rakieta 🔥 💾", "数据中心 東京 데이터"];
@@ -596,6 +685,9 @@ macro_rules! suite {
                 smallest_containing_network,
                 address_ranges_skip_buried,
                 users_profiles_groups,
+                usernames_match_exactly,
+                mirror_keeps_local_accounts,
+                model_shape_is_fixed_while_in_use,
                 utf8_round_trips_byte_for_byte,
                 racing_placements_never_overlap,
                 corrupt_rows_are_reported,

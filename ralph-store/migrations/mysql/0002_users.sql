@@ -1,8 +1,10 @@
 -- Users, profiles, groups. An LDAP-owned user can never hold a local password hash.
+-- Usernames and group names are identities: utf8mb4_bin compares them byte for byte, as the
+-- other backends do, so "Admin", "ADMIN" and "Ádmin" are never the same account as "admin".
 
 CREATE TABLE users (
     id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-    username VARCHAR(150) NOT NULL UNIQUE CHECK (char_length(username) > 0),
+    username VARCHAR(150) COLLATE utf8mb4_bin NOT NULL UNIQUE CHECK (char_length(username) > 0),
     first_name VARCHAR(150) NOT NULL DEFAULT '',
     last_name VARCHAR(150) NOT NULL DEFAULT '',
     email VARCHAR(254),
@@ -27,7 +29,7 @@ CREATE TABLE profiles (
 
 CREATE TABLE auth_groups (
     id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-    name VARCHAR(255) NOT NULL UNIQUE CHECK (char_length(trim(name)) > 0)
+    name VARCHAR(255) COLLATE utf8mb4_bin NOT NULL UNIQUE CHECK (char_length(trim(name)) > 0)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_520_ci;
 
 CREATE TABLE user_groups (
