@@ -122,15 +122,23 @@ async fn main() -> Result<()> {
         }
     }
 
-    // A local administrator.
+    // A local administrator. Each step is safe to repeat, and the password comes last: a run
+    // that stopped half way (user created, no password yet) is finished by the next one.
     let local = LocalBackend::new(store.clone());
-    if store.get_user("admin").await?.is_none() {
-        let mut admin = User::new("admin")?;
-        admin.first_name = "Ada".into();
-        admin.last_name = "Admin".into();
-        admin.is_staff = true;
-        admin.is_superuser = true;
-        store.create_user(&admin).await?;
+    if store.password_hash("admin").await?.is_none() {
+        if store.get_user("admin").await?.is_none() {
+            let mut admin = User::new("admin")?;
+            admin.first_name = "Ada".into();
+            admin.last_name = "Admin".into();
+            admin.is_staff = true;
+            admin.is_superuser = true;
+            match store.create_user(&admin).await {
+                // Another run created it in the meantime: fine.
+                Ok(_) => {}
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         store.set_user_groups("admin", &[Group::new(Group::SUPERUSER)?, Group::new(Group::STAFF)?]).await?;
         local.set_password("admin", &Secret::new(DEMO_PASSWORD)).await?;
     }
