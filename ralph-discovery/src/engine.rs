@@ -383,7 +383,8 @@ pub struct ScanSummary {
     pub stopped: bool,
 }
 
-/// A running scan.
+/// A running scan. Dropping the handle stops it as [`ScanHandle::stop`] does: no new host is
+/// admitted, hosts in flight finish (their neighbour entries are cleaned up) and are discarded.
 #[derive(Debug)]
 pub struct ScanHandle {
     /// Results, one per host, as hosts finish.
@@ -391,7 +392,15 @@ pub struct ScanHandle {
     /// Progress snapshots.
     pub progress: watch::Receiver<Progress>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<ScanSummary>,
+    /// `None` once [`ScanHandle::finish`] has taken it.
+    task: Option<tokio::task::JoinHandle<ScanSummary>>,
+}
+
+impl Drop for ScanHandle {
+    fn drop(&mut self) {
+        // Harmless after the end; otherwise the scan would keep probing with nobody listening.
+        self.stop.send_replace(true);
+    }
 }
 
 impl ScanHandle {
@@ -404,8 +413,9 @@ impl ScanHandle {
     ///
     /// # Errors
     /// [`Error::Config`] if the scan task panicked.
-    pub async fn finish(self) -> Result<ScanSummary> {
-        self.task.await.map_err(|e| Error::Config(format!("scan task failed: {e}")))
+    pub async fn finish(mut self) -> Result<ScanSummary> {
+        let task = self.task.take().ok_or_else(|| Error::Config("scan already finished".to_owned()))?;
+        task.await.map_err(|e| Error::Config(format!("scan task failed: {e}")))
     }
 
     /// Collects every result and the summary.
@@ -468,7 +478,7 @@ impl Scanner {
             watch::channel(Progress { total, queued: total.unwrap_or(0), ..Progress::default() });
         let config = Arc::clone(&self.config);
         let task = tokio::spawn(run(config, targets, total, tx, stop_rx, progress_tx));
-        ScanHandle { results: rx, progress: progress_rx, stop: stop_tx, task }
+        ScanHandle { results: rx, progress: progress_rx, stop: stop_tx, task: Some(task) }
     }
 
     /// Scans and collects.
@@ -568,6 +578,9 @@ fn snapshot(shared: &Shared, total: Option<u64>, start: Instant, finished: bool)
     }
 }
 
+/// The shortest period of the progress and lease timers.
+pub(crate) const MIN_TICK: Duration = Duration::from_millis(1);
+
 async fn control_loop(
     shared: Arc<Shared>,
     total: Option<u64>,
@@ -578,7 +591,8 @@ async fn control_loop(
     let mut drops = kernel_drops();
     let (mut attempts, mut timeouts) = (0u64, 0u64);
     let mut prev_ratio = 0.0f64;
-    let mut tick = tokio::time::interval(interval);
+    // A zero period would panic; a configured 0 means "as often as is sane".
+    let mut tick = tokio::time::interval(interval.max(MIN_TICK));
     loop {
         tick.tick().await;
         let now_drops = kernel_drops();

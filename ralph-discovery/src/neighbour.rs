@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
 /// How long a finished host's entry keeps its slot when entries cannot be deleted: the kernel
 /// only collects an entry that holds no timer (so not REACHABLE, which lasts up to 1.5 x
@@ -159,7 +160,9 @@ pub struct NeighbourGuard {
     budget_v6: usize,
     hold: Duration,
     netlink: Option<rtnetlink::Handle>,
-    preexisting: HashSet<IpAddr>,
+    /// Entries (interface, address) present before the first on-link host was admitted, of both
+    /// families; `None` when the table could not be read, in which case nothing is deleted.
+    preexisting: OnceCell<Option<HashSet<(u32, IpAddr)>>>,
     warned: AtomicBool,
     deleted: AtomicU64,
     delete_errors: AtomicU64,
@@ -235,7 +238,7 @@ impl NeighbourGuard {
             budget_v6,
             hold: config.hold.unwrap_or_else(default_hold),
             netlink,
-            preexisting: existing_neighbours(),
+            preexisting: OnceCell::new(),
             warned: AtomicBool::new(false),
             deleted: AtomicU64::new(0),
             delete_errors: AtomicU64::new(0),
@@ -290,21 +293,28 @@ impl NeighbourGuard {
                  deleted after use, or raise net.ipv4.neigh.default.gc_thresh3 (and gc_thresh2) to scan faster"
             );
         }
+        if let Some(handle) = &self.netlink {
+            // Before the first on-link probe: remember what the table holds, so that no entry the
+            // scan did not create is ever deleted.
+            self.preexisting.get_or_init(|| existing_neighbours(handle)).await;
+        }
         let sem = if ip.is_ipv6() { &self.v6 } else { &self.v4 };
         let permit = Arc::clone(sem).acquire_owned().await.ok()?;
         Some(NeighbourSlot { permit, ip, ifindex })
     }
 
-    /// Gives a slot back once all probes of its host are done: deletes the entry (when it
-    /// did not exist before the scan and deleting is possible) and frees the slot, or else
-    /// keeps the slot taken until the kernel may collect the entry.
+    /// Gives a slot back once all probes of its host are done: deletes the entry (when the scan
+    /// created it, it is neither PERMANENT nor NOARP, and deleting is possible) and frees the
+    /// slot, or else keeps the slot taken until the kernel may collect the entry.
     pub async fn release(&self, slot: NeighbourSlot) {
-        if let Some(handle) = &self.netlink {
-            if !self.preexisting.contains(&slot.ip) {
-                match delete_neighbour(handle, slot.ip, slot.ifindex).await {
-                    Ok(()) => {
+        let preexisting = self.preexisting.get().and_then(Option::as_ref);
+        if let (Some(handle), Some(preexisting)) = (&self.netlink, preexisting) {
+            if !preexisting.contains(&(slot.ifindex, slot.ip)) {
+                match delete_created_neighbour(handle, slot.ip, slot.ifindex).await {
+                    Ok(true) => {
                         self.deleted.fetch_add(1, Ordering::Relaxed);
                     }
+                    Ok(false) => {}
                     Err(error) => {
                         let n = self.delete_errors.fetch_add(1, Ordering::Relaxed);
                         if n == 0 {
@@ -324,7 +334,7 @@ impl NeighbourGuard {
     }
 }
 
-async fn delete_neighbour(handle: &rtnetlink::Handle, ip: IpAddr, ifindex: u32) -> Result<(), rtnetlink::Error> {
+fn neighbour_message(ip: IpAddr, ifindex: u32) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.ifindex = ifindex;
     let (family, address) = match ip {
@@ -333,10 +343,61 @@ async fn delete_neighbour(handle: &rtnetlink::Handle, ip: IpAddr, ifindex: u32) 
     };
     msg.header.family = family;
     msg.attributes.push(NeighbourAttribute::Destination(address));
-    match handle.neighbours().del(msg).execute().await {
+    msg
+}
+
+fn is_enoent(error: &rtnetlink::Error) -> bool {
+    matches!(error, rtnetlink::Error::NetlinkError(e) if e.raw_code() == -libc_enoent())
+}
+
+/// Whether an entry in `state` belongs to the administrator (static or no-ARP) and must stay.
+fn is_static(state: NeighbourState) -> bool {
+    let bits = u16::from(state);
+    bits & (u16::from(NeighbourState::Permanent) | u16::from(NeighbourState::Noarp)) != 0
+}
+
+/// The state of one entry (`RTM_GETNEIGH` without dump, Linux 5.0+); `None` when there is none.
+async fn neighbour_state(
+    handle: &rtnetlink::Handle,
+    ip: IpAddr,
+    ifindex: u32,
+) -> Result<Option<NeighbourState>, rtnetlink::Error> {
+    use futures::StreamExt;
+    use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+    use netlink_packet_route::RouteNetlinkMessage;
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(neighbour_message(ip, ifindex)));
+    req.header.flags = NLM_F_REQUEST;
+    let mut responses = handle.clone().request(req)?;
+    let mut state = None;
+    while let Some(msg) = responses.next().await {
+        match msg.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)) => state = Some(m.header.state),
+            NetlinkPayload::Error(e) => {
+                let e = rtnetlink::Error::NetlinkError(e);
+                return if is_enoent(&e) { Ok(None) } else { Err(e) };
+            }
+            _ => {}
+        }
+    }
+    Ok(state)
+}
+
+/// Deletes the entry unless it is gone already or is PERMANENT/NOARP; `Ok(true)` when deleted.
+async fn delete_created_neighbour(
+    handle: &rtnetlink::Handle,
+    ip: IpAddr,
+    ifindex: u32,
+) -> Result<bool, rtnetlink::Error> {
+    match neighbour_state(handle, ip, ifindex).await? {
+        None => return Ok(false),
+        Some(state) if is_static(state) => return Ok(false),
+        Some(_) => {}
+    }
+    match handle.neighbours().del(neighbour_message(ip, ifindex)).execute().await {
+        Ok(()) => Ok(true),
         // ENOENT: the kernel already dropped it.
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enoent() => Ok(()),
-        other => other,
+        Err(e) if is_enoent(&e) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -344,11 +405,32 @@ const fn libc_enoent() -> i32 {
     2
 }
 
-/// IPv4 neighbours present before the scan (from `/proc/net/arp`); never deleted.
-fn existing_neighbours() -> HashSet<IpAddr> {
-    std::fs::read_to_string("/proc/net/arp")
-        .map(|t| t.lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect())
-        .unwrap_or_default()
+/// Every neighbour entry (interface, address) of both families, from a netlink dump; `None`
+/// when the dump fails (then the guard deletes nothing).
+async fn existing_neighbours(handle: &rtnetlink::Handle) -> Option<HashSet<(u32, IpAddr)>> {
+    let dump = handle.neighbours().get().execute().try_collect::<Vec<_>>().await;
+    match dump {
+        Ok(entries) => Some(
+            entries
+                .iter()
+                .filter_map(|m| {
+                    m.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                            Some((m.header.ifindex, IpAddr::V4(*v4)))
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                            Some((m.header.ifindex, IpAddr::V6(*v6)))
+                        }
+                        _ => None,
+                    })
+                })
+                .collect(),
+        ),
+        Err(error) => {
+            tracing::warn!(target: "ralph::discovery", %error, "neighbour table unreadable; no entry will be deleted");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

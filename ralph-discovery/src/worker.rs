@@ -213,7 +213,7 @@ where
             .batch(self.config.batch)
             .dead_ping_limit(self.config.dead_ping_limit);
         let mut done = HashSet::new();
-        let mut lease = tokio::time::interval(self.config.lease / 3);
+        let mut lease = tokio::time::interval((self.config.lease / 3).max(crate::engine::MIN_TICK));
         lease.tick().await;
         let mut stopping = *shutdown.borrow();
         if stopping {

@@ -226,3 +226,36 @@ async fn https_family_is_read_through_tls_after_plain_http_fails() {
     let plain = HttpProbe::http([tls.port()]).probe(tls.ip(), &ProbeContext::standalone(16)).await;
     assert_eq!(plain.http_family, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_handle_stops_the_scan() {
+    // 65,536 loopback hosts at 200 probe starts a second would take over five minutes; once
+    // the handle is dropped the scan must wind down within seconds.
+    let targets = Targets::parse("127.77.0.0/16").expect("targets");
+    let total = u64::try_from(targets.len()).expect("fits");
+    let rate = RateConfig { initial: 200.0, min: 1.0, max: 200.0, increase_per_sec: 0.0, ..RateConfig::default() };
+    let mut config =
+        ScanConfig::default().ports(vec![common::closed_port()]).icmp(false).http(None).rate(rate).pace_loopback(true);
+    // A zero period must not panic (the timer is clamped to 1 ms).
+    config.progress_interval = Duration::ZERO;
+    let handle = Scanner::new(config).start(targets.addresses());
+    let mut progress = handle.progress.clone();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(handle);
+    let last = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if progress.borrow_and_update().finished {
+                return progress.borrow().clone();
+            }
+            if progress.changed().await.is_err() {
+                // The scan task ended and dropped its sender: the last snapshot is final.
+                return progress.borrow().clone();
+            }
+        }
+    })
+    .await
+    .expect("the scan kept running after its handle was dropped");
+    assert!(last.finished, "{last:?}");
+    assert!(last.done > 0 && last.done < total / 10, "stopped early: {} of {total} hosts", last.done);
+    assert_eq!(last.in_flight, 0);
+}

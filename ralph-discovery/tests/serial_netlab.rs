@@ -95,3 +95,72 @@ async fn serial_lab_hosts_that_do_not_exist_are_down() {
     assert!(hosts.iter().all(|h| h.state == HostState::Down), "{hosts:?}");
     assert_eq!(summary.down, 6);
 }
+
+fn ip(args: &[&str]) {
+    let status = std::process::Command::new("ip").args(args).status().expect("ip");
+    assert!(status.success(), "ip {args:?}");
+}
+
+/// The lab interface's neighbour entries of both families, one `ip neigh` line each.
+fn neigh_lines(iface: &str) -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["neigh", "show", "nud", "all", "dev", iface])
+        .output()
+        .expect("ip neigh");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_release_deletes_only_entries_the_scan_created_of_both_families() {
+    use ralph_discovery::neighbour::NeighbourGuard;
+    let Some(lab) = lab() else { return };
+    // Hosts of the lab's blackholed range (on-link, nothing answers) and of a ULA /64 added to
+    // the lab interface for the test, so IPv6 (NDP) entries are covered too.
+    let v4 = lab.hosts(&lab.dead, 8);
+    let v6_net = "fd52:7a1b:c0de::1/64";
+    let _ = std::process::Command::new("ip").args(["-6", "addr", "del", v6_net, "dev", &lab.iface]).status();
+    ip(&["-6", "addr", "add", v6_net, "dev", &lab.iface, "nodad"]);
+    let v6: Vec<IpAddr> = (2..=5u16).map(|i| IpAddr::from([0xfd52, 0x7a1b, 0xc0de, 0, 0, 0, 0, i])).collect();
+    let mac = "02:00:5e:00:53:01";
+    let add = |ip: IpAddr, nud: &str| {
+        let family = if ip.is_ipv6() { "-6" } else { "-4" };
+        let ip = ip.to_string();
+        self::ip(&[family, "neigh", "replace", &ip, "lladdr", mac, "nud", nud, "dev", &lab.iface]);
+    };
+    // Before the scan: a dynamic and a PERMANENT entry of each family.
+    let before = [(v4[0], "stale"), (v4[1], "permanent"), (v6[0], "stale"), (v6[1], "permanent")];
+    for (ip, nud) in before {
+        add(ip, nud);
+    }
+    let guard = NeighbourGuard::new(NeighbourConfig::default());
+    assert!(guard.deletes_entries(), "root: entries are deleted");
+    let targets = [v4[0], v4[1], v4[2], v4[3], v4[4], v6[0], v6[1], v6[2], v6[3]];
+    let mut slots = Vec::new();
+    for t in targets {
+        slots.push(guard.admit(t).await.expect("on-link through the lab"));
+    }
+    // During the scan: entries the scan created (v4[2], v6[2]), and ones an administrator
+    // made static meanwhile (v4[3] PERMANENT, v4[4] NOARP, v6[3] PERMANENT).
+    for (ip, nud) in [(v4[2], "stale"), (v6[2], "stale"), (v4[3], "permanent"), (v4[4], "noarp"), (v6[3], "permanent")]
+    {
+        add(ip, nud);
+    }
+    for slot in slots {
+        guard.release(slot).await;
+    }
+    let lines = neigh_lines(&lab.iface);
+    let present = |ip: IpAddr| lines.iter().any(|l| l.split_whitespace().next() == Some(&ip.to_string()));
+    for kept in [v4[0], v4[1], v4[3], v4[4], v6[0], v6[1], v6[3]] {
+        assert!(present(kept), "{kept} must stay: {lines:?}");
+    }
+    for gone in [v4[2], v6[2]] {
+        assert!(!present(gone), "{gone} was created by the scan and must be deleted: {lines:?}");
+    }
+    assert_eq!(guard.deleted(), 2);
+    for t in targets {
+        let family = if t.is_ipv6() { "-6" } else { "-4" };
+        let _ =
+            std::process::Command::new("ip").args([family, "neigh", "del", &t.to_string(), "dev", &lab.iface]).status();
+    }
+    ip(&["-6", "addr", "del", v6_net, "dev", &lab.iface]);
+}
