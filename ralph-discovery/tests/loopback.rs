@@ -259,3 +259,38 @@ async fn dropping_the_handle_stops_the_scan() {
     assert!(last.done > 0 && last.done < total / 10, "stopped early: {} of {total} hosts", last.done);
     assert_eq!(last.in_flight, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_peer_trickling_bytes_is_cut_off_at_the_deadline() {
+    use std::io::Write;
+    // A "TLS server" announcing a 16 KiB handshake record, then sending one byte every 50 ms:
+    // every single read succeeds well within the read timeout, so only an overall deadline
+    // ends the exchange (this peer would take over 13 minutes).
+    let listener = std::net::TcpListener::bind("127.0.0.6:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                if stream.write_all(&[0x16, 0x03, 0x03, 0x40, 0x00]).is_err() {
+                    return;
+                }
+                for _ in 0..16_384 {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if stream.write_all(&[0]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut ctx = ProbeContext::standalone(16);
+    ctx.timeouts.connect = Duration::from_millis(300);
+    ctx.timeouts.read = Duration::from_millis(700);
+    let probe = HttpProbe { endpoints: vec![(ralph_discovery::Scheme::Https, addr.port())] };
+    let report = tokio::time::timeout(Duration::from_secs(10), probe.probe(addr.ip(), &ctx))
+        .await
+        .expect("the HTTPS exchange outlived its deadline");
+    assert_eq!(report.http_family, None, "{report:?}");
+    assert!(report.errors.is_empty(), "a slow peer is no error: {report:?}");
+    assert_eq!(ctx.budget().in_use(), 0, "the socket is given back");
+}

@@ -129,17 +129,56 @@ async fn fetch_plain(ctx: &ProbeContext, addr: SocketAddr) -> Result<Option<Vec<
     // `conn` drops here: SO_LINGER 0 resets it, even with unread body bytes.
 }
 
+/// A blocking socket whose every read and write ends by one deadline: the socket timeout is
+/// set to the time left before each call, so a peer trickling bytes cannot stretch the
+/// exchange past it.
+#[derive(Debug)]
+struct DeadlineStream {
+    stream: std::net::TcpStream,
+    deadline: std::time::Instant,
+}
+
+impl DeadlineStream {
+    fn left(&self) -> std::io::Result<std::time::Duration> {
+        let left = self.deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "https deadline passed"));
+        }
+        Ok(left)
+    }
+}
+
+impl std::io::Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
+        self.stream.read(buf)
+    }
+}
+
+impl std::io::Write for DeadlineStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.left()?))?;
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
 /// TLS with native-tls's blocking API on a blocking thread; the socket keeps SO_LINGER 0, so
-/// dropping the TLS stream resets the connection too.
+/// dropping the TLS stream resets the connection too. The handshake, request and response
+/// head together get `connect + read` timeouts: every socket call ends by that deadline, and
+/// the await is bounded by it as well.
 async fn fetch_tls(ctx: &ProbeContext, addr: SocketAddr) -> Result<Option<Vec<u8>>, String> {
     use std::io::{Read, Write};
     let ConnectOutcome::Open(conn) = ctx.connect(addr).await else { return Ok(None) };
     let (stream, permit) = conn.into_std().map_err(|e| format!("https {addr}: {e}"))?;
-    let timeout = ctx.timeouts.read;
+    let total = ctx.timeouts.connect.saturating_add(ctx.timeouts.read);
+    let deadline = std::time::Instant::now() + total;
     let task = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
+        let stream = DeadlineStream { stream, deadline };
         let connector = native_tls::TlsConnector::builder()
             .danger_accept_invalid_certs(true)
             .danger_accept_invalid_hostnames(true)
@@ -162,11 +201,12 @@ async fn fetch_tls(ctx: &ProbeContext, addr: SocketAddr) -> Result<Option<Vec<u8
         }
         Ok::<_, std::io::Error>(buf)
     });
-    match task.await {
-        Ok(Ok(buf)) => Ok(Some(buf)),
+    // The thread stops by itself at the deadline; the margin only covers scheduling.
+    match tokio::time::timeout(total + std::time::Duration::from_millis(500), task).await {
+        Ok(Ok(Ok(buf))) => Ok(Some(buf)),
         // A port that is open but speaks no TLS, or too slowly: no family from it.
-        Ok(Err(_)) => Ok(None),
-        Err(e) => Err(format!("https {addr}: {e}")),
+        Ok(Ok(Err(_))) | Err(_) => Ok(None),
+        Ok(Err(e)) => Err(format!("https {addr}: {e}")),
     }
 }
 
