@@ -52,8 +52,10 @@ const ENTITY: &str = "IP address";
 /// `apply_observation`'s `saturating_add`.
 const MAX_DEAD: i64 = u32::MAX as i64;
 
+/// A driver error as a [`StoreError`]: constraint violations and undecodable rows get their own
+/// classes, everything else is [`StoreError::Backend`].
 fn backend(error: sqlx::Error) -> StoreError {
-    StoreError::Backend(Box::new(error))
+    crate::driver::store_error(ENTITY, error)
 }
 
 /// One observation, checked and ready to bind.

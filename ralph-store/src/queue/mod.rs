@@ -200,9 +200,10 @@ pub(crate) fn clip_error(error: &str) -> String {
     error.chars().take(MAX_ERROR_LEN).collect()
 }
 
-/// A driver error as a [`StoreError::Backend`].
+/// A driver error as a [`StoreError`]: constraint violations and undecodable rows get their own
+/// classes, everything else is [`StoreError::Backend`].
 pub(crate) fn backend(error: sqlx::Error) -> StoreError {
-    StoreError::Backend(Box::new(error))
+    crate::driver::store_error("job", error)
 }
 
 /// A count read from the database (never negative) as `u64`.
