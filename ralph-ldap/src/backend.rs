@@ -145,9 +145,17 @@ impl<S: UserStore> LdapBackend<S> {
             }
         };
         let (roles, flags) = match inner.rules.decide(&groups) {
-            Verdict::MissingRequired => return Ok(AuthOutcome::Denied(DenyReason::MissingRequiredGroup)),
-            Verdict::Denied => return Ok(AuthOutcome::Denied(DenyReason::DeniedGroup)),
             Verdict::Roles(roles, flags) => (roles, flags),
+            refused => {
+                let reason =
+                    if refused == Verdict::Denied { DenyReason::DeniedGroup } else { DenyReason::MissingRequiredGroup };
+                // A user mirrored before and refused now must not stay active in the store.
+                if let Err(e) = inner.deactivate_refused(&entry, &username).await {
+                    warn!(target: TRACE_TARGET, dn = %entry.dn, error = %e, "deactivating a refused user failed");
+                    return Err(e);
+                }
+                return Ok(AuthOutcome::Denied(reason));
+            }
         };
         let user = mapping::user(&inner.config, &entry, &username, &roles, flags);
         let profile = mapping::profile(&inner.config, &entry);
@@ -166,6 +174,30 @@ impl<S: UserStore> LdapBackend<S> {
 }
 
 impl<S: UserStore> Inner<S> {
+    /// For a user the group rules refuse (deny group, missing require group): an LDAP-owned
+    /// record already in the store is rewritten inactive, without flags or roles. Nothing is
+    /// created for a user never mirrored, and a local account of the same name is left alone.
+    /// Returns whether the store was written.
+    pub(crate) async fn deactivate_refused(&self, entry: &Entry, username: &str) -> Result<bool> {
+        let Some(existing) = self.store.get_user(username).await? else {
+            return Ok(false);
+        };
+        if existing.value.source != ralph_core::UserSource::Ldap {
+            return Ok(false);
+        }
+        let mirror = refused_mirror(&self.config, entry, username);
+        let stale = existing.value != mirror.user
+            || (mirror.profile.is_some() && self.store.get_profile(username).await? != mirror.profile)
+            || (mirror.groups.is_some() && !self.store.user_groups(username).await?.is_empty());
+        if !stale {
+            return Ok(false);
+        }
+        debug!(target: TRACE_TARGET, username = %username, "refused by the group rules, mirrored inactive");
+        self.store.mirror_user(&mirror).await?;
+        self.lock_mirrored().remove(username);
+        Ok(true)
+    }
+
     /// Writes the mirror unless this backend wrote the very same one within the cache TTL.
     async fn mirror(&self, mirror: UserMirror) -> Result<()> {
         let ttl = self.config.cache_ttl();
@@ -184,6 +216,15 @@ impl<S: UserStore> Inner<S> {
             map.insert(mirror.user.username.clone(), (Instant::now(), mirror));
         }
         Ok(())
+    }
+}
+
+/// The mirror of a user refused by the group rules: inactive, no flags, no roles.
+fn refused_mirror(config: &LdapConfig, entry: &Entry, username: &str) -> UserMirror {
+    UserMirror {
+        user: mapping::user(config, entry, username, &[], [false; 3]),
+        profile: mapping::profile(config, entry),
+        groups: config.mirror_groups.then(Vec::new),
     }
 }
 
@@ -360,8 +401,9 @@ impl<S> Inner<S> {
 }
 
 impl<S> Directory for Inner<S> {
-    /// Group lookups fail closed: a base that refers elsewhere is an error, since the groups
-    /// there cannot be read (continuation references below the base are ignored).
+    /// Group lookups fail closed: a base that refers elsewhere or does not exist (a mistyped
+    /// `group_search.base`, a deleted group) is an error, never "no groups", since a deny group
+    /// would otherwise be bypassed (continuation references below the base are ignored).
     async fn search(&self, base: &str, scope: ldap3::Scope, filter: &str, attrs: &[&str]) -> Result<Vec<Entry>> {
         let found = self.service_search(base, scope, filter, attrs).await?;
         if found.referred {
@@ -370,6 +412,9 @@ impl<S> Directory for Inner<S> {
                 rc: 10,
                 text: format!("{base} is a referral (not chased)"),
             });
+        }
+        if found.missing {
+            return Err(Error::Result { op: "group search", rc: 32, text: format!("{base} does not exist") });
         }
         Ok(found.entries)
     }

@@ -290,11 +290,15 @@ pub(crate) struct Found {
     pub(crate) referrals: usize,
     /// The server answered `referral`: the base itself is elsewhere.
     pub(crate) referred: bool,
+    /// The server answered `noSuchObject`: the base does not exist.
+    pub(crate) missing: bool,
 }
 
 /// One search on `ldap`, collecting entries; `sizeLimitExceeded` and any other non-success
 /// result is an error (so a partial answer is never mistaken for the whole answer). A result
-/// of `referral` (the base is elsewhere) is an empty answer: referrals are not chased.
+/// of `referral` (the base is elsewhere) or `noSuchObject` (the base does not exist) is an empty
+/// answer flagged as such ([`Found::referred`], [`Found::missing`]): the caller decides whether
+/// that means "nothing there" (a user lookup) or an error (a group lookup, which fails closed).
 pub(crate) async fn search(
     ldap: &mut Ldap,
     op_timeout: Duration,
@@ -308,7 +312,7 @@ pub(crate) async fn search(
         .streaming_search(base, scope, filter, attrs.to_vec())
         .await
         .map_err(|e| Error::from_ldap("search", e))?;
-    let mut found = Found { entries: Vec::new(), referrals: 0, referred: false };
+    let mut found = Found { entries: Vec::new(), referrals: 0, referred: false, missing: false };
     loop {
         match stream.next().await {
             Ok(Some(item)) if item.is_ref() => found.referrals += 1,
@@ -325,8 +329,13 @@ pub(crate) async fn search(
 fn finish_search(result: ldap3::LdapResult, found: Found) -> Result<Found> {
     match result.rc {
         0 => Ok(found),
-        // The base is elsewhere (not chased) or does not exist: nothing here.
-        10 | 32 => Ok(Found { entries: Vec::new(), referrals: found.referrals, referred: result.rc == 10 }),
+        // The base is elsewhere (not chased) or does not exist: nothing here, flagged.
+        10 | 32 => Ok(Found {
+            entries: Vec::new(),
+            referrals: found.referrals,
+            referred: result.rc == 10,
+            missing: result.rc == 32,
+        }),
         rc => Err(Error::Result { op: "search", rc, text: result.text }),
     }
 }

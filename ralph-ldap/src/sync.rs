@@ -23,9 +23,11 @@ pub struct SyncReport {
     pub created: usize,
     /// Existing users whose record, profile or groups were rewritten.
     pub updated: usize,
-    /// Entries skipped: no usable or an ambiguous username, refused by require/deny group.
+    /// Entries skipped: no usable or an ambiguous username, refused by require/deny group, or
+    /// a username held by a local account.
     pub skipped: usize,
-    /// LDAP-owned users deactivated because the directory no longer lists them.
+    /// LDAP-owned users deactivated: the directory no longer lists them, or the group rules
+    /// (require/deny group) now refuse them.
     pub deactivated: u64,
     /// Mirrored users that are active.
     pub active: usize,
@@ -114,13 +116,29 @@ impl<S: UserStore> LdapBackend<S> {
             }
             let groups = inner.groups_of(entry, &username).await?;
             let Verdict::Roles(roles, flags) = inner.rules.decide(&groups) else {
+                // Refused by the group rules: not imported, and deactivated if mirrored before.
                 report.skipped += 1;
+                let was_active = inner.store.get_user(&username).await?.is_some_and(|u| u.value.is_active);
+                match inner.deactivate_refused(entry, &username).await {
+                    Ok(true) if was_active => report.deactivated += 1,
+                    Ok(_) => {}
+                    Err(Error::Store(e)) if e.is_conflict() => {
+                        warn!(target: TRACE_TARGET, dn = %entry.dn, "a local account holds this username, left alone");
+                    }
+                    Err(e) => return Err(e),
+                }
                 continue;
             };
             let user = mapping::user(config, entry, &username, &roles, flags);
             let profile = mapping::profile(config, entry);
             let groups = config.mirror_groups.then(|| roles.clone());
             let before = inner.store.get_user(&username).await?;
+            if before.as_ref().is_some_and(|u| u.value.source != UserSource::Ldap) {
+                // A directory account never takes over a local one of the same name.
+                warn!(target: TRACE_TARGET, dn = %entry.dn, "a local account holds this username, skipped");
+                report.skipped += 1;
+                continue;
+            }
             let changed = match &before {
                 None => true,
                 Some(existing) => {
@@ -130,7 +148,16 @@ impl<S: UserStore> LdapBackend<S> {
                 }
             };
             if changed {
-                inner.store.mirror_user(&UserMirror { user: user.clone(), profile, groups }).await?;
+                match inner.store.mirror_user(&UserMirror { user: user.clone(), profile, groups }).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_conflict() => {
+                        // The store refused (a local account appeared meanwhile): skip, not abort.
+                        warn!(target: TRACE_TARGET, dn = %entry.dn, "the store refused this mirror (conflict), skipped");
+                        report.skipped += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 if before.is_none() {
                     report.created += 1;
                 } else {
@@ -152,7 +179,7 @@ impl<S: UserStore> LdapBackend<S> {
                 .map(|u| u.value.username)
                 .collect();
             if !gone.is_empty() {
-                report.deactivated = inner.store.deactivate_users(&gone).await?;
+                report.deactivated += inner.store.deactivate_users(&gone).await?;
             }
         }
         info!(

@@ -438,3 +438,94 @@ async fn auto_nesting_avoids_the_ad_rule_on_openldap() {
     let (auto, _d2) = backend(c).await;
     assert_eq!(roles(&identity(login(&auto, "carol", "carol-pw").await)), ["active", "assets-staff"]);
 }
+
+#[tokio::test]
+async fn missing_group_search_base_fails_closed() {
+    let Some(fx) = fixture() else { return };
+    // A mistyped group base: noSuchObject must refuse the login, never read as "no groups"
+    // (which would let mallory past the deny group).
+    let mut c = ralph_config(&fx);
+    c.group_type = GroupType::GroupOfNames;
+    c.group_search =
+        Some(SearchSpec::new(format!("ou=no-such-groups,{}", fx.base), Scope::Subtree, "(objectClass=groupOfNames)"));
+    let (b, _dir) = backend(c).await;
+    for (user, pw) in [("mallory", "mallory-pw"), ("alice", "alice-pw")] {
+        let outcome = login(&b, user, pw).await;
+        assert!(matches!(outcome, Err(AuthError::Backend(ref m)) if m.contains("32")), "{user}: {outcome:?}");
+        assert_eq!(b.store().get_user(user).await.expect("store"), None, "{user} mirrored");
+    }
+
+    // Through a chain with a local backend behind it: the login is refused with the error.
+    let local = Arc::new(ralph_core::LocalBackend::new(b.store().clone()));
+    let chain = ralph_core::AuthChain::new().with(Arc::new(b.clone())).with(local);
+    let refused = chain.authenticate(&Credentials::new("mallory", "mallory-pw")).await;
+    assert!(
+        matches!(refused, Err(ralph_core::auth::LoginError::Unavailable { ref backend, .. }) if backend == "ldap"),
+        "{refused:?}"
+    );
+
+    // A user search base that does not exist still means "no such user".
+    let mut c = ralph_config(&fx);
+    c.user_search =
+        Some(SearchSpec::new(format!("ou=no-such-people,{}", fx.base), Scope::Subtree, "(sAMAccountName=%(user)s)"));
+    let (b, _dir) = backend(c).await;
+    assert_eq!(login(&b, "alice", "alice-pw").await.expect("decided"), AuthOutcome::NotHandled);
+}
+
+#[tokio::test]
+async fn users_refused_by_group_rules_are_deactivated_in_the_store() {
+    let Some(fx) = fixture() else { return };
+    let (store, _dir) = store().await;
+    // Before the ban: mallory is in _gr_ralph and gets mirrored active.
+    let mut open = ralph_config(&fx);
+    open.deny_group = None;
+    let before = LdapBackend::new(open, store.clone()).expect("backend");
+    assert!(identity(login(&before, "mallory", "mallory-pw").await).user.is_active);
+    assert!(store.get_user("mallory").await.expect("store").expect("mirrored").value.is_active);
+    assert!(!store.user_groups("mallory").await.expect("store").is_empty());
+
+    // The deny group now refuses her: the stored record goes inactive, roles dropped.
+    let banned = LdapBackend::new(ralph_config(&fx), store.clone()).expect("backend");
+    assert_eq!(
+        login(&banned, "mallory", "mallory-pw").await.expect("decided"),
+        AuthOutcome::Denied(DenyReason::DeniedGroup)
+    );
+    let stored = store.get_user("mallory").await.expect("store").expect("kept");
+    assert!(!stored.value.is_active && !stored.value.is_staff && !stored.value.is_superuser, "{stored:?}");
+    assert_eq!(stored.value.source, UserSource::Ldap);
+    assert!(store.user_groups("mallory").await.expect("store").is_empty());
+
+    // Same for a missing require group (alice is active and staff before).
+    identity(login(&before, "alice", "alice-pw").await);
+    let mut strict = ralph_config(&fx);
+    strict.require_group = Some(format!("cn=_gr_ralph_admin,ou=groups,{}", fx.base));
+    let strict = LdapBackend::new(strict, store.clone()).expect("backend");
+    assert_eq!(
+        login(&strict, "alice", "alice-pw").await.expect("decided"),
+        AuthOutcome::Denied(DenyReason::MissingRequiredGroup)
+    );
+    let alice = store.get_user("alice").await.expect("store").expect("kept");
+    assert!(!alice.value.is_active && !alice.value.is_staff, "{alice:?}");
+
+    // A local account of the same name is never touched by a refusal.
+    store.create_user(&ralph_core::User::new("dave").expect("valid")).await.expect("local dave");
+    assert_eq!(
+        login(&strict, "dave", "dave-pw").await.expect("decided"),
+        AuthOutcome::Denied(DenyReason::MissingRequiredGroup)
+    );
+    let dave = store.get_user("dave").await.expect("store").expect("kept");
+    assert!(dave.value.is_active && dave.value.source == UserSource::Local, "{dave:?}");
+}
+
+#[tokio::test]
+async fn ldap_login_over_a_local_account_is_an_error_and_the_chain_goes_on() {
+    let Some(fx) = fixture() else { return };
+    let (store, _dir) = store().await;
+    // A local "alice" with her own password: the directory's alice must not take it over.
+    store.create_user(&ralph_core::User::new("alice").expect("valid")).await.expect("local alice");
+    let b = LdapBackend::new(ralph_config(&fx), store.clone()).expect("backend");
+    let outcome = login(&b, "alice", "alice-pw").await;
+    assert!(matches!(outcome, Err(AuthError::Store(ref e)) if e.is_conflict()), "{outcome:?}");
+    let kept = store.get_user("alice").await.expect("store").expect("kept");
+    assert_eq!(kept.value.source, UserSource::Local);
+}

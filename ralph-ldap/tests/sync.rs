@@ -33,6 +33,12 @@ async fn sync_pages_through_every_user_then_deactivates_the_missing() {
     ghost.source = UserSource::Ldap;
     backend.store().mirror_user(&UserMirror { user: ghost, profile: None, groups: None }).await.expect("ghost");
     backend.store().create_user(&User::new("local-admin").expect("valid")).await.expect("local");
+    // mallory, mirrored active (with a role) before the deny group banned her.
+    let mut mallory = User::new("mallory").expect("valid");
+    mallory.source = UserSource::Ldap;
+    mallory.is_staff = true;
+    let roles = Some(vec![ralph_core::Group::new("staff").expect("valid")]);
+    backend.store().mirror_user(&UserMirror { user: mallory, profile: None, groups: roles }).await.expect("mallory");
 
     let report = backend.sync().await.expect("sync");
     let expected = fx.bulk_users + 12; // named users in ralph-users (twins count twice)
@@ -41,7 +47,7 @@ async fn sync_pages_through_every_user_then_deactivates_the_missing() {
     // mallory is refused by the deny group; the two twins share one username.
     assert_eq!(report.skipped, 3, "{report:?}");
     assert_eq!(report.created, report.seen - report.skipped, "{report:?}");
-    assert_eq!(report.deactivated, 1, "{report:?}");
+    assert_eq!(report.deactivated, 2, "ghost (missing) and mallory (denied): {report:?}");
 
     let users = backend.store().list_users(Some(UserSource::Ldap)).await.expect("list");
     assert!(users.len() >= fx.bulk_users + 8);
@@ -60,7 +66,9 @@ async fn sync_pages_through_every_user_then_deactivates_the_missing() {
     );
     assert!(!backend.store().get_user("ghost").await.expect("store").expect("kept").value.is_active);
     assert!(backend.store().get_user("local-admin").await.expect("store").expect("kept").value.is_active);
-    assert_eq!(backend.store().get_user("mallory").await.expect("store"), None);
+    let mallory = backend.store().get_user("mallory").await.expect("store").expect("kept");
+    assert!(!mallory.value.is_active && !mallory.value.is_staff, "a denied user stays active: {mallory:?}");
+    assert!(backend.store().user_groups("mallory").await.expect("store").is_empty());
     assert_eq!(backend.store().get_user("eve").await.expect("store"), None, "outside the user filter");
     let carol = backend.store().user_groups("carol").await.expect("store");
     assert!(carol.iter().any(|g| g.as_str() == "assets-staff"), "nested groups in the sync too");
@@ -105,4 +113,36 @@ async fn a_failed_listing_deactivates_nobody() {
     let err = backend.sync().await.expect_err("directory down");
     assert!(err.is_unavailable(), "{err:?}");
     assert!(backend.store().get_user("ghost").await.expect("store").expect("kept").value.is_active);
+}
+
+#[tokio::test]
+async fn sync_leaves_a_local_account_of_the_same_name_alone() {
+    let Some(fx) = fixture() else { return };
+    let (store, _dir) = store().await;
+    let mut config = ralph_config(&fx);
+    config.user_filter = Some(format!("(memberOf=cn=_gr_ralph_admin,ou=groups,{})", fx.base));
+    let backend = LdapBackend::new(config, store).expect("backend");
+    backend.store().create_user(&User::new("bob").expect("valid")).await.expect("local bob");
+    let report = backend.sync().await.expect("a local namesake does not abort the sync");
+    assert_eq!((report.seen, report.created, report.skipped), (1, 0, 1), "{report:?}");
+    let bob = backend.store().get_user("bob").await.expect("store").expect("kept");
+    assert!(bob.value.source == UserSource::Local && !bob.value.is_superuser, "{bob:?}");
+}
+
+#[tokio::test]
+async fn sync_with_a_missing_group_search_base_fails_closed() {
+    let Some(fx) = fixture() else { return };
+    let (store, _dir) = store().await;
+    let mut config = ralph_config(&fx);
+    config.user_filter = Some(format!("(memberOf=cn=_gr_ralph_banned,ou=groups,{})", fx.base));
+    config.group_type = ralph_ldap::GroupType::GroupOfNames;
+    config.group_search = Some(ralph_ldap::SearchSpec::new(
+        format!("ou=no-such-groups,{}", fx.base),
+        ralph_ldap::Scope::Subtree,
+        "(objectClass=groupOfNames)",
+    ));
+    let backend = LdapBackend::new(config, store).expect("backend");
+    let err = backend.sync().await.expect_err("groups cannot be read");
+    assert!(err.to_string().contains("32"), "{err}");
+    assert_eq!(backend.store().get_user("mallory").await.expect("store"), None, "mallory imported without groups");
 }
