@@ -53,3 +53,23 @@ async fn a_port_without_agent_is_refused_fast() {
     // IP_RECVERR: the ICMP port-unreachable ends the probe instead of three timeouts.
     assert!(start.elapsed() < Duration::from_millis(400), "{:?}", start.elapsed());
 }
+
+#[tokio::test]
+async fn an_oversized_reply_is_an_error_without_the_community() {
+    // A UDP peer on loopback answering every datagram with 5,000 bytes: more than the 4 KiB
+    // read, so the reply would be truncated.
+    let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let addr = peer.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((_, from)) = peer.recv_from(&mut buf).await {
+            let _ = peer.send_to(&[0x30; 5000], from).await;
+        }
+    });
+    let probe = SnmpProbe { communities: vec![Secret::new("s3cret-community")], port: addr.port() };
+    let report = probe.probe(addr.ip(), &ctx()).await;
+    assert!(report.snmp.is_none());
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    assert!(report.errors[0].contains("larger than 4096 bytes"), "{:?}", report.errors);
+    assert!(!report.errors[0].contains("s3cret"), "the community never shows in errors");
+}

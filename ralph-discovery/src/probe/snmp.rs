@@ -14,6 +14,10 @@ pub const SYS_NAME: &[u64] = &[1, 3, 6, 1, 2, 1, 1, 5, 0];
 /// `sysDescr.0`.
 pub const SYS_DESCR: &[u64] = &[1, 3, 6, 1, 2, 1, 1, 1, 0];
 
+/// Largest reply read. `sysName` and `sysDescr` are at most 255 octets each, so a reply to
+/// our GET fits many times over; a bigger datagram is reported as an error, not parsed.
+const MAX_REPLY: usize = 4096;
+
 static REQUEST_ID: AtomicI32 = AtomicI32::new(0x5a17);
 
 /// Reads `sysName` and `sysDescr` with SNMP v2c, trying the communities in order.
@@ -126,7 +130,8 @@ async fn ask(ctx: &ProbeContext, addr: SocketAddr, community: &Secret) -> Attemp
         Ok(s) => s,
         Err(e) => return Attempt::Error(format!("snmp socket: {e}")),
     };
-    let mut buf = vec![0u8; 65_535];
+    // One byte more than accepted, to tell a reply of exactly MAX_REPLY from a truncated one.
+    let mut buf = vec![0u8; MAX_REPLY + 1];
     for _ in 0..=ctx.timeouts.retries {
         let request_id = REQUEST_ID.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
         let request = get_request(community.expose().as_bytes(), request_id, &[SYS_NAME, SYS_DESCR]);
@@ -140,6 +145,12 @@ async fn ask(ctx: &ProbeContext, addr: SocketAddr, community: &Secret) -> Attemp
         let wait = async {
             loop {
                 let n = socket.recv(&mut buf).await?;
+                if n > MAX_REPLY {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("reply from {addr} larger than {MAX_REPLY} bytes"),
+                    ));
+                }
                 if let Some(found) = parse_response(&buf[..n], community.expose().as_bytes(), request_id) {
                     return Ok::<_, std::io::Error>(found);
                 }
@@ -204,6 +215,23 @@ mod tests {
         let names: Vec<String> = pdu.varbinds.map(|(o, _)| o.to_string()).collect();
         assert_eq!(names, [oid_text(SYS_NAME), oid_text(SYS_DESCR)]);
         assert!(parse_response(&req, b"public", 0x1234_5678).is_none(), "a request is no response");
+    }
+
+    fn response(community: &[u8], request_id: i32, name: &str, descr: &str) -> Vec<u8> {
+        let varbind = |o: &[u64], v: &str| tlv(0x30, &[oid(o), tlv(0x04, v.as_bytes())].concat());
+        let varbinds = [varbind(SYS_NAME, name), varbind(SYS_DESCR, descr)].concat();
+        let pdu = tlv(0xa2, &[integer(i64::from(request_id)), integer(0), integer(0), tlv(0x30, &varbinds)].concat());
+        tlv(0x30, &[integer(1), tlv(0x04, community), pdu].concat())
+    }
+
+    #[test]
+    fn truncated_replies_are_rejected_without_panicking() {
+        let full = response(b"c", 7, "lab", &"d".repeat(255));
+        assert!(full.len() <= MAX_REPLY, "the largest sysName + sysDescr reply fits");
+        assert_eq!(parse_response(&full, b"c", 7), Some((Some("lab".to_owned()), Some("d".repeat(255)))));
+        for cut in 0..full.len() {
+            assert_eq!(parse_response(&full[..cut], b"c", 7), None, "cut at {cut}");
+        }
     }
 
     #[test]
