@@ -221,6 +221,15 @@ mod sqlite {
         let (q, _dir) = queue().await;
         many_jobs_in_one_batch(&q).await;
     }
+    /// A row the driver cannot decode is reported as corrupt, not as an opaque backend failure.
+    #[tokio::test]
+    async fn sqlite_undecodable_job_is_corrupt() {
+        let (q, _dir) = queue().await;
+        q.enqueue("broken", &payloads(1)).await.expect("enqueue");
+        sqlx::query("UPDATE queue_jobs SET payload = x'ff00'").execute(q.pool()).await.expect("break the payload");
+        let error = q.claim("broken", 1, LEASE, "w").await.expect_err("undecodable payload");
+        assert!(matches!(error, ralph_core::StoreError::Corrupt { entity: "job", .. }), "{error:?}");
+    }
 }
 
 #[cfg(feature = "postgres")]
