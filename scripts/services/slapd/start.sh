@@ -32,5 +32,10 @@ for _ in $(seq 200); do
     fi
     sleep 0.05
 done
-echo "slapd: did not answer within 10 s" >&2
+echo "slapd: did not answer within 10 s, stopping it" >&2
+# Never leave a slapd (and its pid file) behind on a failed start.
+kill "$pid" 2>/dev/null || true
+for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+kill -9 "$pid" 2>/dev/null || true
+rm -f "$DIR/slapd.pid"
 exit 1

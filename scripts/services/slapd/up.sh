@@ -17,6 +17,19 @@ BENCH_ACTIVE=1000
 
 log() { echo "slapd: $*" >&2; }
 
+# Any failure (a command failing under set -e, or an explicit exit 1) stops whatever was
+# started, so a failed setup never leaves slapd running.
+cleanup_on_failure() {
+    local rc=$?
+    trap - ERR EXIT
+    if [ "$rc" -ne 0 ]; then
+        log "setup failed (status $rc), cleaning up"
+        RALPH_TEST_RUN_DIR="$RUN" bash "$HERE/down.sh" || true
+    fi
+    exit "$rc"
+}
+trap cleanup_on_failure ERR EXIT
+
 # Idempotent: a previous instance in this run dir is stopped and replaced.
 RALPH_TEST_RUN_DIR="$RUN" bash "$HERE/down.sh"
 mkdir -p "$DIR/db" "$DIR/tls"
