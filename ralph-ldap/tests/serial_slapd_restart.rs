@@ -28,21 +28,23 @@ fn script(name: &str) -> String {
 
 impl PrivateSlapd {
     fn start() -> Self {
-        let run_dir = tempfile::tempdir().expect("run dir");
+        // The guard exists before anything can fail: a failed assert below drops it, and its
+        // Drop runs down.sh on the run directory, so no slapd is orphaned.
+        let mut slapd = Self { run_dir: tempfile::tempdir().expect("run dir"), env: HashMap::new() };
         let out = Command::new("bash")
             .arg(script("up.sh"))
-            .env("RALPH_TEST_RUN_DIR", run_dir.path())
+            .env("RALPH_TEST_RUN_DIR", slapd.run_dir.path())
             .env("RALPH_TEST_LDAP_BULK_USERS", "0")
             .output()
             .expect("run up.sh");
-        assert!(out.status.success(), "up.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-        let env = String::from_utf8_lossy(&out.stdout)
+        slapd.env = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.strip_prefix("export "))
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
             .collect();
-        Self { run_dir, env }
+        assert!(out.status.success(), "up.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        slapd
     }
 
     fn var(&self, name: &str) -> String {
