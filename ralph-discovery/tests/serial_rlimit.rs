@@ -211,3 +211,55 @@ async fn serial_lab_scan_under_rlimit_nofile_128_meets_emfile_and_is_correct() {
     assert!(r["fd_errors"].as_u64().expect("fd_errors") > 0, "the scan met EMFILE: {r}");
     assert!(r["budget_end"].as_u64() < r["budget_start"].as_u64(), "the budget shrank: {r}");
 }
+
+const ICMP_CHILD_ENV: &str = "RALPH_RLIMIT_ICMP_CHILD";
+
+/// The child's half of the ICMP variant (returns at once unless re-executed): every free
+/// descriptor is taken before the ping opens its socket and given back 300 ms later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_rlimit_icmp_child() {
+    if std::env::var(ICMP_CHILD_ENV).is_err() {
+        return;
+    }
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, 128, hard).expect("setrlimit 128");
+    let ctx = ProbeContext::standalone(8);
+    {
+        let mut held = HOGGED.lock().expect("lock");
+        while let Ok(f) = File::open("/dev/null") {
+            held.push(f);
+        }
+    }
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(300));
+        HOGGED.lock().expect("lock").clear();
+    });
+    let report = ralph_discovery::IcmpProbe::default().probe(IpAddr::V4(Ipv4Addr::LOCALHOST), &ctx).await;
+    let out = serde_json::json!({
+        "alive": report.alive,
+        "errors": report.errors,
+        "shrinks": ctx.budget().shrinks(),
+    });
+    println!("RESULT {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_icmp_meets_emfile_shrinks_the_budget_and_retries() {
+    let child = tokio::process::Command::new(std::env::current_exe().expect("exe"))
+        .args(["serial_rlimit_icmp_child", "--exact", "--nocapture", "--test-threads", "1"])
+        .env(ICMP_CHILD_ENV, "1")
+        .output()
+        .await
+        .expect("run child");
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    assert!(child.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&child.stderr));
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("no result from the child: {stdout}"));
+    let r: serde_json::Value = serde_json::from_str(line).expect("json");
+    assert_eq!(r["errors"], serde_json::json!([]), "EMFILE is retried, not reported: {r}");
+    assert_eq!(r["alive"], serde_json::json!(true), "loopback answers the echo once descriptors are back: {r}");
+    assert!(r["shrinks"].as_u64().expect("shrinks") > 0, "the budget shrank on EMFILE: {r}");
+}

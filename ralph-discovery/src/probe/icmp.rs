@@ -83,8 +83,8 @@ fn is_reply(buf: &[u8], v6: bool, kind: Kind, id: u16, seq: u16) -> bool {
 
 async fn ping(target: IpAddr, ctx: &ProbeContext) -> io::Result<Option<bool>> {
     let v6 = target.is_ipv6();
-    let _permit = ctx.budget.acquire().await;
-    let (socket, kind) = open(target)?;
+    // Within the budget; EMFILE/ENFILE shrink it and requeue, as for the other probes.
+    let ((socket, kind), _permit) = ctx.open_socket(false, || open(target)).await?;
     socket.set_nonblocking(true)?;
     socket.connect(&SocketAddr::new(target, 0).into())?;
     // A connected raw socket only receives from its peer, so concurrent probes don't see each

@@ -402,16 +402,32 @@ impl ProbeContext {
     /// # Errors
     /// Socket errors other than EMFILE/ENFILE.
     pub async fn udp(&self, addr: SocketAddr) -> io::Result<(UdpSocket, SocketPermit)> {
+        self.open_socket(true, || open_udp(addr)).await
+    }
+
+    /// Opens a socket with `open` holding one unit of the budget (returned with it), after
+    /// the pacer when `pace`. EMFILE/ENFILE shrink the budget and requeue, as for connects.
+    pub(crate) async fn open_socket<T>(
+        &self,
+        pace: bool,
+        mut open: impl FnMut() -> io::Result<T>,
+    ) -> io::Result<(T, SocketPermit)> {
         let mut requeues = 0u32;
         loop {
             let permit = self.budget.acquire().await;
-            self.pacer.ready().await;
-            match open_udp(addr) {
-                Ok(sock) => return Ok((sock, permit)),
+            if pace {
+                self.pacer.ready().await;
+            }
+            match open() {
+                Ok(sock) => {
+                    self.budget.opened();
+                    return Ok((sock, permit));
+                }
                 Err(e) if matches!(classify(&e), Classified::Fd) && requeues < MAX_FD_REQUEUES => {
-                    drop(permit);
                     self.counters.fd_errors.fetch_add(1, Ordering::Relaxed);
+                    // While the permit is still held, as `shrink` expects.
                     self.budget.shrink();
+                    drop(permit);
                     requeues += 1;
                     tokio::time::sleep(backoff(self.timeouts.backoff, requeues.min(6), Duration::from_millis(200)))
                         .await;
