@@ -8,8 +8,18 @@
 //!
 //! Options: `--ports LIST` (default 22,80,443), `--exclude LIST`, `--store URL` (SQLite: results
 //! are recorded with Ralph's autoscan rules), `--json` (one JSON object per host on stdout),
-//! `--snmp COMMUNITY` (repeatable), `--no-icmp`, `--no-http`, `--all` (print down hosts too).
+//! `--no-icmp`, `--no-http`, `--all` (print down hosts too).
 //! A progress bar and the summary go to stderr. `RUST_LOG=ralph=debug` shows the engine's events.
+//!
+//! SNMP communities are secrets: pass them in the environment, comma-separated, which other
+//! users cannot read (unlike the command line, which `ps` shows to everyone):
+//!
+//! ```text
+//! RALPH_SNMP_COMMUNITIES='first,second' cargo run --release --example scan -- 10.213.0.0/20
+//! ```
+//!
+//! `--snmp COMMUNITY` (repeatable) still works but puts the community on the command line;
+//! communities from the environment are tried first.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -31,10 +41,19 @@ struct Args {
     communities: Vec<Secret>,
 }
 
+/// The variable holding SNMP communities, comma-separated (the preferred way to pass them).
+const COMMUNITIES_ENV: &str = "RALPH_SNMP_COMMUNITIES";
+
+/// Communities from a comma-separated list; blanks around them and empty entries ignored.
+fn communities_from(list: &str) -> Vec<Secret> {
+    list.split(',').map(str::trim).filter(|c| !c.is_empty()).map(Secret::new).collect()
+}
+
 fn usage(msg: &str) -> ExitCode {
     eprintln!(
         "{msg}\nusage: scan TARGETS [--ports LIST] [--exclude LIST] [--store URL] [--json] [--snmp COMMUNITY] \
-         [--no-icmp] [--no-http] [--all]"
+         [--no-icmp] [--no-http] [--all]\n\
+         SNMP communities: prefer {COMMUNITIES_ENV}=a,b in the environment (--snmp shows them in ps)"
     );
     ExitCode::from(2)
 }
@@ -50,7 +69,7 @@ fn parse_args() -> Result<Args, String> {
         icmp: true,
         http: true,
         all: false,
-        communities: Vec::new(),
+        communities: std::env::var(COMMUNITIES_ENV).map(|v| communities_from(&v)).unwrap_or_default(),
     };
     let mut targets = Vec::new();
     while let Some(arg) = args.next() {
@@ -59,7 +78,12 @@ fn parse_args() -> Result<Args, String> {
             "--ports" | "-p" => out.ports = parse_ports(&value("--ports")?).map_err(|e| e.to_string())?,
             "--exclude" => out.exclude = Some(value("--exclude")?),
             "--store" => out.store = Some(value("--store")?),
-            "--snmp" => out.communities.push(Secret::new(value("--snmp")?)),
+            "--snmp" => {
+                eprintln!(
+                    "warning: --snmp puts the community on the command line (visible in ps); prefer {COMMUNITIES_ENV}"
+                );
+                out.communities.push(Secret::new(value("--snmp")?));
+            }
             "--json" => out.json = true,
             "--no-icmp" => out.icmp = false,
             "--no-http" => out.http = false,
