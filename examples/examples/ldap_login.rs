@@ -29,11 +29,15 @@ fn password() -> std::io::Result<Secret> {
     if let Ok(pw) = std::env::var("RALPH_LDAP_PASSWORD") {
         return Ok(Secret::new(pw));
     }
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    let pw = Secret::new(line.trim_end_matches(['\r', '\n']));
-    // Overwrite the buffer too; the Secret zeroizes its own copy on drop.
-    line.clear();
+    // One allocation, large enough that read_line never reallocates (and frees an unzeroed
+    // copy) for a normal password; the newline is cut in place and the buffer itself is moved
+    // into the Secret, which zeroizes it (its whole capacity) on drop. No copy is left behind.
+    let mut line = String::with_capacity(1024);
+    let read = std::io::stdin().lock().read_line(&mut line);
+    let kept = line.trim_end_matches(['\r', '\n']).len();
+    line.truncate(kept);
+    let pw = Secret::new(line);
+    read?;
     Ok(pw)
 }
 
