@@ -309,28 +309,32 @@ impl NeighbourGuard {
     pub async fn release(&self, slot: NeighbourSlot) {
         let preexisting = self.preexisting.get().and_then(Option::as_ref);
         if let (Some(handle), Some(preexisting)) = (&self.netlink, preexisting) {
-            if !preexisting.contains(&(slot.ifindex, slot.ip)) {
-                match delete_created_neighbour(handle, slot.ip, slot.ifindex).await {
-                    Ok(true) => {
+            if preexisting.contains(&(slot.ifindex, slot.ip)) {
+                drop(slot.permit);
+                return;
+            }
+            match delete_created_neighbour(handle, slot.ip, slot.ifindex).await {
+                Ok(deleted) => {
+                    if deleted {
                         self.deleted.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(false) => {}
-                    Err(error) => {
-                        let n = self.delete_errors.fetch_add(1, Ordering::Relaxed);
-                        if n == 0 {
-                            tracing::debug!(target: "ralph::discovery", %error, "neighbour delete failed");
-                        }
+                    drop(slot.permit);
+                    return;
+                }
+                Err(error) => {
+                    let n = self.delete_errors.fetch_add(1, Ordering::Relaxed);
+                    if n == 0 {
+                        tracing::debug!(target: "ralph::discovery", %error, "neighbour delete failed");
                     }
+                    // The entry may still be there: hold its slot as if deleting were off.
                 }
             }
-            drop(slot.permit);
-        } else {
-            let hold = self.hold;
-            tokio::spawn(async move {
-                tokio::time::sleep(hold).await;
-                drop(slot.permit);
-            });
         }
+        let hold = self.hold;
+        tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            drop(slot.permit);
+        });
     }
 }
 
