@@ -288,4 +288,44 @@ mod mysql {
     my_test!(mysql_batch_ack, "qacks", |q| batch_ack(&q));
     my_test!(mysql_bad_input, "qbad", |q| bad_input(&q));
     my_test!(mysql_many_jobs_in_one_batch, "qbulk", |q| many_jobs_in_one_batch(&q));
+
+    /// With `auto_increment_increment = 3` (as on Galera), the ids enqueue returns are the rows'
+    /// ids, both from `INSERT ... RETURNING` and from `LAST_INSERT_ID()`, and each acks its job.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn mysql_enqueue_ids_with_auto_increment_step() {
+        let Some(db) = my::fresh("qstep").await else { return };
+        // One connection, so every statement runs in the session the hook configured.
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(1)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("SET SESSION auto_increment_increment = 3").execute(&mut *conn).await?;
+                    Ok(())
+                })
+            })
+            .connect(&db.url)
+            .await
+            .expect("connect");
+        let plain = MySqlQueue::new(pool.clone());
+        plain.migrate().await.expect("migrate");
+        for (name, q) in [("returning", plain.clone()), ("last_insert_id", plain.with_last_insert_id_ids())] {
+            let mut ids = q.enqueue(name, &payloads(5)).await.expect("enqueue");
+            ids.extend(q.enqueue(name, &payloads(4)).await.expect("enqueue"));
+            let stored: Vec<i64> = sqlx::query_scalar("SELECT id FROM queue_jobs WHERE queue = ? ORDER BY id")
+                .bind(name)
+                .fetch_all(&pool)
+                .await
+                .expect("ids");
+            assert_eq!(ids.iter().map(|id| id.get()).collect::<Vec<_>>(), stored, "{name}");
+            assert!(stored.windows(2).all(|w| w[1] - w[0] == 3), "{name}: step 3 in effect: {stored:?}");
+            let jobs = q.claim(name, 100, LEASE, "w").await.expect("claim");
+            assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), ids, "{name}");
+            for job in &jobs {
+                assert!(q.ack(job).await.expect("ack"), "{name}: ack {:?}", job.id);
+            }
+            assert_eq!(q.stats(name).await.expect("stats").done, 9, "{name}");
+        }
+        pool.close().await;
+        my::drop_db(db).await;
+    }
 }

@@ -25,6 +25,8 @@ const ENQUEUE_CHUNK: usize = 5_000;
 pub struct MySqlQueue {
     pool: MySqlPool,
     server: std::sync::Arc<OnceCell<ServerInfo>>,
+    /// Take ids from `LAST_INSERT_ID()` even on MariaDB (test seam for the MySQL path).
+    last_insert_id: bool,
 }
 
 impl MySqlQueue {
@@ -32,7 +34,16 @@ impl MySqlQueue {
     /// [`MySqlQueue::migrate`]).
     #[must_use]
     pub fn new(pool: MySqlPool) -> Self {
-        Self { pool, server: std::sync::Arc::new(OnceCell::new()) }
+        Self { pool, server: std::sync::Arc::new(OnceCell::new()), last_insert_id: false }
+    }
+
+    /// Test seam: enqueue takes the ids from `LAST_INSERT_ID()` (the MySQL path) even on MariaDB,
+    /// whose `INSERT ... RETURNING` is otherwise used, so that path can be tested on MariaDB.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn with_last_insert_id_ids(mut self) -> Self {
+        self.last_insert_id = true;
+        self
     }
 
     /// The pool the queue uses.
@@ -86,9 +97,22 @@ fn placeholders(n: usize) -> String {
 impl JobQueue for MySqlQueue {
     async fn enqueue(&self, queue: &str, payloads: &[String]) -> Result<Vec<Id<Job>>, StoreError> {
         check_queue(queue)?;
-        let returning = self.server().await?.is_mariadb();
+        let returning = self.server().await?.is_mariadb() && !self.last_insert_id;
         let mut ids = Vec::with_capacity(payloads.len());
         let mut tx = self.pool.begin().await.map_err(backend)?;
+        // Consecutive auto-increment ids are `auto_increment_increment` apart (more than 1 on
+        // Galera and other multi-primary setups); read on this connection, as it is per session.
+        let step = if returning {
+            1
+        } else {
+            sqlx::query_scalar::<_, i64>("SELECT CAST(@@SESSION.auto_increment_increment AS SIGNED)")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(backend)?
+        };
+        if step < 1 {
+            return Err(corrupt("auto_increment_increment below 1"));
+        }
         for chunk in payloads.chunks(ENQUEUE_CHUNK) {
             let mut sql =
                 String::from("INSERT INTO queue_jobs (queue, payload, state, attempts, due_at, enqueued_at) VALUES ");
@@ -111,10 +135,22 @@ impl JobQueue for MySqlQueue {
                 ids.extend(chunk_ids.into_iter().map(Id::new));
             } else {
                 // MySQL: a multi-row VALUES insert is a "simple insert", whose auto-increment ids
-                // are consecutive in every `innodb_autoinc_lock_mode`.
+                // are allocated in one block in every `innodb_autoinc_lock_mode` (concurrent
+                // inserts cannot interleave into it): `LAST_INSERT_ID()` is the first, and the
+                // others follow `step` apart.
                 let result = query.execute(&mut *tx).await.map_err(backend)?;
+                if usize::try_from(result.rows_affected()).ok() != Some(chunk.len()) {
+                    return Err(corrupt("enqueue inserted an unexpected number of rows"));
+                }
                 let first = i64::try_from(result.last_insert_id()).map_err(|_| corrupt("insert id out of range"))?;
-                ids.extend((0..chunk.len()).map(|n| Id::new(first + i64::try_from(n).unwrap_or(i64::MAX))));
+                for n in 0..chunk.len() {
+                    let id = i64::try_from(n)
+                        .ok()
+                        .and_then(|n| n.checked_mul(step))
+                        .and_then(|offset| first.checked_add(offset))
+                        .ok_or_else(|| corrupt("insert id out of range"))?;
+                    ids.push(Id::new(id));
+                }
             }
         }
         tx.commit().await.map_err(backend)?;
