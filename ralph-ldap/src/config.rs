@@ -290,7 +290,7 @@ pub struct LdapConfig {
     #[serde(default = "page_size")]
     pub page_size: u32,
     /// Whether the bulk sync deactivates LDAP-owned users the directory no longer lists
-    /// (default true).
+    /// (default true). Skipped when the listing met referrals (see `SyncReport`).
     #[serde(default = "yes")]
     pub deactivate_missing: bool,
 }

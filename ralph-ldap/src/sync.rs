@@ -1,5 +1,6 @@
 //! The bulk sync (Ralph's `ldap_sync`): page through every user the user filter admits,
-//! mirror each one, and deactivate LDAP-owned users the directory no longer lists.
+//! mirror each one, and deactivate LDAP-owned users the directory no longer lists (unless the
+//! listing met a referral, which makes it incomplete).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -33,8 +34,13 @@ pub struct SyncReport {
     pub active: usize,
     /// Pages of `page_size` the search needed (at least).
     pub pages: usize,
-    /// Referrals returned by the server and ignored.
+    /// Continuation references (referrals, e.g. to an AD child domain) returned by the server
+    /// and not chased.
     pub referrals_ignored: usize,
+    /// `deactivate_missing` is on but missing users were left alone: the listing met
+    /// referrals ([`SyncReport::referrals_ignored`]), so users living behind them were not
+    /// seen and may well still exist.
+    pub deactivation_skipped: bool,
 }
 
 impl<S: UserStore> LdapBackend<S> {
@@ -43,7 +49,10 @@ impl<S: UserStore> LdapBackend<S> {
     /// then, if `deactivate_missing` is on, deactivates LDAP-owned users not seen.
     ///
     /// Deactivation only happens after the whole listing was read: a search cut short (a size
-    /// limit, a lost connection) is an error and deactivates nobody.
+    /// limit, a lost connection) is an error and deactivates nobody. A listing that met
+    /// continuation references (referrals, not chased) is incomplete too: missing users are then
+    /// left active, with a warning and [`SyncReport::deactivation_skipped`] set. (Users the
+    /// group rules refuse are still deactivated: their entry was read.)
     ///
     /// # Errors
     /// [`Error::Config`] without `user_search` or `username_attr`; directory and store errors.
@@ -169,7 +178,16 @@ impl<S: UserStore> LdapBackend<S> {
             }
         }
 
-        if config.deactivate_missing {
+        if config.deactivate_missing && report.referrals_ignored > 0 {
+            // Users behind a referral (an AD child domain, another server) were not listed:
+            // "not seen" does not mean "gone", so nobody is deactivated as missing.
+            warn!(
+                target: TRACE_TARGET,
+                referrals = report.referrals_ignored,
+                "the user listing met referrals (not chased): missing users are not deactivated"
+            );
+            report.deactivation_skipped = true;
+        } else if config.deactivate_missing {
             let gone: Vec<String> = inner
                 .store
                 .list_users(Some(UserSource::Ldap))
@@ -189,6 +207,8 @@ impl<S: UserStore> LdapBackend<S> {
             updated = report.updated,
             skipped = report.skipped,
             deactivated = report.deactivated,
+            referrals = report.referrals_ignored,
+            deactivation_skipped = report.deactivation_skipped,
             elapsed_secs = started.elapsed().as_secs_f64(),
             "LDAP sync finished"
         );

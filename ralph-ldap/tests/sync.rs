@@ -20,8 +20,9 @@ async fn unpaged_search_hits_the_size_limit() {
     assert_eq!(result.0.len(), 1000);
 }
 
+// serial_: the referral tests add referrals under the base, which make a sync skip deactivation.
 #[tokio::test]
-async fn sync_pages_through_every_user_then_deactivates_the_missing() {
+async fn serial_sync_pages_through_every_user_then_deactivates_the_missing() {
     let Some(fx) = fixture() else { return };
     let (store, _dir) = store().await;
     let mut config = ralph_config(&fx);
@@ -145,4 +146,49 @@ async fn sync_with_a_missing_group_search_base_fails_closed() {
     let err = backend.sync().await.expect_err("groups cannot be read");
     assert!(err.to_string().contains("32"), "{err}");
     assert_eq!(backend.store().get_user("mallory").await.expect("store"), None, "mallory imported without groups");
+}
+
+// serial_: the referral it adds under the base would make a concurrent sync skip deactivation.
+#[tokio::test]
+async fn serial_a_listing_that_met_a_referral_deactivates_no_missing_user() {
+    let Some(fx) = fixture() else { return };
+    // Where the referral points: a listener that must never see a connection (not chased).
+    let target = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    target.set_nonblocking(true).expect("nonblocking");
+    let target_addr = target.local_addr().expect("addr");
+    let mut admin = common::admin(&fx).await;
+    let ou = common::unique("child-domain");
+    let referral = format!("ou={ou},{}", fx.base);
+    let ref_url = format!("ldap://{target_addr}/ou=child,{}", fx.base);
+    common::add(
+        &mut admin,
+        &referral,
+        &[("objectClass", &["referral", "extensibleObject"]), ("ou", &[&ou]), ("ref", &[&ref_url])],
+    )
+    .await;
+
+    let (store, _dir) = store().await;
+    let mut config = ralph_config(&fx);
+    config.user_filter = Some(format!("(memberOf=cn=_gr_ralph_admin,ou=groups,{})", fx.base));
+    assert!(config.deactivate_missing);
+    let backend = LdapBackend::new(config, store).expect("backend");
+    // A user living behind the referral (the child domain): the listing cannot see it.
+    let mut child = User::new("child-user").expect("valid");
+    child.source = UserSource::Ldap;
+    backend.store().mirror_user(&UserMirror { user: child, profile: None, groups: None }).await.expect("child");
+
+    let report = backend.sync().await;
+    common::delete(&mut admin, &[&referral]).await;
+    let report = report.expect("sync");
+    assert!(report.referrals_ignored >= 1, "{report:?}");
+    assert!(report.deactivation_skipped, "{report:?}");
+    assert_eq!((report.seen, report.created, report.deactivated), (1, 1, 0), "{report:?}");
+    assert!(backend.store().get_user("child-user").await.expect("store").expect("kept").value.is_active);
+    assert!(backend.store().get_user("bob").await.expect("store").expect("bob").value.is_superuser);
+    assert!(matches!(target.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "the referral was chased");
+
+    // With the referral gone the listing is complete: the missing user is deactivated.
+    let again = backend.sync().await.expect("second sync");
+    assert_eq!((again.referrals_ignored, again.deactivation_skipped, again.deactivated), (0, false, 1), "{again:?}");
+    assert!(!backend.store().get_user("child-user").await.expect("store").expect("kept").value.is_active);
 }
