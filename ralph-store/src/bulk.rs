@@ -187,29 +187,38 @@ fn update_clause(new: impl Fn(&str) -> String, old: impl Fn(&str) -> String, lea
 const INSERT_COLUMNS: &str = "address, ip_key, last_seen, dead_ping_count, http_family, snmp_name, snmp_community, \
                               snmp_version, scan_checksum";
 
+/// Defines `known` for one driver with `?` placeholders (SQLite, MySQL): the stored buried flag
+/// and checksum of each address in a chunk, keyed by `ip_key`, read inside the write transaction.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+macro_rules! known_rows {
+    ($db:ty) => {
+        async fn known(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            chunk: &[Row<'_>],
+        ) -> Result<HashMap<String, (bool, Option<String>)>, StoreError> {
+            let sql = format!(
+                "SELECT ip_key, is_buried, scan_checksum FROM ip_addresses WHERE ip_key IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for row in chunk {
+                query = query.bind(&row.key);
+            }
+            let rows = query.fetch_all(&mut **tx).await.map_err(backend)?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(backend)
+        }
+    };
+}
+
 #[cfg(feature = "sqlite")]
 mod sqlite {
     use super::*;
-    use sqlx::{Row as _, Sqlite, Transaction};
+    use sqlx::{Row as _, Sqlite};
 
-    async fn known(
-        tx: &mut Transaction<'static, Sqlite>,
-        chunk: &[Row<'_>],
-    ) -> Result<HashMap<String, (bool, Option<String>)>, StoreError> {
-        let sql = format!(
-            "SELECT ip_key, is_buried, scan_checksum FROM ip_addresses WHERE ip_key IN ({})",
-            vec!["?"; chunk.len()].join(", ")
-        );
-        let mut query = sqlx::query(&sql);
-        for row in chunk {
-            query = query.bind(&row.key);
-        }
-        let rows = query.fetch_all(&mut **tx).await.map_err(backend)?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(backend)
-    }
+    known_rows!(Sqlite);
 
     pub(super) async fn record(
         pool: &sqlx::SqlitePool,
@@ -326,26 +335,9 @@ mod postgres {
 mod mysql {
     use super::*;
     use crate::schema_check::ServerInfo;
-    use sqlx::{MySql, Row as _, Transaction};
+    use sqlx::{MySql, Row as _};
 
-    async fn known(
-        tx: &mut Transaction<'static, MySql>,
-        chunk: &[Row<'_>],
-    ) -> Result<HashMap<String, (bool, Option<String>)>, StoreError> {
-        let sql = format!(
-            "SELECT ip_key, is_buried, scan_checksum FROM ip_addresses WHERE ip_key IN ({})",
-            vec!["?"; chunk.len()].join(", ")
-        );
-        let mut query = sqlx::query(&sql);
-        for row in chunk {
-            query = query.bind(&row.key);
-        }
-        let rows = query.fetch_all(&mut **tx).await.map_err(backend)?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(backend)
-    }
+    known_rows!(MySql);
 
     /// The upsert's tail for this server: a row alias where MySQL supports it, `VALUES()` on
     /// MariaDB and older MySQL.
