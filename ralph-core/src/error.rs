@@ -200,6 +200,18 @@ pub enum StoreError {
     /// The backend failed (connection, I/O, pool time-out...).
     #[error("storage backend error")]
     Backend(#[source] Box<dyn StdError + Send + Sync + 'static>),
+    /// A transient conflict (deadlock, serialization failure, busy database) outlasted the
+    /// store's retry policy; nothing was written. Retrying later may succeed.
+    #[error("{entity} write kept conflicting with concurrent writes ({attempts} attempts)")]
+    Contended {
+        /// The entity type.
+        entity: &'static str,
+        /// How many times the write was tried.
+        attempts: u32,
+        /// The last conflict the database reported.
+        #[source]
+        source: Box<dyn StdError + Send + Sync + 'static>,
+    },
 }
 
 impl StoreError {
@@ -213,6 +225,12 @@ impl StoreError {
     #[must_use]
     pub fn is_conflict(&self) -> bool {
         matches!(self, Self::Conflict { .. })
+    }
+
+    /// True when concurrent writes kept conflicting past the store's retry policy.
+    #[must_use]
+    pub fn is_contended(&self) -> bool {
+        matches!(self, Self::Contended { .. })
     }
 
     /// True when a model invariant refused the write.

@@ -89,6 +89,27 @@ pub struct UserMirror {
     pub groups: Option<Vec<Group>>,
 }
 
+/// What [`UserStore::mirror_user`] did to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MirrorChange {
+    /// The user did not exist and was inserted (with profile and groups).
+    Created,
+    /// The user existed and something differed: what differed was written.
+    Updated,
+    /// The store already held exactly this mirror; nothing was written.
+    Unchanged,
+}
+
+/// The outcome of [`UserStore::mirror_user`]: the user's id and what changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mirrored {
+    /// The id of the (new or existing) user row.
+    pub id: Id<User>,
+    /// Whether the user was created, updated or already as mirrored.
+    pub change: MirrorChange,
+}
+
 /// Users, profiles, groups and local password hashes.
 #[async_trait]
 pub trait UserStore: Send + Sync {
@@ -117,7 +138,17 @@ pub trait UserStore: Send + Sync {
     async fn set_user_groups(&self, username: &str, groups: &[Group]) -> Result<(), StoreError>;
     /// Creates or updates the user, profile and (when given) groups in one transaction. An
     /// LDAP-owned user's local password hash is removed.
-    async fn mirror_user(&self, mirror: &UserMirror) -> Result<Id<User>, StoreError>;
+    ///
+    /// Idempotent and safe to call concurrently, from many tasks and processes, for the same
+    /// user: exactly one call creates the user, the others see it. A mirror equal to what is
+    /// stored writes nothing ([`MirrorChange::Unchanged`]); otherwise only what differs is
+    /// written (group memberships are diffed, not replaced).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when an LDAP mirror meets a local account of the same name
+    /// (the local account is left as it is); [`StoreError::Invalid`] for an invalid user or
+    /// profile; nothing is written in either case.
+    async fn mirror_user(&self, mirror: &UserMirror) -> Result<Mirrored, StoreError>;
     /// Sets `is_active = false` on the named users; returns how many changed.
     async fn deactivate_users(&self, usernames: &[String]) -> Result<u64, StoreError>;
 }
@@ -157,7 +188,7 @@ impl<S: UserStore + ?Sized> UserStore for std::sync::Arc<S> {
     async fn set_user_groups(&self, username: &str, groups: &[Group]) -> Result<(), StoreError> {
         (**self).set_user_groups(username, groups).await
     }
-    async fn mirror_user(&self, mirror: &UserMirror) -> Result<Id<User>, StoreError> {
+    async fn mirror_user(&self, mirror: &UserMirror) -> Result<Mirrored, StoreError> {
         (**self).mirror_user(mirror).await
     }
     async fn deactivate_users(&self, usernames: &[String]) -> Result<u64, StoreError> {

@@ -190,7 +190,7 @@ impl UserStore for AnyStore {
     async fn set_user_groups(&self, username: &str, groups: &[Group]) -> Result<(), StoreError> {
         dispatch!(self, s => s.set_user_groups(username, groups).await)
     }
-    async fn mirror_user(&self, mirror: &UserMirror) -> Result<Id<User>, StoreError> {
+    async fn mirror_user(&self, mirror: &UserMirror) -> Result<ralph_core::Mirrored, StoreError> {
         dispatch!(self, s => s.mirror_user(mirror).await)
     }
     async fn deactivate_users(&self, usernames: &[String]) -> Result<u64, StoreError> {

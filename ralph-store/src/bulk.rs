@@ -412,9 +412,13 @@ macro_rules! scan_store {
                 observations: &[Observation],
                 dead_ping_limit: u32,
             ) -> Result<RecordSummary, StoreError> {
-                // Every observation is checked before anything is written.
-                let rows = prepare(observations)?;
-                let summary = $module::record(self.pool(), rows, dead_ping_limit).await?;
+                // Every observation is checked before anything is written (an invalid one is
+                // not a conflict: the first attempt returns it).
+                let summary = self
+                    .retrying(ENTITY, || async {
+                        $module::record(self.pool(), prepare(observations)?, dead_ping_limit).await
+                    })
+                    .await?;
                 tracing::debug!(
                     target: "ralph::store",
                     observations = observations.len(),

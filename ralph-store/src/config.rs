@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// How the store's one connection pool behaves.
+/// How the store's one connection pool behaves, and how its writes retry transient conflicts.
 ///
 /// Load it from the host application's configuration (durations are whole or fractional
 /// seconds) or build it in code:
@@ -41,6 +41,62 @@ pub struct PoolConfig {
     /// SQLite only: how long a writer waits for the database lock (default 5 seconds).
     #[serde(with = "secs")]
     pub busy_timeout: Duration,
+    /// How write transactions that hit a transient conflict are retried.
+    pub conflict_retry: ConflictRetry,
+}
+
+/// The store-wide retry policy for transient conflicts: a deadlock or lock wait time-out
+/// (MySQL/MariaDB 1213, 1205), a serialization failure or deadlock (PostgreSQL 40001, 40P01),
+/// a busy or locked database (SQLite `SQLITE_BUSY`, `SQLITE_LOCKED`).
+///
+/// The whole write transaction is rolled back and run again after a jittered, exponentially
+/// growing delay, so a caller never sees a conflict that a second try would have resolved.
+/// Any other error is returned at once. Every retry is a `ralph::store` tracing event and
+/// counted in [`SqlStore::conflict_retries`](crate::SqlStore::conflict_retries); a write
+/// that still conflicts after `max_attempts` fails with
+/// [`StoreError::Contended`](ralph_core::StoreError::Contended), nothing written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConflictRetry {
+    /// Attempts in all, the first one included (default 10; 1 turns retries off).
+    pub max_attempts: u32,
+    /// Delay before the first retry, doubled for each further one, with random jitter
+    /// (default 2 ms).
+    #[serde(with = "secs")]
+    pub min_delay: Duration,
+    /// Longest delay between two attempts (default 250 ms).
+    #[serde(with = "secs")]
+    pub max_delay: Duration,
+}
+
+impl Default for ConflictRetry {
+    fn default() -> Self {
+        Self { max_attempts: 10, min_delay: Duration::from_millis(2), max_delay: Duration::from_millis(250) }
+    }
+}
+
+impl ConflictRetry {
+    /// No retries: the first transient conflict is returned as
+    /// [`StoreError::Contended`](ralph_core::StoreError::Contended).
+    #[must_use]
+    pub fn none() -> Self {
+        Self { max_attempts: 1, ..Self::default() }
+    }
+
+    /// Sets [`ConflictRetry::max_attempts`].
+    #[must_use]
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// Sets [`ConflictRetry::min_delay`] and [`ConflictRetry::max_delay`].
+    #[must_use]
+    pub fn delays(mut self, min: Duration, max: Duration) -> Self {
+        self.min_delay = min;
+        self.max_delay = max.max(min);
+        self
+    }
 }
 
 impl Default for PoolConfig {
@@ -52,6 +108,7 @@ impl Default for PoolConfig {
             max_lifetime: Some(Duration::from_secs(1800)),
             acquire_timeout: Duration::from_secs(30),
             busy_timeout: Duration::from_secs(5),
+            conflict_retry: ConflictRetry::default(),
         }
     }
 }
@@ -96,6 +153,13 @@ impl PoolConfig {
     #[must_use]
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
+        self
+    }
+
+    /// Sets [`PoolConfig::conflict_retry`].
+    #[must_use]
+    pub fn conflict_retry(mut self, retry: ConflictRetry) -> Self {
+        self.conflict_retry = retry;
         self
     }
 

@@ -431,6 +431,32 @@ pub(crate) fn store_error(entity: &'static str, error: sqlx::Error) -> StoreErro
     }
 }
 
+/// Names the transient conflict behind `error` (a write that a second try may complete), or
+/// `None` for any other error. Only errors the database reported count: a pool time-out or a
+/// lost connection is not retried here (the write may have committed).
+pub(crate) fn transient_conflict(error: &StoreError) -> Option<&'static str> {
+    let StoreError::Backend(cause) = error else { return None };
+    let Some(sqlx::Error::Database(db)) = cause.downcast_ref::<sqlx::Error>() else { return None };
+    #[cfg(feature = "mysql")]
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return match my.number() {
+            1213 => Some("deadlock"),
+            1205 => Some("lock wait timeout"),
+            _ => None,
+        };
+    }
+    match db.code()?.as_ref() {
+        "40001" => Some("serialization failure"),
+        "40P01" => Some("deadlock"),
+        // SQLite reports its extended result code; the primary code is its low byte.
+        code => match code.parse::<u32>().ok()? & 0xff {
+            5 => Some("database busy"),
+            6 => Some("database table locked"),
+            _ => None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,14 +75,17 @@ impl<DB: Backend> SqlStore<DB> {
 impl<DB: Backend, T: Table> Repository<T> for SqlStore<DB> {
     async fn create(&self, value: &T) -> Result<Id<T>, StoreError> {
         value.validate().map_err(|e| StoreError::invalid(T::NAME, e))?;
-        let values = value.values()?;
-        let mut tx = self.begin(T::NAME).await?;
-        check_unique::<DB, T>(&mut tx, &values, None).await?;
-        let cells = value.before_write::<DB>(&mut tx, None).await?;
-        let id = insert::<DB>(&mut tx, T::NAME, T::TABLE, &column_names::<T>(), &values).await?;
-        value.after_write::<DB>(&mut tx, id, cells).await?;
-        commit(tx, T::NAME).await?;
-        Ok(Id::new(id))
+        let values = &value.values()?;
+        self.retrying(T::NAME, || async {
+            let mut tx = self.begin(T::NAME).await?;
+            check_unique::<DB, T>(&mut tx, values, None).await?;
+            let cells = value.before_write::<DB>(&mut tx, None).await?;
+            let id = insert::<DB>(&mut tx, T::NAME, T::TABLE, &column_names::<T>(), values).await?;
+            value.after_write::<DB>(&mut tx, id, cells).await?;
+            commit(tx, T::NAME).await?;
+            Ok(Id::new(id))
+        })
+        .await
     }
 
     async fn get(&self, id: Id<T>) -> Result<Record<T>, StoreError> {
@@ -97,28 +100,37 @@ impl<DB: Backend, T: Table> Repository<T> for SqlStore<DB> {
 
     async fn update(&self, id: Id<T>, value: &T) -> Result<(), StoreError> {
         value.validate().map_err(|e| StoreError::invalid(T::NAME, e))?;
-        let mut values = value.values()?;
-        let mut tx = self.begin(T::NAME).await?;
-        let exists =
-            fetch_id::<DB>(&mut tx, T::NAME, &format!("SELECT id FROM {} WHERE id = ?", T::TABLE), &[id.get().into()])
-                .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound { entity: T::NAME, key: id.to_string() });
-        }
-        check_unique::<DB, T>(&mut tx, &values, Some(id.get())).await?;
-        let cells = value.before_write::<DB>(&mut tx, Some(id.get())).await?;
+        let values = &value.values()?;
+        let update_args = &[values.as_slice(), &[id.get().into()]].concat();
         let set = column_names::<T>().iter().map(|c| format!("{c} = ?")).collect::<Vec<_>>().join(", ");
-        values.push(id.get().into());
-        execute::<DB>(&mut tx, T::NAME, &format!("UPDATE {} SET {set} WHERE id = ?", T::TABLE), &values).await?;
-        value.after_write::<DB>(&mut tx, id.get(), cells).await?;
-        commit(tx, T::NAME).await?;
+        let update = &format!("UPDATE {} SET {set} WHERE id = ?", T::TABLE);
+        self.retrying(T::NAME, || async {
+            let mut tx = self.begin(T::NAME).await?;
+            let exists = fetch_id::<DB>(
+                &mut tx,
+                T::NAME,
+                &format!("SELECT id FROM {} WHERE id = ?", T::TABLE),
+                &[id.get().into()],
+            )
+            .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound { entity: T::NAME, key: id.to_string() });
+            }
+            check_unique::<DB, T>(&mut tx, values, Some(id.get())).await?;
+            let cells = value.before_write::<DB>(&mut tx, Some(id.get())).await?;
+            execute::<DB>(&mut tx, T::NAME, update, update_args).await?;
+            value.after_write::<DB>(&mut tx, id.get(), cells).await?;
+            commit(tx, T::NAME).await
+        })
+        .await?;
         debug!(target: TRACE_TARGET, entity = T::NAME, id = id.get(), "updated");
         Ok(())
     }
 
     async fn delete(&self, id: Id<T>) -> Result<(), StoreError> {
         let sql = format!("DELETE FROM {} WHERE id = ?", T::TABLE);
-        if self.run(T::NAME, &sql, &[id.get().into()]).await? == 0 {
+        let args = [Value::from(id.get())];
+        if self.retrying(T::NAME, || self.run(T::NAME, &sql, &args)).await? == 0 {
             return Err(StoreError::NotFound { entity: T::NAME, key: id.to_string() });
         }
         debug!(target: TRACE_TARGET, entity = T::NAME, id = id.get(), "deleted");
@@ -155,12 +167,11 @@ impl<DB: Backend> InventoryStore for SqlStore<DB> {
         let current = Repository::<Device>::get(self, id).await?.value.status;
         let next = graph.apply(name, current).map_err(|e| StoreError::invalid(Device::NAME, e))?;
         // Compare-and-set: a concurrent transition that moved the device first wins.
+        let args = [next.as_str().into(), id.get().into(), current.as_str().into()];
         let changed = self
-            .run(
-                Device::NAME,
-                "UPDATE devices SET status = ? WHERE id = ? AND status = ?",
-                &[next.as_str().into(), id.get().into(), current.as_str().into()],
-            )
+            .retrying(Device::NAME, || {
+                self.run(Device::NAME, "UPDATE devices SET status = ? WHERE id = ? AND status = ?", &args)
+            })
             .await?;
         if changed == 0 {
             // Deleted meanwhile, or moved by a concurrent transition.

@@ -76,6 +76,7 @@ mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 pub mod queue;
+mod retry;
 #[cfg(feature = "mysql")]
 pub mod schema_check;
 #[cfg(feature = "sqlite")]
@@ -85,7 +86,7 @@ mod tables;
 mod users;
 
 pub use any::AnyStore;
-pub use config::PoolConfig;
+pub use config::{ConflictRetry, PoolConfig};
 pub use driver::Backend;
 #[cfg(feature = "mysql")]
 pub use mysql::COLLATION as MYSQL_COLLATION;

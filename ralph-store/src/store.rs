@@ -1,12 +1,14 @@
 //! [`SqlStore`]: one sqlx pool, migrations, and the statement helpers every module shares.
 
 use std::fmt;
+use std::sync::Arc;
 
 use ralph_core::StoreError;
 use tracing::{debug, info};
 
-use crate::PoolConfig;
 use crate::driver::{Backend, Kind, Row, Value, store_error};
+use crate::retry::{Counters, retry_conflicts};
+use crate::{ConflictRetry, PoolConfig};
 
 /// The tracing target of every store event.
 pub const TRACE_TARGET: &str = "ralph::store";
@@ -18,11 +20,13 @@ pub const TRACE_TARGET: &str = "ralph::store";
 /// shares the pool.
 pub struct SqlStore<DB: Backend> {
     pool: sqlx::Pool<DB>,
+    retry: ConflictRetry,
+    counters: Arc<Counters>,
 }
 
 impl<DB: Backend> Clone for SqlStore<DB> {
     fn clone(&self) -> Self {
-        Self { pool: self.pool.clone() }
+        Self { pool: self.pool.clone(), retry: self.retry.clone(), counters: Arc::clone(&self.counters) }
     }
 }
 
@@ -32,6 +36,7 @@ impl<DB: Backend> fmt::Debug for SqlStore<DB> {
             .field("backend", &DB::NAME)
             .field("connections", &self.pool.size())
             .field("idle", &self.pool.num_idle())
+            .field("conflict_retries", &self.counters.retries())
             .finish()
     }
 }
@@ -52,7 +57,7 @@ impl<DB: Backend> SqlStore<DB> {
     /// [`StoreError::Backend`] when the database cannot be reached or a migration fails.
     pub async fn connect_with(url: &str, config: &PoolConfig) -> Result<Self, StoreError> {
         let pool = DB::open(url, config).await.map_err(|e| store_error("store", e))?;
-        let store = Self::from_pool(pool);
+        let store = Self::from_pool(pool).with_conflict_retry(config.conflict_retry.clone());
         store.migrate().await?;
         Ok(store)
     }
@@ -61,7 +66,29 @@ impl<DB: Backend> SqlStore<DB> {
     /// the schema is known to be current. SQLite pools must enable foreign keys.
     #[must_use]
     pub fn from_pool(pool: sqlx::Pool<DB>) -> Self {
-        Self { pool }
+        Self { pool, retry: ConflictRetry::default(), counters: Arc::default() }
+    }
+
+    /// Replaces the retry policy for transient conflicts (from [`PoolConfig::conflict_retry`]
+    /// when connecting, the default for [`SqlStore::from_pool`]).
+    #[must_use]
+    pub fn with_conflict_retry(mut self, retry: ConflictRetry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// How many times a write transaction of this store (and its clones) was retried after a
+    /// transient conflict (deadlock, serialization failure, busy database).
+    #[must_use]
+    pub fn conflict_retries(&self) -> u64 {
+        self.counters.retries()
+    }
+
+    /// How many writes failed with [`StoreError::Contended`]: their conflicts outlasted the
+    /// retry policy.
+    #[must_use]
+    pub fn conflicts_exhausted(&self) -> u64 {
+        self.counters.exhausted()
     }
 
     /// Applies the migrations that have not run yet; a no-op when the schema is current.
@@ -97,10 +124,25 @@ impl<DB: Backend> SqlStore<DB> {
         fetch::<DB>(&mut conn, entity, sql, args, kinds).await
     }
 
+    /// A pooled connection, for several reads in a row.
+    pub(crate) async fn acquire(&self, entity: &'static str) -> Result<sqlx::pool::PoolConnection<DB>, StoreError> {
+        self.pool.acquire().await.map_err(|e| store_error(entity, e))
+    }
+
     /// Runs one statement outside a transaction.
     pub(crate) async fn run(&self, entity: &'static str, sql: &str, args: &[Value]) -> Result<u64, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(|e| store_error(entity, e))?;
         execute::<DB>(&mut conn, entity, sql, args).await
+    }
+
+    /// Runs `write`, a whole write transaction or statement, under the store's retry policy for
+    /// transient conflicts (see [`ConflictRetry`]).
+    pub(crate) async fn retrying<T, F, Fut>(&self, entity: &'static str, write: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        retry_conflicts(&self.retry, &self.counters, entity, write).await
     }
 
     /// Starts a write transaction (on SQLite, one that holds the write lock from the start).

@@ -7,9 +7,9 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use ralph_core::{
     AssetStatus, Component, ComponentKind, DataCenter, Device, DeviceModel, DeviceType, Group, HostnameTemplate, Id,
-    InventoryStore, IpAddress, IpStatus, MacAddress, Network, NetworkEnvironment, Orientation, Placement, Profile,
-    Rack, Repository, Secret, ServerRoom, SnmpVersion, StoreError, TransitionGraph, User, UserMirror, UserSource,
-    UserStore, ValidationError,
+    InventoryStore, IpAddress, IpStatus, MacAddress, MirrorChange, Network, NetworkEnvironment, Orientation, Placement,
+    Profile, Rack, Repository, Secret, ServerRoom, SnmpVersion, StoreError, TransitionGraph, User, UserMirror,
+    UserSource, UserStore, ValidationError,
 };
 
 mod store_common;
@@ -410,7 +410,7 @@ async fn users_profiles_groups<S: UserStore>(s: &S) {
         profile: Some(Profile { manager: Some("Alice".into()), ..Profile::default() }),
         groups: Some(groups(&["active", "ldap-admins"])),
     };
-    let bob_id = s.mirror_user(&mirror).await.expect("mirror");
+    let bob_id = s.mirror_user(&mirror).await.expect("mirror").id;
     assert_eq!(s.get_user("bob").await.expect("get").map(|r| (r.id, r.value)), Some((bob_id, bob.clone())));
     assert_eq!(s.password_hash("bob").await.expect("hash"), None, "LDAP users hold no local password");
     assert!(s.set_password_hash("bob", Some("$argon2id$x")).await.expect_err("ldap").is_invalid());
@@ -418,7 +418,7 @@ async fn users_profiles_groups<S: UserStore>(s: &S) {
     assert_eq!(s.get_profile("bob").await.expect("p").expect("p").manager.as_deref(), Some("Alice"));
     // A second mirror replaces the groups; `None` leaves profile and groups alone.
     let again = UserMirror { groups: Some(groups(&["staff"])), profile: None, ..mirror.clone() };
-    assert_eq!(s.mirror_user(&again).await.expect("mirror again"), bob_id);
+    assert_eq!(s.mirror_user(&again).await.expect("mirror again").id, bob_id);
     assert_eq!(s.user_groups("bob").await.expect("groups"), groups(&["staff"]));
     assert!(s.get_profile("bob").await.expect("p").is_some());
     // A new user appears with everything, or (bad profile) not at all.
@@ -467,7 +467,7 @@ async fn usernames_match_exactly<S: UserStore>(s: &S) {
     // An LDAP user whose name differs only by accent or case is a new account: the local admin
     // keeps its source and password.
     let ldap = User { source: UserSource::Ldap, ..User::new("Ádmin").expect("user") };
-    let ldap_id = s.mirror_user(&UserMirror { user: ldap, profile: None, groups: None }).await.expect("mirror");
+    let ldap_id = s.mirror_user(&UserMirror { user: ldap, profile: None, groups: None }).await.expect("mirror").id;
     assert!(ldap_id != admin_id && ldap_id != capital);
     let stored = s.get_user("admin").await.expect("get").expect("admin");
     assert_eq!((stored.id, stored.value), (admin_id, admin));
@@ -505,9 +505,86 @@ async fn mirror_keeps_local_accounts<S: UserStore>(s: &S) {
     assert!(s.get_profile("root").await.expect("profile").is_none());
     // A local mirror of a local account still updates it.
     let local = UserMirror { user: User { is_staff: true, ..root.clone() }, profile: None, groups: None };
-    assert_eq!(s.mirror_user(&local).await.expect("local mirror"), root_id);
+    assert_eq!(s.mirror_user(&local).await.expect("local mirror").id, root_id);
     assert!(s.get_user("root").await.expect("get").expect("root").value.is_staff);
     assert_eq!(s.password_hash("root").await.expect("hash").as_deref(), Some("$argon2id$root"));
+}
+
+fn groups(names: &[&str]) -> Vec<Group> {
+    names.iter().map(|n| Group::new(n).expect("group")).collect()
+}
+
+fn ldap_mirror(username: &str, groups: &[Group]) -> UserMirror {
+    UserMirror {
+        user: User { source: UserSource::Ldap, last_name: "Mirror".into(), ..User::new(username).expect("user") },
+        profile: Some(Profile { company: Some("Allegro".into()), country: None, ..Profile::default() }),
+        groups: Some(groups.to_vec()),
+    }
+}
+
+/// `mirror_user` says what it did, and a mirror equal to the stored state changes nothing.
+async fn mirror_reports_what_changed<S: UserStore>(s: &S) {
+    let first = ldap_mirror("erin", &groups(&["active", "staff"]));
+    let created = s.mirror_user(&first).await.expect("create");
+    assert_eq!(created.change, MirrorChange::Created);
+    let again = s.mirror_user(&first).await.expect("again");
+    assert_eq!((again.id, again.change), (created.id, MirrorChange::Unchanged));
+    // Each part on its own is a change: a field, the profile, one group more or less.
+    let renamed = UserMirror { user: User { first_name: "Erin".into(), ..first.user.clone() }, ..first.clone() };
+    let moved = UserMirror {
+        profile: Some(Profile { location: Some("Poznań".into()), ..Profile::default() }),
+        ..renamed.clone()
+    };
+    let promoted = UserMirror { groups: Some(groups(&["active", "staff", "superuser"])), ..moved.clone() };
+    let demoted = UserMirror { groups: Some(groups(&["staff"])), ..promoted.clone() };
+    for (step, mirror) in
+        [("field", &renamed), ("profile", &moved), ("group added", &promoted), ("group removed", &demoted)]
+    {
+        let done = s.mirror_user(mirror).await.expect(step);
+        assert_eq!((done.id, done.change), (created.id, MirrorChange::Updated), "{step}");
+        assert_eq!(s.mirror_user(mirror).await.expect(step).change, MirrorChange::Unchanged, "{step} again");
+    }
+    assert_eq!(s.get_user("erin").await.expect("get").expect("erin").value, renamed.user);
+    assert_eq!(s.get_profile("erin").await.expect("profile").and_then(|p| p.location).as_deref(), Some("Poznań"));
+    assert_eq!(s.user_groups("erin").await.expect("groups"), groups(&["staff"]));
+    // `None` leaves profile and groups alone, and is unchanged when the user is.
+    let bare = UserMirror { profile: None, groups: None, ..demoted.clone() };
+    assert_eq!(s.mirror_user(&bare).await.expect("bare").change, MirrorChange::Unchanged);
+    assert_eq!(s.user_groups("erin").await.expect("groups"), groups(&["staff"]));
+    // A profile given in another spelling of the same value (normalised) is not a change.
+    let spelled =
+        UserMirror { profile: Some(Profile { country: None, ..moved.profile.clone().expect("p") }), ..demoted };
+    assert_eq!(s.mirror_user(&spelled).await.expect("spelled").change, MirrorChange::Unchanged);
+}
+
+/// Many first logins of one user at once (tasks of one process): every mirror succeeds,
+/// exactly one creates the user, and users sharing groups never block each other's mirrors.
+async fn racing_first_mirrors<S: UserStore + Clone + 'static>(s: &S) {
+    let shared = groups(&["active", "staff", "assets-buyer"]);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..48 {
+        let store = s.clone();
+        // 16 tasks on one new user, 32 on users of their own, all with the same groups.
+        let name = if i % 3 == 0 { "frank".to_owned() } else { format!("user{i}") };
+        let mirror = ldap_mirror(&name, &shared);
+        tasks.spawn(async move { store.mirror_user(&mirror).await });
+    }
+    let mut created = 0;
+    while let Some(result) = tasks.join_next().await {
+        match result.expect("task") {
+            Ok(done) if done.change == MirrorChange::Created => created += 1,
+            Ok(done) => assert_eq!(done.change, MirrorChange::Unchanged, "nothing differs between the racers"),
+            Err(e) => panic!("a racing mirror failed: {e:?}"),
+        }
+    }
+    assert_eq!(created, 33, "one creation per user");
+    let users = s.list_users(Some(UserSource::Ldap)).await.expect("list");
+    assert_eq!(users.len(), 33);
+    let mut expected = shared.clone();
+    expected.sort();
+    for user in users {
+        assert_eq!(s.user_groups(&user.value.username).await.expect("groups"), expected, "{}", user.value.username);
+    }
 }
 
 /// A model's height, depth and kind are fixed while devices use it; other fields may change.
@@ -687,6 +764,8 @@ macro_rules! suite {
                 users_profiles_groups,
                 usernames_match_exactly,
                 mirror_keeps_local_accounts,
+                mirror_reports_what_changed,
+                racing_first_mirrors,
                 model_shape_is_fixed_while_in_use,
                 utf8_round_trips_byte_for_byte,
                 racing_placements_never_overlap,

@@ -88,7 +88,8 @@ macro_rules! store_queue {
                 queue: &str,
                 payloads: &[String],
             ) -> Result<Vec<ralph_core::Id<ralph_core::Job>>, StoreError> {
-                $queue::new(self.pool().clone()).enqueue(queue, payloads).await
+                let q = $queue::new(self.pool().clone());
+                self.retrying("job", || q.enqueue(queue, payloads)).await
             }
             async fn claim(
                 &self,
@@ -97,13 +98,16 @@ macro_rules! store_queue {
                 lease: Duration,
                 worker: &str,
             ) -> Result<Vec<ralph_core::Job>, StoreError> {
-                $queue::new(self.pool().clone()).claim(queue, max, lease, worker).await
+                let q = $queue::new(self.pool().clone());
+                self.retrying("job", || q.claim(queue, max, lease, worker)).await
             }
             async fn ack(&self, job: &ralph_core::Job) -> Result<bool, StoreError> {
-                $queue::new(self.pool().clone()).ack(job).await
+                let q = $queue::new(self.pool().clone());
+                self.retrying("job", || q.ack(job)).await
             }
             async fn ack_batch(&self, jobs: &[ralph_core::Job]) -> Result<u64, StoreError> {
-                $queue::new(self.pool().clone()).ack_batch(jobs).await
+                let q = $queue::new(self.pool().clone());
+                self.retrying("job", || q.ack_batch(jobs)).await
             }
             async fn fail(
                 &self,
@@ -111,13 +115,16 @@ macro_rules! store_queue {
                 error: &str,
                 policy: &ralph_core::RetryPolicy,
             ) -> Result<ralph_core::FailOutcome, StoreError> {
-                $queue::new(self.pool().clone()).fail(job, error, policy).await
+                let q = $queue::new(self.pool().clone());
+                self.retrying("job", || q.fail(job, error, policy)).await
             }
             async fn extend_lease(&self, job: &ralph_core::Job, lease: Duration) -> Result<bool, StoreError> {
-                $queue::new(self.pool().clone()).extend_lease(job, lease).await
+                let q = $queue::new(self.pool().clone());
+                self.retrying("job", || q.extend_lease(job, lease)).await
             }
             async fn reclaim_expired(&self, queue: &str) -> Result<u64, StoreError> {
-                $queue::new(self.pool().clone()).reclaim_expired(queue).await
+                let q = $queue::new(self.pool().clone());
+                self.retrying("job", || q.reclaim_expired(queue)).await
             }
             async fn stats(&self, queue: &str) -> Result<ralph_core::QueueStats, StoreError> {
                 $queue::new(self.pool().clone()).stats(queue).await
