@@ -30,6 +30,20 @@ pub enum AnyStore {
     MySql(crate::MySqlStore),
 }
 
+/// Calls the same method on whichever store is inside.
+macro_rules! dispatch {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            #[cfg(feature = "sqlite")]
+            AnyStore::Sqlite($store) => $call,
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres($store) => $call,
+            #[cfg(feature = "mysql")]
+            AnyStore::MySql($store) => $call,
+        }
+    };
+}
+
 impl AnyStore {
     /// Connects with the default [`PoolConfig`] and runs the migrations.
     ///
@@ -77,20 +91,20 @@ impl AnyStore {
             Self::MySql(_) => sqlx::MySql::NAME,
         }
     }
-}
 
-/// Calls the same method on whichever store is inside.
-macro_rules! dispatch {
-    ($self:ident, $store:ident => $call:expr) => {
-        match $self {
-            #[cfg(feature = "sqlite")]
-            AnyStore::Sqlite($store) => $call,
-            #[cfg(feature = "postgres")]
-            AnyStore::Postgres($store) => $call,
-            #[cfg(feature = "mysql")]
-            AnyStore::MySql($store) => $call,
-        }
-    };
+    /// How many write transactions were retried after a transient conflict; see
+    /// [`SqlStore::conflict_retries`](crate::SqlStore::conflict_retries).
+    #[must_use]
+    pub fn conflict_retries(&self) -> u64 {
+        dispatch!(self, s => s.conflict_retries())
+    }
+
+    /// How many writes failed with [`StoreError::Contended`]; see
+    /// [`SqlStore::conflicts_exhausted`](crate::SqlStore::conflicts_exhausted).
+    #[must_use]
+    pub fn conflicts_exhausted(&self) -> u64 {
+        dispatch!(self, s => s.conflicts_exhausted())
+    }
 }
 
 #[async_trait]
