@@ -6,8 +6,9 @@
 //! lifecycle, and the traits the other ralph-rs crates plug into: [`AuthBackend`] and
 //! [`AuthChain`], the storage traits ([`Repository`], [`InventoryStore`], [`UserStore`]).
 //!
-//! This crate has no database driver, no sockets and no async runtime: it is pure and fast to
-//! test. `ralph-store` implements the storage traits on SQLite, PostgreSQL and MySQL;
+//! This crate has no database driver, no sockets and no async runtime of its own: it is pure
+//! and fast to test. Its default `tokio` feature only moves [`LocalBackend`]'s password hashing
+//! onto the host's blocking pool; without it the crate uses no runtime at all. `ralph-store` implements the storage traits on SQLite, PostgreSQL and MySQL;
 //! `ralph-ldap` is an [`AuthBackend`]; `ralph-discovery` records scan results through the
 //! storage traits.
 //!

@@ -2,7 +2,7 @@
 //! and the [`LocalBackend`] for accounts with a local password.
 //!
 //! Events are emitted under the stable target `ralph::auth`; usernames appear in them,
-//! passwords never do (they live in [`Secret`](crate::Secret), whose `Debug` is redacted).
+//! passwords never do (they live in [`Secret`], whose `Debug` is redacted).
 
 mod chain;
 mod local;
