@@ -1,13 +1,11 @@
 //! [`LdapBackend`]: the [`AuthBackend`] that checks passwords against the directory and
 //! mirrors users, profiles and roles through a [`UserStore`].
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool::managed::Object;
-use ralph_core::store::UserMirror;
+use ralph_core::store::{MirrorChange, UserMirror};
 use ralph_core::{AuthBackend, AuthError, AuthOutcome, Credentials, DenyReason, Identity, Secret, UserStore};
 use tokio::sync::OnceCell;
 use tracing::{Instrument, debug, info_span, warn};
@@ -15,7 +13,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::config::{LdapConfig, NestedGroups};
 use crate::conn::{self, Connector, Entry, Pool, Role};
 use crate::groups::{self, Directory, GroupCache, LdapGroup};
-use crate::mapping::{self, GroupRules, Verdict};
+use crate::mapping::{self, GroupRules, NameSource, Verdict};
 use crate::{Error, Result, TRACE_TARGET, dn, filter};
 
 /// An LDAP / Active Directory authentication backend.
@@ -48,9 +46,8 @@ pub(crate) struct Inner<S> {
     pub(crate) rules: GroupRules,
     is_ad: OnceCell<bool>,
     pub(crate) attrs: Vec<String>,
-    /// What this backend last wrote for each user, and when: an identical mirror within the
-    /// cache TTL is not written again (the store is the bottleneck of a login otherwise).
-    mirrored: Mutex<HashMap<String, (Instant, UserMirror)>>,
+    /// Where usernames come from, shared by logins and the sync so both store one spelling.
+    pub(crate) names: NameSource,
 }
 
 /// The outcome of looking a login name up.
@@ -71,7 +68,11 @@ impl<S: UserStore> LdapBackend<S> {
         let service = conn::pool(&config, &connector, Role::Service)?;
         let binds = conn::pool(&config, &connector, Role::UserBind)?;
         let rules = GroupRules::new(&config)?;
-        let attrs = mapping::user_attributes(&config);
+        let names = NameSource::new(&config);
+        if names == NameSource::Rdn {
+            debug!(target: TRACE_TARGET, "no username attribute known: usernames are the entries' RDN values");
+        }
+        let attrs = mapping::user_attributes(&config, &names);
         Ok(Self {
             inner: Arc::new(Inner {
                 cache: GroupCache::new(config.cache_ttl()),
@@ -83,7 +84,7 @@ impl<S: UserStore> LdapBackend<S> {
                 rules,
                 is_ad: OnceCell::new(),
                 attrs,
-                mirrored: Mutex::new(HashMap::new()),
+                names,
             }),
         })
     }
@@ -100,11 +101,9 @@ impl<S: UserStore> LdapBackend<S> {
         &self.inner.store
     }
 
-    /// Forgets every cached group membership (and which mirrors were written, so the next
-    /// login of each user writes the store again).
+    /// Forgets every cached group membership.
     pub fn clear_group_cache(&self) {
         self.inner.cache.clear();
-        self.inner.lock_mirrored().clear();
     }
 
     pub(crate) fn inner(&self) -> &Inner<S> {
@@ -136,7 +135,7 @@ impl<S: UserStore> LdapBackend<S> {
             debug!(target: TRACE_TARGET, dn = %entry.dn, "directory refused the password");
             return Ok(AuthOutcome::NotHandled);
         }
-        let groups = match inner.groups_of(&entry, &username).await {
+        let mut groups = match inner.groups_of(&entry, &username).await {
             Ok(groups) => groups,
             Err(e) => {
                 // Fail closed: a login never proceeds as if the user had no groups.
@@ -144,8 +143,10 @@ impl<S: UserStore> LdapBackend<S> {
                 return Err(e);
             }
         };
-        let (roles, flags) = match inner.rules.decide(&groups) {
-            Verdict::Roles(roles, flags) => (roles, flags),
+        // Require / deny first, on every group found: naming groups comes after, and only
+        // when names become roles.
+        let flags = match inner.rules.decide(&groups) {
+            Verdict::Allowed(flags) => flags,
             refused => {
                 let reason =
                     if refused == Verdict::Denied { DenyReason::DeniedGroup } else { DenyReason::MissingRequiredGroup };
@@ -157,6 +158,13 @@ impl<S: UserStore> LdapBackend<S> {
                 return Ok(AuthOutcome::Denied(reason));
             }
         };
+        let roles = match inner.roles_of(&entry, &mut groups).await {
+            Ok(roles) => roles,
+            Err(e) => {
+                warn!(target: TRACE_TARGET, dn = %entry.dn, error = %e, "naming groups failed, login refused");
+                return Err(e);
+            }
+        };
         let user = mapping::user(&inner.config, &entry, &username, &roles, flags);
         let profile = mapping::profile(&inner.config, &entry);
         let mirror = UserMirror {
@@ -164,7 +172,9 @@ impl<S: UserStore> LdapBackend<S> {
             profile: profile.clone(),
             groups: inner.config.mirror_groups.then(|| roles.clone()),
         };
-        inner.mirror(mirror).await?;
+        // No process-local "already mirrored" shortcut: it cannot see another process's (or a
+        // person's) writes. An unchanged mirror is a read in the store, not a write.
+        inner.store.mirror_user(&mirror).await?;
         if !user.is_active {
             debug!(target: TRACE_TARGET, username = %username, "user is not in the active group");
             return Ok(AuthOutcome::Denied(DenyReason::Inactive));
@@ -185,37 +195,13 @@ impl<S: UserStore> Inner<S> {
         if existing.value.source != ralph_core::UserSource::Ldap {
             return Ok(false);
         }
-        let mirror = refused_mirror(&self.config, entry, username);
-        let stale = existing.value != mirror.user
-            || (mirror.profile.is_some() && self.store.get_profile(username).await? != mirror.profile)
-            || (mirror.groups.is_some() && !self.store.user_groups(username).await?.is_empty());
-        if !stale {
-            return Ok(false);
+        // The store compares: an already refused user costs one read and no write.
+        let mirrored = self.store.mirror_user(&refused_mirror(&self.config, entry, username)).await?;
+        let written = mirrored.change != MirrorChange::Unchanged;
+        if written {
+            debug!(target: TRACE_TARGET, username = %username, "refused by the group rules, mirrored inactive");
         }
-        debug!(target: TRACE_TARGET, username = %username, "refused by the group rules, mirrored inactive");
-        self.store.mirror_user(&mirror).await?;
-        self.lock_mirrored().remove(username);
-        Ok(true)
-    }
-
-    /// Writes the mirror unless this backend wrote the very same one within the cache TTL.
-    async fn mirror(&self, mirror: UserMirror) -> Result<()> {
-        let ttl = self.config.cache_ttl();
-        let fresh = |at: &Instant| !ttl.is_zero() && at.elapsed() < ttl;
-        let unchanged =
-            self.lock_mirrored().get(&mirror.user.username).is_some_and(|(at, last)| fresh(at) && *last == mirror);
-        if unchanged {
-            return Ok(());
-        }
-        self.store.mirror_user(&mirror).await?;
-        if !ttl.is_zero() {
-            let mut map = self.lock_mirrored();
-            if map.len() > 100_000 {
-                map.retain(|_, (at, _)| fresh(at));
-            }
-            map.insert(mirror.user.username.clone(), (Instant::now(), mirror));
-        }
-        Ok(())
+        Ok(written)
     }
 }
 
@@ -229,10 +215,6 @@ fn refused_mirror(config: &LdapConfig, entry: &Entry, username: &str) -> UserMir
 }
 
 impl<S> Inner<S> {
-    fn lock_mirrored(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, UserMirror)>> {
-        self.mirrored.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// A search over the service pool. A connection found dead (the server restarted) is
     /// dropped and the search retried once on a fresh one; any other error is returned.
     pub(crate) async fn service_search(
@@ -276,7 +258,9 @@ impl<S> Inner<S> {
     }
 
     /// Finds the entry for a login name: a user search (escaped, ANDed with the user filter)
-    /// or a DN template (escaped as a DN value). Zero or several matches are "not found".
+    /// or a DN template (escaped as a DN value). Zero or several matches are "not found". The
+    /// username is the directory's spelling ([`NameSource::username`]), never the typed one,
+    /// so `Alice`, `alice` and `ALICE` are one stored user.
     pub(crate) async fn lookup(&self, login: &str) -> Result<Lookup> {
         let attrs: Vec<&str> = self.attrs.iter().map(String::as_str).collect();
         let user_filter = self.config.user_filter.as_deref().unwrap_or_default();
@@ -295,18 +279,13 @@ impl<S> Inner<S> {
             debug!(target: TRACE_TARGET, "no single directory entry for this login");
             return Ok(Lookup::NotFound);
         };
-        let username = match &self.config.username_attr {
-            None => login.to_owned(),
-            Some(attr) => {
-                let wanted = login.to_lowercase();
-                match entry.values(attr).iter().find(|v| v.to_lowercase() == wanted) {
-                    Some(value) => value.clone(),
-                    None => {
-                        warn!(target: TRACE_TARGET, dn = %entry.dn, "entry found does not carry the login name, ignored");
-                        return Ok(Lookup::NotFound);
-                    }
-                }
-            }
+        if !self.names.carries(&entry, login) {
+            warn!(target: TRACE_TARGET, dn = %entry.dn, "entry found does not carry the login name, ignored");
+            return Ok(Lookup::NotFound);
+        }
+        let Some(username) = self.names.username(&entry) else {
+            warn!(target: TRACE_TARGET, dn = %entry.dn, "entry found has no username value, ignored");
+            return Ok(Lookup::NotFound);
         };
         if ralph_core::check_username(&username).is_err() {
             warn!(target: TRACE_TARGET, dn = %entry.dn, "directory username is not a valid Ralph username");
@@ -372,6 +351,17 @@ impl<S> Inner<S> {
         let groups = groups::resolve(&self.config, self, &entry.dn, username, member_of, use_rule).await?;
         self.cache.put(key, groups.clone());
         Ok(groups)
+    }
+
+    /// The roles the user's groups give. Without a mapping they are group names: groups not
+    /// named by the lookup are named now (and the cache updated), and one that cannot be
+    /// named is an error.
+    pub(crate) async fn roles_of(&self, entry: &Entry, groups: &mut [LdapGroup]) -> Result<Vec<ralph_core::Group>> {
+        if self.rules.needs_names() && groups.iter().any(|g| g.name.is_none()) {
+            groups::name_all(&self.config, self, groups).await?;
+            self.cache.put(dn::normalize(&entry.dn), groups.to_vec());
+        }
+        Ok(self.rules.roles(groups))
     }
 
     async fn use_matching_rule(&self) -> Result<bool> {

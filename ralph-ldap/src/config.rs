@@ -86,11 +86,11 @@ pub enum NestedGroups {
 }
 
 /// How the connection is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TlsMode {
-    /// Plain `ldap://` (or TLS from the start for `ldaps://` URIs).
-    #[default]
+    /// Plain `ldap://` (or TLS from the start for `ldaps://` URIs). Chosen explicitly, this is
+    /// the opt-in to sending passwords in clear to non-loopback `ldap://` servers.
     None,
     /// The StartTLS extended operation on `ldap://` URIs (RFC 4513).
     StartTls,
@@ -100,9 +100,12 @@ pub enum TlsMode {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// StartTLS on `ldap://` URIs. `ldaps://` URIs always use TLS.
+    /// StartTLS on `ldap://` URIs. `ldaps://` URIs always use TLS. Not set (the default), an
+    /// `ldap://` URI to a host other than loopback is refused by [`LdapConfig::validate`]:
+    /// passwords would cross the network in clear. `Some(TlsMode::None)` (`mode = "none"` in
+    /// TOML) accepts that explicitly, as does [`LdapConfig::allow_plaintext`].
     #[serde(default)]
-    pub mode: TlsMode,
+    pub mode: Option<TlsMode>,
     /// A PEM file of CA certificates to trust instead of the system store.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -113,7 +116,21 @@ pub struct TlsConfig {
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        Self { mode: TlsMode::None, ca_file: None, verify: true }
+        Self { mode: None, ca_file: None, verify: true }
+    }
+}
+
+impl TlsConfig {
+    /// StartTLS on `ldap://` URIs, verified against `ca_file` (the system store when `None`).
+    #[must_use]
+    pub fn start_tls(ca_file: Option<PathBuf>) -> Self {
+        Self { mode: Some(TlsMode::StartTls), ca_file, verify: true }
+    }
+
+    /// Whether `ldap://` connections upgrade with StartTLS.
+    #[must_use]
+    pub fn uses_start_tls(&self) -> bool {
+        self.mode == Some(TlsMode::StartTls)
     }
 }
 
@@ -201,12 +218,20 @@ pub struct FlagsByGroup {
 pub struct LdapConfig {
     /// `AUTH_LDAP_SERVER_URI`: `ldap://` or `ldaps://` URIs, tried in order (failover).
     pub server_uris: Vec<String>,
-    /// `AUTH_LDAP_BIND_DN`: the service account; anonymous when absent.
+    /// `AUTH_LDAP_BIND_DN`: the service account; anonymous when absent. Needs
+    /// `bind_password`: a DN bound without one is an unauthenticated bind, which servers
+    /// (Active Directory among them) accept as anonymous.
     #[serde(default)]
     pub bind_dn: Option<String>,
-    /// `AUTH_LDAP_BIND_PASSWORD`.
+    /// `AUTH_LDAP_BIND_PASSWORD` (not empty).
     #[serde(default)]
     pub bind_password: Option<Secret>,
+    /// Accept sending passwords (the service account's and every user's) in clear over
+    /// `ldap://` to hosts other than loopback, without StartTLS (default false; writing
+    /// `tls.mode = "none"` does the same). Django-auth-ldap did this silently; here it is a
+    /// decision written down, and a warning at start.
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// `AUTH_LDAP_PROTOCOL_VERSION`: only 3 is supported.
     #[serde(default = "three")]
     pub protocol_version: u8,
@@ -221,9 +246,13 @@ pub struct LdapConfig {
     /// does not match are not imported at all.
     #[serde(default)]
     pub user_filter: Option<String>,
-    /// The attribute holding the login name (`sAMAccountName`, `uid`). When set, the stored
-    /// username is this attribute's value (the directory's spelling), the looked-up entry must
-    /// carry the typed name in it, and the bulk sync can name users. Required for the sync.
+    /// The attribute holding the login name (`sAMAccountName`, `uid`). The looked-up entry must
+    /// carry the typed name in it (any case), and the stored username is always the
+    /// directory's spelling, for logins and the bulk sync alike: the value of the entry's RDN
+    /// when the RDN is this attribute, else its first value. When not set it is the attribute
+    /// the user search filter compares the placeholder with (`(sAMAccountName=%(user)s)`), or
+    /// the RDN attribute of the DN template (`uid=%(user)s,...`); failing both, the entry's
+    /// RDN value is the username (and must equal the typed name, any case).
     #[serde(default)]
     pub username_attr: Option<String>,
     /// `AUTH_LDAP_USER_ATTR_MAP`.
@@ -293,6 +322,14 @@ pub struct LdapConfig {
     /// (default true). Skipped when the listing met referrals (see `SyncReport`).
     #[serde(default = "yes")]
     pub deactivate_missing: bool,
+    /// The most the bulk sync deactivates as missing in one run, in percent of the active
+    /// LDAP-owned users (default 50; 100 lifts the limit). A listing that comes back empty or
+    /// nearly so (a wrong base or filter, an ACL change, a server answering "success" with
+    /// nothing) must not lock everyone out: above the limit nobody is deactivated as missing,
+    /// with a warning and `SyncReport::over_deactivation_limit`, unless the sync is forced
+    /// (`SyncOptions::force_deactivation`).
+    #[serde(default = "max_deactivate_percent")]
+    pub max_deactivate_percent: u8,
 }
 
 fn yes() -> bool {
@@ -328,6 +365,9 @@ fn pool_size() -> usize {
 fn page_size() -> u32 {
     500
 }
+fn max_deactivate_percent() -> u8 {
+    50
+}
 
 impl LdapConfig {
     /// A configuration for `server_uris` with every other setting at its default; set a user
@@ -342,6 +382,7 @@ impl LdapConfig {
             server_uris: server_uris.into_iter().map(Into::into).collect(),
             bind_dn: None,
             bind_password: None,
+            allow_plaintext: false,
             protocol_version: three(),
             user_search: None,
             user_dn_template: None,
@@ -368,6 +409,7 @@ impl LdapConfig {
             pool_size: pool_size(),
             page_size: page_size(),
             deactivate_missing: true,
+            max_deactivate_percent: max_deactivate_percent(),
         }
     }
 
@@ -437,6 +479,24 @@ impl LdapConfig {
         }
         if self.bind_password.is_some() && self.bind_dn.is_none() {
             return bad("bind_password is set but bind_dn is not".into());
+        }
+        if self.bind_dn.is_some() && self.bind_password.as_ref().is_none_or(Secret::is_empty) {
+            // A DN with no password is an unauthenticated bind (RFC 4513 5.1.2): many servers,
+            // Active Directory among them, let it through as anonymous.
+            return bad("bind_dn is set without a bind_password: that bind would be unauthenticated \
+                 (anonymous); set bind_password, or remove bind_dn for an explicit anonymous bind"
+                .into());
+        }
+        if !self.allow_plaintext && self.tls.mode != Some(TlsMode::None) {
+            let clear = self.server_uris.iter().find(|uri| sends_passwords_in_clear(uri, &self.tls));
+            if let Some(uri) = clear {
+                return bad(format!(
+                    "server URI {} would send passwords in clear text (ldap:// without StartTLS to a \
+                     host that is not loopback): set tls.mode = \"start_tls\", use ldaps://, or accept \
+                     it explicitly with tls.mode = \"none\" or allow_plaintext = true",
+                    shown_uri(uri)
+                ));
+            }
         }
         if let Some(dn) = &self.bind_dn {
             check_dn("bind_dn", dn)?;
@@ -520,16 +580,50 @@ impl LdapConfig {
         if self.max_group_depth == 0 {
             return bad("max_group_depth must be at least 1".into());
         }
+        if self.max_deactivate_percent > 100 {
+            return bad(format!("max_deactivate_percent {} is above 100", self.max_deactivate_percent));
+        }
         Ok(())
+    }
+
+    /// The `ldap://` URIs to which passwords go in clear (no StartTLS, not loopback): empty
+    /// unless plaintext was allowed explicitly, since [`LdapConfig::validate`] refuses them.
+    pub(crate) fn plaintext_uris(&self) -> impl Iterator<Item = String> + '_ {
+        self.server_uris.iter().filter(|uri| sends_passwords_in_clear(uri, &self.tls)).map(|uri| shown_uri(uri))
+    }
+}
+
+/// Whether a bind over `uri` puts the password on the network unencrypted: an `ldap://` URI
+/// without StartTLS whose host is not loopback (127.0.0.0/8, `::1`, `localhost`). `ldaps://`
+/// is TLS from the start, and `ldapi://` (a Unix socket) never leaves the machine.
+fn sends_passwords_in_clear(uri: &str, tls: &TlsConfig) -> bool {
+    let Some(rest) = uri.strip_prefix("ldap://") else { return false };
+    if tls.uses_start_tls() {
+        return false;
+    }
+    let hostport = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = if let Some(v6) = hostport.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        hostport.rsplit_once(':').map_or(hostport, |(h, _)| h)
+    };
+    let loopback =
+        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    !loopback
+}
+
+/// A URI as it may be shown in errors and logs: scheme and host only, since whatever follows
+/// may hold a password (an `X-BINDPW` extension).
+fn shown_uri(uri: &str) -> String {
+    match uri.find("://") {
+        Some(i) => uri[..i + 3].chars().chain(uri[i + 3..].chars().take_while(|c| !"/?@#".contains(*c))).collect(),
+        None => uri.chars().take_while(|c| !"/?@#".contains(*c)).take(16).collect(),
     }
 }
 
 fn check_uri(uri: &str) -> Result<(), Error> {
     // Quote only up to the host: whatever follows may hold a password.
-    let shown: String = match uri.find("://") {
-        Some(i) => uri[..i + 3].chars().chain(uri[i + 3..].chars().take_while(|c| !"/?@#".contains(*c))).collect(),
-        None => uri.chars().take_while(|c| !"/?@#".contains(*c)).take(16).collect(),
-    };
+    let shown = shown_uri(uri);
     let bad = || Error::Config(format!("server URI {shown:?} must be ldap://host[:port] or ldaps://host[:port]"));
     let rest = uri.strip_prefix("ldap://").or_else(|| uri.strip_prefix("ldaps://")).ok_or_else(bad)?;
     let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -576,6 +670,13 @@ impl LdapConfigBuilder {
     pub fn bind(mut self, dn: impl Into<String>, password: impl Into<Secret>) -> Self {
         self.0.bind_dn = Some(dn.into());
         self.0.bind_password = Some(password.into());
+        self
+    }
+
+    /// Accept passwords in clear over `ldap://` to non-loopback hosts (see
+    /// [`LdapConfig::allow_plaintext`]).
+    pub fn allow_plaintext(mut self, allow: bool) -> Self {
+        self.0.allow_plaintext = allow;
         self
     }
 
@@ -701,6 +802,13 @@ impl LdapConfigBuilder {
         self
     }
 
+    /// The most the bulk sync deactivates as missing in one run, in percent of the active
+    /// LDAP-owned users (see [`LdapConfig::max_deactivate_percent`]).
+    pub fn max_deactivate_percent(mut self, percent: u8) -> Self {
+        self.0.max_deactivate_percent = percent;
+        self
+    }
+
     /// Validates and returns the configuration.
     ///
     /// # Errors
@@ -756,7 +864,10 @@ mod tests {
 
     #[test]
     fn ralph_settings_load_with_defaults() {
-        let c = LdapConfig::from_toml_str(RALPH).expect("valid");
+        // Ralph's URI is plain ldap:// to a remote host: refused unless plaintext is accepted.
+        let err = LdapConfig::from_toml_str(RALPH).expect_err("plaintext accepted silently");
+        assert!(matches!(err, Error::Config(ref m) if m.contains("clear text")), "{err}");
+        let c = LdapConfig::from_toml_str(&format!("allow_plaintext = true\n{RALPH}")).expect("valid");
         assert_eq!(c.server_uris, ["ldap://activedirectory.domain:389"]);
         assert_eq!(c.bind_password.as_ref().map(Secret::expose), Some("s3cret-bind"));
         assert_eq!(c.group_type, GroupType::GroupOfNames);
@@ -770,7 +881,7 @@ mod tests {
     #[test]
     fn invalid_settings_are_typed_errors_without_the_password() {
         // (top-level lines replacing the defaults, extra tables, expected words in the error)
-        let uris = "server_uris = [\"ldap://h\"]\nbind_dn = \"cn=svc,dc=x\"\nbind_password = \"s3cret-bind\"";
+        let uris = "server_uris = [\"ldaps://h\"]\nbind_dn = \"cn=svc,dc=x\"\nbind_password = \"s3cret-bind\"";
         let search = "[user_search]\nbase = \"dc=x\"\nfilter = \"(uid=%(user)s)\"";
         let cases = [
             ("server_uris = []", search, "server_uris"),
@@ -790,6 +901,12 @@ mod tests {
             (uris, &format!("{search}\n[group_mapping]\n\"not a dn\" = \"active\""), "group_mapping"),
             (uris, &format!("{search}\n[group_mapping]\n\"cn=g,dc=x\" = \"  \""), "group_mapping"),
             (uris, &format!("{search}\n[tls]\nca_file = \"/nonexistent/ca.pem\""), "ca_file"),
+            ("server_uris = [\"ldaps://h\"]\nbind_dn = \"cn=svc,dc=x\"", search, "without a bind_password"),
+            ("server_uris = [\"ldaps://h\"]\nbind_dn = \"cn=svc,dc=x\"\nbind_password = \"\"", search, "bind_password"),
+            ("server_uris = [\"ldap://ldap.example.com\"]", search, "clear text"),
+            ("server_uris = [\"ldaps://h\", \"ldap://10.1.2.3:389\"]", search, "ldap://10.1.2.3:389"),
+            ("server_uris = [\"ldap://[2001:db8::1]\"]", &format!("{search}\n[tls]\nverify = true"), "clear text"),
+            (&format!("{uris}\nmax_deactivate_percent = 101"), search, "max_deactivate_percent"),
         ];
         for (top, tables, expect) in cases {
             let text = format!("{top}\n{tables}\n");
@@ -801,6 +918,32 @@ mod tests {
         }
         let ok = format!("{uris}\n{search}\n");
         assert!(LdapConfig::from_toml_str(&ok).is_ok());
+    }
+
+    #[test]
+    fn plaintext_is_an_explicit_choice_except_on_loopback() {
+        let search = "[user_search]\nbase = \"dc=x\"\nfilter = \"(uid=%(user)s)\"";
+        let load = |top: &str, tls: &str| LdapConfig::from_toml_str(&format!("{top}\n{search}\n{tls}\n"));
+        let remote = "server_uris = [\"ldap://ldap.example.com:389\"]";
+        assert!(load(remote, "").is_err(), "silent plaintext");
+        assert!(load(remote, "[tls]\nverify = true").is_err(), "a [tls] table without mode is not a choice");
+        assert!(load(remote, "[tls]\nmode = \"none\"").is_ok(), "explicit mode = none");
+        assert!(load(&format!("{remote}\nallow_plaintext = true"), "").is_ok(), "allow_plaintext");
+        assert!(load(remote, "[tls]\nmode = \"start_tls\"").is_ok(), "StartTLS");
+        for uri in [
+            "ldaps://ldap.example.com",
+            "ldap://127.0.0.1:389",
+            "ldap://127.8.9.10",
+            "ldap://[::1]:389",
+            "ldap://LOCALHOST",
+        ] {
+            assert!(load(&format!("server_uris = [\"{uri}\"]"), "").is_ok(), "{uri} refused");
+        }
+        let built =
+            LdapConfig::builder(["ldap://ldap.example.com"]).user_search("dc=x", Scope::Subtree, "(uid={user})");
+        assert!(matches!(built.clone().build(), Err(Error::Config(_))));
+        assert!(built.clone().allow_plaintext(true).build().is_ok());
+        assert!(built.tls(TlsConfig::start_tls(None)).build().is_ok());
     }
 
     #[test]
@@ -830,9 +973,9 @@ mod tests {
             .expect("valid");
         assert_eq!(built.group_mapping.get("cn=admins,dc=x").map(String::as_str), Some("superuser"));
         assert_eq!(built.cache_ttl_secs, 0);
-        assert!(LdapConfig::builder(["ldap://h"]).build().is_err(), "no user search accepted");
+        assert!(LdapConfig::builder(["ldaps://h"]).build().is_err(), "no user search accepted");
         assert!(
-            LdapConfig::builder(["ldap://h"]).user_dn_template("uid=%(user)s,dc=x").build().is_ok(),
+            LdapConfig::builder(["ldaps://h"]).user_dn_template("uid=%(user)s,dc=x").build().is_ok(),
             "dn template refused"
         );
     }

@@ -17,7 +17,7 @@ use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, ResultEntry};
 use ralph_core::Secret;
 use tracing::{debug, warn};
 
-use crate::config::{LdapConfig, TlsMode};
+use crate::config::LdapConfig;
 use crate::{Error, Result, TRACE_TARGET};
 
 /// One directory entry: its DN and text attributes (names as the server spelled them).
@@ -116,7 +116,11 @@ impl Connector {
             builder.danger_accept_invalid_certs(true).danger_accept_invalid_hostnames(true);
         }
         let tls = builder.build().map_err(|e| Error::Config(format!("TLS setup failed: {e}")))?;
-        let starttls = config.tls.mode == TlsMode::StartTls;
+        let starttls = config.tls.uses_start_tls();
+        for uri in config.plaintext_uris() {
+            // Allowed explicitly (validate refuses it otherwise), but never silent.
+            warn!(target: TRACE_TARGET, uri = %uri, "passwords go to this server in clear text (allowed by configuration)");
+        }
         let settings = LdapConnSettings::new()
             .set_conn_timeout(config.connect_timeout())
             .set_connector(tls)

@@ -139,6 +139,24 @@ pub fn display_name(value: &str) -> Option<String> {
     }
 }
 
+/// The attribute of a DN template's first RDN when its value is the bare placeholder: `uid` in
+/// `uid=%(user)s,ou=people,dc=example,dc=com`; `None` for `cn=x-{user},...`.
+#[must_use]
+pub fn template_attr(template: &str) -> Option<&str> {
+    let (attr, value) = template.split_once('=')?;
+    let attr = attr.trim();
+    let is_attr = attr.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && attr.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let value = value.trim_start();
+    let bare = crate::filter::PLACEHOLDERS.iter().any(|p| {
+        value.strip_prefix(p).is_some_and(|after| {
+            let after = after.trim_start();
+            after.is_empty() || after.starts_with([',', '+', ';'])
+        })
+    });
+    (is_attr && bare).then_some(attr)
+}
+
 /// Escapes a string for use as an attribute value in a DN (RFC 4514 section 2.4): `"`, `+`,
 /// `,`, `;`, `<`, `>`, `\` and `=` always, a leading `#` or space, a trailing space, NUL and other
 /// control characters as `\XX` hex.
@@ -343,6 +361,16 @@ mod tests {
 
     fn name(dn: &str) -> Option<String> {
         display_name(dn)
+    }
+
+    #[test]
+    fn template_rdn_attribute() {
+        assert_eq!(template_attr("uid=%(user)s,ou=people,dc=x"), Some("uid"));
+        assert_eq!(template_attr("CN = {user} , OU=x"), Some("CN"));
+        assert_eq!(template_attr("uid={user}"), Some("uid"));
+        assert_eq!(template_attr("cn=x-{user},dc=x"), None);
+        assert_eq!(template_attr("cn={user}-x,dc=x"), None);
+        assert_eq!(template_attr("ou=people,uid={user}"), None);
     }
 
     #[test]

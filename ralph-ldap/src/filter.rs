@@ -30,9 +30,40 @@ pub fn has_placeholder(template: &str) -> bool {
 
 /// Replaces every user placeholder in `template` with `value`, which the caller has already
 /// escaped for where the template goes (a filter or a DN).
+///
+/// One pass over the template: the inserted value is never scanned again, so a login that
+/// itself contains `{user}` or `%(user)s` is taken literally (replacing one placeholder after
+/// the other would expand the second inside the value the first put there).
 #[must_use]
 pub fn fill(template: &str, value: &str) -> String {
-    PLACEHOLDERS.iter().fold(template.to_owned(), |acc, p| acc.replace(p, value))
+    let mut out = String::with_capacity(template.len() + value.len());
+    let mut rest = template;
+    while !rest.is_empty() {
+        if let Some(p) = PLACEHOLDERS.iter().find(|p| rest.starts_with(**p)) {
+            out.push_str(value);
+            rest = &rest[p.len()..];
+        } else if let Some(c) = rest.chars().next() {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
+}
+
+/// The attribute a filter template compares the bare placeholder with: `sAMAccountName` in
+/// `(&(objectClass=user)(sAMAccountName=%(user)s))`; the first such item when there are
+/// several. `None` when the placeholder only appears inside a larger value (`uid=x-{user}`) or
+/// in another kind of assertion (`~=`, extensible matches).
+#[must_use]
+pub fn placeholder_attr(template: &str) -> Option<&str> {
+    template.match_indices('(').find_map(|(open, _)| {
+        let item = &template[open + 1..];
+        let (attr, value) = item.split_once('=')?;
+        let is_attr = attr.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && attr.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b';');
+        let bare = PLACEHOLDERS.iter().any(|p| value.strip_prefix(p).is_some_and(|after| after.starts_with(')')));
+        (is_attr && bare).then_some(attr)
+    })
 }
 
 /// Wraps a filter in parentheses when it is a bare `attr=value` item.
@@ -82,6 +113,27 @@ mod tests {
         assert!(has_placeholder(t) && has_placeholder("uid={user}") && !has_placeholder("(uid=x)"));
         assert_eq!(fill(t, "bob"), "(&(objectClass=*)(sAMAccountName=bob))");
         assert_eq!(fill("uid={user}", "x"), "uid=x");
+        assert_eq!(fill("{user}%(user)s{user", "ł"), "łł{user");
+    }
+
+    #[test]
+    fn the_attribute_compared_with_the_placeholder() {
+        assert_eq!(placeholder_attr("(&(objectClass=*)(sAMAccountName=%(user)s))"), Some("sAMAccountName"));
+        assert_eq!(placeholder_attr("(uid={user})"), Some("uid"));
+        assert_eq!(placeholder_attr("(|(mail=x)(uid={user})(cn={user}))"), Some("uid"));
+        assert_eq!(placeholder_attr("(userPrincipalName={user}@corp.example)"), None);
+        assert_eq!(placeholder_attr("(uid~={user})"), None);
+        assert_eq!(placeholder_attr("(uid:caseExactMatch:={user})"), None);
+        assert_eq!(placeholder_attr("uid={user}"), None, "validated filters are parenthesized first");
+    }
+
+    #[test]
+    fn placeholders_inside_the_value_are_literal() {
+        // The value is inserted once and never expanded again, whichever placeholder it holds.
+        assert_eq!(fill("(uid=%(user)s)", "a{user}b"), "(uid=a{user}b)");
+        assert_eq!(fill("(uid={user})", "a%(user)sb"), "(uid=a%(user)sb)");
+        assert_eq!(fill("(|(cn=%(user)s)(uid={user}))", "{user}"), "(|(cn={user})(uid={user}))");
+        assert_eq!(fill("uid=%(user)s,dc=x", "%(user)s{user}"), "uid=%(user)s{user},dc=x");
         assert_eq!(and(&["(a=1)", "", "b=2"]), "(&(a=1)(b=2))");
         assert_eq!(and(&["(a=1)"]), "(a=1)");
         assert_eq!(and(&[]), "(objectClass=*)");
@@ -103,6 +155,13 @@ mod tests {
             prop_assert_eq!(unescaped_meta.matches(')').count(), 3);
             prop_assert!(!value.contains('*') || !unescaped_meta.contains(&value), "wildcard survived");
             prop_assert!(!escape(&value).contains('*'));
+        }
+
+        /// Filling is one substitution per placeholder in the template, whatever the value.
+        #[test]
+        fn fill_inserts_the_value_verbatim(value in "(\\{user\\}|%\\(user\\)s|[a-z{}()%]){0,8}") {
+            prop_assert_eq!(fill("(uid=%(user)s)", &value), format!("(uid={value})"));
+            prop_assert_eq!(fill("[{user}|%(user)s]", &value), format!("[{value}|{value}]"));
         }
     }
 }

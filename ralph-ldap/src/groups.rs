@@ -20,8 +20,30 @@ pub const AD_CAPABILITY: &str = "1.2.840.113556.1.4.800";
 pub struct LdapGroup {
     /// The group's DN as the server wrote it.
     pub dn: String,
-    /// Its name (the `group_name_attr` value).
-    pub name: String,
+    /// Its name (the `group_name_attr` value), when known without another round trip: from
+    /// the search result or the DN's first RDN. `None` is a group whose name could not be read
+    /// (an ACL may hide it): it still counts for every DN-based rule.
+    pub name: Option<String>,
+}
+
+impl LdapGroup {
+    /// A group known by DN, named from its first RDN when that is the name attribute. A DN
+    /// that does not parse is an error: it cannot be compared with the deny group, so it must
+    /// not be passed over.
+    fn from_dn(group_dn: &str, name_attr: &str) -> Result<Self> {
+        let parsed = dn::Dn::parse(group_dn).map_err(|e| Error::Protocol(format!("group DN {group_dn:?}: {e}")))?;
+        let name = parsed.first().and_then(|rdn| rdn.value_of(name_attr)).map(str::to_owned);
+        Ok(Self { dn: group_dn.to_owned(), name })
+    }
+
+    /// A group from a search result: named by the attribute when the server returned it, else
+    /// as [`LdapGroup::from_dn`].
+    fn from_entry(entry: crate::conn::Entry, name_attr: &str) -> Result<Self> {
+        match entry.first(name_attr).map(str::to_owned) {
+            Some(name) => Ok(Self { dn: entry.dn, name: Some(name) }),
+            None => Self::from_dn(&entry.dn, name_attr),
+        }
+    }
 }
 
 /// Caches each user's resolved groups for the configured TTL (django-auth-ldap's
@@ -74,9 +96,10 @@ pub(crate) trait Directory {
     ) -> Result<Vec<crate::conn::Entry>>;
 }
 
-/// Resolves a user's groups per the configuration. `direct_member_of` holds the user entry's
-/// `memberOf` values when the group type is [`GroupType::MemberOf`]; `use_matching_rule` says
-/// whether the in-chain rule is to be used for nesting.
+/// Resolves a user's groups per the configuration: every group found, named or not (the
+/// require/deny/mapping rules go by DN; see [`name_all`] for names). `direct_member_of` holds
+/// the user entry's `memberOf` values when the group type is [`GroupType::MemberOf`];
+/// `use_matching_rule` says whether the in-chain rule is to be used for nesting.
 pub(crate) async fn resolve<D: Directory>(
     config: &LdapConfig,
     directory: &D,
@@ -96,7 +119,7 @@ pub(crate) async fn resolve<D: Directory>(
         };
         let f = filter::and(&[&search.filter, &format!("({member}:{IN_CHAIN_RULE}:={})", filter::escape(user_dn))]);
         let entries = directory.search(&search.base, search.scope.into(), &f, &[name_attr]).await?;
-        return Ok(entries.into_iter().filter_map(|e| named(e, name_attr)).collect());
+        return entries.into_iter().map(|e| LdapGroup::from_entry(e, name_attr)).collect();
     }
 
     // Direct groups first.
@@ -104,7 +127,7 @@ pub(crate) async fn resolve<D: Directory>(
     match config.group_type {
         GroupType::MemberOf => {
             for group_dn in direct_member_of {
-                groups.push(group_named(directory, group_dn, name_attr).await?);
+                groups.push(LdapGroup::from_dn(group_dn, name_attr)?);
             }
         }
         GroupType::GroupOfNames | GroupType::Posix => {
@@ -117,7 +140,9 @@ pub(crate) async fn resolve<D: Directory>(
             };
             let f = filter::and(&[&search.filter, &item]);
             let entries = directory.search(&search.base, search.scope.into(), &f, &[name_attr]).await?;
-            groups.extend(entries.into_iter().filter_map(|e| named(e, name_attr)));
+            for entry in entries {
+                groups.push(LdapGroup::from_entry(entry, name_attr)?);
+            }
         }
     }
     if !nested {
@@ -150,13 +175,7 @@ async fn parents_of<D: Directory>(config: &LdapConfig, directory: &D, group_dn: 
         GroupType::MemberOf => {
             let attr = config.member_of_attr.as_str();
             let entries = directory.search(group_dn, ldap3::Scope::Base, "(objectClass=*)", &[attr]).await?;
-            let mut parents = Vec::new();
-            for entry in entries {
-                for parent in entry.values(attr) {
-                    parents.push(group_named(directory, parent, name_attr).await?);
-                }
-            }
-            Ok(parents)
+            entries.iter().flat_map(|e| e.values(attr)).map(|parent| LdapGroup::from_dn(parent, name_attr)).collect()
         }
         GroupType::GroupOfNames => {
             let search =
@@ -164,33 +183,25 @@ async fn parents_of<D: Directory>(config: &LdapConfig, directory: &D, group_dn: 
             let item = format!("({}={})", config.group_member_attr, filter::escape(group_dn));
             let f = filter::and(&[&search.filter, &item]);
             let entries = directory.search(&search.base, search.scope.into(), &f, &[name_attr]).await?;
-            Ok(entries.into_iter().filter_map(|e| named(e, name_attr)).collect())
+            entries.into_iter().map(|e| LdapGroup::from_entry(e, name_attr)).collect()
         }
         GroupType::Posix => Ok(Vec::new()),
     }
 }
 
-/// A group known by DN: named from its first RDN when that is the name attribute (no
-/// round trip), else read from the directory.
-async fn group_named<D: Directory>(directory: &D, group_dn: &str, name_attr: &str) -> Result<LdapGroup> {
-    let parsed = dn::Dn::parse(group_dn).map_err(|e| Error::Protocol(format!("group DN {group_dn:?}: {e}")))?;
-    if let Some(name) = parsed.first().and_then(|rdn| rdn.value_of(name_attr)) {
-        return Ok(LdapGroup { dn: group_dn.to_owned(), name: name.to_owned() });
-    }
-    let entries = directory.search(group_dn, ldap3::Scope::Base, "(objectClass=*)", &[name_attr]).await?;
-    entries
-        .into_iter()
-        .find_map(|e| named(e, name_attr))
-        .ok_or_else(|| Error::Protocol(format!("group {group_dn:?} has no {name_attr}")))
-}
-
-fn named(entry: crate::conn::Entry, name_attr: &str) -> Option<LdapGroup> {
-    let name = entry.first(name_attr).map(str::to_owned);
-    match name {
-        Some(name) => Some(LdapGroup { dn: entry.dn, name }),
-        None => {
-            debug!(target: TRACE_TARGET, group = %entry.dn, "group has no name attribute, ignored");
-            None
+/// Names every group not named yet by reading its `group_name_attr`; only needed when group
+/// names become roles (no mapping). A group whose name cannot be read is an error: the login
+/// fails closed rather than go on with roles silently missing.
+pub(crate) async fn name_all<D: Directory>(config: &LdapConfig, directory: &D, groups: &mut [LdapGroup]) -> Result<()> {
+    let name_attr = config.group_name_attr.as_str();
+    for group in groups.iter_mut().filter(|g| g.name.is_none()) {
+        let entries = directory.search(&group.dn, ldap3::Scope::Base, "(objectClass=*)", &[name_attr]).await?;
+        let name = entries.iter().find_map(|e| e.first(name_attr)).map(str::to_owned);
+        if name.is_none() {
+            debug!(target: TRACE_TARGET, group = %group.dn, "group name not readable");
+            return Err(Error::Protocol(format!("group {:?} has no readable {name_attr}", group.dn)));
         }
+        group.name = name;
     }
+    Ok(())
 }

@@ -50,7 +50,7 @@ pub use config::{
 };
 pub use conn::Entry;
 pub use error::{Error, Result};
-pub use sync::SyncReport;
+pub use sync::{SyncOptions, SyncReport};
 
 /// The tracing target of every event this crate emits.
 pub const TRACE_TARGET: &str = "ralph::ldap";

@@ -8,7 +8,7 @@ use tracing::debug;
 use crate::config::LdapConfig;
 use crate::conn::Entry;
 use crate::groups::LdapGroup;
-use crate::{Error, Result, TRACE_TARGET, dn};
+use crate::{Error, Result, TRACE_TARGET, dn, filter};
 
 /// The configuration's group rules with every DN normalised once, at start.
 #[derive(Debug, Clone, Default)]
@@ -28,8 +28,8 @@ pub(crate) enum Verdict {
     MissingRequired,
     /// In the denied group.
     Denied,
-    /// Allowed so far, with these roles and extra flags (active, staff, superuser).
-    Roles(Vec<Group>, [bool; 3]),
+    /// Allowed so far, with these extra flags (active, staff, superuser).
+    Allowed([bool; 3]),
 }
 
 impl GroupRules {
@@ -50,9 +50,9 @@ impl GroupRules {
         })
     }
 
-    /// Applies require/deny, then maps groups to roles: with a mapping, only mapped groups
-    /// count; without one, group names are used as they are (so an LDAP group called `active`
-    /// is Ralph's `active` role).
+    /// Applies require/deny and `flags_by_group`. Every rule names groups by DN, so this looks
+    /// at every group found, named or not: a group whose name the service account cannot
+    /// read (an ACL hiding `cn`) still denies, requires and sets flags.
     pub(crate) fn decide(&self, groups: &[LdapGroup]) -> Verdict {
         let dns: HashSet<String> = groups.iter().map(|g| dn::normalize(&g.dn)).collect();
         if let Some(required) = &self.require
@@ -65,10 +65,26 @@ impl GroupRules {
         {
             return Verdict::Denied;
         }
+        let any = |set: &HashSet<String>| !set.is_disjoint(&dns);
+        Verdict::Allowed([any(&self.active), any(&self.staff), any(&self.superuser)])
+    }
+
+    /// Whether roles come from group names (no mapping configured), so groups must be named
+    /// before [`GroupRules::roles`].
+    pub(crate) fn needs_names(&self) -> bool {
+        self.mapping.is_empty()
+    }
+
+    /// Maps groups to roles: with a mapping, by DN, and only mapped groups count; without one,
+    /// group names are used as they are (so an LDAP group called `active` is Ralph's `active`
+    /// role). Unnamed groups give no role: the caller names them first (see
+    /// [`GroupRules::needs_names`]), failing the login when it cannot.
+    pub(crate) fn roles(&self, groups: &[LdapGroup]) -> Vec<Group> {
         let mut roles = BTreeSet::new();
         if self.mapping.is_empty() {
             for group in groups {
-                match Group::new(&group.name) {
+                let Some(name) = &group.name else { continue };
+                match Group::new(name) {
                     Ok(role) => {
                         roles.insert(role);
                     }
@@ -78,10 +94,67 @@ impl GroupRules {
                 }
             }
         } else {
-            roles.extend(dns.iter().filter_map(|d| self.mapping.get(d).cloned()));
+            roles.extend(groups.iter().filter_map(|g| self.mapping.get(&dn::normalize(&g.dn)).cloned()));
         }
-        let any = |set: &HashSet<String>| !set.is_disjoint(&dns);
-        Verdict::Roles(roles.into_iter().collect(), [any(&self.active), any(&self.staff), any(&self.superuser)])
+        roles.into_iter().collect()
+    }
+}
+
+/// Where the stored username comes from: the attribute holding the login name, or (when no
+/// attribute can be told from the configuration) the entry's RDN value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NameSource {
+    /// `username_attr`, or the attribute the user search filter / DN template puts the login in.
+    Attr(String),
+    /// The value of the entry's first RDN.
+    Rdn,
+}
+
+impl NameSource {
+    pub(crate) fn new(config: &LdapConfig) -> Self {
+        let inferred = config
+            .user_search
+            .as_ref()
+            .and_then(|s| filter::placeholder_attr(&filter::parenthesize(&s.filter)).map(str::to_owned))
+            .or_else(|| config.user_dn_template.as_deref().and_then(dn::template_attr).map(str::to_owned));
+        config.username_attr.clone().or(inferred).map_or(Self::Rdn, Self::Attr)
+    }
+
+    /// The attribute to ask for, if any.
+    pub(crate) fn attr(&self) -> Option<&str> {
+        match self {
+            Self::Attr(a) => Some(a),
+            Self::Rdn => None,
+        }
+    }
+
+    /// The entry's username in the directory's spelling, the same whichever spelling was typed
+    /// and for a login and the bulk sync alike: the RDN value when the RDN is the username
+    /// attribute (unique under its parent, and stable), else the attribute's first value.
+    pub(crate) fn username(&self, entry: &Entry) -> Option<String> {
+        let parsed = dn::Dn::parse(&entry.dn).ok();
+        let rdn = parsed.as_ref().and_then(dn::Dn::first);
+        let name = match self {
+            Self::Attr(attr) => rdn
+                .and_then(|r| r.value_of(attr))
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .or_else(|| entry.first(attr)),
+            Self::Rdn => rdn.and_then(|r| r.0.first()).map(|a| a.value.trim()).filter(|v| !v.is_empty()),
+        };
+        name.map(str::to_owned)
+    }
+
+    /// Whether the entry holds `login` as a login name (case-insensitive): a filter that
+    /// matched on something else (another branch of an OR) must not log in under this name.
+    /// The RDN counts too, for a server that lets the attribute be searched but not read.
+    pub(crate) fn carries(&self, entry: &Entry, login: &str) -> bool {
+        let wanted = login.to_lowercase();
+        let in_values = match self {
+            Self::Attr(attr) => entry.values(attr).iter().any(|v| v.trim().to_lowercase() == wanted),
+            Self::Rdn => false,
+        };
+        in_values || self.username(entry).is_some_and(|v| v.to_lowercase() == wanted)
     }
 }
 
@@ -151,12 +224,13 @@ pub(crate) fn profile(config: &LdapConfig, entry: &Entry) -> Option<Profile> {
 }
 
 /// The attributes a user lookup has to ask for.
-pub(crate) fn user_attributes(config: &LdapConfig) -> Vec<String> {
+pub(crate) fn user_attributes(config: &LdapConfig, names: &NameSource) -> Vec<String> {
     let map = &config.user_attr_map;
-    let mut attrs: Vec<String> = [&map.first_name, &map.last_name, &map.email, &config.username_attr]
+    let mut attrs: Vec<String> = [&map.first_name, &map.last_name, &map.email]
         .into_iter()
         .flatten()
         .cloned()
+        .chain(names.attr().map(str::to_owned))
         .chain(config.profile_attr_map.attributes().map(str::to_owned))
         .collect();
     if config.group_type == crate::config::GroupType::MemberOf {
@@ -176,7 +250,7 @@ mod tests {
     use super::*;
 
     fn config() -> LdapConfig {
-        LdapConfig::builder(["ldap://h"])
+        LdapConfig::builder(["ldaps://h"])
             .user_search("dc=x", crate::Scope::Subtree, "(uid=%(user)s)")
             .map_group("CN=_gr_ralph,OU=Other,DC=x", "active")
             .map_group("cn=admins,dc=x", "superuser")
@@ -186,15 +260,34 @@ mod tests {
     }
 
     fn g(dn: &str, name: &str) -> LdapGroup {
-        LdapGroup { dn: dn.into(), name: name.into() }
+        LdapGroup { dn: dn.into(), name: Some(name.into()) }
+    }
+
+    fn unnamed(dn: &str) -> LdapGroup {
+        LdapGroup { dn: dn.into(), name: None }
     }
 
     #[test]
     fn mapping_ignores_unmapped_and_compares_dns_normalised() {
         let rules = GroupRules::new(&config()).expect("rules");
-        let verdict = rules.decide(&[g("cn=_GR_RALPH, ou=other, dc=X", "_gr_ralph"), g("cn=coffee,dc=x", "coffee")]);
-        assert_eq!(verdict, Verdict::Roles(vec![Group::new("active").expect("valid")], [false; 3]));
+        let groups = [g("cn=_GR_RALPH, ou=other, dc=X", "_gr_ralph"), g("cn=coffee,dc=x", "coffee")];
+        assert_eq!(rules.decide(&groups), Verdict::Allowed([false; 3]));
+        assert_eq!(rules.roles(&groups), vec![Group::new("active").expect("valid")]);
         assert_eq!(rules.decide(&[g("CN=Banned,DC=X", "banned")]), Verdict::Denied);
+    }
+
+    #[test]
+    fn unnamed_groups_still_deny_require_map_and_flag() {
+        let mut c = config();
+        c.require_group = Some("cn=users,dc=x".into());
+        c.flags_by_group.is_staff = vec!["cn=it,dc=x".into()];
+        let rules = GroupRules::new(&c).expect("rules");
+        let users = unnamed("cn=users,dc=x");
+        assert_eq!(rules.decide(&[users.clone(), unnamed("cn=banned,dc=x")]), Verdict::Denied);
+        assert_eq!(rules.decide(&[unnamed("cn=it,dc=x")]), Verdict::MissingRequired);
+        let groups = [users, unnamed("cn=it,dc=x"), unnamed("cn=_gr_ralph,ou=other,dc=x")];
+        assert_eq!(rules.decide(&groups), Verdict::Allowed([false, true, false]));
+        assert_eq!(rules.roles(&groups), vec![Group::new("active").expect("valid")]);
     }
 
     #[test]
@@ -205,12 +298,47 @@ mod tests {
         c.require_group = Some("cn=staff,dc=x".into());
         let rules = GroupRules::new(&c).expect("rules");
         assert_eq!(rules.decide(&[g("cn=active,dc=x", "active")]), Verdict::MissingRequired);
-        let Verdict::Roles(roles, _) = rules.decide(&[g("cn=active,dc=x", "active"), g("cn=staff,dc=x", "staff")])
-        else {
-            panic!("refused")
-        };
+        let groups = [g("cn=active,dc=x", "active"), g("cn=staff,dc=x", "staff")];
+        assert!(rules.needs_names());
+        assert_eq!(rules.decide(&groups), Verdict::Allowed([false; 3]));
+        let roles = rules.roles(&groups);
         let mut user = User::new("u").expect("valid");
         apply_role_flags(&mut user, &roles);
         assert!(user.is_active && user.is_staff && !user.is_superuser);
+    }
+
+    fn entry(dn: &str, attrs: &[(&str, &[&str])]) -> Entry {
+        Entry {
+            dn: dn.into(),
+            attrs: attrs.iter().map(|(a, v)| ((*a).to_owned(), v.iter().map(|s| (*s).to_owned()).collect())).collect(),
+        }
+    }
+
+    #[test]
+    fn username_source_is_configured_or_inferred() {
+        let mut c = config();
+        assert_eq!(NameSource::new(&c), NameSource::Attr("uid".into()), "from the user search filter");
+        c.username_attr = Some("sAMAccountName".into());
+        assert_eq!(NameSource::new(&c), NameSource::Attr("sAMAccountName".into()), "configured wins");
+        c.username_attr = None;
+        c.user_search = None;
+        c.user_dn_template = Some("cn=%(user)s,ou=people,dc=x".into());
+        assert_eq!(NameSource::new(&c), NameSource::Attr("cn".into()), "from the DN template");
+        c.user_dn_template = Some("cn=u-%(user)s,ou=people,dc=x".into());
+        assert_eq!(NameSource::new(&c), NameSource::Rdn);
+    }
+
+    #[test]
+    fn usernames_are_the_directory_spelling() {
+        let uid = NameSource::Attr("uid".into());
+        let e = entry("uid=Alice,ou=people,dc=x", &[("UID", &["anowak", "Alice"])]);
+        assert_eq!(uid.username(&e).as_deref(), Some("Alice"), "the RDN value, not the first one");
+        assert!(uid.carries(&e, "ALICE") && uid.carries(&e, "ANowak") && !uid.carries(&e, "alic"));
+        let sam = NameSource::Attr("sAMAccountName".into());
+        let e = entry("CN=Smith\\, John,OU=x,DC=x", &[("sAMAccountName", &[" jsmith "])]);
+        assert_eq!(sam.username(&e).as_deref(), Some("jsmith"));
+        assert_eq!(NameSource::Rdn.username(&e).as_deref(), Some("Smith, John"));
+        assert!(NameSource::Rdn.carries(&e, "smith, JOHN") && !NameSource::Rdn.carries(&e, "jsmith"));
+        assert_eq!(sam.username(&entry("cn=x,dc=x", &[])), None);
     }
 }

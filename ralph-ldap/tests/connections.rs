@@ -2,11 +2,9 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{fixture, ralph_config, store};
+use common::{Captured, fixture, ralph_config, store};
 use ralph_core::{AuthBackend, AuthError, AuthOutcome, Credentials, UserStore};
 use ralph_ldap::{LdapBackend, LdapConfig, TlsConfig, TlsMode};
 use ralph_store::SqliteStore;
@@ -21,7 +19,7 @@ async fn alice(b: &LdapBackend<SqliteStore>) -> Result<AuthOutcome, AuthError> {
 }
 
 fn tls(mode: TlsMode, ca: &str, verify: bool) -> TlsConfig {
-    TlsConfig { mode, ca_file: Some(ca.into()), verify }
+    TlsConfig { mode: Some(mode), ca_file: Some(ca.into()), verify }
 }
 
 #[tokio::test]
@@ -61,7 +59,7 @@ async fn wrong_ca_fails_verification_unless_explicitly_disabled() {
         // The system store does not know the test CA either: verification is on by default.
         let mut c = ralph_config(&fx);
         c.server_uris = vec![uri.clone()];
-        c.tls = TlsConfig { mode, ca_file: None, verify: true };
+        c.tls = TlsConfig { mode: Some(mode), ca_file: None, verify: true };
         let (b, _d) = backend(c).await;
         assert!(alice(&b).await.is_err(), "{uri}: an unknown CA was trusted");
 
@@ -123,30 +121,10 @@ async fn silent_servers_time_out_cleanly() {
     drop(silent);
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn passwords_never_reach_logs_debug_or_errors() {
     let Some(fx) = fixture() else { return };
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::start();
 
     let user_pw = "alice-pw";
     let wrong_pw = "Very-Wrong-Password-42";
@@ -177,7 +155,7 @@ async fn passwords_never_reach_logs_debug_or_errors() {
     }
     texts.push(chain);
 
-    let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+    let logs = captured.text();
     assert!(logs.contains("ralph::ldap"), "expected ralph::ldap events, got: {logs}");
     for secret in [user_pw, wrong_pw, fx.bind_password.as_str()] {
         assert!(!logs.contains(secret), "secret in logs");
@@ -185,4 +163,77 @@ async fn passwords_never_reach_logs_debug_or_errors() {
             assert!(!t.contains(secret), "secret in {t}");
         }
     }
+}
+
+#[tokio::test]
+async fn plaintext_to_a_remote_server_must_be_chosen_and_is_never_silent() {
+    let Some(fx) = fixture() else { return };
+    // The same settings pointed at a host that is not loopback, without StartTLS: every
+    // password would cross the network in clear, so the configuration is refused.
+    let remote = "ldap://ldap.example.invalid:389";
+    let text = common::ralph_toml(&fx).replace(&fx.url, remote);
+    let err = LdapConfig::from_toml_str(&text).expect_err("plaintext to a remote host accepted silently");
+    assert!(matches!(&err, ralph_ldap::Error::Config(m) if m.contains("clear text")), "{err}");
+    assert!(!err.to_string().contains(&fx.bind_password), "secret in {err}");
+    let mut c = ralph_config(&fx);
+    c.server_uris = vec![fx.url.clone(), remote.to_owned()];
+    let (store, _dir) = store().await;
+    let err = LdapBackend::new(c.clone(), store.clone()).expect_err("backend built for a plaintext remote");
+    assert!(matches!(err, ralph_ldap::Error::Config(_)), "{err:?}");
+
+    // Chosen explicitly (either way), it is accepted with a warning naming the server.
+    for (how, config) in [
+        (
+            "tls.mode = none",
+            LdapConfig { tls: TlsConfig { mode: Some(TlsMode::None), ..TlsConfig::default() }, ..c.clone() },
+        ),
+        ("allow_plaintext", LdapConfig { allow_plaintext: true, ..c.clone() }),
+    ] {
+        let (captured, guard) = Captured::start();
+        let b = LdapBackend::new(config, store.clone()).unwrap_or_else(|e| panic!("{how}: {e}"));
+        drop(guard);
+        let logs = captured.text();
+        assert!(
+            logs.contains("WARN") && logs.contains("clear text") && logs.contains("ldap.example.invalid"),
+            "{how}: {logs}"
+        );
+        assert!(!logs.contains(&fx.url), "{how}: loopback reported as plaintext: {logs}");
+        // The loopback server comes first: logins work as before.
+        assert!(matches!(alice(&b).await, Ok(AuthOutcome::Authenticated(_))), "{how}");
+    }
+    let text = format!("allow_plaintext = true\n{text}");
+    assert!(LdapConfig::from_toml_str(&text).is_ok());
+
+    // Loopback is exempt: the fixture itself is plain ldap:// on 127.0.0.1, without opt-in.
+    let c = ralph_config(&fx);
+    assert!(c.tls.mode.is_none() && !c.allow_plaintext);
+    let (b, _d) = backend(c).await;
+    assert!(matches!(alice(&b).await, Ok(AuthOutcome::Authenticated(_))));
+}
+
+#[tokio::test]
+async fn a_service_bind_dn_without_password_is_refused() {
+    let Some(fx) = fixture() else { return };
+    // What such a bind does: the fixture, like Active Directory, lets a DN with no password
+    // through as anonymous.
+    let (conn, mut raw) = ldap3::LdapConnAsync::new(&fx.url).await.expect("connect");
+    ldap3::drive!(conn);
+    assert_eq!(raw.simple_bind(&fx.bind_dn, "").await.expect("bind").rc, 0, "fixture refuses unauthenticated binds");
+
+    let text = common::ralph_toml(&fx).replace(&format!("bind_password = \"{}\"", fx.bind_password), "");
+    assert!(!text.contains("bind_password"), "{text}");
+    let err = LdapConfig::from_toml_str(&text).expect_err("bind_dn without bind_password accepted");
+    assert!(matches!(&err, ralph_ldap::Error::Config(m) if m.contains("bind_password")), "{err}");
+    let empty = common::ralph_toml(&fx).replace(&fx.bind_password, "");
+    assert!(matches!(LdapConfig::from_toml_str(&empty), Err(ralph_ldap::Error::Config(_))), "empty bind_password");
+
+    let (store, _dir) = store().await;
+    for password in [None, Some("".into())] {
+        let c = LdapConfig { bind_password: password, ..ralph_config(&fx) };
+        let err = LdapBackend::new(c, store.clone()).expect_err("backend with an unauthenticated service bind");
+        assert!(matches!(err, ralph_ldap::Error::Config(_)), "{err:?}");
+    }
+    // Anonymous on purpose (no bind_dn at all) stays possible.
+    let c = LdapConfig { bind_dn: None, bind_password: None, ..ralph_config(&fx) };
+    assert!(LdapBackend::new(c, store).is_ok());
 }

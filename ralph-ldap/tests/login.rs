@@ -307,15 +307,269 @@ async fn serial_referrals_are_not_chased_and_fail_closed_for_groups() {
 }
 
 #[tokio::test]
-async fn unreadable_group_names_fail_closed() {
+async fn unreadable_group_names_fail_closed_when_names_are_roles() {
     let Some(fx) = fixture() else { return };
+    // Groups have no `description`, so no group can be named. With a mapping, names are not
+    // needed (every rule goes by DN): the login works.
     let mut c = ralph_config(&fx);
-    // Groups have no `description`, so no group can be named: refuse, never "no groups".
     c.group_name_attr = "description".into();
+    let (b, _dir) = backend(c.clone()).await;
+    assert_eq!(roles(&identity(login(&b, "alice", "alice-pw").await)), ["active", "assets-buyer", "staff"]);
+    // Without one, names are the roles: refuse, never "no roles".
+    c.group_mapping.clear();
     let (b, _dir) = backend(c).await;
     let outcome = login(&b, "alice", "alice-pw").await;
     assert!(matches!(outcome, Err(AuthError::Backend(_))), "{outcome:?}");
     assert_eq!(b.store().get_user("alice").await.expect("store"), None);
+}
+
+/// Extra attributes of an entry: (name, values).
+type Attrs<'a> = &'a [(&'a str, &'a [&'a str])];
+
+/// A user of its own (not in the fixture's user filter) with groups of its own, removed at the
+/// end whatever happens: `groups` are (DN, extra attributes) and get the user as member.
+struct Scratch {
+    fx: Fixture,
+    name: String,
+    user_dn: String,
+    dns: Vec<String>,
+}
+
+impl Scratch {
+    async fn new(fx: &Fixture, prefix: &str, password: &str, groups: &[(&str, Attrs<'_>)]) -> Self {
+        let mut admin = common::admin(fx).await;
+        let name = common::unique(prefix);
+        let user_dn = format!("uid={name},ou=people,{}", fx.base);
+        let mut scratch = Self { fx: fx.clone(), name: name.clone(), user_dn: user_dn.clone(), dns: Vec::new() };
+        let attrs: [(&str, &[&str]); 6] = [
+            ("objectClass", &["inetOrgPerson", "ralphADUser"]),
+            ("uid", &[&name]),
+            ("sAMAccountName", &[&name]),
+            ("cn", &["Scratch User"]),
+            ("sn", &["User"]),
+            ("userPassword", &[password]),
+        ];
+        common::add(&mut admin, &user_dn, &attrs).await;
+        scratch.dns.push(user_dn.clone());
+        for (group_dn, extra) in groups {
+            let cn = [group_dn.split([',', '=']).nth(1).unwrap_or_default()];
+            let member = [user_dn.as_str()];
+            let mut attrs: Vec<(&str, &[&str])> =
+                vec![("objectClass", &["groupOfNames"]), ("cn", &cn), ("member", &member)];
+            attrs.extend_from_slice(extra);
+            common::add(&mut admin, group_dn, &attrs).await;
+            scratch.dns.insert(0, (*group_dn).to_owned());
+        }
+        scratch
+    }
+
+    fn config(&self) -> LdapConfig {
+        let mut c = ralph_config(&self.fx);
+        c.user_filter = None;
+        c.group_mapping.clear();
+        c.deny_group = None;
+        c
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let (fx, dns) = (self.fx.clone(), std::mem::take(&mut self.dns));
+        // Drop cannot await: clean up on a thread of its own with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                let mut admin = common::admin(&fx).await;
+                let dns: Vec<&str> = dns.iter().map(String::as_str).collect();
+                common::delete(&mut admin, &dns).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// The group-search configurations of the deny tests: group_of_names over `ou=groups`, with
+/// and without nesting; and member_of.
+fn group_types(mut c: LdapConfig, base: &str) -> Vec<(&'static str, LdapConfig)> {
+    c.group_search = Some(SearchSpec::new(format!("ou=groups,{base}"), Scope::Subtree, "(objectClass=groupOfNames)"));
+    let mut out = Vec::new();
+    for (what, group_type, nested) in [
+        ("group_of_names", GroupType::GroupOfNames, NestedGroups::Off),
+        ("group_of_names, recursive", GroupType::GroupOfNames, NestedGroups::Recursive),
+        ("member_of, recursive", GroupType::MemberOf, NestedGroups::Recursive),
+    ] {
+        let mut c = c.clone();
+        c.group_type = group_type;
+        c.nested_groups = nested;
+        out.push((what, c));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_deny_group_without_a_readable_name_still_denies() {
+    let Some(fx) = fixture() else { return };
+    // Groups are named by `description` here; the deny group has none, so it cannot be named
+    // (as when an ACL hides its name). Denying goes by DN: it must deny all the same.
+    let tag = common::unique("nameless");
+    let active = format!("cn={tag}-active,ou=groups,{}", fx.base);
+    let banned = format!("cn={tag}-banned,ou=groups,{}", fx.base);
+    let user =
+        Scratch::new(&fx, "nameless", "nameless-pw", &[(&active, &[("description", &["active"])]), (&banned, &[])])
+            .await;
+    let mut base = user.config();
+    base.group_name_attr = "description".into();
+    base.deny_group = Some(banned.clone());
+
+    let mut mapped = base.clone();
+    mapped.group_mapping.insert(active.clone(), "active".into());
+    // Without a mapping, names are roles (`active` from the description), and flags by DN.
+    let mut by_name = base.clone();
+    by_name.flags_by_group.is_active = vec![active.clone()];
+    for (rules, config) in [("mapping", mapped), ("names", by_name)] {
+        for (what, c) in group_types(config, &fx.base) {
+            let mut open = c.clone();
+            open.deny_group = None;
+            let (b, _dir) = backend(open).await;
+            let outcome = login(&b, &user.name, "nameless-pw").await;
+            if rules == "mapping" {
+                // Names are not needed: the unnamed group is no obstacle.
+                assert!(identity(outcome).user.is_active, "{rules}, {what}: not let in");
+            } else {
+                // Names are roles, and one cannot be read: refused (fail closed).
+                assert!(matches!(outcome, Err(AuthError::Backend(_))), "{rules}, {what}: {outcome:?}");
+            }
+            let (b, _dir) = backend(c).await;
+            let outcome = login(&b, &user.name, "nameless-pw").await;
+            assert_eq!(outcome.ok(), Some(AuthOutcome::Denied(DenyReason::DeniedGroup)), "{rules}, {what}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_deny_group_hidden_by_an_acl_still_denies() {
+    let Some(_) = fixture() else { return };
+    // A slapd made by the current scripts, whose ACL hides `cn` under ou=hidden,ou=groups
+    // from everyone but the rootdn (the shared one may predate that ACL).
+    let slapd = common::PrivateSlapd::start();
+    let fx = slapd.fixture();
+    let hidden = format!("ou=hidden,ou=groups,{}", fx.base);
+    let active = format!("cn=scratch-active,ou=groups,{}", fx.base);
+    let banned = format!("cn=scratch-banned,{hidden}");
+    let team = format!("cn=scratch-team,{hidden}");
+    let denied = Scratch::new(&fx, "hidden", "hidden-pw", &[(&active, &[]), (&banned, &[])]).await;
+    let allowed = Scratch::new(&fx, "team", "team-pw", &[(&team, &[])]).await;
+    let mut admin = common::admin(&fx).await;
+    let m = vec![ldap3::Mod::Add("member", std::collections::HashSet::from([allowed.user_dn.as_str()]))];
+    admin.modify(&active, m).await.expect("modify").success().expect("add to active");
+
+    // The ACL is in force: the service account finds the group, but not its name.
+    let (conn, mut service) = ldap3::LdapConnAsync::new(&fx.url).await.expect("connect");
+    ldap3::drive!(conn);
+    service.simple_bind(&fx.bind_dn, &fx.bind_password).await.expect("bind").success().expect("service bind");
+    let (found, _) = service
+        .search(&hidden, ldap3::Scope::Subtree, "(objectClass=groupOfNames)", vec!["cn", "member"])
+        .await
+        .expect("search")
+        .success()
+        .expect("search ok");
+    assert_eq!(found.len(), 2, "hidden groups not found");
+    for entry in found {
+        let entry = ldap3::SearchEntry::construct(entry);
+        assert!(!entry.attrs.contains_key("cn") && entry.attrs.contains_key("member"), "ACL not in force: {entry:?}");
+    }
+
+    let mut base = denied.config();
+    base.deny_group = Some(banned.clone());
+    let mut mapped = base.clone();
+    mapped.group_mapping.insert(active.clone(), "active".into());
+    let mut by_name = base.clone();
+    by_name.flags_by_group.is_active = vec![active.clone()];
+    for (rules, config) in [("mapping", mapped), ("names", by_name)] {
+        for (what, c) in group_types(config, &fx.base) {
+            let (b, _dir) = backend(c).await;
+            let outcome = login(&b, &denied.name, "hidden-pw").await;
+            assert_eq!(outcome.ok(), Some(AuthOutcome::Denied(DenyReason::DeniedGroup)), "{rules}, {what}");
+            // A hidden group that denies nothing does not get in the way; its RDN names it.
+            let id = identity(login(&b, &allowed.name, "team-pw").await);
+            if rules == "names" {
+                assert!(roles(&id).contains(&"scratch-team"), "{what}: {:?}", roles(&id));
+            }
+        }
+    }
+    drop((denied, allowed));
+}
+
+#[tokio::test]
+async fn every_spelling_of_a_login_is_one_stored_user() {
+    let Some(fx) = fixture() else { return };
+    // No username_attr: the stored name must still be the directory's spelling, taken from
+    // the attribute the filter (or the DN template's RDN) compares the login with.
+    let mut by_search = ralph_config(&fx);
+    by_search.username_attr = None;
+    let mut by_dn = by_search.clone();
+    by_dn.user_search = None;
+    by_dn.user_dn_template = Some(format!("uid=%(user)s,ou=people,{}", fx.base));
+    for (what, c) in [("search", by_search), ("DN template", by_dn)] {
+        let (b, _dir) = backend(c).await;
+        for typed in ["ALICE", "Alice", "alice", "aLiCe"] {
+            assert_eq!(identity(login(&b, typed, "alice-pw").await).user.username, "alice", "{what}: {typed}");
+        }
+        let id = identity(login(&b, "ŁUKASZ", "zażółć-gęślą-jaźń").await);
+        assert_eq!(id.user.username, "łukasz", "{what}");
+        let users = b.store().list_users(Some(UserSource::Ldap)).await.expect("store");
+        let names: Vec<&str> = users.iter().map(|u| u.value.username.as_str()).collect();
+        assert_eq!(names, ["alice", "łukasz"], "{what}");
+    }
+}
+
+#[tokio::test]
+async fn placeholder_text_in_a_login_is_literal() {
+    let Some(fx) = fixture() else { return };
+    // `x{user}y` must look up exactly that name, never `xx{user}yy` (the value expanded
+    // again): here both exist, with different passwords.
+    let tag = common::unique("ph").replace('-', "");
+    let typed = format!("{tag}{{user}}z");
+    let expanded = format!("{tag}{tag}{{user}}zz");
+    let mut admin = common::admin(&fx).await;
+    let mut dns = Vec::new();
+    for (name, pw) in [(&typed, "typed-pw"), (&expanded, "expanded-pw")] {
+        let user_dn = format!("uid={},ou=people,{}", ralph_ldap::dn::escape_value(name), fx.base);
+        let attrs: [(&str, &[&str]); 6] = [
+            ("objectClass", &["inetOrgPerson", "ralphADUser"]),
+            ("uid", &[name]),
+            ("sAMAccountName", &[name]),
+            ("cn", &["Placeholder"]),
+            ("sn", &["Placeholder"]),
+            ("userPassword", &[pw]),
+        ];
+        common::add(&mut admin, &user_dn, &attrs).await;
+        dns.push(user_dn);
+    }
+    let mut results = Vec::new();
+    let mut by_search = ralph_config(&fx);
+    by_search.user_filter = None;
+    let mut by_dn = by_search.clone();
+    by_dn.user_search = None;
+    by_dn.user_dn_template = Some(format!("uid=%(user)s,ou=people,{}", fx.base));
+    let mut no_attr = by_search.clone();
+    no_attr.username_attr = None;
+    for (what, c) in [("search", by_search), ("DN template", by_dn), ("search, no username_attr", no_attr)] {
+        let (b, _dir) = backend(c).await;
+        let own = login(&b, &typed, "typed-pw").await;
+        let other = login(&b, &typed, "expanded-pw").await;
+        let stored =
+            b.store().list_users(None).await.map(|u| u.into_iter().map(|u| u.value.username).collect::<Vec<_>>());
+        results.push((what, own, other, stored));
+    }
+    let dns: Vec<&str> = dns.iter().map(String::as_str).collect();
+    common::delete(&mut admin, &dns).await;
+    for (what, own, other, stored) in results {
+        // In no group: mirrored and denied as inactive, but found and named exactly.
+        assert_eq!(own.as_ref().ok(), Some(&AuthOutcome::Denied(DenyReason::Inactive)), "{what}: {own:?}");
+        assert_eq!(other.ok(), Some(AuthOutcome::NotHandled), "{what}: another entry's password");
+        assert_eq!(stored.expect("store"), std::slice::from_ref(&typed), "{what}");
+    }
 }
 
 #[tokio::test]

@@ -7,50 +7,23 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::PrivateSlapd;
 use ralph_core::auth::LoginError;
 use ralph_core::{AuthChain, Credentials, LocalBackend, User, UserStore};
 use ralph_ldap::LdapBackend;
 
-/// A private slapd; stopped (down.sh) when dropped.
-struct PrivateSlapd {
-    run_dir: tempfile::TempDir,
-    env: HashMap<String, String>,
+/// What this test does to its private slapd.
+trait Control {
+    fn pid(&self) -> Option<u32>;
+    fn kill(&self);
+    fn restart(&self);
 }
 
-fn script(name: &str) -> String {
-    format!("{}/../scripts/services/slapd/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-impl PrivateSlapd {
-    fn start() -> Self {
-        // The guard exists before anything can fail: a failed assert below drops it, and its
-        // Drop runs down.sh on the run directory, so no slapd is orphaned.
-        let mut slapd = Self { run_dir: tempfile::tempdir().expect("run dir"), env: HashMap::new() };
-        let out = Command::new("bash")
-            .arg(script("up.sh"))
-            .env("RALPH_TEST_RUN_DIR", slapd.run_dir.path())
-            .env("RALPH_TEST_LDAP_BULK_USERS", "0")
-            .output()
-            .expect("run up.sh");
-        slapd.env = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
-            .collect();
-        assert!(out.status.success(), "up.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-        slapd
-    }
-
-    fn var(&self, name: &str) -> String {
-        self.env.get(name).cloned().unwrap_or_default()
-    }
-
+impl Control for PrivateSlapd {
     fn pid(&self) -> Option<u32> {
         std::fs::read_to_string(self.var("RALPH_TEST_LDAP_PID_FILE")).ok()?.trim().parse().ok()
     }
@@ -69,12 +42,6 @@ impl PrivateSlapd {
     fn restart(&self) {
         let status = Command::new("sh").args(["-c", &self.var("RALPH_TEST_LDAP_RESTART")]).status().expect("restart");
         assert!(status.success(), "restart failed");
-    }
-}
-
-impl Drop for PrivateSlapd {
-    fn drop(&mut self) {
-        let _ = Command::new("bash").arg(script("down.sh")).env("RALPH_TEST_RUN_DIR", self.run_dir.path()).status();
     }
 }
 

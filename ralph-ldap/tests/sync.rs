@@ -2,10 +2,10 @@
 
 mod common;
 
-use common::{fixture, ralph_config, store};
+use common::{Captured, fixture, ralph_config, store};
 use ralph_core::store::UserMirror;
-use ralph_core::{User, UserSource, UserStore};
-use ralph_ldap::LdapBackend;
+use ralph_core::{AuthBackend, AuthOutcome, Credentials, User, UserSource, UserStore};
+use ralph_ldap::{LdapBackend, SyncOptions};
 
 #[tokio::test]
 async fn unpaged_search_hits_the_size_limit() {
@@ -191,4 +191,102 @@ async fn serial_a_listing_that_met_a_referral_deactivates_no_missing_user() {
     let again = backend.sync().await.expect("second sync");
     assert_eq!((again.referrals_ignored, again.deactivation_skipped, again.deactivated), (0, false, 1), "{again:?}");
     assert!(!backend.store().get_user("child-user").await.expect("store").expect("kept").value.is_active);
+}
+
+#[tokio::test]
+async fn sync_and_login_store_one_spelling_without_username_attr() {
+    let Some(fx) = fixture() else { return };
+    let (store, _dir) = store().await;
+    let mut config = ralph_config(&fx);
+    // The username comes from the attribute the user search compares the login with.
+    config.username_attr = None;
+    config.user_filter = Some(format!("(memberOf=cn=_gr_ralph_admin,ou=groups,{})", fx.base));
+    let backend = LdapBackend::new(config, store).expect("backend");
+    let report = backend.sync().await.expect("the sync names users without username_attr");
+    assert_eq!((report.seen, report.created), (1, 1), "{report:?}");
+    for typed in ["BOB", "Bob", "bob"] {
+        match backend.authenticate(&Credentials::new(typed, "bob-pw")).await {
+            Ok(AuthOutcome::Authenticated(id)) => assert_eq!(id.user.username, "bob", "{typed}"),
+            other => panic!("{typed}: {other:?}"),
+        }
+    }
+    let users = backend.store().list_users(Some(UserSource::Ldap)).await.expect("list");
+    assert_eq!(users.iter().map(|u| u.value.username.as_str()).collect::<Vec<_>>(), ["bob"]);
+    let again = backend.sync().await.expect("second sync");
+    assert_eq!((again.created, again.updated, again.deactivated), (0, 0, 0), "{again:?}");
+}
+
+/// `n` LDAP-owned, active users the directory does not know.
+async fn ghosts(backend: &LdapBackend<ralph_store::SqliteStore>, n: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    for i in 0..n {
+        let mut ghost = User::new(&format!("ghost{i}")).expect("valid");
+        ghost.source = UserSource::Ldap;
+        names.push(ghost.username.clone());
+        backend.store().mirror_user(&UserMirror { user: ghost, profile: None, groups: None }).await.expect("ghost");
+    }
+    names
+}
+
+async fn active(backend: &LdapBackend<ralph_store::SqliteStore>, names: &[String]) -> usize {
+    let mut n = 0;
+    for name in names {
+        n += usize::from(backend.store().get_user(name).await.expect("store").expect("kept").value.is_active);
+    }
+    n
+}
+
+// serial_: the referral tests add referrals under the base, which make a sync skip deactivation.
+#[tokio::test]
+async fn serial_a_listing_that_lost_most_users_deactivates_nobody_unless_forced() {
+    let Some(fx) = fixture() else { return };
+    let (captured, _guard) = Captured::start();
+    // A listing that succeeds with nothing in it (here a user filter no entry matches; in
+    // life a wrong base, a changed ACL): every LDAP user would be "missing".
+    let (store, _dir) = store().await;
+    let mut empty = ralph_config(&fx);
+    empty.user_filter = Some(format!("(memberOf=cn=no-such-group,ou=groups,{})", fx.base));
+    let backend = LdapBackend::new(empty.clone(), store.clone()).expect("backend");
+    let names = ghosts(&backend, 3).await;
+    let report = backend.sync().await.expect("sync");
+    assert_eq!((report.seen, report.missing, report.deactivated), (0, 3, 0), "{report:?}");
+    assert!(report.over_deactivation_limit && report.deactivation_skipped, "{report:?}");
+    assert_eq!(active(&backend, &names).await, 3, "users deactivated by an empty listing");
+    let logs = captured.text();
+    assert!(logs.contains("WARN") && logs.contains("max_deactivate_percent"), "no warning: {logs}");
+
+    // Very few: bob is listed, three of four active users are missing (75 % > 50 %).
+    let mut few = ralph_config(&fx);
+    few.user_filter = Some(format!("(memberOf=cn=_gr_ralph_admin,ou=groups,{})", fx.base));
+    let backend = LdapBackend::new(few.clone(), store.clone()).expect("backend");
+    let report = backend.sync().await.expect("sync");
+    assert_eq!((report.seen, report.missing, report.deactivated), (1, 3, 0), "{report:?}");
+    assert!(report.over_deactivation_limit, "{report:?}");
+    assert_eq!(active(&backend, &names).await, 3);
+
+    // A limit that allows it, set in the configuration (and in the builder).
+    let mut lenient = few.clone();
+    lenient.max_deactivate_percent = 75;
+    let (other_store, _other_dir) = common::store().await;
+    let b = LdapBackend::new(lenient, other_store).expect("backend");
+    let other_names = ghosts(&b, 3).await;
+    let report = b.sync().await.expect("sync");
+    assert_eq!((report.missing, report.deactivated, report.over_deactivation_limit), (3, 3, false), "{report:?}");
+    assert_eq!(active(&b, &other_names).await, 0);
+    let built = ralph_ldap::LdapConfig::builder([fx.url.as_str()])
+        .user_search(&fx.base, ralph_ldap::Scope::Subtree, "(uid={user})")
+        .max_deactivate_percent(75)
+        .build()
+        .expect("valid");
+    assert_eq!(built.max_deactivate_percent, 75);
+    let too_much = ralph_ldap::LdapConfig::builder([fx.url.as_str()])
+        .user_search(&fx.base, ralph_ldap::Scope::Subtree, "(uid={user})")
+        .max_deactivate_percent(101)
+        .build();
+    assert!(matches!(too_much, Err(ralph_ldap::Error::Config(ref m)) if m.contains("max_deactivate_percent")));
+
+    // Forced for one run: the missing users go.
+    let report = backend.sync_with(SyncOptions::new().force_deactivation(true)).await.expect("forced sync");
+    assert_eq!((report.missing, report.deactivated, report.over_deactivation_limit), (3, 3, false), "{report:?}");
+    assert_eq!(active(&backend, &names).await, 0);
 }

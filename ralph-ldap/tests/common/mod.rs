@@ -2,7 +2,10 @@
 //! configuration, a fresh SQLite store, and admin access for tests that add entries.
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 use ldap3::{LdapConnAsync, Mod};
 use ralph_ldap::LdapConfig;
@@ -136,6 +139,102 @@ pub async fn delete(ldap: &mut ldap3::Ldap, dns: &[&str]) {
     use ldap3::controls::{MakeCritical, ManageDsaIt};
     for dn in dns {
         let _ = ldap.with_controls(ManageDsaIt.critical()).delete(dn).await;
+    }
+}
+
+/// A slapd of this test's own, from scripts/services/slapd/up.sh with a private run directory
+/// and no bulk users: for tests that kill it, or that need the fixture exactly as the scripts
+/// now make it. Stopped (down.sh) when dropped.
+pub struct PrivateSlapd {
+    run_dir: tempfile::TempDir,
+    env: HashMap<String, String>,
+}
+
+fn script(name: &str) -> String {
+    format!("{}/../scripts/services/slapd/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+impl PrivateSlapd {
+    pub fn start() -> Self {
+        // The guard exists before anything can fail: a failed assert below drops it, and its
+        // Drop runs down.sh on the run directory, so no slapd is orphaned.
+        let mut slapd = Self { run_dir: tempfile::tempdir().expect("run dir"), env: HashMap::new() };
+        let out = Command::new("bash")
+            .arg(script("up.sh"))
+            .env("RALPH_TEST_RUN_DIR", slapd.run_dir.path())
+            .env("RALPH_TEST_LDAP_BULK_USERS", "0")
+            .output()
+            .expect("run up.sh");
+        slapd.env = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+            .collect();
+        assert!(out.status.success(), "up.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        slapd
+    }
+
+    pub fn var(&self, name: &str) -> String {
+        self.env.get(name).cloned().unwrap_or_default()
+    }
+
+    /// This slapd as a [`Fixture`].
+    pub fn fixture(&self) -> Fixture {
+        Fixture {
+            url: self.var("RALPH_TEST_LDAP_URL"),
+            ldaps_url: self.var("RALPH_TEST_LDAPS_URL"),
+            ca: self.var("RALPH_TEST_LDAP_CA"),
+            other_ca: self.var("RALPH_TEST_LDAP_OTHER_CA"),
+            base: self.var("RALPH_TEST_LDAP_BASE"),
+            bind_dn: self.var("RALPH_TEST_LDAP_BIND_DN"),
+            bind_password: self.var("RALPH_TEST_LDAP_BIND_PASSWORD"),
+            admin_dn: self.var("RALPH_TEST_LDAP_ADMIN_DN"),
+            admin_password: self.var("RALPH_TEST_LDAP_ADMIN_PASSWORD"),
+            bulk_users: 0,
+            pid_file: self.var("RALPH_TEST_LDAP_PID_FILE"),
+            restart: self.var("RALPH_TEST_LDAP_RESTART"),
+        }
+    }
+}
+
+impl Drop for PrivateSlapd {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(script("down.sh")).env("RALPH_TEST_RUN_DIR", self.run_dir.path()).status();
+    }
+}
+
+/// Everything the `tracing` events of this thread write, for tests that look for a warning
+/// (or for a secret that must not be there).
+#[derive(Clone, Default)]
+pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Starts capturing this thread's events (all levels) until the guard is dropped.
+    pub fn start() -> (Self, tracing::subscriber::DefaultGuard) {
+        let captured = Self::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// What was written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
     }
 }
 

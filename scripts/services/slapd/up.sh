@@ -125,6 +125,11 @@ access to attrs=userPassword
     by self write
     by anonymous auth
     by * none
+# Group names hidden from everyone but the rootdn under ou=hidden,ou=groups, as directories do
+# hide group attributes from service accounts: a search finds these groups (DN, member) but
+# returns them without cn. Tests add their own groups there at run time.
+access to dn.subtree="ou=hidden,ou=groups,$BASE" attrs=cn
+    by * none
 access to *
     by users read
     by * none
