@@ -91,20 +91,27 @@ async fn insert_user<DB: Backend>(conn: &mut DB::Connection, user: &User) -> Res
     insert::<DB>(conn, USER, "users", &columns, &user_values(user)).await
 }
 
-async fn write_profile<DB: Backend>(conn: &mut DB::Connection, id: i64, profile: &Profile) -> Result<(), StoreError> {
-    let set = PROFILE_FIELDS.iter().map(|f| format!("{f} = ?")).collect::<Vec<_>>().join(", ");
-    let mut args = profile_values(profile);
-    args.push(id.into());
-    let updated =
-        execute::<DB>(conn, "profile", &format!("UPDATE profiles SET {set} WHERE user_id = ?"), &args).await?;
-    if updated == 0 {
+/// Writes the profile of user `id`: an `UPDATE` when it has one (`exists`), else an `INSERT`.
+/// Never an `UPDATE` that matches nothing: on MySQL that takes a gap lock, and two first
+/// logins then deadlock on inserting their profiles into the same gap.
+async fn write_profile<DB: Backend>(
+    conn: &mut DB::Connection,
+    id: i64,
+    profile: &Profile,
+    exists: bool,
+) -> Result<(), StoreError> {
+    let (sql, args) = if exists {
+        let set = PROFILE_FIELDS.iter().map(|f| format!("{f} = ?")).collect::<Vec<_>>().join(", ");
+        let mut args = profile_values(profile);
+        args.push(id.into());
+        (format!("UPDATE profiles SET {set} WHERE user_id = ?"), args)
+    } else {
         let marks = vec!["?"; PROFILE_FIELDS.len() + 1].join(", ");
-        let sql = format!("INSERT INTO profiles (user_id, {}) VALUES ({marks})", PROFILE_FIELDS.join(", "));
         let mut args = vec![id.into()];
         args.extend(profile_values(profile));
-        execute::<DB>(conn, "profile", &sql, &args).await?;
-    }
-    Ok(())
+        (format!("INSERT INTO profiles (user_id, {}) VALUES ({marks})", PROFILE_FIELDS.join(", ")), args)
+    };
+    execute::<DB>(conn, "profile", &sql, &args).await.map(drop)
 }
 
 /// The ids of the groups named `names`, creating the missing ones. A collation that folds
@@ -306,7 +313,7 @@ async fn write_mirror<DB: Backend>(
     if let Some(profile) = profile
         && stored.profile.as_ref() != Some(profile)
     {
-        write_profile::<DB>(&mut tx, id, profile).await?;
+        write_profile::<DB>(&mut tx, id, profile, stored.profile.is_some()).await?;
         changed = true;
     }
     if let Some(groups) = &mirror.groups {
@@ -330,7 +337,16 @@ impl<DB: Backend> UserStore for SqlStore<DB> {
         user.validate().map_err(invalid_user)?;
         self.retrying(USER, || async {
             let mut tx = self.begin(USER).await?;
-            if user_id::<DB>(&mut tx, &user.username).await?.is_some() {
+            // A plain read, no lock: a locking read of a missing key takes a gap lock on MySQL,
+            // which makes concurrent creations deadlock. The unique index settles a race.
+            let taken = fetch_id::<DB>(
+                &mut tx,
+                USER,
+                "SELECT id FROM users WHERE username = ?",
+                &[user.username.as_str().into()],
+            )
+            .await?;
+            if taken.is_some() {
                 return Err(StoreError::Conflict { entity: USER, constraint: "username".into() });
             }
             let id = insert_user::<DB>(&mut tx, user).await?;
@@ -440,7 +456,12 @@ impl<DB: Backend> UserStore for SqlStore<DB> {
         self.retrying("profile", || async {
             let mut tx = self.begin("profile").await?;
             let id = user_id::<DB>(&mut tx, username).await?.ok_or_else(|| not_found(username))?;
-            write_profile::<DB>(&mut tx, id, profile).await?;
+            // Read under the user's row lock: nobody else adds the profile meanwhile.
+            let exists =
+                fetch_id::<DB>(&mut tx, "profile", "SELECT user_id FROM profiles WHERE user_id = ?", &[id.into()])
+                    .await?
+                    .is_some();
+            write_profile::<DB>(&mut tx, id, profile, exists).await?;
             commit(tx, "profile").await
         })
         .await

@@ -201,3 +201,47 @@ async fn mysql_deadlock_is_retried() {
     assert_eq!(deactivated, 2);
     assert!(store.conflict_retries() > 0, "the deadlock was retried");
 }
+
+/// First logins of 32 different users at once, all with a profile and the same (new) groups,
+/// with retries turned off: none may conflict with another. (On MariaDB, an `UPDATE` of a
+/// missing profile followed by an `INSERT` made gap locks that deadlocked these.)
+async fn distinct_first_mirrors_never_conflict<S: UserStore + Clone + 'static>(store: S) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let store = store.clone();
+        tasks.spawn(async move { store.mirror_user(&mirror(&format!("first{i}"))).await });
+    }
+    while let Some(result) = tasks.join_next().await {
+        let done = result.expect("task").expect("a first mirror of its own user conflicted");
+        assert_eq!(done.change, MirrorChange::Created);
+    }
+    assert_eq!(store.list_users(Some(UserSource::Ldap)).await.expect("list").len(), 32);
+}
+
+fn wide_pool_without_retries() -> PoolConfig {
+    PoolConfig::default().max_connections(32).conflict_retry(ConflictRetry::none())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_distinct_first_mirrors_never_conflict() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("distinct.sqlite3").display());
+    let store = ralph_store::SqliteStore::connect_with(&url, &wide_pool_without_retries()).await.expect("open");
+    distinct_first_mirrors_never_conflict(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_distinct_first_mirrors_never_conflict() {
+    let base: String = ralph_testkit::require!("RALPH_TEST_PG_URL");
+    let url = store_common::fresh_postgres(&base, "locks_distinct").await;
+    let store = ralph_store::PgStore::connect_with(&url, &wide_pool_without_retries()).await.expect("open");
+    distinct_first_mirrors_never_conflict(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_distinct_first_mirrors_never_conflict() {
+    let base: String = ralph_testkit::require!("RALPH_TEST_MYSQL_URL");
+    let url = store_common::fresh_mysql(&base, "locks_distinct").await;
+    let store = ralph_store::MySqlStore::connect_with(&url, &wide_pool_without_retries()).await.expect("open");
+    distinct_first_mirrors_never_conflict(store).await;
+}
