@@ -1,6 +1,7 @@
 //! [`UserStore`]: users, profiles, groups and local password hashes, once for all backends.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use ralph_core::{
@@ -515,7 +516,16 @@ impl<DB: Backend> UserStore for SqlStore<DB> {
                 return Ok(Mirrored { id: stored.user.id, change: MirrorChange::Unchanged });
             }
         }
-        self.retrying(USER, || write_mirror(self, mirror, profile.as_ref(), stored.is_some())).await
+        // A retry locks first even for a user that was missing: the conflict it follows was most
+        // likely a racing first login of the same user, whose row now exists. Inserting again
+        // would take MySQL's shared lock on the duplicate, and many such holders upgrading to
+        // exclusive deadlock again and again (64 first logins of one user at once).
+        let retried = AtomicBool::new(false);
+        self.retrying(USER, || {
+            let known = stored.is_some() || retried.swap(true, Ordering::Relaxed);
+            write_mirror(self, mirror, profile.as_ref(), known)
+        })
+        .await
     }
 
     async fn deactivate_users(&self, usernames: &[String]) -> Result<u64, StoreError> {
