@@ -2,6 +2,8 @@
 //! URL scheme, and utf8mb4 on MySQL connections and tables.
 
 use ralph_core::{DataCenter, InventoryStore, IpAddress, Repository, Secret, StoreError, UserStore};
+use std::time::Duration;
+
 use ralph_store::{AnyStore, PoolConfig, SqliteStore, sqlx};
 
 mod store_common;
@@ -65,6 +67,28 @@ async fn in_memory_sqlite_keeps_one_connection() {
     assert_eq!(store.pool().options().get_max_connections(), 1, "one database, one connection");
     store.create(&DataCenter::new("dc1", None).expect("dc")).await.expect("dc");
     assert_eq!(Repository::<DataCenter>::list(&store).await.expect("list").len(), 1);
+}
+
+#[tokio::test]
+async fn pool_settings_reach_the_pool() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("settings.sqlite3").display());
+    let store = SqliteStore::connect(&url).await.expect("default");
+    assert!(store.pool().options().get_test_before_acquire(), "sqlx's safe default is kept");
+    store.close().await;
+    let config: PoolConfig =
+        serde_json::from_str(r#"{"max_connections": 4, "test_before_acquire": false}"#).expect("json");
+    let store = SqliteStore::connect_with(&url, &config).await.expect("configured");
+    assert!(!store.pool().options().get_test_before_acquire());
+    assert_eq!(store.pool().options().get_max_connections(), 4);
+    let retry: PoolConfig =
+        serde_json::from_str(r#"{"conflict_retry": {"max_attempts": 3, "min_delay": 0.01}}"#).expect("json");
+    assert_eq!(
+        retry.conflict_retry,
+        ralph_store::ConflictRetry::default()
+            .max_attempts(3)
+            .delays(Duration::from_millis(10), Duration::from_millis(250))
+    );
 }
 
 #[tokio::test]
