@@ -1,9 +1,9 @@
 //! Opening stores: SQLite settings, repeatable migrations, pool configuration, backend choice by
 //! URL scheme, and utf8mb4 on MySQL connections and tables.
 
-use ralph_core::{DataCenter, InventoryStore, IpAddress, Repository, Secret, StoreError, UserStore};
 use std::time::Duration;
 
+use ralph_core::{DataCenter, InventoryStore, IpAddress, Repository, Secret, StoreError, UserStore};
 use ralph_store::{AnyStore, PoolConfig, SqliteStore, sqlx};
 
 mod store_common;
