@@ -77,11 +77,23 @@ pub struct ConflictRetry {
     /// Longest delay between two attempts (default 250 ms).
     #[serde(with = "secs")]
     pub max_delay: Duration,
+    /// No retry is scheduled once this long has passed since the first attempt began (default
+    /// 10 s).
+    /// A lock wait time-out (MySQL 1205) or a busy SQLite file is reported only after the
+    /// server's own wait (`innodb_lock_wait_timeout`, 50 s by default; `busy_timeout`): this
+    /// keeps one stuck lock holder from holding callers and pool connections for minutes.
+    #[serde(with = "secs")]
+    pub max_elapsed: Duration,
 }
 
 impl Default for ConflictRetry {
     fn default() -> Self {
-        Self { max_attempts: 10, min_delay: Duration::from_millis(2), max_delay: Duration::from_millis(250) }
+        Self {
+            max_attempts: 10,
+            min_delay: Duration::from_millis(2),
+            max_delay: Duration::from_millis(250),
+            max_elapsed: Duration::from_secs(10),
+        }
     }
 }
 
@@ -97,6 +109,13 @@ impl ConflictRetry {
     #[must_use]
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
+        self
+    }
+
+    /// Sets [`ConflictRetry::max_elapsed`].
+    #[must_use]
+    pub fn max_elapsed(mut self, elapsed: Duration) -> Self {
+        self.max_elapsed = elapsed;
         self
     }
 

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
 
 use backon::{ExponentialBuilder, Retryable};
 use ralph_core::StoreError;
@@ -29,7 +30,7 @@ impl Counters {
 }
 
 /// Runs `write` (a whole transaction: begin, statements, commit) until it succeeds, fails
-/// with an error that is not a transient conflict, or used up the policy's attempts. Each
+/// with an error that is not a transient conflict, or used up the policy's attempts or time. Each
 /// attempt starts afresh: the failed transaction was rolled back when it was dropped.
 pub(crate) async fn retry_conflicts<T, F, Fut>(
     policy: &ConflictRetry,
@@ -42,6 +43,7 @@ where
     Fut: Future<Output = Result<T, StoreError>>,
 {
     let attempts = AtomicU32::new(0);
+    let started = Instant::now();
     let backoff = ExponentialBuilder::default()
         .with_min_delay(policy.min_delay)
         .with_max_delay(policy.max_delay.max(policy.min_delay))
@@ -52,7 +54,7 @@ where
         write()
     })
     .retry(backoff)
-    .when(|e| transient_conflict(e).is_some())
+    .when(|e| transient_conflict(e).is_some() && started.elapsed() < policy.max_elapsed)
     .notify(|e, delay| {
         counters.retries.fetch_add(1, Ordering::Relaxed);
         debug!(

@@ -516,14 +516,29 @@ impl<DB: Backend> UserStore for SqlStore<DB> {
                 return Ok(Mirrored { id: stored.user.id, change: MirrorChange::Unchanged });
             }
         }
-        // A retry locks first even for a user that was missing: the conflict it follows was most
-        // likely a racing first login of the same user, whose row now exists. Inserting again
-        // would take MySQL's shared lock on the duplicate, and many such holders upgrading to
-        // exclusive deadlock again and again (64 first logins of one user at once).
-        let retried = AtomicBool::new(false);
-        self.retrying(USER, || {
-            let known = stored.is_some() || retried.swap(true, Ordering::Relaxed);
-            write_mirror(self, mirror, profile.as_ref(), known)
+        // A retry asks again whether the user exists (a plain read, no lock): the conflict it
+        // follows was most likely a racing first login of the same user, whose row now exists
+        // and is then locked at once. Inserting again would take MySQL's shared lock on the
+        // duplicate (many holders upgrading to exclusive deadlock again and again); locking a
+        // still missing row would take a gap lock (first logins of neighbours deadlock).
+        let first_attempt = &AtomicBool::new(true);
+        let (stored, profile) = (&stored, profile.as_ref());
+        self.retrying(USER, || async move {
+            let known = if first_attempt.swap(false, Ordering::Relaxed) {
+                stored.is_some()
+            } else {
+                self.read(
+                    USER,
+                    "SELECT id FROM users WHERE username = ?",
+                    &[user.username.as_str().into()],
+                    &[Kind::Int],
+                )
+                .await?
+                .into_iter()
+                .next()
+                .is_some()
+            };
+            write_mirror(self, mirror, profile, known).await
         })
         .await
     }

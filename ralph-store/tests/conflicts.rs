@@ -57,41 +57,42 @@ async fn sqlite_unchanged_mirror_waits_for_no_lock() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_unchanged_mirror_waits_for_no_lock() {
-    let base: String = ralph_testkit::require!("RALPH_TEST_PG_URL");
-    let url = store_common::fresh_postgres(&base, "locks_unchanged").await;
-    let store = ralph_store::PgStore::connect(&url).await.expect("open");
-    unchanged_mirror_waits_for_no_lock(&store, async |name: &str| {
-        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
-        sqlx::query("BEGIN").execute(&mut conn).await.expect("begin");
-        sqlx::query("SELECT id FROM users WHERE username = $1 FOR UPDATE")
-            .bind(name)
-            .execute(&mut conn)
-            .await
-            .expect("row lock");
-        conn
-    })
-    .await;
+/// The row-lock variant for a server database: another connection holds the user's row with
+/// `SELECT ... FOR UPDATE` in an open transaction.
+macro_rules! row_lock_test {
+    ($name:ident, $var:literal, $fresh:path, $store:ty, $conn:ty, $lock_sql:literal) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let base: String = ralph_testkit::require!($var);
+            let url = $fresh(&base, "locks_unchanged").await;
+            let store = <$store>::connect(&url).await.expect("open");
+            unchanged_mirror_waits_for_no_lock(&store, async |name: &str| {
+                let mut conn = <$conn>::connect(&url).await.expect("connect");
+                sqlx::query("BEGIN").execute(&mut conn).await.expect("begin");
+                sqlx::query($lock_sql).bind(name).execute(&mut conn).await.expect("row lock");
+                conn
+            })
+            .await;
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_unchanged_mirror_waits_for_no_lock() {
-    let base: String = ralph_testkit::require!("RALPH_TEST_MYSQL_URL");
-    let url = store_common::fresh_mysql(&base, "locks_unchanged").await;
-    let store = ralph_store::MySqlStore::connect(&url).await.expect("open");
-    unchanged_mirror_waits_for_no_lock(&store, async |name: &str| {
-        let mut conn = sqlx::MySqlConnection::connect(&url).await.expect("connect");
-        sqlx::query("BEGIN").execute(&mut conn).await.expect("begin");
-        sqlx::query("SELECT id FROM users WHERE username = ? FOR UPDATE")
-            .bind(name)
-            .execute(&mut conn)
-            .await
-            .expect("row lock");
-        conn
-    })
-    .await;
-}
+row_lock_test!(
+    postgres_unchanged_mirror_waits_for_no_lock,
+    "RALPH_TEST_PG_URL",
+    store_common::fresh_postgres,
+    ralph_store::PgStore,
+    sqlx::PgConnection,
+    "SELECT id FROM users WHERE username = $1 FOR UPDATE"
+);
+row_lock_test!(
+    mysql_unchanged_mirror_waits_for_no_lock,
+    "RALPH_TEST_MYSQL_URL",
+    store_common::fresh_mysql,
+    ralph_store::MySqlStore,
+    sqlx::MySqlConnection,
+    "SELECT id FROM users WHERE username = ? FOR UPDATE"
+);
 
 /// A SQLite store that gives up waiting for the write lock after 20 ms: another connection
 /// holding the lock for 400 ms makes its writes fail with SQLITE_BUSY, which the retry policy
@@ -131,6 +132,21 @@ async fn sqlite_busy_is_retried_then_typed() {
     assert_eq!(store.conflicts_exhausted(), 1);
     holder.await.expect("holder");
     assert!(store.get_user("ivan").await.expect("get").is_none(), "nothing written");
+
+    // Retries stop at the policy's time limit, however many attempts it would allow.
+    let short = store
+        .clone()
+        .with_conflict_retry(ConflictRetry::default().max_attempts(1000).max_elapsed(Duration::from_millis(150)));
+    let holder = tokio::spawn({
+        let store = store.clone();
+        async move { hold(&store, 1500).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    let error = short.mirror_user(&mirror("judy")).await.expect_err("busy past the time limit");
+    assert!(matches!(error, StoreError::Contended { .. }), "{error:?}");
+    assert!(started.elapsed() < Duration::from_millis(1200), "gave up after {:?}", started.elapsed());
+    holder.await.expect("holder");
 }
 
 /// Users `dl-a` and `dl-b` (inserted in that order, so both databases lock them in that
