@@ -69,7 +69,7 @@ impl<S: UserStore> LdapBackend<S> {
         let binds = conn::pool(&config, &connector, Role::UserBind)?;
         let rules = GroupRules::new(&config)?;
         let names = NameSource::new(&config);
-        if names == NameSource::Rdn {
+        if matches!(names, NameSource::Rdn(_)) {
             debug!(target: TRACE_TARGET, "no username attribute known: usernames are the entries' RDN values");
         }
         let attrs = mapping::user_attributes(&config, &names);

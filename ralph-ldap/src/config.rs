@@ -250,9 +250,11 @@ pub struct LdapConfig {
     /// carry the typed name in it (any case), and the stored username is always the
     /// directory's spelling, for logins and the bulk sync alike: the value of the entry's RDN
     /// when the RDN is this attribute, else its first value. When not set it is the attribute
-    /// the user search filter compares the placeholder with (`(sAMAccountName=%(user)s)`), or
-    /// the RDN attribute of the DN template (`uid=%(user)s,...`); failing both, the entry's
-    /// RDN value is the username (and must equal the typed name, any case).
+    /// the user search filter compares the placeholder with (`(sAMAccountName=%(user)s)`),
+    /// provided the filter holds exactly one such comparison, or the RDN attribute of the DN
+    /// template (`uid=%(user)s,...`). Otherwise (`(|(mail=%(user)s)(uid=%(user)s))`) the
+    /// entry's RDN value is the username, and the typed name must equal it or a value of one
+    /// of the attributes the filter compares it with (any case).
     #[serde(default)]
     pub username_attr: Option<String>,
     /// `AUTH_LDAP_USER_ATTR_MAP`.
@@ -322,11 +324,13 @@ pub struct LdapConfig {
     /// (default true). Skipped when the listing met referrals (see `SyncReport`).
     #[serde(default = "yes")]
     pub deactivate_missing: bool,
-    /// The most the bulk sync deactivates as missing in one run, in percent of the active
-    /// LDAP-owned users (default 50; 100 lifts the limit). A listing that comes back empty or
-    /// nearly so (a wrong base or filter, an ACL change, a server answering "success" with
-    /// nothing) must not lock everyone out: above the limit nobody is deactivated as missing,
-    /// with a warning and `SyncReport::over_deactivation_limit`, unless the sync is forced
+    /// The most the bulk sync deactivates in one run, in percent of the active LDAP-owned
+    /// users (default 50; 100 lifts the limit), counting users missing from the listing and
+    /// users the group rules (require/deny group) refuse together. A listing that comes back
+    /// empty or nearly so, or a require group nobody seems to be in (a wrong base or filter, an
+    /// ACL change, a server answering "success" with nothing) must not lock everyone out:
+    /// above the limit nobody is deactivated, with a warning and
+    /// `SyncReport::over_deactivation_limit`, unless the sync is forced
     /// (`SyncOptions::force_deactivation`).
     #[serde(default = "max_deactivate_percent")]
     pub max_deactivate_percent: u8,
@@ -802,8 +806,8 @@ impl LdapConfigBuilder {
         self
     }
 
-    /// The most the bulk sync deactivates as missing in one run, in percent of the active
-    /// LDAP-owned users (see [`LdapConfig::max_deactivate_percent`]).
+    /// The most the bulk sync deactivates (missing or refused users) in one run, in percent of
+    /// the active LDAP-owned users (see [`LdapConfig::max_deactivate_percent`]).
     pub fn max_deactivate_percent(mut self, percent: u8) -> Self {
         self.0.max_deactivate_percent = percent;
         self

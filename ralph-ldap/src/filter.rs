@@ -50,20 +50,82 @@ pub fn fill(template: &str, value: &str) -> String {
     out
 }
 
-/// The attribute a filter template compares the bare placeholder with: `sAMAccountName` in
-/// `(&(objectClass=user)(sAMAccountName=%(user)s))`; the first such item when there are
-/// several. `None` when the placeholder only appears inside a larger value (`uid=x-{user}`) or
-/// in another kind of assertion (`~=`, extensible matches).
+/// How a filter template uses the placeholder: the attributes it compares with the bare
+/// placeholder (`uid` in `(uid={user})`), and whether it also uses it any other way (inside a
+/// larger value, in another kind of assertion, or under a `!`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlaceholderUse<'a> {
+    /// The attributes compared for equality with the bare placeholder, outside any `!`, in
+    /// order and each once (compared case-insensitively).
+    pub attrs: Vec<&'a str>,
+    /// How many times the placeholder appears in all.
+    pub count: usize,
+}
+
+impl<'a> PlaceholderUse<'a> {
+    /// Scans a (parenthesized) filter template.
+    #[must_use]
+    pub fn of(template: &'a str) -> Self {
+        let bytes = template.as_bytes();
+        // The open parenthesis of every enclosing item and whether it is a NOT.
+        let mut stack: Vec<(usize, bool)> = Vec::new();
+        let mut found = Self::default();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            // The placeholders hold parentheses of their own: skip them whole.
+            if let Some(p) = PLACEHOLDERS.iter().find(|p| bytes[pos..].starts_with(p.as_bytes())) {
+                found.count += 1;
+                let negated = stack.iter().any(|&(_, not)| not);
+                if let Some(attr) = stack.last().and_then(|&(open, _)| bare_item(template, open)).filter(|_| !negated)
+                    && !found.attrs.iter().any(|a| a.eq_ignore_ascii_case(attr))
+                {
+                    found.attrs.push(attr);
+                }
+                pos += p.len();
+                continue;
+            }
+            match bytes[pos] {
+                b'(' => stack.push((pos, bytes.get(pos + 1) == Some(&b'!'))),
+                b')' => {
+                    stack.pop();
+                }
+                _ => {}
+            }
+            pos += 1;
+        }
+        found
+    }
+
+    /// The one attribute the login name is compared with, when that is the only use of the
+    /// placeholder: `sAMAccountName` in `(&(objectClass=user)(sAMAccountName=%(user)s))`.
+    /// `None` when the placeholder is compared with several attributes (`(|(mail={user})
+    /// (uid={user}))`: a login may come in through either), only appears inside a larger value
+    /// (`(uid=x-{user})`), in another kind of assertion (`~=`, extensible matches) or under a
+    /// `!`.
+    #[must_use]
+    pub fn single_attr(&self) -> Option<&'a str> {
+        match self.attrs.as_slice() {
+            [attr] if self.count == 1 => Some(attr),
+            _ => None,
+        }
+    }
+}
+
+/// The attribute of the item opened at `open` when the item is `(attr=<placeholder>)`.
+fn bare_item(template: &str, open: usize) -> Option<&str> {
+    let item = &template[open + 1..];
+    let (attr, value) = item.split_once('=')?;
+    let is_attr = attr.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && attr.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b';');
+    let bare = PLACEHOLDERS.iter().any(|p| value.strip_prefix(p).is_some_and(|after| after.starts_with(')')));
+    (is_attr && bare).then_some(attr)
+}
+
+/// The attribute a filter template compares the login name with, when it compares it with
+/// exactly one (see [`PlaceholderUse::single_attr`]).
 #[must_use]
 pub fn placeholder_attr(template: &str) -> Option<&str> {
-    template.match_indices('(').find_map(|(open, _)| {
-        let item = &template[open + 1..];
-        let (attr, value) = item.split_once('=')?;
-        let is_attr = attr.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && attr.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b';');
-        let bare = PLACEHOLDERS.iter().any(|p| value.strip_prefix(p).is_some_and(|after| after.starts_with(')')));
-        (is_attr && bare).then_some(attr)
-    })
+    PlaceholderUse::of(template).single_attr()
 }
 
 /// Wraps a filter in parentheses when it is a bare `attr=value` item.
@@ -120,11 +182,19 @@ mod tests {
     fn the_attribute_compared_with_the_placeholder() {
         assert_eq!(placeholder_attr("(&(objectClass=*)(sAMAccountName=%(user)s))"), Some("sAMAccountName"));
         assert_eq!(placeholder_attr("(uid={user})"), Some("uid"));
-        assert_eq!(placeholder_attr("(|(mail=x)(uid={user})(cn={user}))"), Some("uid"));
+        assert_eq!(placeholder_attr("(|(mail=x)(uid={user}))"), Some("uid"));
+        assert_eq!(placeholder_attr("(|(mail=x)(uid={user})(cn={user}))"), None, "two attributes");
+        assert_eq!(placeholder_attr("(|(mail=%(user)s)(uid=%(user)s))"), None, "two attributes");
+        assert_eq!(placeholder_attr("(&(uid={user})(!(cn={user})))"), None, "also under a NOT");
+        assert_eq!(placeholder_attr("(!(uid={user}))"), None, "only under a NOT");
+        assert_eq!(placeholder_attr("(|(uid={user})(mail={user}@corp.example))"), None, "also in a value");
+        assert_eq!(placeholder_attr("(&(cn=a\\29b)(uid=%(user)s))"), Some("uid"), "escaped parenthesis");
         assert_eq!(placeholder_attr("(userPrincipalName={user}@corp.example)"), None);
         assert_eq!(placeholder_attr("(uid~={user})"), None);
         assert_eq!(placeholder_attr("(uid:caseExactMatch:={user})"), None);
         assert_eq!(placeholder_attr("uid={user}"), None, "validated filters are parenthesized first");
+        let both = PlaceholderUse::of("(|(mail=%(user)s)(&(objectClass=*)(UID=%(user)s))(uid={user})(!(cn={user})))");
+        assert_eq!((both.attrs, both.count), (vec!["mail", "UID"], 4));
     }
 
     #[test]

@@ -37,12 +37,14 @@ impl LdapGroup {
     }
 
     /// A group from a search result: named by the attribute when the server returned it, else
-    /// as [`LdapGroup::from_dn`].
-    fn from_entry(entry: crate::conn::Entry, name_attr: &str) -> Result<Self> {
-        match entry.first(name_attr).map(str::to_owned) {
-            Some(name) => Ok(Self { dn: entry.dn, name: Some(name) }),
-            None => Self::from_dn(&entry.dn, name_attr),
+    /// as [`LdapGroup::from_dn`]. The DN must parse either way: a name does not make an
+    /// unreadable DN comparable with the deny group.
+    fn from_entry(entry: &crate::conn::Entry, name_attr: &str) -> Result<Self> {
+        let mut group = Self::from_dn(&entry.dn, name_attr)?;
+        if let Some(name) = entry.first(name_attr) {
+            group.name = Some(name.to_owned());
         }
+        Ok(group)
     }
 }
 
@@ -119,7 +121,7 @@ pub(crate) async fn resolve<D: Directory>(
         };
         let f = filter::and(&[&search.filter, &format!("({member}:{IN_CHAIN_RULE}:={})", filter::escape(user_dn))]);
         let entries = directory.search(&search.base, search.scope.into(), &f, &[name_attr]).await?;
-        return entries.into_iter().map(|e| LdapGroup::from_entry(e, name_attr)).collect();
+        return entries.iter().map(|e| LdapGroup::from_entry(e, name_attr)).collect();
     }
 
     // Direct groups first.
@@ -140,7 +142,7 @@ pub(crate) async fn resolve<D: Directory>(
             };
             let f = filter::and(&[&search.filter, &item]);
             let entries = directory.search(&search.base, search.scope.into(), &f, &[name_attr]).await?;
-            for entry in entries {
+            for entry in &entries {
                 groups.push(LdapGroup::from_entry(entry, name_attr)?);
             }
         }
@@ -183,7 +185,7 @@ async fn parents_of<D: Directory>(config: &LdapConfig, directory: &D, group_dn: 
             let item = format!("({}={})", config.group_member_attr, filter::escape(group_dn));
             let f = filter::and(&[&search.filter, &item]);
             let entries = directory.search(&search.base, search.scope.into(), &f, &[name_attr]).await?;
-            entries.into_iter().map(|e| LdapGroup::from_entry(e, name_attr)).collect()
+            entries.iter().map(|e| LdapGroup::from_entry(e, name_attr)).collect()
         }
         GroupType::Posix => Ok(Vec::new()),
     }
@@ -204,4 +206,47 @@ pub(crate) async fn name_all<D: Directory>(config: &LdapConfig, directory: &D, g
         group.name = name;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::Entry;
+
+    /// A directory that answers every search with the same entries.
+    struct Fixed(Vec<Entry>);
+
+    impl Directory for Fixed {
+        async fn search(&self, _: &str, _: ldap3::Scope, _: &str, _: &[&str]) -> Result<Vec<Entry>> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn group(dn: &str, cn: Option<&str>) -> Entry {
+        Entry { dn: dn.into(), attrs: cn.map(|cn| ("cn".to_owned(), vec![cn.to_owned()])).into_iter().collect() }
+    }
+
+    #[tokio::test]
+    async fn a_group_dn_that_does_not_parse_is_an_error_even_with_a_name() {
+        let config = LdapConfig::builder(["ldaps://h"])
+            .user_search("dc=x", crate::Scope::Subtree, "(uid=%(user)s)")
+            .group_type(GroupType::GroupOfNames, "cn")
+            .group_search("dc=x", crate::Scope::Subtree, "(objectClass=groupOfNames)")
+            .nested_groups(NestedGroups::Off)
+            .deny_group("cn=banned,dc=x")
+            .build()
+            .expect("valid");
+        // Unparseable (no `=`, a dangling escape): it could be the deny group, so not passed over.
+        for bad in ["cn=banned,dc=x,garbage", "cn=banned\\"] {
+            for name in [Some("banned"), None] {
+                let directory = Fixed(vec![group("cn=ok,dc=x", Some("ok")), group(bad, name)]);
+                let groups = resolve(&config, &directory, "uid=u,dc=x", "u", &[], false).await;
+                assert!(matches!(groups, Err(Error::Protocol(_))), "{bad:?} named {name:?}: {groups:?}");
+            }
+        }
+        let directory = Fixed(vec![group("CN=Banned,DC=X", Some("Banned")), group("cn=other,dc=x", None)]);
+        let groups = resolve(&config, &directory, "uid=u,dc=x", "u", &[], false).await.expect("parses");
+        let names: Vec<_> = groups.iter().map(|g| g.name.as_deref()).collect();
+        assert_eq!(names, [Some("Banned"), Some("other")]);
+    }
 }

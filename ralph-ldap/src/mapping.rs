@@ -104,27 +104,39 @@ impl GroupRules {
 /// attribute can be told from the configuration) the entry's RDN value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum NameSource {
-    /// `username_attr`, or the attribute the user search filter / DN template puts the login in.
+    /// `username_attr`, or the one attribute the user search filter / DN template puts the
+    /// login in.
     Attr(String),
-    /// The value of the entry's first RDN.
-    Rdn,
+    /// The value of the entry's first RDN. A login must be that value or a value of one of
+    /// these attributes: those the user search filter compares the login with, when there
+    /// are several (`(|(mail={user})(uid={user}))`), so no single one names the user.
+    Rdn(Vec<String>),
 }
 
 impl NameSource {
     pub(crate) fn new(config: &LdapConfig) -> Self {
-        let inferred = config
-            .user_search
-            .as_ref()
-            .and_then(|s| filter::placeholder_attr(&filter::parenthesize(&s.filter)).map(str::to_owned))
-            .or_else(|| config.user_dn_template.as_deref().and_then(dn::template_attr).map(str::to_owned));
-        config.username_attr.clone().or(inferred).map_or(Self::Rdn, Self::Attr)
+        if let Some(attr) = &config.username_attr {
+            return Self::Attr(attr.clone());
+        }
+        if let Some(search) = &config.user_search {
+            let template = filter::parenthesize(&search.filter);
+            let used = filter::PlaceholderUse::of(&template);
+            return match used.single_attr() {
+                Some(attr) => Self::Attr(attr.to_owned()),
+                None => Self::Rdn(used.attrs.into_iter().map(str::to_owned).collect()),
+            };
+        }
+        match config.user_dn_template.as_deref().and_then(dn::template_attr) {
+            Some(attr) => Self::Attr(attr.to_owned()),
+            None => Self::Rdn(Vec::new()),
+        }
     }
 
-    /// The attribute to ask for, if any.
-    pub(crate) fn attr(&self) -> Option<&str> {
+    /// The attributes to ask for.
+    pub(crate) fn attrs(&self) -> &[String] {
         match self {
-            Self::Attr(a) => Some(a),
-            Self::Rdn => None,
+            Self::Attr(a) => std::slice::from_ref(a),
+            Self::Rdn(login_attrs) => login_attrs,
         }
     }
 
@@ -140,7 +152,7 @@ impl NameSource {
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
                 .or_else(|| entry.first(attr)),
-            Self::Rdn => rdn.and_then(|r| r.0.first()).map(|a| a.value.trim()).filter(|v| !v.is_empty()),
+            Self::Rdn(_) => rdn.and_then(|r| r.0.first()).map(|a| a.value.trim()).filter(|v| !v.is_empty()),
         };
         name.map(str::to_owned)
     }
@@ -150,10 +162,8 @@ impl NameSource {
     /// The RDN counts too, for a server that lets the attribute be searched but not read.
     pub(crate) fn carries(&self, entry: &Entry, login: &str) -> bool {
         let wanted = login.to_lowercase();
-        let in_values = match self {
-            Self::Attr(attr) => entry.values(attr).iter().any(|v| v.trim().to_lowercase() == wanted),
-            Self::Rdn => false,
-        };
+        let in_values =
+            self.attrs().iter().any(|attr| entry.values(attr).iter().any(|v| v.trim().to_lowercase() == wanted));
         in_values || self.username(entry).is_some_and(|v| v.to_lowercase() == wanted)
     }
 }
@@ -230,7 +240,7 @@ pub(crate) fn user_attributes(config: &LdapConfig, names: &NameSource) -> Vec<St
         .into_iter()
         .flatten()
         .cloned()
-        .chain(names.attr().map(str::to_owned))
+        .chain(names.attrs().iter().cloned())
         .chain(config.profile_attr_map.attributes().map(str::to_owned))
         .collect();
     if config.group_type == crate::config::GroupType::MemberOf {
@@ -325,7 +335,24 @@ mod tests {
         c.user_dn_template = Some("cn=%(user)s,ou=people,dc=x".into());
         assert_eq!(NameSource::new(&c), NameSource::Attr("cn".into()), "from the DN template");
         c.user_dn_template = Some("cn=u-%(user)s,ou=people,dc=x".into());
-        assert_eq!(NameSource::new(&c), NameSource::Rdn);
+        assert_eq!(NameSource::new(&c), NameSource::Rdn(vec![]));
+    }
+
+    #[test]
+    fn a_filter_comparing_several_attributes_names_users_by_rdn() {
+        let mut c = config();
+        c.user_search = Some(crate::SearchSpec::new("dc=x", crate::Scope::Subtree, "(|(mail=%(user)s)(uid=%(user)s))"));
+        let names = NameSource::new(&c);
+        assert_eq!(names, NameSource::Rdn(vec!["mail".into(), "uid".into()]));
+        assert!(user_attributes(&c, &names).iter().any(|a| a == "mail"), "mail is not asked for");
+        let e = entry("uid=alice,ou=people,dc=x", &[("mail", &["alice@x.example"]), ("uid", &["alice", "anowak"])]);
+        assert_eq!(names.username(&e).as_deref(), Some("alice"));
+        for login in ["alice", "ALICE", "anowak", "Alice@X.example"] {
+            assert!(names.carries(&e, login), "{login}");
+        }
+        assert!(!names.carries(&e, "bob"));
+        c.user_search = Some(crate::SearchSpec::new("dc=x", crate::Scope::Subtree, "(|(uid=%(user)s)(uid={user}))"));
+        assert_eq!(NameSource::new(&c), NameSource::Rdn(vec!["uid".into()]), "one comparison only");
     }
 
     #[test]
@@ -337,8 +364,9 @@ mod tests {
         let sam = NameSource::Attr("sAMAccountName".into());
         let e = entry("CN=Smith\\, John,OU=x,DC=x", &[("sAMAccountName", &[" jsmith "])]);
         assert_eq!(sam.username(&e).as_deref(), Some("jsmith"));
-        assert_eq!(NameSource::Rdn.username(&e).as_deref(), Some("Smith, John"));
-        assert!(NameSource::Rdn.carries(&e, "smith, JOHN") && !NameSource::Rdn.carries(&e, "jsmith"));
+        let rdn = NameSource::Rdn(vec![]);
+        assert_eq!(rdn.username(&e).as_deref(), Some("Smith, John"));
+        assert!(rdn.carries(&e, "smith, JOHN") && !rdn.carries(&e, "jsmith"));
         assert_eq!(sam.username(&entry("cn=x,dc=x", &[])), None);
     }
 }

@@ -1,7 +1,8 @@
 //! The bulk sync (Ralph's `ldap_sync`): page through every user the user filter admits,
 //! mirror each one, and deactivate LDAP-owned users the directory no longer lists (unless the
-//! listing met a referral, which makes it incomplete, or would deactivate more than
-//! `max_deactivate_percent` of the active LDAP users, which makes it suspect).
+//! listing met a referral, which makes it incomplete), and those the group rules now refuse;
+//! unless the two together are more than `max_deactivate_percent` of the active LDAP users,
+//! which makes the run suspect.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -28,8 +29,9 @@ pub struct SyncReport {
     /// Entries skipped: no usable or an ambiguous username, refused by require/deny group, or
     /// a username held by a local account.
     pub skipped: usize,
-    /// LDAP-owned users deactivated: the directory no longer lists them, or the group rules
-    /// (require/deny group) now refuse them.
+    /// LDAP-owned users deactivated (active before, inactive now): the group rules
+    /// (require/deny group) refuse them ([`SyncReport::refused`]), or the directory no longer
+    /// lists them ([`SyncReport::missing`]). 0 when [`SyncReport::over_deactivation_limit`].
     pub deactivated: u64,
     /// Mirrored users that are active.
     pub active: usize,
@@ -38,18 +40,23 @@ pub struct SyncReport {
     /// Continuation references (referrals, e.g. to an AD child domain) returned by the server
     /// and not chased.
     pub referrals_ignored: usize,
+    /// Listed entries the group rules refused whose LDAP-owned record in the store is active
+    /// (a subset of [`SyncReport::skipped`]): deactivated unless
+    /// [`SyncReport::over_deactivation_limit`].
+    pub refused: usize,
     /// Active LDAP-owned users in the store that the listing did not return (deactivated as
-    /// missing unless [`SyncReport::deactivation_skipped`]).
+    /// missing unless [`SyncReport::deactivation_skipped`]). 0 when `deactivate_missing` is off
+    /// or the listing met referrals.
     pub missing: usize,
-    /// `deactivate_missing` is on but missing users were left alone: the listing met
-    /// referrals ([`SyncReport::referrals_ignored`]), so users living behind them were not
-    /// seen and may well still exist; or deactivating them would have gone over the limit
-    /// ([`SyncReport::over_deactivation_limit`]).
+    /// Some users were left active that would otherwise have been deactivated: the listing met
+    /// referrals ([`SyncReport::referrals_ignored`]), so missing users living behind them were
+    /// not seen and may well still exist (refused users are still deactivated then); or
+    /// deactivating would have gone over the limit ([`SyncReport::over_deactivation_limit`]).
     pub deactivation_skipped: bool,
-    /// The missing users were more than `max_deactivate_percent` of the active LDAP-owned
-    /// users, and the sync was not forced: a listing that comes back (nearly) empty is far
-    /// more often a wrong base, filter or ACL than an emptied directory, so nobody was
-    /// deactivated as missing.
+    /// The refused and missing users together were more than `max_deactivate_percent` of the
+    /// active LDAP-owned users, and the sync was not forced: a listing that comes back (nearly)
+    /// empty, or a require group nobody seems to be in, is far more often a wrong base, filter
+    /// or ACL than a directory emptied overnight, so nobody was deactivated, neither kind.
     pub over_deactivation_limit: bool,
 }
 
@@ -57,8 +64,9 @@ pub struct SyncReport {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SyncOptions {
-    /// Deactivate the missing users even above `max_deactivate_percent` (after checking that
-    /// the directory really lost them). Referrals still skip deactivation.
+    /// Deactivate the refused and missing users even above `max_deactivate_percent` (after
+    /// checking that the directory really lost them, or the group rules really refuse them).
+    /// Referrals still skip deactivating missing users.
     pub force_deactivation: bool,
 }
 
@@ -69,7 +77,7 @@ impl SyncOptions {
         Self::default()
     }
 
-    /// Whether to deactivate missing users above the configured limit.
+    /// Whether to deactivate refused and missing users above the configured limit.
     #[must_use]
     pub fn force_deactivation(mut self, force: bool) -> Self {
         self.force_deactivation = force;
@@ -80,15 +88,19 @@ impl SyncOptions {
 impl<S: UserStore> LdapBackend<S> {
     /// Imports every user matching the user search (placeholder replaced by `*`) and the user
     /// filter with an RFC 2696 paged search, creating or updating users, profiles and groups;
-    /// then, if `deactivate_missing` is on, deactivates LDAP-owned users not seen.
+    /// then deactivates LDAP-owned users the group rules refuse and, if `deactivate_missing` is
+    /// on, those not seen.
     ///
     /// Deactivation only happens after the whole listing was read: a search cut short (a size
     /// limit, a lost connection) is an error and deactivates nobody. A listing that met
     /// continuation references (referrals, not chased) is incomplete too: missing users are then
-    /// left active, with a warning and [`SyncReport::deactivation_skipped`] set. So are they
-    /// when they are more than `max_deactivate_percent` of the active LDAP-owned users (see
-    /// [`LdapBackend::sync_with`] to force it). (Users the group rules refuse are still
-    /// deactivated: their entry was read.)
+    /// left active, with a warning and [`SyncReport::deactivation_skipped`] set.
+    ///
+    /// Users the group rules (require/deny group) refuse are deactivated too, referrals or not
+    /// and whatever `deactivate_missing` says: their entry was read. But when the refused and
+    /// missing users together are more than `max_deactivate_percent` of the active LDAP-owned
+    /// users, nobody is deactivated, with a warning and [`SyncReport::over_deactivation_limit`]
+    /// set (see [`LdapBackend::sync_with`] to force it).
     ///
     /// Usernames are derived exactly as for a login (the directory's spelling of
     /// `username_attr`, or of the attribute the user search filter compares), so a user the
@@ -150,6 +162,7 @@ impl<S: UserStore> LdapBackend<S> {
             }
         }
         let mut present: HashSet<String> = HashSet::new();
+        let mut refused: Vec<(&Entry, String)> = Vec::new();
         for entry in &entries {
             let Some(username) = inner.names.username(entry) else {
                 report.skipped += 1;
@@ -169,17 +182,10 @@ impl<S: UserStore> LdapBackend<S> {
             }
             let mut groups = inner.groups_of(entry, &username).await?;
             let Verdict::Allowed(flags) = inner.rules.decide(&groups) else {
-                // Refused by the group rules: not imported, and deactivated if mirrored before.
+                // Refused by the group rules: not imported, and deactivated after the loop if
+                // mirrored before (and within the limit: a wrong require group refuses everyone).
                 report.skipped += 1;
-                let was_active = inner.store.get_user(&username).await?.is_some_and(|u| u.value.is_active);
-                match inner.deactivate_refused(entry, &username).await {
-                    Ok(true) if was_active => report.deactivated += 1,
-                    Ok(_) => {}
-                    Err(Error::Store(e)) if e.is_conflict() => {
-                        warn!(target: TRACE_TARGET, dn = %entry.dn, "a local account holds this username, left alone");
-                    }
-                    Err(e) => return Err(e),
-                }
+                refused.push((entry, username));
                 continue;
             };
             let roles = inner.roles_of(entry, &mut groups).await?;
@@ -205,6 +211,25 @@ impl<S: UserStore> LdapBackend<S> {
             }
         }
 
+        // Who would be deactivated: refused users whose LDAP-owned record is active, and (if
+        // deactivate_missing is on and the listing is complete) active LDAP users not listed.
+        let mut refused_active: HashSet<&str> = HashSet::new();
+        for (_, username) in &refused {
+            let user = inner.store.get_user(username).await?;
+            if user.is_some_and(|u| u.value.source == UserSource::Ldap && u.value.is_active) {
+                refused_active.insert(username);
+            }
+        }
+        report.refused = refused_active.len();
+        let active: Vec<String> = inner
+            .store
+            .list_users(Some(UserSource::Ldap))
+            .await?
+            .into_iter()
+            .filter(|u| u.value.is_active)
+            .map(|u| u.value.username)
+            .collect();
+        let mut gone: Vec<String> = Vec::new();
         if config.deactivate_missing && report.referrals_ignored > 0 {
             // Users behind a referral (an AD child domain, another server) were not listed:
             // "not seen" does not mean "gone", so nobody is deactivated as missing.
@@ -215,58 +240,75 @@ impl<S: UserStore> LdapBackend<S> {
             );
             report.deactivation_skipped = true;
         } else if config.deactivate_missing {
-            let active: Vec<String> = inner
-                .store
-                .list_users(Some(UserSource::Ldap))
-                .await?
-                .into_iter()
-                .filter(|u| u.value.is_active)
-                .map(|u| u.value.username)
-                .collect();
-            let gone: Vec<String> = active.iter().filter(|u| !present.contains(*u)).cloned().collect();
+            gone = active.iter().filter(|u| !present.contains(*u)).cloned().collect();
             report.missing = gone.len();
-            let limit = usize::from(config.max_deactivate_percent);
-            // In integers: gone / active > limit / 100.
-            let over = gone.len().saturating_mul(100) > active.len().saturating_mul(limit);
-            if over && !options.force_deactivation {
-                warn!(
-                    target: TRACE_TARGET,
-                    missing = gone.len(),
-                    active = active.len(),
-                    seen = report.seen,
-                    max_deactivate_percent = limit,
-                    "the listing misses more active LDAP users than max_deactivate_percent allows: \
-                     nobody is deactivated as missing (check the base and filter, or force the sync)"
-                );
-                report.over_deactivation_limit = true;
-                report.deactivation_skipped = true;
-            } else if !gone.is_empty() {
-                if over {
-                    warn!(
-                        target: TRACE_TARGET,
-                        missing = gone.len(),
-                        active = active.len(),
-                        max_deactivate_percent = limit,
-                        "forced: deactivating more missing LDAP users than max_deactivate_percent allows"
-                    );
+        }
+
+        // One limit for both kinds: a require group whose base is wrong (or hidden by an ACL)
+        // refuses everyone just as surely as a wrong user base lists no one.
+        let doomed = report.refused + report.missing;
+        let limit = usize::from(config.max_deactivate_percent);
+        // In integers: doomed / active > limit / 100.
+        let over = doomed.saturating_mul(100) > active.len().saturating_mul(limit);
+        if over && !options.force_deactivation {
+            warn!(
+                target: TRACE_TARGET,
+                refused = report.refused,
+                missing = report.missing,
+                active = active.len(),
+                seen = report.seen,
+                max_deactivate_percent = limit,
+                "the sync would deactivate more active LDAP users (refused by the group rules or missing \
+                 from the listing) than max_deactivate_percent allows: nobody is deactivated (check the \
+                 base, filter and group settings, or force the sync)"
+            );
+            report.over_deactivation_limit = true;
+            report.deactivation_skipped = true;
+            return Ok(finish(report, started));
+        }
+        if over {
+            warn!(
+                target: TRACE_TARGET,
+                refused = report.refused,
+                missing = report.missing,
+                active = active.len(),
+                max_deactivate_percent = limit,
+                "forced: deactivating more LDAP users than max_deactivate_percent allows"
+            );
+        }
+        for (entry, username) in &refused {
+            match inner.deactivate_refused(entry, username).await {
+                Ok(true) if refused_active.contains(username.as_str()) => report.deactivated += 1,
+                Ok(_) => {}
+                Err(Error::Store(e)) if e.is_conflict() => {
+                    warn!(target: TRACE_TARGET, dn = %entry.dn, "a local account holds this username, left alone");
                 }
-                report.deactivated += inner.store.deactivate_users(&gone).await?;
+                Err(e) => return Err(e),
             }
         }
-        info!(
-            target: TRACE_TARGET,
-            seen = report.seen,
-            created = report.created,
-            updated = report.updated,
-            skipped = report.skipped,
-            deactivated = report.deactivated,
-            referrals = report.referrals_ignored,
-            missing = report.missing,
-            deactivation_skipped = report.deactivation_skipped,
-            over_deactivation_limit = report.over_deactivation_limit,
-            elapsed_secs = started.elapsed().as_secs_f64(),
-            "LDAP sync finished"
-        );
-        Ok(report)
+        if !gone.is_empty() {
+            report.deactivated += inner.store.deactivate_users(&gone).await?;
+        }
+        Ok(finish(report, started))
     }
+}
+
+/// Logs the end of a sync and hands its report back.
+fn finish(report: SyncReport, started: Instant) -> SyncReport {
+    info!(
+        target: TRACE_TARGET,
+        seen = report.seen,
+        created = report.created,
+        updated = report.updated,
+        skipped = report.skipped,
+        deactivated = report.deactivated,
+        referrals = report.referrals_ignored,
+        refused = report.refused,
+        missing = report.missing,
+        deactivation_skipped = report.deactivation_skipped,
+        over_deactivation_limit = report.over_deactivation_limit,
+        elapsed_secs = started.elapsed().as_secs_f64(),
+        "LDAP sync finished"
+    );
+    report
 }

@@ -524,6 +524,27 @@ async fn every_spelling_of_a_login_is_one_stored_user() {
 }
 
 #[tokio::test]
+async fn a_filter_comparing_several_attributes_logs_in_through_each() {
+    let Some(fx) = fixture() else { return };
+    // No username_attr and a filter that admits the mail or the uid: neither attribute alone
+    // names the user, so the username is the RDN value, whichever one was typed.
+    let mut c = ralph_config(&fx);
+    c.username_attr = None;
+    c.user_search = Some(ralph_ldap::SearchSpec::new(
+        fx.base.clone(),
+        ralph_ldap::Scope::Subtree,
+        "(|(mail=%(user)s)(uid=%(user)s))",
+    ));
+    let (b, _dir) = backend(c).await;
+    for typed in ["alice", "ALICE", "alice@ralph.test", "Alice@Ralph.Test"] {
+        assert_eq!(identity(login(&b, typed, "alice-pw").await).user.username, "alice", "{typed}");
+    }
+    assert_eq!(login(&b, "alice", "bob-pw").await.ok(), Some(AuthOutcome::NotHandled), "a wrong password");
+    let users = b.store().list_users(Some(UserSource::Ldap)).await.expect("store");
+    assert_eq!(users.iter().map(|u| u.value.username.as_str()).collect::<Vec<_>>(), ["alice"]);
+}
+
+#[tokio::test]
 async fn placeholder_text_in_a_login_is_literal() {
     let Some(fx) = fixture() else { return };
     // `x{user}y` must look up exactly that name, never `xx{user}yy` (the value expanded

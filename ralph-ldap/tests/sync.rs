@@ -290,3 +290,45 @@ async fn serial_a_listing_that_lost_most_users_deactivates_nobody_unless_forced(
     assert_eq!((report.missing, report.deactivated, report.over_deactivation_limit), (3, 3, false), "{report:?}");
     assert_eq!(active(&backend, &names).await, 0);
 }
+
+#[tokio::test]
+async fn a_require_group_nobody_is_in_deactivates_nobody_unless_forced() {
+    let Some(fx) = fixture() else { return };
+    let (captured, _guard) = Captured::start();
+    let (store, _dir) = store().await;
+    let mut config = ralph_config(&fx);
+    config.user_filter =
+        Some(format!("(&(memberOf=cn=ralph-users,ou=groups,{})(|(uid=alice)(uid=bob)(uid=carol)(uid=dave)))", fx.base));
+    // A require group under a base that does not exist (in life: a typo, or an ACL hiding the
+    // group): every listed user is refused by the group rules, none is missing.
+    let mut wrong = config.clone();
+    wrong.require_group = Some(format!("cn=_gr_ralph,ou=no-such-groups,{}", fx.base));
+    let backend = LdapBackend::new(wrong, store.clone()).expect("backend");
+    let names: Vec<String> = ["alice", "bob", "carol", "dave"].map(str::to_owned).to_vec();
+    for name in &names {
+        let mut user = User::new(name).expect("valid");
+        user.source = UserSource::Ldap;
+        user.is_active = true;
+        backend.store().mirror_user(&UserMirror { user, profile: None, groups: None }).await.expect("mirror");
+    }
+    let report = backend.sync().await.expect("sync");
+    assert_eq!((report.seen, report.skipped, report.refused, report.missing), (4, 4, 4, 0), "{report:?}");
+    assert_eq!(report.deactivated, 0, "{report:?}");
+    assert!(report.over_deactivation_limit && report.deactivation_skipped, "{report:?}");
+    assert_eq!(active(&backend, &names).await, 4, "users deactivated by a require group nobody is in");
+    let logs = captured.text();
+    assert!(logs.contains("WARN") && logs.contains("max_deactivate_percent"), "no warning: {logs}");
+
+    // The right require group: only dave (not in _gr_ralph) is refused, 1 of 4 is under the limit.
+    let mut right = config.clone();
+    right.require_group = Some(format!("cn=_gr_ralph,ou=groups,{}", fx.base));
+    let report = LdapBackend::new(right, store.clone()).expect("backend").sync().await.expect("sync");
+    assert_eq!((report.refused, report.deactivated, report.over_deactivation_limit), (1, 1, false), "{report:?}");
+    assert!(!backend.store().get_user("dave").await.expect("store").expect("kept").value.is_active);
+    assert_eq!(active(&backend, &names).await, 3);
+
+    // Forced for one run: the wrong require group deactivates the three still active.
+    let report = backend.sync_with(SyncOptions::new().force_deactivation(true)).await.expect("forced sync");
+    assert_eq!((report.refused, report.deactivated, report.over_deactivation_limit), (3, 3, false), "{report:?}");
+    assert_eq!(active(&backend, &names).await, 0);
+}
