@@ -87,9 +87,13 @@ async fn write_user<DB: Backend>(conn: &mut DB::Connection, id: i64, user: &User
     execute::<DB>(conn, USER, &sql, &args).await.map(drop)
 }
 
+/// The columns [`user_values`] fills: all but `id`.
+fn user_columns() -> Vec<&'static str> {
+    USER_COLUMNS.split(", ").skip(1).collect()
+}
+
 async fn insert_user<DB: Backend>(conn: &mut DB::Connection, user: &User) -> Result<i64, StoreError> {
-    let columns: Vec<&str> = USER_COLUMNS.split(", ").skip(1).collect();
-    insert::<DB>(conn, USER, "users", &columns, &user_values(user)).await
+    insert::<DB>(conn, USER, "users", &user_columns(), &user_values(user)).await
 }
 
 /// Writes the profile of user `id`: an `UPDATE` when it has one (`exists`), else an `INSERT`.
@@ -184,12 +188,17 @@ async fn diff_groups<DB: Backend>(
     Ok(!extra.is_empty() || !missing.is_empty())
 }
 
-/// Replaces the memberships of `id` with `groups`, creating missing groups.
-async fn write_groups<DB: Backend>(conn: &mut DB::Connection, id: i64, groups: &[Group]) -> Result<(), StoreError> {
+/// Makes `groups` the memberships of user `id` (now members of `current`), creating missing
+/// groups. Returns whether anything was written.
+async fn write_groups<DB: Backend>(
+    conn: &mut DB::Connection,
+    id: i64,
+    current: &BTreeSet<i64>,
+    groups: &[Group],
+) -> Result<bool, StoreError> {
     let names: BTreeSet<&str> = groups.iter().map(Group::as_str).collect();
     let wanted = group_ids::<DB>(conn, &names).await?;
-    let current = stored_mirror::<DB>(conn, UserKey::Id(id)).await?.map(|s| s.group_ids).unwrap_or_default();
-    diff_groups::<DB>(conn, id, &current, &wanted).await.map(drop)
+    diff_groups::<DB>(conn, id, current, &wanted).await
 }
 
 /// What the store holds for one user, as [`UserStore::mirror_user`] compares it.
@@ -292,8 +301,7 @@ async fn write_mirror<DB: Backend>(
     let mut id = if known { user_id::<DB>(&mut tx, &user.username).await? } else { None };
     let mut created = false;
     if id.is_none() {
-        let columns: Vec<&str> = USER_COLUMNS.split(", ").skip(1).collect();
-        let create = DB::DIALECT.insert_ignore("users", &columns.join(", "), "username");
+        let create = DB::DIALECT.insert_ignore("users", &user_columns().join(", "), "username");
         created = execute::<DB>(&mut tx, USER, &create, &user_values(user)).await? == 1;
         id = user_id::<DB>(&mut tx, &user.username).await?;
     }
@@ -318,9 +326,7 @@ async fn write_mirror<DB: Backend>(
         changed = true;
     }
     if let Some(groups) = &mirror.groups {
-        let names: BTreeSet<&str> = groups.iter().map(Group::as_str).collect();
-        let wanted = group_ids::<DB>(&mut tx, &names).await?;
-        changed |= diff_groups::<DB>(&mut tx, id, &stored.group_ids, &wanted).await?;
+        changed |= write_groups::<DB>(&mut tx, id, &stored.group_ids, groups).await?;
     }
     if !created && !changed {
         // A concurrent mirror wrote the same thing first; nothing to commit.
@@ -487,7 +493,8 @@ impl<DB: Backend> UserStore for SqlStore<DB> {
         self.retrying("group", || async {
             let mut tx = self.begin("group").await?;
             let id = user_id::<DB>(&mut tx, username).await?.ok_or_else(|| not_found(username))?;
-            write_groups::<DB>(&mut tx, id, groups).await?;
+            let current = stored_mirror::<DB>(&mut tx, UserKey::Id(id)).await?.map(|s| s.group_ids).unwrap_or_default();
+            write_groups::<DB>(&mut tx, id, &current, groups).await?;
             commit(tx, "group").await
         })
         .await
