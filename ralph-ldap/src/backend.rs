@@ -224,6 +224,7 @@ impl<S> Inner<S> {
         filter: &str,
         attrs: &[&str],
     ) -> Result<conn::Found> {
+        // One immediate retry when the pooled connection was dead, not a back-off: so no backon.
         let mut retried = false;
         loop {
             let mut ldap = conn::checkout(&self.service).await?;
@@ -299,6 +300,7 @@ impl<S> Inner<S> {
         if password.is_empty() {
             return Ok(false);
         }
+        // As in `service_search`: one immediate retry after a dead pooled connection, no back-off.
         let mut retried = false;
         loop {
             let mut ldap = conn::checkout(&self.binds).await?;

@@ -199,20 +199,9 @@ impl Connector {
     }
 }
 
-/// Splits a PEM bundle into certificates.
+/// The certificates of a PEM bundle (other PEM blocks are skipped); none at all is an error.
 fn pem_certificates(pem: &[u8]) -> std::result::Result<Vec<native_tls::Certificate>, String> {
-    let text = std::str::from_utf8(pem).map_err(|_| "not a PEM file".to_owned())?;
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    let mut certs = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find(BEGIN) {
-        let after = &rest[start..];
-        let end = after.find(END).ok_or_else(|| "unterminated certificate".to_owned())? + END.len();
-        let cert = native_tls::Certificate::from_pem(&after.as_bytes()[..end]).map_err(|e| e.to_string())?;
-        certs.push(cert);
-        rest = &after[end..];
-    }
+    let certs = native_tls::Certificate::stack_from_pem(pem).map_err(|e| e.to_string())?;
     if certs.is_empty() {
         return Err("no certificates found".to_owned());
     }
@@ -376,4 +365,32 @@ pub(crate) async fn paged_search(
         return Err(Error::Result { op: "paged search", rc: result.rc, text: result.text });
     }
     Ok(referrals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pem_certificates;
+
+    /// The test directory's two CA certificates, when the services are running.
+    fn cas() -> Option<(String, String)> {
+        let read = |var: &str| std::fs::read_to_string(std::env::var(var).ok()?).ok();
+        Some((read("RALPH_TEST_LDAP_CA")?, read("RALPH_TEST_LDAP_OTHER_CA")?))
+    }
+
+    #[test]
+    fn ca_bundles_are_split_and_bad_ones_refused() {
+        for bad in [&b""[..], b"not a certificate", b"\xff\xfe\x00binary"] {
+            assert!(pem_certificates(bad).is_err(), "{bad:?} accepted");
+        }
+        let Some((ca, other)) = cas() else { return };
+        assert_eq!(pem_certificates(ca.as_bytes()).map(|c| c.len()), Ok(1));
+        // Text and other PEM blocks between the certificates are skipped, as before.
+        let key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let bundle = format!("# corp CA\n{ca}\n{key}some text\n{other}");
+        assert_eq!(pem_certificates(bundle.as_bytes()).map(|c| c.len()), Ok(2));
+        let unterminated = &ca[..ca.find("-----END").expect("PEM")];
+        assert!(pem_certificates(unterminated.as_bytes()).is_err(), "unterminated certificate accepted");
+        let corrupt = ca.replacen("MII", "M!I", 1);
+        assert!(pem_certificates(corrupt.as_bytes()).is_err(), "corrupt certificate accepted");
+    }
 }

@@ -6,7 +6,8 @@
 //! directory would consider equal (attribute types case-insensitive, values with insignificant
 //! spaces and case folded, multi-valued RDNs in a fixed order).
 
-use std::fmt;
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
 
 /// Why a DN could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -158,30 +159,29 @@ pub fn template_attr(template: &str) -> Option<&str> {
 }
 
 /// Escapes a string for use as an attribute value in a DN (RFC 4514 section 2.4): `"`, `+`,
-/// `,`, `;`, `<`, `>`, `\` and `=` always, a leading `#` or space, a trailing space, NUL and other
-/// control characters as `\XX` hex.
+/// `,`, `;`, `<`, `>`, `\\` and `=` always, a leading `#` or space, a trailing space, NUL and other
+/// control characters, all as `\\XX` hex.
 #[must_use]
-pub fn escape_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 8);
-    let last = value.chars().count().saturating_sub(1);
-    for (i, c) in value.chars().enumerate() {
-        match c {
-            '"' | '+' | ',' | ';' | '<' | '>' | '\\' | '=' => {
-                out.push('\\');
-                out.push(c);
+pub fn escape_value(value: &str) -> Cow<'_, str> {
+    let escaped = ldap3::dn_escape(value);
+    // ldap3 escapes NUL but no other control character (RFC 4514 allows them raw); we escape
+    // them too, so a DN built from a login never carries a raw newline or terminal escape to
+    // the server or into a log.
+    if !escaped.contains(char::is_control) {
+        return escaped;
+    }
+    let mut out = String::with_capacity(escaped.len() + 8);
+    for c in escaped.chars() {
+        if c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                let _ = write!(out, "\\{b:02x}");
             }
-            '#' if i == 0 => out.push_str("\\#"),
-            ' ' if i == 0 || i == last => out.push_str("\\ "),
-            c if c.is_control() => {
-                let mut buf = [0u8; 4];
-                for b in c.encode_utf8(&mut buf).bytes() {
-                    out.push_str(&format!("\\{b:02X}"));
-                }
-            }
-            c => out.push(c),
+        } else {
+            out.push(c);
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 fn normalize_attr(attr: &str) -> String {
@@ -361,6 +361,21 @@ mod tests {
 
     fn name(dn: &str) -> Option<String> {
         display_name(dn)
+    }
+
+    #[test]
+    fn value_escaping_edges() {
+        assert_eq!(escape_value("Jan Kowalski"), "Jan Kowalski");
+        assert_eq!(escape_value("Łukasz"), "Łukasz", "non-ASCII stays as it is");
+        assert_eq!(escape_value("Smith, John"), "Smith\\2c John");
+        assert_eq!(escape_value("a+b=c;d<e>f\"g\\h"), "a\\2bb\\3dc\\3bd\\3ce\\3ef\\22g\\5ch");
+        assert_eq!(escape_value("#x#"), "\\23x#", "only a leading #");
+        assert_eq!(escape_value(" a b "), "\\20a b\\20", "leading and trailing space");
+        assert_eq!(escape_value(" "), "\\20");
+        // Beyond ldap3's dn_escape (NUL only): every control character, by its UTF-8 bytes.
+        assert_eq!(escape_value("a\0b\nc\u{1b}d\u{85}"), "a\\00b\\0ac\\1bd\\c2\\85");
+        let dn = Dn::parse(&format!("cn={},dc=x", escape_value(" a\nb\u{85} "))).expect("parses");
+        assert_eq!(dn.display_name(), Some(" a\nb\u{85} "));
     }
 
     #[test]

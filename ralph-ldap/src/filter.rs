@@ -5,21 +5,11 @@
 pub const PLACEHOLDERS: [&str; 2] = ["%(user)s", "{user}"];
 
 /// Escapes a value for use inside a filter (RFC 4515 section 3): `*`, `(`, `)`, `\` and NUL
-/// become `\2a`, `\28`, `\29`, `\5c`, `\00`. Every other byte, UTF-8 included, stays as it is.
+/// become `\2a`, `\28`, `\29`, `\5c`, `\00`. Every other byte, UTF-8 included, stays as it is
+/// (RFC 4515 requires no more). This is ldap3's `ldap_escape`, kept here under our name.
 #[must_use]
-pub fn escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 8);
-    for c in value.chars() {
-        match c {
-            '*' => out.push_str("\\2a"),
-            '(' => out.push_str("\\28"),
-            ')' => out.push_str("\\29"),
-            '\\' => out.push_str("\\5c"),
-            '\0' => out.push_str("\\00"),
-            c => out.push(c),
-        }
-    }
-    out
+pub fn escape(value: &str) -> std::borrow::Cow<'_, str> {
+    ldap3::ldap_escape(value)
 }
 
 /// Whether `template` contains a user placeholder.

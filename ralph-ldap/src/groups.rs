@@ -1,9 +1,8 @@
 //! Group membership: `memberOf`, groupOfNames and posixGroup lookups, nested groups (AD's
 //! in-chain matching rule or client-side recursion with a cycle guard), and the TTL cache.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
 
 use tracing::debug;
 
@@ -49,40 +48,39 @@ impl LdapGroup {
 }
 
 /// Caches each user's resolved groups for the configured TTL (django-auth-ldap's
-/// `AUTH_LDAP_CACHE_TIMEOUT`). Failures are never cached.
+/// `AUTH_LDAP_CACHE_TIMEOUT`); a TTL of zero turns it off. Failures are never cached.
 #[derive(Debug, Default)]
 pub(crate) struct GroupCache {
-    ttl: Duration,
-    entries: Mutex<HashMap<String, (Instant, Vec<LdapGroup>)>>,
+    entries: Option<moka::sync::Cache<String, Vec<LdapGroup>>>,
 }
 
 impl GroupCache {
+    /// At most this many users' groups are kept; past it moka evicts the least useful.
+    const CAPACITY: u64 = 100_000;
+    /// moka refuses a TTL over 1000 years; a longer one is "forever" all the same.
+    const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
     pub(crate) fn new(ttl: Duration) -> Self {
-        Self { ttl, entries: Mutex::new(HashMap::new()) }
+        let entries = (!ttl.is_zero()).then(|| {
+            moka::sync::Cache::builder().max_capacity(Self::CAPACITY).time_to_live(ttl.min(Self::MAX_TTL)).build()
+        });
+        Self { entries }
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<Vec<LdapGroup>> {
-        if self.ttl.is_zero() {
-            return None;
-        }
-        let map = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, groups)| groups.clone())
+        self.entries.as_ref()?.get(key)
     }
 
     pub(crate) fn put(&self, key: String, groups: Vec<LdapGroup>) {
-        if self.ttl.is_zero() {
-            return;
+        if let Some(entries) = &self.entries {
+            entries.insert(key, groups);
         }
-        let mut map = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.len() > 100_000 {
-            let ttl = self.ttl;
-            map.retain(|_, (at, _)| at.elapsed() < ttl);
-        }
-        map.insert(key, (Instant::now(), groups));
     }
 
     pub(crate) fn clear(&self) {
-        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        if let Some(entries) = &self.entries {
+            entries.invalidate_all();
+        }
     }
 }
 
@@ -224,6 +222,31 @@ mod tests {
 
     fn group(dn: &str, cn: Option<&str>) -> Entry {
         Entry { dn: dn.into(), attrs: cn.map(|cn| ("cn".to_owned(), vec![cn.to_owned()])).into_iter().collect() }
+    }
+
+    #[test]
+    fn the_cache_expires_clears_and_can_be_off() {
+        let groups = vec![LdapGroup { dn: "cn=g,dc=x".into(), name: Some("g".into()) }];
+        let off = GroupCache::new(Duration::ZERO);
+        off.put("u".into(), groups.clone());
+        assert_eq!(off.get("u"), None, "TTL 0 caches nothing");
+        off.clear();
+
+        let cache = GroupCache::new(Duration::from_millis(200));
+        cache.put("u".into(), groups.clone());
+        assert_eq!(cache.get("u").as_deref(), Some(&groups[..]));
+        assert_eq!(cache.get("other"), None);
+        cache.clear();
+        assert_eq!(cache.get("u"), None, "cleared");
+        cache.put("u".into(), groups.clone());
+        assert_eq!(cache.get("u").as_deref(), Some(&groups[..]), "usable after clear");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(cache.get("u"), None, "expired");
+
+        // A TTL past moka's 1000-year limit is "forever", not a panic.
+        let forever = GroupCache::new(Duration::from_secs(u64::MAX));
+        forever.put("u".into(), groups.clone());
+        assert_eq!(forever.get("u").as_deref(), Some(&groups[..]));
     }
 
     #[tokio::test]
