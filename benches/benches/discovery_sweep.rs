@@ -53,18 +53,10 @@ fn nmap(args: &[&str]) -> (f64, BTreeSet<String>) {
     (secs, open)
 }
 
+/// Sockets in TIME_WAIT between two 127.0.0.1 endpoints.
 fn time_wait_loopback() -> usize {
-    std::fs::read_to_string("/proc/net/tcp")
-        .map(|t| {
-            t.lines()
-                .skip(1)
-                .filter(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    f.len() > 3 && f[3] == "06" && f[1].starts_with("0100007F") && f[2].starts_with("0100007F")
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    let localhost = |a: std::net::SocketAddr| a.ip() == std::net::Ipv4Addr::LOCALHOST;
+    ralph_testkit::time_wait(|local, remote| localhost(local) && localhost(remote))
 }
 
 fn table_fulls() -> u64 {

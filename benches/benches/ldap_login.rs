@@ -131,20 +131,6 @@ country = "ISO-country-code"
     LdapConfig::from_toml_str(&text).expect("bench config")
 }
 
-/// Sockets in TIME_WAIT to or from `port` (IPv4 and IPv6).
-fn time_wait(port: u16) -> usize {
-    let hex = format!(":{port:04X}");
-    ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 3 && f[3] == "06" && (f[1].ends_with(&hex) || f[2].ends_with(&hex))
-        })
-        .count()
-}
-
 fn user(i: usize) -> (String, String) {
     let u = format!("bulk{i:05}");
     let p = format!("pw-{u}");
@@ -365,7 +351,7 @@ where
 {
     let login = Arc::new(login);
     let next = Arc::new(AtomicUsize::new(0));
-    let before = time_wait(port);
+    let before = ralph_testkit::time_wait_on_port(port);
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
@@ -401,7 +387,7 @@ where
         failed += f;
         errors.extend(e);
     }
-    let after = time_wait(port);
+    let after = ralph_testkit::time_wait_on_port(port);
     errors.truncate(KEEP_ERRORS);
     let end = samples.iter().map(|s| s.end).max().unwrap_or_default();
     // The first pass ends, for rates, when the last first login was started: from then on
@@ -579,7 +565,7 @@ async fn mirror_alone(store: AnyStore, i: usize) -> Result<(), String> {
 /// Returns the figures, the users stored and a note on versions and what was stored.
 fn peer(slapd: &Slapd, knobs: &Knobs, cache_ttl_secs: u64) -> Result<(Figures, String, String), String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peer/django_ldap_login.py");
-    let before = time_wait(slapd.port());
+    let before = ralph_testkit::time_wait_on_port(slapd.port());
     let out = Command::new(&knobs.python)
         .arg(script)
         .envs(&slapd.env)
@@ -589,7 +575,7 @@ fn peer(slapd: &Slapd, knobs: &Knobs, cache_ttl_secs: u64) -> Result<(Figures, S
         .env("PEER_CACHE_TTL", cache_ttl_secs.to_string())
         .output()
         .map_err(|e| format!("{}: {e}", knobs.python))?;
-    let after = time_wait(slapd.port());
+    let after = ralph_testkit::time_wait_on_port(slapd.port());
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("failed").to_owned());
     }

@@ -282,12 +282,13 @@ impl HostResult {
     /// A stable checksum (FNV-1a 64, hex) of [`HostResult::normalised`].
     #[must_use]
     pub fn checksum(&self) -> String {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in self.normalised().bytes() {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        format!("{hash:016x}")
+        use std::hash::Hasher as _;
+        // Stored and compared across runs and releases, so not std's `DefaultHasher` (its
+        // algorithm is unspecified and may change between Rust releases). `write` on the bytes, not
+        // `str::hash`, which would append a 0xff terminator.
+        let mut hasher = fnv::FnvHasher::default();
+        hasher.write(self.normalised().as_bytes());
+        format!("{:016x}", hasher.finish())
     }
 
     /// The observation recorded in the store, or `None` for an unknown state (local errors
@@ -748,6 +749,8 @@ mod tests {
         b.open_ports = vec![80, 443];
         b.errors.push("noise".into());
         assert_eq!(a.checksum(), b.checksum(), "order and errors do not matter");
+        // Pinned: checksums already stored must still match.
+        assert_eq!(a.checksum(), "dfe78c558b1b8a87", "FNV-1a 64 of {:?}", a.normalised());
         b.http_family = Some("Apache".into());
         assert_ne!(a.checksum(), b.checksum());
         assert_eq!(a.checksum().len(), 16);

@@ -99,15 +99,11 @@ impl NeighbourStats {
     }
 }
 
-/// Whether this process has CAP_NET_ADMIN (effective), from `/proc/self/status`.
+/// Whether this process has CAP_NET_ADMIN in its effective set (`capget(2)`); `false` when
+/// that cannot be read.
 #[must_use]
 pub fn has_net_admin() -> bool {
-    const CAP_NET_ADMIN: u32 = 12;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_owned())))
-        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
-        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+    caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_NET_ADMIN).unwrap_or(false)
 }
 
 /// A directly connected subnet of a local interface.

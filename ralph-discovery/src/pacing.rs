@@ -133,13 +133,6 @@ impl Pacer {
     }
 }
 
-/// A jittered exponential back-off: `base * 2^attempt`, capped, times a factor in [0.5, 1.5).
-#[must_use]
-pub fn backoff(base: Duration, attempt: u32, cap: Duration) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
-    exp.mul_f64(rand::random::<f64>() + 0.5)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,14 +171,5 @@ mod tests {
         }
         // 41 starts at 200/s with a burst of 2 take at least ~195 ms.
         assert!(start.elapsed() >= Duration::from_millis(150), "{:?}", start.elapsed());
-    }
-
-    #[test]
-    fn backoff_is_jittered_and_capped() {
-        for attempt in 0..20 {
-            let d = backoff(Duration::from_millis(10), attempt, Duration::from_secs(1));
-            assert!(d <= Duration::from_millis(1500));
-            assert!(d >= Duration::from_millis(5));
-        }
     }
 }

@@ -25,8 +25,12 @@ async fn serial_sweep_of_5000_loopback_endpoints_leaves_no_time_wait() {
     for i in 1..ENDPOINTS {
         targets.push(common::http_listener(SocketAddr::new(endpoint(i), port), "Apache/2.4 (lab)").await.ip());
     }
-    let ours = |ip: IpAddr, p: u16| p == port && matches!(ip, IpAddr::V4(v) if v.octets()[..2] == [127, 77]);
-    let before = common::time_wait(ours);
+    let ours = |local: SocketAddr, remote: SocketAddr| {
+        [local, remote]
+            .iter()
+            .any(|a| a.port() == port && matches!(a.ip(), IpAddr::V4(v) if v.octets()[..2] == [127, 77]))
+    };
+    let before = ralph_testkit::time_wait(ours);
 
     let config =
         ScanConfig::default().ports(vec![port]).icmp(false).http(Some(HttpProbe::http([port]))).max_sockets(2048);
@@ -35,7 +39,7 @@ async fn serial_sweep_of_5000_loopback_endpoints_leaves_no_time_wait() {
     assert!(hosts.iter().all(|h| h.state == HostState::Up && h.open_ports == [port]));
     assert!(hosts.iter().all(|h| h.http_family.as_deref() == Some("Apache")), "HTTP answered by every endpoint");
     assert!(summary.attempts >= 2 * u64::from(ENDPOINTS), "a TCP and an HTTP connection per endpoint");
-    assert_eq!(common::time_wait(ours), before, "the engine left sockets in TIME_WAIT");
+    assert_eq!(ralph_testkit::time_wait(ours), before, "the engine left sockets in TIME_WAIT");
 
     // Control, so the count above can fail: an ordinary client close of 20 connections does
     // leave TIME_WAIT behind.
@@ -46,6 +50,6 @@ async fn serial_sweep_of_5000_loopback_endpoints_leaves_no_time_wait() {
         drop(s);
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let control_tw = common::time_wait(|ip, p| p == control.port() && ip == control.ip());
+    let control_tw = ralph_testkit::time_wait(|local, remote| local == control || remote == control);
     assert!(control_tw > 0, "control: a normal close should leave TIME_WAIT");
 }

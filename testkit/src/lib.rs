@@ -3,7 +3,11 @@
 //!
 //! A test asks with [`service`]. When the variable is missing it is a failure under `CI=true`
 //! (a missing service must never pass silently in CI) and a skip with a printed reason
-//! elsewhere.
+//! elsewhere. [`time_wait`] counts the sockets a test or bench left in TIME_WAIT.
+
+mod time_wait;
+
+pub use time_wait::{time_wait, time_wait_on_port};
 
 /// Whether the run is CI (`CI=true` or `CI=1`).
 #[must_use]

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{BackoffBuilder as _, ExponentialBuilder, Retryable as _};
 use ralph_core::{Secret, SnmpVersion};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -24,7 +25,7 @@ pub use snmp::{SYS_DESCR, SYS_NAME, SnmpProbe};
 pub use tcp::TcpConnectProbe;
 
 use crate::budget::{SocketBudget, SocketPermit};
-use crate::pacing::{Pacer, backoff};
+use crate::pacing::Pacer;
 
 /// When a probe runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -304,7 +305,24 @@ fn classify(e: &io::Error) -> Classified {
 
 /// After this many EMFILE requeues of one probe (the process is out of descriptors for
 /// reasons outside the scan), it is reported as failed rather than retried forever.
-const MAX_FD_REQUEUES: u32 = 10_000;
+const MAX_FD_REQUEUES: usize = 10_000;
+
+/// A jittered exponential back-off from `first`, doubling up to `cap`, for `times` retries.
+/// backon's jitter adds up to one more delay on top, so the schedule starts from 2/3 of the
+/// nominal delays: each wait is in [2/3, 4/3) of `first * 2^n` (capped), with that as its mean.
+fn backoff(first: Duration, cap: Duration, times: usize) -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(first * 2 / 3)
+        .with_max_delay(cap * 2 / 3)
+        .with_factor(2.0)
+        .with_jitter()
+        .with_max_times(times)
+}
+
+/// Waits between EMFILE/ENFILE requeues: from twice the configured back-off, up to 200 ms.
+fn fd_backoff(timeouts: &ProbeTimeouts) -> ExponentialBuilder {
+    backoff(timeouts.backoff * 2, Duration::from_millis(200), MAX_FD_REQUEUES)
+}
 
 impl ProbeContext {
     /// A context with its own budget and pacer, for running probes outside a scan.
@@ -336,9 +354,16 @@ impl ProbeContext {
     /// [`ProbeTimeouts::retries`], backing off on ENOBUFS/EAGAIN (which also halves the rate)
     /// and shrinking the budget and requeueing on EMFILE/ENFILE.
     pub async fn connect(&self, addr: SocketAddr) -> ConnectOutcome {
+        // A hand-written loop over backon's schedules, not `Retryable`: each attempt re-enters the
+        // budget and the pacer, and timeouts, EMFILE and ENOBUFS each have their own retry budget.
         let mut timeouts = 0u32;
-        let mut transient = 0u32;
-        let mut fd_requeues = 0u32;
+        let mut fd_delays = fd_backoff(&self.timeouts).build();
+        let mut congestion_delays = backoff(
+            self.timeouts.backoff,
+            Duration::from_secs(1),
+            usize::try_from(self.timeouts.transient_retries).unwrap_or(usize::MAX),
+        )
+        .build();
         loop {
             let permit = self.budget.acquire().await;
             if self.pace_loopback || !addr.ip().is_loopback() {
@@ -374,21 +399,14 @@ impl ProbeContext {
                 Classified::Fd => {
                     self.counters.fd_errors.fetch_add(1, Ordering::Relaxed);
                     self.budget.shrink();
-                    fd_requeues += 1;
-                    if fd_requeues > MAX_FD_REQUEUES {
-                        return ConnectOutcome::Failed(error);
-                    }
-                    tokio::time::sleep(backoff(self.timeouts.backoff, fd_requeues.min(6), Duration::from_millis(200)))
-                        .await;
+                    let Some(delay) = fd_delays.next() else { return ConnectOutcome::Failed(error) };
+                    tokio::time::sleep(delay).await;
                 }
                 Classified::Congestion => {
                     self.counters.congestion_errors.fetch_add(1, Ordering::Relaxed);
                     self.pacer.congestion("ENOBUFS/EAGAIN on connect");
-                    if transient >= self.timeouts.transient_retries {
-                        return ConnectOutcome::Failed(error);
-                    }
-                    tokio::time::sleep(backoff(self.timeouts.backoff, transient, Duration::from_secs(1))).await;
-                    transient += 1;
+                    let Some(delay) = congestion_delays.next() else { return ConnectOutcome::Failed(error) };
+                    tokio::time::sleep(delay).await;
                 }
                 Classified::Other => return ConnectOutcome::Failed(error),
             }
@@ -410,10 +428,9 @@ impl ProbeContext {
     pub(crate) async fn open_socket<T>(
         &self,
         pace: bool,
-        mut open: impl FnMut() -> io::Result<T>,
+        open: impl Fn() -> io::Result<T>,
     ) -> io::Result<(T, SocketPermit)> {
-        let mut requeues = 0u32;
-        loop {
+        let attempt = || async {
             let permit = self.budget.acquire().await;
             if pace {
                 self.pacer.ready().await;
@@ -421,20 +438,19 @@ impl ProbeContext {
             match open() {
                 Ok(sock) => {
                     self.budget.opened();
-                    return Ok((sock, permit));
+                    Ok((sock, permit))
                 }
-                Err(e) if matches!(classify(&e), Classified::Fd) && requeues < MAX_FD_REQUEUES => {
-                    self.counters.fd_errors.fetch_add(1, Ordering::Relaxed);
-                    // While the permit is still held, as `shrink` expects.
-                    self.budget.shrink();
-                    drop(permit);
-                    requeues += 1;
-                    tokio::time::sleep(backoff(self.timeouts.backoff, requeues.min(6), Duration::from_millis(200)))
-                        .await;
+                Err(e) => {
+                    if matches!(classify(&e), Classified::Fd) {
+                        self.counters.fd_errors.fetch_add(1, Ordering::Relaxed);
+                        // While the permit is still held, as `shrink` expects.
+                        self.budget.shrink();
+                    }
+                    Err(e)
                 }
-                Err(e) => return Err(e),
             }
-        }
+        };
+        attempt.retry(fd_backoff(&self.timeouts)).when(|e| matches!(classify(e), Classified::Fd)).await
     }
 
     /// Records a congestion signal seen by a probe (ENOBUFS on a send, say).
@@ -460,4 +476,20 @@ fn open_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 /// True for the errors that mean "the local side is congested".
 pub(crate) fn is_congestion(e: &io::Error) -> bool {
     matches!(classify(e), Classified::Congestion)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_is_jittered_around_the_nominal_and_capped() {
+        let (first, cap) = (Duration::from_millis(6), Duration::from_millis(600));
+        let delays: Vec<Duration> = backoff(first, cap, 20).build().collect();
+        assert_eq!(delays.len(), 20, "as many waits as retries, then give up");
+        for (n, d) in delays.iter().enumerate() {
+            let nominal = first.saturating_mul(1u32 << n.min(16)).min(cap);
+            assert!(*d >= nominal / 2 && *d <= nominal * 3 / 2, "wait {n}: {d:?} vs nominal {nominal:?}");
+        }
+    }
 }

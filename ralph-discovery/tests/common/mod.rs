@@ -42,41 +42,6 @@ pub fn closed_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
-/// Sockets in TIME_WAIT (state 06) in /proc/net/tcp{,6} whose local or remote endpoint
-/// matches `filter(ip, port)`.
-pub fn time_wait(filter: impl Fn(IpAddr, u16) -> bool) -> usize {
-    let mut n = 0;
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(file) else { continue };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 4 || f[3] != "06" {
-                continue;
-            }
-            if [f[1], f[2]].iter().filter_map(|e| parse_endpoint(e)).any(|(ip, port)| filter(ip, port)) {
-                n += 1;
-            }
-        }
-    }
-    n
-}
-
-fn parse_endpoint(text: &str) -> Option<(IpAddr, u16)> {
-    let (addr, port) = text.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    if addr.len() == 8 {
-        let v = u32::from_str_radix(addr, 16).ok()?;
-        // /proc prints the address in host (little-endian) byte order.
-        return Some((IpAddr::V4(std::net::Ipv4Addr::from(v.swap_bytes())), port));
-    }
-    let mut bytes = [0u8; 16];
-    for (i, chunk) in addr.as_bytes().chunks(8).enumerate() {
-        let word = u32::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?.swap_bytes();
-        bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
-    }
-    Some((IpAddr::V6(std::net::Ipv6Addr::from(bytes)), port))
-}
-
 /// The namespace lab started by scripts/services/netlab.
 pub struct Lab {
     /// The /20 whose 4,094 hosts answer.
