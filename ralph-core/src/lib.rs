@@ -43,6 +43,8 @@ pub mod scan;
 mod secret;
 mod status;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod text;
 mod user;
 

@@ -40,6 +40,13 @@
 //! [`StoreError`](ralph_core::StoreError) classes: `Conflict`, `Reference`, `Invalid`,
 //! `Corrupt`, `Backend`.
 //!
+//! ## Conformance
+//!
+//! With the `conformance` feature, the `conformance` module holds the suite every store here
+//! passes, as public async functions a host application can run on its own implementation of
+//! the core storage traits (ralph-core's in-memory `testing::MemoryStore` passes the user-store
+//! part).
+//!
 //! ## Example
 //!
 //! ```
@@ -69,6 +76,8 @@
 mod any;
 pub mod bulk;
 mod config;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod driver;
 mod inventory;
 #[cfg(feature = "mysql")]

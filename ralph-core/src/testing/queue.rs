@@ -1,0 +1,316 @@
+//! [`JobQueue`] on [`MemoryStore`]: leases, retries, dead letters and statistics.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rand_core::{OsRng, RngCore};
+
+use super::MemoryStore;
+use crate::{FailOutcome, Id, Job, JobQueue, QueueStats, RetryPolicy, StoreError, ValidationError};
+
+const JOB: &str = "job";
+
+/// Longest lease or back-off; longer ones are clamped (as the SQL queues do).
+const MAX_DELAY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Longest queue name, in characters.
+const MAX_QUEUE_NAME: usize = 255;
+/// Jobs one claim takes at most.
+const MAX_CLAIM: usize = 10_000;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum JobState {
+    Pending,
+    Running,
+    Done,
+    Dead,
+}
+
+/// One job, as the SQL stores' `queue_jobs` row holds it.
+#[derive(Debug, Clone)]
+pub(super) struct JobRow {
+    queue: String,
+    payload: String,
+    state: JobState,
+    attempts: u32,
+    lease_token: Option<String>,
+    /// When a pending job becomes claimable, or when a running job's lease runs out.
+    due_at: DateTime<Utc>,
+    enqueued_at: DateTime<Utc>,
+}
+
+impl JobRow {
+    /// Whether `job`'s claim still holds this row.
+    fn held_by(&self, job: &Job) -> bool {
+        self.state == JobState::Running && self.lease_token.as_deref() == Some(job.lease_token.as_str())
+    }
+}
+
+/// Now, to the microsecond (the SQL stores' precision).
+fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
+/// `at + delay`, the delay clamped to [`MAX_DELAY`].
+fn after(at: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    let micros = i64::try_from(delay.min(MAX_DELAY).as_micros()).unwrap_or(i64::MAX);
+    at.checked_add_signed(chrono::Duration::microseconds(micros)).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+fn check_queue(queue: &str) -> Result<(), StoreError> {
+    if queue.trim().is_empty() {
+        return Err(StoreError::invalid(JOB, ValidationError::Empty { field: "queue" }));
+    }
+    crate::text::check_len("queue", queue, MAX_QUEUE_NAME).map_err(|e| StoreError::invalid(JOB, e))
+}
+
+/// A fresh, unguessable lease token.
+fn new_token() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 16];
+    OsRng.try_fill_bytes(&mut bytes).map_err(|e| StoreError::Backend(Box::new(e)))?;
+    Ok(format!("{:032x}", u128::from_be_bytes(bytes)))
+}
+
+fn stats<'a>(queue: &str, rows: impl Iterator<Item = &'a JobRow>, now: DateTime<Utc>) -> QueueStats {
+    let mut stats = QueueStats { queue: queue.to_owned(), ..QueueStats::default() };
+    let mut oldest: Option<DateTime<Utc>> = None;
+    for row in rows {
+        match row.state {
+            JobState::Pending => {
+                stats.pending += 1;
+                oldest = Some(oldest.map_or(row.enqueued_at, |o| o.min(row.enqueued_at)));
+            }
+            JobState::Running if row.due_at > now => stats.running += 1,
+            JobState::Running => stats.expired += 1,
+            JobState::Done => stats.done += 1,
+            JobState::Dead => stats.dead += 1,
+        }
+    }
+    stats.oldest_pending_age = oldest.map(|o| (now - o).to_std().unwrap_or(Duration::ZERO));
+    stats
+}
+
+#[async_trait]
+impl JobQueue for MemoryStore {
+    async fn enqueue(&self, queue: &str, payloads: &[String]) -> Result<Vec<Id<Job>>, StoreError> {
+        check_queue(queue)?;
+        let now = now();
+        let mut state = self.lock();
+        let mut ids = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let id = state.next_id("queue_jobs");
+            let row = JobRow {
+                queue: queue.to_owned(),
+                payload: payload.clone(),
+                state: JobState::Pending,
+                attempts: 0,
+                lease_token: None,
+                due_at: now,
+                enqueued_at: now,
+            };
+            state.jobs.insert(id, row);
+            ids.push(Id::new(id));
+        }
+        Ok(ids)
+    }
+
+    async fn claim(&self, queue: &str, max: usize, lease: Duration, _worker: &str) -> Result<Vec<Job>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        check_queue(queue)?;
+        let token = new_token()?;
+        let now = now();
+        let lease_until = after(now, lease);
+        let mut state = self.lock();
+        // Pending jobs that are due and running jobs whose lease ran out, in `due_at` order.
+        let mut due: Vec<(DateTime<Utc>, i64)> = state
+            .jobs
+            .iter()
+            .filter(|(_, r)| {
+                r.queue == queue && matches!(r.state, JobState::Pending | JobState::Running) && r.due_at <= now
+            })
+            .map(|(id, r)| (r.due_at, *id))
+            .collect();
+        due.sort_unstable();
+        due.truncate(max.min(MAX_CLAIM));
+        let mut jobs = Vec::with_capacity(due.len());
+        for (_, id) in due {
+            let Some(row) = state.jobs.get_mut(&id) else { continue };
+            row.state = JobState::Running;
+            row.attempts = row.attempts.saturating_add(1);
+            row.lease_token = Some(token.clone());
+            row.due_at = lease_until;
+            jobs.push(Job {
+                id: Id::new(id),
+                queue: row.queue.clone(),
+                payload: row.payload.clone(),
+                attempts: row.attempts,
+                lease_token: token.clone(),
+                lease_until,
+                enqueued_at: row.enqueued_at,
+            });
+        }
+        jobs.sort_unstable_by_key(|j| j.id);
+        Ok(jobs)
+    }
+
+    async fn ack(&self, job: &Job) -> Result<bool, StoreError> {
+        Ok(self.ack_batch(std::slice::from_ref(job)).await? == 1)
+    }
+
+    async fn ack_batch(&self, jobs: &[Job]) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let mut held = 0;
+        for job in jobs {
+            if let Some(row) = state.jobs.get_mut(&job.id.get())
+                && row.held_by(job)
+            {
+                row.state = JobState::Done;
+                row.lease_token = None;
+                held += 1;
+            }
+        }
+        Ok(held)
+    }
+
+    async fn fail(&self, job: &Job, _error: &str, policy: &RetryPolicy) -> Result<FailOutcome, StoreError> {
+        let now = now();
+        let dead = job.attempts >= policy.max_attempts;
+        let mut state = self.lock();
+        let Some(row) = state.jobs.get_mut(&job.id.get()).filter(|r| r.held_by(job)) else {
+            return Ok(FailOutcome::LeaseLost);
+        };
+        row.lease_token = None;
+        if dead {
+            row.state = JobState::Dead;
+            row.due_at = now;
+            return Ok(FailOutcome::Dead);
+        }
+        let at = after(now, policy.backoff(job.attempts));
+        row.state = JobState::Pending;
+        row.due_at = at;
+        Ok(FailOutcome::Retry { at })
+    }
+
+    async fn extend_lease(&self, job: &Job, lease: Duration) -> Result<bool, StoreError> {
+        let until = after(now(), lease);
+        let mut state = self.lock();
+        match state.jobs.get_mut(&job.id.get()).filter(|r| r.held_by(job)) {
+            Some(row) => {
+                row.due_at = until;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn reclaim_expired(&self, queue: &str) -> Result<u64, StoreError> {
+        let now = now();
+        let mut state = self.lock();
+        let mut reclaimed = 0;
+        for row in state.jobs.values_mut() {
+            if row.queue == queue && row.state == JobState::Running && row.due_at <= now {
+                row.state = JobState::Pending;
+                row.lease_token = None;
+                row.due_at = now;
+                reclaimed += 1;
+            }
+        }
+        Ok(reclaimed)
+    }
+
+    async fn stats(&self, queue: &str) -> Result<QueueStats, StoreError> {
+        let state = self.lock();
+        Ok(stats(queue, state.jobs.values().filter(|r| r.queue == queue), now()))
+    }
+
+    async fn all_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        let now = now();
+        let state = self.lock();
+        let mut by_queue: BTreeMap<&str, Vec<&JobRow>> = BTreeMap::new();
+        for row in state.jobs.values() {
+            by_queue.entry(row.queue.as_str()).or_default().push(row);
+        }
+        Ok(by_queue.into_iter().map(|(queue, rows)| stats(queue, rows.into_iter(), now)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    fn payloads(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{{\"n\":{i}}}")).collect()
+    }
+
+    #[tokio::test]
+    async fn claim_ack_fail_and_stats() {
+        let q = MemoryStore::new();
+        let ids = q.enqueue("dc1", &payloads(3)).await.expect("enqueue");
+        q.enqueue("dc2", &payloads(1)).await.expect("enqueue");
+        let jobs = q.claim("dc1", 2, LEASE, "w").await.expect("claim");
+        assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), ids[..2].to_vec(), "oldest first");
+        assert!(jobs.iter().all(|j| j.attempts == 1 && j.lease_until > Utc::now()));
+        assert!(q.ack(&jobs[0]).await.expect("ack"));
+        assert!(!q.ack(&jobs[0]).await.expect("ack again"), "a job is acked once");
+        let s = q.stats("dc1").await.expect("stats");
+        assert_eq!((s.pending, s.running, s.done), (1, 1, 1));
+        assert!(s.oldest_pending_age.is_some());
+
+        let policy = RetryPolicy { max_attempts: 2, ..RetryPolicy::default() };
+        let FailOutcome::Retry { at } = q.fail(&jobs[1], "boom", &policy).await.expect("fail") else {
+            panic!("first failure is retried");
+        };
+        assert!(at > Utc::now() + chrono::Duration::seconds(4));
+        assert_eq!(q.fail(&jobs[1], "stale", &policy).await.expect("fail"), FailOutcome::LeaseLost);
+        let next = q.claim("dc1", 5, LEASE, "w").await.expect("claim");
+        assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[2]], "back-off is honoured");
+        let dying = Job { attempts: 2, ..next[0].clone() };
+        assert_eq!(q.fail(&dying, "boom", &policy).await.expect("fail"), FailOutcome::Dead);
+        let all = q.all_stats().await.expect("all");
+        let counts: Vec<_> = all.iter().map(|s| (s.queue.as_str(), s.pending, s.dead, s.done)).collect();
+        assert_eq!(counts, [("dc1", 1, 1, 1), ("dc2", 1, 0, 0)]);
+        assert_eq!(
+            q.stats("nobody").await.expect("stats"),
+            QueueStats { queue: "nobody".into(), ..QueueStats::default() }
+        );
+    }
+
+    #[tokio::test]
+    async fn leases_expire_and_are_reclaimed() {
+        let q = MemoryStore::new();
+        q.enqueue("lease", &payloads(2)).await.expect("enqueue");
+        let first = q.claim("lease", 2, Duration::from_millis(50), "dies").await.expect("claim");
+        std::thread::sleep(Duration::from_millis(100));
+        let s = q.stats("lease").await.expect("stats");
+        assert_eq!((s.running, s.expired), (0, 2));
+        let retaken = q.claim("lease", 1, LEASE, "lives").await.expect("claim");
+        assert_eq!((retaken.len(), retaken[0].attempts), (1, 2));
+        assert_ne!(retaken[0].lease_token, first[0].lease_token);
+        assert_eq!(q.reclaim_expired("lease").await.expect("reclaim"), 1);
+        assert_eq!(q.reclaim_expired("lease").await.expect("reclaim"), 0);
+        let stale = first.iter().find(|j| j.id == retaken[0].id).expect("same job");
+        assert!(!q.extend_lease(stale, LEASE).await.expect("stale extend"));
+        assert!(q.extend_lease(&retaken[0], LEASE).await.expect("extend"));
+        let rest = q.claim("lease", 5, Duration::MAX, "lives").await.expect("huge lease is clamped");
+        let both: Vec<Job> = first.iter().chain(&retaken).chain(&rest).cloned().collect();
+        assert_eq!(q.ack_batch(&both).await.expect("batch"), 2, "only live leases are acked");
+        assert_eq!(q.stats("lease").await.expect("stats").done, 2);
+    }
+
+    #[tokio::test]
+    async fn bad_input() {
+        let q = MemoryStore::new();
+        assert!(q.enqueue("", &payloads(1)).await.is_err_and(|e| e.is_invalid()));
+        assert!(q.enqueue(&"q".repeat(256), &payloads(1)).await.is_err_and(|e| e.is_invalid()));
+        assert!(q.claim(" ", 1, LEASE, "w").await.is_err_and(|e| e.is_invalid()));
+        assert!(q.claim("q", 0, LEASE, "w").await.expect("max 0").is_empty());
+        assert!(q.enqueue("q", &[]).await.expect("nothing").is_empty());
+    }
+}
