@@ -23,19 +23,19 @@ fn addr(i: u32) -> IpAddr {
 }
 
 fn time(rng: &mut StdRng) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(1_700_000_000_000_000 + rng.gen_range(0..10_000_000_000)).expect("time")
+    DateTime::from_timestamp_micros(1_700_000_000_000_000 + rng.random_range(0..10_000_000_000)).expect("time")
 }
 
 fn pick<T: Clone>(rng: &mut StdRng, options: &[T]) -> Option<T> {
-    let i = rng.gen_range(0..=options.len());
+    let i = rng.random_range(0..=options.len());
     options.get(i).cloned()
 }
 
 fn random_record(rng: &mut StdRng, address: IpAddr) -> IpAddress {
     let mut r = IpAddress::new(address);
-    r.last_seen = rng.gen_bool(0.5).then(|| time(rng));
-    r.dead_ping_count = rng.gen_range(0..4);
-    r.is_buried = rng.gen_bool(0.2);
+    r.last_seen = rng.random_bool(0.5).then(|| time(rng));
+    r.dead_ping_count = rng.random_range(0..4);
+    r.is_buried = rng.random_bool(0.2);
     r.http_family = pick(rng, &["Apache".to_owned(), "nginx".to_owned()]);
     r.snmp_name = pick(rng, &["sw-1.dc1".to_owned(), "Zażółć-🚀".to_owned()]);
     r.snmp_community = r.snmp_name.as_ref().map(|_| Secret::new("public"));
@@ -45,7 +45,7 @@ fn random_record(rng: &mut StdRng, address: IpAddr) -> IpAddress {
 }
 
 fn random_observation(rng: &mut StdRng, address: IpAddr) -> Observation {
-    let mut o = Observation::new(address, rng.gen_bool(0.6), time(rng));
+    let mut o = Observation::new(address, rng.random_bool(0.6), time(rng));
     o.http_family = pick(rng, &["Apache".to_owned(), "Cisco".to_owned(), "ünïcode".to_owned()]);
     o.snmp_name = pick(rng, &["sw-2.dc1".to_owned(), "東京-router".to_owned()]);
     o.snmp_community = pick(rng, &[Secret::new("private"), Secret::new("s3cr3t")]);
@@ -90,17 +90,17 @@ async fn rules_match_apply_observation<S: Store>(store: &S, cases: u32, seed: u6
         let base = case * 40;
         let mut known = HashMap::new();
         for i in 0..20 {
-            if rng.gen_bool(0.6) {
+            if rng.random_bool(0.6) {
                 let r = random_record(&mut rng, addr(base + i));
                 store.create(&r).await.expect("seed row");
                 known.insert(r.address, r);
             }
         }
-        let limit = rng.gen_range(0..4);
+        let limit = rng.random_range(0..4);
         for _batch in 0..3 {
             let observations: Vec<Observation> = (0..30)
                 .map(|_| {
-                    let a = addr(base + rng.gen_range(0..25));
+                    let a = addr(base + rng.random_range(0..25));
                     random_observation(&mut rng, a)
                 })
                 .collect();
