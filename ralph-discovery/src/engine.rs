@@ -48,6 +48,7 @@ pub fn parse_ports(input: &str) -> Result<Vec<u16>> {
 
 /// How a scan runs. Build it by value: `ScanConfig::default().ports(vec![80]).icmp(false)`.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ScanConfig {
     /// TCP ports whose answer (accept or reset) proves a host up.
     pub ports: Vec<u16>,
@@ -157,6 +158,18 @@ impl ScanConfig {
     #[must_use]
     pub fn pace_loopback(mut self, on: bool) -> Self {
         self.pace_loopback = on;
+        self
+    }
+    /// Sets the descriptors left for the rest of the process.
+    #[must_use]
+    pub fn fd_reserve(mut self, n: usize) -> Self {
+        self.fd_reserve = n;
+        self
+    }
+    /// Sets how often progress is published.
+    #[must_use]
+    pub fn progress_interval(mut self, interval: Duration) -> Self {
+        self.progress_interval = interval;
         self
     }
     /// Replaces the connector (tests inject kernel errors with it).

@@ -4,8 +4,20 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Rate-control settings.
+/// Rate-control settings. Build it by value from the defaults:
+///
+/// ```
+/// use std::time::Duration;
+/// use ralph_discovery::RateConfig;
+///
+/// let rate = RateConfig::default().initial(1_000.0).min(10.0).max(5_000.0).cooldown(Duration::from_millis(50));
+/// assert_eq!(rate.max, 5_000.0);
+/// ```
+///
+/// The rates are probe starts per second and must be finite; `min` must be positive and not
+/// above `max` ([`Pacer::new`] panics otherwise).
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct RateConfig {
     /// Starting rate, probe starts per second.
     pub initial: f64,
@@ -29,6 +41,44 @@ impl Default for RateConfig {
             increase_per_sec: 5_000.0,
             cooldown: Duration::from_millis(200),
         }
+    }
+}
+
+impl RateConfig {
+    /// Sets [`RateConfig::initial`], the starting rate (clamped into `min..=max`).
+    #[must_use]
+    pub fn initial(mut self, rate: f64) -> Self {
+        self.initial = rate;
+        self
+    }
+
+    /// Sets [`RateConfig::min`], the floor: positive, finite and not above `max`
+    /// ([`Pacer::new`] panics when `min > max` or either is NaN).
+    #[must_use]
+    pub fn min(mut self, rate: f64) -> Self {
+        self.min = rate;
+        self
+    }
+
+    /// Sets [`RateConfig::max`], the ceiling: finite and not below `min`.
+    #[must_use]
+    pub fn max(mut self, rate: f64) -> Self {
+        self.max = rate;
+        self
+    }
+
+    /// Sets [`RateConfig::increase_per_sec`] (0 keeps the rate from growing).
+    #[must_use]
+    pub fn increase_per_sec(mut self, increase: f64) -> Self {
+        self.increase_per_sec = increase;
+        self
+    }
+
+    /// Sets [`RateConfig::cooldown`].
+    #[must_use]
+    pub fn cooldown(mut self, cooldown: Duration) -> Self {
+        self.cooldown = cooldown;
+        self
     }
 }
 

@@ -77,8 +77,9 @@ where
     enqueue_addresses(jobs, &env.value.queue, targets.addresses(), group).await
 }
 
-/// How a worker runs.
+/// How a worker runs. Build it by value: `WorkerConfig::new("scans").concurrency(4).batch(1000)`.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WorkerConfig {
     /// The queue to take jobs from.
     pub queue: String,
@@ -112,6 +113,55 @@ impl WorkerConfig {
             dead_ping_limit: ralph_core::scan::DEFAULT_DEAD_PING_LIMIT,
             retry: RetryPolicy::default(),
         }
+    }
+
+    /// Sets [`WorkerConfig::name`].
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets [`WorkerConfig::concurrency`] (0 runs one job at a time, as 1 does).
+    #[must_use]
+    pub fn concurrency(mut self, jobs: usize) -> Self {
+        self.concurrency = jobs;
+        self
+    }
+
+    /// Sets [`WorkerConfig::lease`].
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Sets [`WorkerConfig::poll_interval`].
+    #[must_use]
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Sets [`WorkerConfig::batch`].
+    #[must_use]
+    pub fn batch(mut self, observations: usize) -> Self {
+        self.batch = observations;
+        self
+    }
+
+    /// Sets [`WorkerConfig::dead_ping_limit`].
+    #[must_use]
+    pub fn dead_ping_limit(mut self, limit: u32) -> Self {
+        self.dead_ping_limit = limit;
+        self
+    }
+
+    /// Sets [`WorkerConfig::retry`].
+    #[must_use]
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
     }
 }
 

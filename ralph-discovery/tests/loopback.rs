@@ -157,7 +157,7 @@ async fn enobufs_storm_halves_the_rate_and_every_target_is_still_probed() {
         calls: AtomicU64::new(0),
         injected: AtomicU64::new(0),
     });
-    let rate = RateConfig { initial: 4000.0, min: 100.0, cooldown: Duration::from_millis(20), ..RateConfig::default() };
+    let rate = RateConfig::default().initial(4000.0).min(100.0).cooldown(Duration::from_millis(20));
     let config = ScanConfig::default()
         .ports(vec![port])
         .icmp(false)
@@ -233,7 +233,7 @@ async fn dropping_the_handle_stops_the_scan() {
     // the handle is dropped the scan must wind down within seconds.
     let targets = Targets::parse("127.77.0.0/16").expect("targets");
     let total = u64::try_from(targets.len()).expect("fits");
-    let rate = RateConfig { initial: 200.0, min: 1.0, max: 200.0, increase_per_sec: 0.0, ..RateConfig::default() };
+    let rate = RateConfig::default().initial(200.0).min(1.0).max(200.0).increase_per_sec(0.0);
     let mut config =
         ScanConfig::default().ports(vec![common::closed_port()]).icmp(false).http(None).rate(rate).pace_loopback(true);
     // A zero period must not panic (the timer is clamped to 1 ms).

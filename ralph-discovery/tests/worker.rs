@@ -15,7 +15,7 @@ const CHILD_QUEUE: &str = "RALPH_WORKER_CHILD_QUEUE";
 
 /// A slow scanner: loopback addresses reset (alive, port closed) at 25 probe starts per second.
 fn slow_scanner() -> Scanner {
-    let rate = RateConfig { initial: 25.0, min: 1.0, max: 25.0, increase_per_sec: 0.0, ..RateConfig::default() };
+    let rate = RateConfig::default().initial(25.0).min(1.0).max(25.0).increase_per_sec(0.0);
     Scanner::new(ScanConfig::default().ports(vec![9]).icmp(false).http(None).rate(rate).pace_loopback(true))
 }
 

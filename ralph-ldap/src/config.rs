@@ -215,6 +215,7 @@ pub struct FlagsByGroup {
 /// [`LdapConfig::from_toml_file`], or build it with [`LdapConfig::builder`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct LdapConfig {
     /// `AUTH_LDAP_SERVER_URI`: `ldap://` or `ldaps://` URIs, tried in order (failover).
     pub server_uris: Vec<String>,
@@ -724,6 +725,24 @@ impl LdapConfigBuilder {
     pub fn group_type(mut self, group_type: GroupType, name_attr: impl Into<String>) -> Self {
         self.0.group_type = group_type;
         self.0.group_name_attr = name_attr.into();
+        self
+    }
+
+    /// The group attribute listing member DNs (see [`LdapConfig::group_member_attr`]).
+    pub fn group_member_attr(mut self, attr: impl Into<String>) -> Self {
+        self.0.group_member_attr = attr.into();
+        self
+    }
+
+    /// The user attribute listing group DNs (see [`LdapConfig::member_of_attr`]).
+    pub fn member_of_attr(mut self, attr: impl Into<String>) -> Self {
+        self.0.member_of_attr = attr.into();
+        self
+    }
+
+    /// How deep client-side group recursion goes, at least 1 (see [`LdapConfig::max_group_depth`]).
+    pub fn max_group_depth(mut self, depth: usize) -> Self {
+        self.0.max_group_depth = depth;
         self
     }
 

@@ -182,13 +182,11 @@ async fn plaintext_to_a_remote_server_must_be_chosen_and_is_never_silent() {
     assert!(matches!(err, ralph_ldap::Error::Config(_)), "{err:?}");
 
     // Chosen explicitly (either way), it is accepted with a warning naming the server.
-    for (how, config) in [
-        (
-            "tls.mode = none",
-            LdapConfig { tls: TlsConfig { mode: Some(TlsMode::None), ..TlsConfig::default() }, ..c.clone() },
-        ),
-        ("allow_plaintext", LdapConfig { allow_plaintext: true, ..c.clone() }),
-    ] {
+    let mut no_tls = c.clone();
+    no_tls.tls = TlsConfig { mode: Some(TlsMode::None), ..TlsConfig::default() };
+    let mut allow_plaintext = c.clone();
+    allow_plaintext.allow_plaintext = true;
+    for (how, config) in [("tls.mode = none", no_tls), ("allow_plaintext", allow_plaintext)] {
         let (captured, guard) = Captured::start();
         let b = LdapBackend::new(config, store.clone()).unwrap_or_else(|e| panic!("{how}: {e}"));
         drop(guard);
@@ -229,11 +227,14 @@ async fn a_service_bind_dn_without_password_is_refused() {
 
     let (store, _dir) = store().await;
     for password in [None, Some("".into())] {
-        let c = LdapConfig { bind_password: password, ..ralph_config(&fx) };
+        let mut c = ralph_config(&fx);
+        c.bind_password = password;
         let err = LdapBackend::new(c, store.clone()).expect_err("backend with an unauthenticated service bind");
         assert!(matches!(err, ralph_ldap::Error::Config(_)), "{err:?}");
     }
     // Anonymous on purpose (no bind_dn at all) stays possible.
-    let c = LdapConfig { bind_dn: None, bind_password: None, ..ralph_config(&fx) };
+    let mut c = ralph_config(&fx);
+    c.bind_dn = None;
+    c.bind_password = None;
     assert!(LdapBackend::new(c, store).is_ok());
 }

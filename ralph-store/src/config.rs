@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PoolConfig {
     /// Most connections open at once (default 10).
     pub max_connections: u32,
@@ -67,6 +68,7 @@ pub struct PoolConfig {
 /// [`StoreError::Contended`](ralph_core::StoreError::Contended), nothing written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ConflictRetry {
     /// Attempts in all, the first one included (default 10; 1 turns retries off).
     pub max_attempts: u32,
@@ -105,7 +107,7 @@ impl ConflictRetry {
         Self { max_attempts: 1, ..Self::default() }
     }
 
-    /// Sets [`ConflictRetry::max_attempts`].
+    /// Sets [`ConflictRetry::max_attempts`] (0 is taken as 1: one attempt, no retries).
     #[must_use]
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
@@ -144,14 +146,15 @@ impl Default for PoolConfig {
 }
 
 impl PoolConfig {
-    /// Sets [`PoolConfig::max_connections`].
+    /// Sets [`PoolConfig::max_connections`] (0 is taken as 1; SQLite in memory always uses 1).
     #[must_use]
     pub fn max_connections(mut self, max: u32) -> Self {
         self.max_connections = max;
         self
     }
 
-    /// Sets [`PoolConfig::min_connections`].
+    /// Sets [`PoolConfig::min_connections`] (a value above `max_connections` is taken as
+    /// `max_connections`).
     #[must_use]
     pub fn min_connections(mut self, min: u32) -> Self {
         self.min_connections = min;
