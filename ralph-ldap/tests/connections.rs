@@ -5,16 +5,15 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Captured, fixture, ralph_config, store};
+use ralph_core::testing::MemoryStore;
 use ralph_core::{AuthBackend, AuthError, AuthOutcome, Credentials, UserStore};
 use ralph_ldap::{LdapBackend, LdapConfig, TlsConfig, TlsMode};
-use ralph_store::SqliteStore;
 
-async fn backend(config: LdapConfig) -> (LdapBackend<SqliteStore>, tempfile::TempDir) {
-    let (store, dir) = store().await;
-    (LdapBackend::new(config, store).expect("backend"), dir)
+fn backend(config: LdapConfig) -> LdapBackend<MemoryStore> {
+    LdapBackend::new(config, store()).expect("backend")
 }
 
-async fn alice(b: &LdapBackend<SqliteStore>) -> Result<AuthOutcome, AuthError> {
+async fn alice(b: &LdapBackend<MemoryStore>) -> Result<AuthOutcome, AuthError> {
     b.authenticate(&Credentials::new("alice", "alice-pw")).await
 }
 
@@ -27,20 +26,20 @@ async fn starttls_and_ldaps_with_the_generated_ca() {
     let Some(fx) = fixture() else { return };
     let mut c = ralph_config(&fx);
     c.tls = tls(TlsMode::StartTls, &fx.ca, true);
-    let (b, _d) = backend(c).await;
+    let b = backend(c);
     assert!(matches!(alice(&b).await, Ok(AuthOutcome::Authenticated(_))), "StartTLS");
 
     let mut c = ralph_config(&fx);
     c.server_uris = vec![fx.ldaps_url.clone()];
     c.tls = tls(TlsMode::None, &fx.ca, true);
-    let (b, _d) = backend(c).await;
+    let b = backend(c);
     assert!(matches!(alice(&b).await, Ok(AuthOutcome::Authenticated(_))), "LDAPS");
 
     // The certificate names 127.0.0.1 and localhost: both verify.
     let mut c = ralph_config(&fx);
     c.server_uris = vec![fx.ldaps_url.replace("127.0.0.1", "localhost")];
     c.tls = tls(TlsMode::None, &fx.ca, true);
-    let (b, _d) = backend(c).await;
+    let b = backend(c);
     assert!(matches!(alice(&b).await, Ok(AuthOutcome::Authenticated(_))), "LDAPS by name");
 }
 
@@ -51,7 +50,7 @@ async fn wrong_ca_fails_verification_unless_explicitly_disabled() {
         let mut c = ralph_config(&fx);
         c.server_uris = vec![uri.clone()];
         c.tls = tls(mode, &fx.other_ca, true);
-        let (b, _d) = backend(c).await;
+        let b = backend(c);
         let outcome = alice(&b).await;
         assert!(matches!(&outcome, Err(e) if e.is_unavailable()), "{uri} {mode:?}: {outcome:?}");
         assert_eq!(b.store().get_user("alice").await.map(|u| u.is_some()).ok(), Some(false));
@@ -60,13 +59,13 @@ async fn wrong_ca_fails_verification_unless_explicitly_disabled() {
         let mut c = ralph_config(&fx);
         c.server_uris = vec![uri.clone()];
         c.tls = TlsConfig { mode: Some(mode), ca_file: None, verify: true };
-        let (b, _d) = backend(c).await;
+        let b = backend(c);
         assert!(alice(&b).await.is_err(), "{uri}: an unknown CA was trusted");
 
         let mut c = ralph_config(&fx);
         c.server_uris = vec![uri.clone()];
         c.tls = tls(mode, &fx.other_ca, false);
-        let (b, _d) = backend(c).await;
+        let b = backend(c);
         assert!(matches!(alice(&b).await, Ok(AuthOutcome::Authenticated(_))), "{uri}: verify = false");
     }
 }
@@ -82,12 +81,12 @@ async fn failover_to_the_next_uri() {
     let Some(fx) = fixture() else { return };
     let mut c = ralph_config(&fx);
     c.server_uris = vec![format!("ldap://127.0.0.1:{}", closed_port()), fx.url.clone()];
-    let (b, _d) = backend(c).await;
+    let b = backend(c);
     assert!(matches!(alice(&b).await, Ok(AuthOutcome::Authenticated(_))));
 
     let mut c = ralph_config(&fx);
     c.server_uris = vec![format!("ldap://127.0.0.1:{}", closed_port()), format!("ldap://127.0.0.1:{}", closed_port())];
-    let (b, _d) = backend(c).await;
+    let b = backend(c);
     let outcome = alice(&b).await;
     assert!(matches!(&outcome, Err(AuthError::Unavailable(_))), "{outcome:?}");
 }
@@ -102,7 +101,7 @@ async fn silent_servers_time_out_cleanly() {
     c.server_uris = vec![uri.clone()];
     c.connect_timeout_ms = 300;
     c.operation_timeout_ms = 400;
-    let (b, _d) = backend(c).await;
+    let b = backend(c);
     let started = Instant::now();
     let outcome = alice(&b).await;
     let took = started.elapsed();
@@ -114,7 +113,7 @@ async fn silent_servers_time_out_cleanly() {
     c.server_uris = vec![uri, fx.url.clone()];
     c.connect_timeout_ms = 300;
     c.tls = tls(TlsMode::StartTls, &fx.ca, true);
-    let (b, _d) = backend(c).await;
+    let b = backend(c);
     let started = Instant::now();
     assert!(matches!(alice(&b).await, Ok(AuthOutcome::Authenticated(_))), "failover after a timeout");
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -130,7 +129,7 @@ async fn passwords_never_reach_logs_debug_or_errors() {
     let wrong_pw = "Very-Wrong-Password-42";
     let mut texts = Vec::new();
 
-    let (b, _d) = backend(ralph_config(&fx)).await;
+    let b = backend(ralph_config(&fx));
     texts.push(format!("{b:?} {:?}", b.config()));
     texts.push(format!("{:?}", b.authenticate(&Credentials::new("alice", user_pw)).await));
     texts.push(format!("{:?}", b.authenticate(&Credentials::new("alice", wrong_pw)).await));
@@ -139,13 +138,13 @@ async fn passwords_never_reach_logs_debug_or_errors() {
     // A refused service bind, and a server that is down: errors in Display, Debug, and chain.
     let mut c = ralph_config(&fx);
     c.bind_password = Some(wrong_pw.into());
-    let (b, _d) = backend(c).await;
+    let b = backend(c);
     let e = b.authenticate(&Credentials::new("alice", user_pw)).await.expect_err("bad service password");
     texts.push(format!("{e} {e:?} {:?}", std::error::Error::source(&e).map(ToString::to_string)));
 
     let mut c = ralph_config(&fx);
     c.server_uris = vec![format!("ldap://127.0.0.1:{}", closed_port())];
-    let (b, _d) = backend(c).await;
+    let b = backend(c);
     let e = b.authenticate(&Credentials::new("alice", user_pw)).await.expect_err("down");
     let mut chain = format!("{e} {e:?}");
     let mut source = std::error::Error::source(&e);
@@ -177,7 +176,7 @@ async fn plaintext_to_a_remote_server_must_be_chosen_and_is_never_silent() {
     assert!(!err.to_string().contains(&fx.bind_password), "secret in {err}");
     let mut c = ralph_config(&fx);
     c.server_uris = vec![fx.url.clone(), remote.to_owned()];
-    let (store, _dir) = store().await;
+    let store = store();
     let err = LdapBackend::new(c.clone(), store.clone()).expect_err("backend built for a plaintext remote");
     assert!(matches!(err, ralph_ldap::Error::Config(_)), "{err:?}");
 
@@ -205,7 +204,7 @@ async fn plaintext_to_a_remote_server_must_be_chosen_and_is_never_silent() {
     // Loopback is exempt: the fixture itself is plain ldap:// on 127.0.0.1, without opt-in.
     let c = ralph_config(&fx);
     assert!(c.tls.mode.is_none() && !c.allow_plaintext);
-    let (b, _d) = backend(c).await;
+    let b = backend(c);
     assert!(matches!(alice(&b).await, Ok(AuthOutcome::Authenticated(_))));
 }
 
@@ -225,7 +224,7 @@ async fn a_service_bind_dn_without_password_is_refused() {
     let empty = common::ralph_toml(&fx).replace(&fx.bind_password, "");
     assert!(matches!(LdapConfig::from_toml_str(&empty), Err(ralph_ldap::Error::Config(_))), "empty bind_password");
 
-    let (store, _dir) = store().await;
+    let store = store();
     for password in [None, Some("".into())] {
         let mut c = ralph_config(&fx);
         c.bind_password = password;

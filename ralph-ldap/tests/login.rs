@@ -6,18 +6,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{Fixture, fixture, ralph_config, store};
+use ralph_core::testing::MemoryStore;
 use ralph_core::{
     AuthBackend, AuthError, AuthOutcome, Credentials, DenyReason, Group, Identity, UserSource, UserStore,
 };
 use ralph_ldap::{GroupType, LdapBackend, LdapConfig, NestedGroups, Scope, SearchSpec};
-use ralph_store::SqliteStore;
 
-async fn backend(config: LdapConfig) -> (LdapBackend<SqliteStore>, tempfile::TempDir) {
-    let (store, dir) = store().await;
-    (LdapBackend::new(config, store).expect("backend"), dir)
+fn backend(config: LdapConfig) -> LdapBackend<MemoryStore> {
+    LdapBackend::new(config, store()).expect("backend")
 }
 
-async fn login(b: &LdapBackend<SqliteStore>, user: &str, pw: &str) -> Result<AuthOutcome, AuthError> {
+async fn login(b: &LdapBackend<MemoryStore>, user: &str, pw: &str) -> Result<AuthOutcome, AuthError> {
     b.authenticate(&Credentials::new(user, pw)).await
 }
 
@@ -35,7 +34,7 @@ fn roles(identity: &Identity) -> Vec<&str> {
 #[tokio::test]
 async fn alice_gets_mapped_roles_flags_and_profile_mirrored() {
     let Some(fx) = fixture() else { return };
-    let (b, _dir) = backend(ralph_config(&fx)).await;
+    let b = backend(ralph_config(&fx));
     let id = identity(login(&b, "alice", "alice-pw").await);
     // coffee-club is not mapped: with a mapping, unmapped groups are ignored.
     assert_eq!(roles(&id), ["active", "assets-buyer", "staff"]);
@@ -51,7 +50,7 @@ async fn alice_gets_mapped_roles_flags_and_profile_mirrored() {
         (p.company.as_deref(), p.department.as_deref(), p.employee_id.as_deref(), p.location.as_deref()),
         (Some("Allegro"), Some("IT"), Some("E-001"), Some("Poznań"))
     );
-    // Mirrored into SQLite.
+    // Mirrored into the store.
     let stored = b.store().get_user("alice").await.expect("store").expect("alice mirrored");
     assert_eq!(stored.value, id.user);
     assert_eq!(b.store().get_profile("alice").await.expect("store"), Some(p));
@@ -63,7 +62,7 @@ async fn alice_gets_mapped_roles_flags_and_profile_mirrored() {
 #[tokio::test]
 async fn superuser_invalid_country_and_hex_escaped_manager() {
     let Some(fx) = fixture() else { return };
-    let (b, _dir) = backend(ralph_config(&fx)).await;
+    let b = backend(ralph_config(&fx));
     let id = identity(login(&b, "bob", "bob-pw").await);
     assert!(id.user.is_superuser && id.user.is_active && !id.user.is_staff);
     assert_eq!(roles(&id), ["active", "superuser"]);
@@ -75,7 +74,7 @@ async fn superuser_invalid_country_and_hex_escaped_manager() {
 #[tokio::test]
 async fn nested_group_gives_role_and_multivalued_rdn_manager() {
     let Some(fx) = fixture() else { return };
-    let (b, _dir) = backend(ralph_config(&fx)).await;
+    let b = backend(ralph_config(&fx));
     let id = identity(login(&b, "carol", "carol-pw").await);
     assert_eq!(roles(&id), ["active", "assets-staff"], "assets-staff only through team-assets");
     let p = id.profile.expect("profile");
@@ -84,7 +83,7 @@ async fn nested_group_gives_role_and_multivalued_rdn_manager() {
 
     let mut flat = ralph_config(&fx);
     flat.nested_groups = NestedGroups::Off;
-    let (b, _dir) = backend(flat).await;
+    let b = backend(flat);
     assert_eq!(roles(&identity(login(&b, "carol", "carol-pw").await)), ["active"]);
 }
 
@@ -98,7 +97,7 @@ async fn group_cycles_terminate() {
         c.group_type = group_type;
         c.group_search =
             Some(SearchSpec::new(format!("ou=groups,{}", fx.base), Scope::Subtree, "(objectClass=groupOfNames)"));
-        let (b, _dir) = backend(c).await;
+        let b = backend(c);
         let id = identity(login(&b, "cycler", "cycler-pw").await);
         let r = roles(&id);
         assert!(r.contains(&"cycle-a") && r.contains(&"cycle-b"), "{group_type:?}: {r:?}");
@@ -113,7 +112,7 @@ async fn group_of_names_search_with_nesting_matches_member_of() {
     c.group_type = GroupType::GroupOfNames;
     c.group_search = Some(SearchSpec::new(&fx.base, Scope::Subtree, "(objectClass=groupOfNames)"));
     c.nested_groups = NestedGroups::Auto; // slapd is not AD: recursion
-    let (b, _dir) = backend(c).await;
+    let b = backend(c);
     assert_eq!(roles(&identity(login(&b, "carol", "carol-pw").await)), ["active", "assets-staff"]);
     assert_eq!(roles(&identity(login(&b, "alice", "alice-pw").await)), ["active", "assets-buyer", "staff"]);
 }
@@ -128,7 +127,7 @@ async fn posix_groups_by_member_uid() {
     c.group_mapping.clear();
     c.group_mapping.insert(format!("cn=ralph-posix,ou=posix,{}", fx.base), "active".into());
     c.group_mapping.insert(format!("cn=posix-staff,ou=posix,{}", fx.base), "staff".into());
-    let (b, _dir) = backend(c).await;
+    let b = backend(c);
     let alice = identity(login(&b, "alice", "alice-pw").await);
     assert!(alice.user.is_active && alice.user.is_staff);
     assert_eq!(roles(&identity(login(&b, "carol", "carol-pw").await)), ["active"]);
@@ -139,7 +138,7 @@ async fn without_mapping_group_names_are_roles() {
     let Some(fx) = fixture() else { return };
     let mut c = ralph_config(&fx);
     c.group_mapping.clear();
-    let (b, _dir) = backend(c).await;
+    let b = backend(c);
     let rolf = identity(login(&b, "rolf", "rolf-pw").await);
     assert_eq!(roles(&rolf), ["active", "ralph-users", "readers", "staff"]);
     assert!(rolf.user.is_active && rolf.user.is_staff && !rolf.user.is_superuser);
@@ -148,7 +147,7 @@ async fn without_mapping_group_names_are_roles() {
 #[tokio::test]
 async fn inactive_user_is_mirrored_then_denied() {
     let Some(fx) = fixture() else { return };
-    let (b, _dir) = backend(ralph_config(&fx)).await;
+    let b = backend(ralph_config(&fx));
     assert_eq!(login(&b, "dave", "dave-pw").await.expect("decided"), AuthOutcome::Denied(DenyReason::Inactive));
     let dave = b.store().get_user("dave").await.expect("store").expect("dave mirrored although refused");
     assert!(!dave.value.is_active);
@@ -161,7 +160,7 @@ async fn inactive_user_is_mirrored_then_denied() {
 #[tokio::test]
 async fn require_and_deny_groups_refuse() {
     let Some(fx) = fixture() else { return };
-    let (b, _dir) = backend(ralph_config(&fx)).await;
+    let b = backend(ralph_config(&fx));
     assert_eq!(
         login(&b, "mallory", "mallory-pw").await.expect("decided"),
         AuthOutcome::Denied(DenyReason::DeniedGroup)
@@ -170,7 +169,7 @@ async fn require_and_deny_groups_refuse() {
 
     let mut c = ralph_config(&fx);
     c.require_group = Some(format!("cn=_gr_ralph_staff,ou=groups,{}", fx.base));
-    let (b, _dir) = backend(c).await;
+    let b = backend(c);
     assert_eq!(
         login(&b, "bob", "bob-pw").await.expect("decided"),
         AuthOutcome::Denied(DenyReason::MissingRequiredGroup)
@@ -181,7 +180,7 @@ async fn require_and_deny_groups_refuse() {
 #[tokio::test]
 async fn unknown_filtered_wrong_password_and_ambiguous_are_not_handled() {
     let Some(fx) = fixture() else { return };
-    let (b, _dir) = backend(ralph_config(&fx)).await;
+    let b = backend(ralph_config(&fx));
     for (user, pw, why) in [
         ("alice", "wrong", "wrong password"),
         ("alice", "ALICE-PW", "password case"),
@@ -199,7 +198,7 @@ async fn unknown_filtered_wrong_password_and_ambiguous_are_not_handled() {
 #[tokio::test]
 async fn non_ascii_login_and_names() {
     let Some(fx) = fixture() else { return };
-    let (b, _dir) = backend(ralph_config(&fx)).await;
+    let b = backend(ralph_config(&fx));
     let id = identity(login(&b, "łukasz", "zażółć-gęślą-jaźń").await);
     assert_eq!(id.user.username, "łukasz");
     assert_eq!((id.user.first_name.as_str(), id.user.last_name.as_str()), ("Łukasz", "Gęślą-Jaźń Żółć"));
@@ -212,7 +211,7 @@ async fn non_ascii_login_and_names() {
 #[tokio::test]
 async fn filter_metacharacters_in_logins_are_literal() {
     let Some(fx) = fixture() else { return };
-    let (b, _dir) = backend(ralph_config(&fx)).await;
+    let b = backend(ralph_config(&fx));
     let id = identity(login(&b, "w*ld(c)ard\\", "wildcard-pw").await);
     assert_eq!(id.user.username, "w*ld(c)ard\\");
     for hostile in ["w*", "*", "w*ld(c)ard", "*)(sAMAccountName=alice", "alice)(|(a=*", "al*", "alice\0"] {
@@ -227,7 +226,7 @@ async fn dn_template_mode_escapes_the_value() {
     let mut c = ralph_config(&fx);
     c.user_search = None;
     c.user_dn_template = Some(format!("uid=%(user)s,ou=people,{}", fx.base));
-    let (b, _dir) = backend(c).await;
+    let b = backend(c);
     identity(login(&b, "alice", "alice-pw").await);
     identity(login(&b, "w*ld(c)ard\\", "wildcard-pw").await);
     assert_eq!(login(&b, "alice,ou=people", "alice-pw").await.expect("decided"), AuthOutcome::NotHandled);
@@ -258,7 +257,7 @@ async fn empty_password_is_refused_before_any_bind() {
     let naive = raw.simple_bind(&format!("uid=alice,ou=people,{}", fx.base), "").await.expect("bind");
     assert_eq!(naive.rc, 0, "fixture must accept unauthenticated binds for this test to mean anything");
 
-    let (b, _dir) = backend(ralph_config(&fx)).await;
+    let b = backend(ralph_config(&fx));
     assert_eq!(login(&b, "alice", "").await.expect("decided"), AuthOutcome::NotHandled);
     assert_eq!(b.store().get_user("alice").await.expect("store"), None);
 
@@ -266,7 +265,7 @@ async fn empty_password_is_refused_before_any_bind() {
     let (uri, count) = counting_listener().await;
     let mut c = ralph_config(&fx);
     c.server_uris = vec![uri];
-    let (b, _dir) = backend(c).await;
+    let b = backend(c);
     assert_eq!(login(&b, "alice", "").await.expect("decided"), AuthOutcome::NotHandled);
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert_eq!(count.load(Ordering::SeqCst), 0);
@@ -289,7 +288,7 @@ async fn serial_referrals_are_not_chased_and_fail_closed_for_groups() {
     .await;
 
     // The subtree user search passes over the referral: logins work, nothing is chased.
-    let (b, _dir) = backend(ralph_config(&fx)).await;
+    let b = backend(ralph_config(&fx));
     identity(login(&b, "alice", "alice-pw").await);
     assert_eq!(login(&b, "ghost", "x").await.expect("decided"), AuthOutcome::NotHandled);
 
@@ -297,7 +296,7 @@ async fn serial_referrals_are_not_chased_and_fail_closed_for_groups() {
     let mut c = ralph_config(&fx);
     c.group_type = GroupType::GroupOfNames;
     c.group_search = Some(SearchSpec::new(&referral, Scope::Subtree, "(objectClass=groupOfNames)"));
-    let (b2, _dir2) = backend(c).await;
+    let b2 = backend(c);
     let outcome = login(&b2, "alice", "alice-pw").await;
     common::delete(&mut admin, &[&referral]).await;
     assert!(matches!(outcome, Err(AuthError::Backend(_))), "{outcome:?}");
@@ -313,11 +312,11 @@ async fn unreadable_group_names_fail_closed_when_names_are_roles() {
     // needed (every rule goes by DN): the login works.
     let mut c = ralph_config(&fx);
     c.group_name_attr = "description".into();
-    let (b, _dir) = backend(c.clone()).await;
+    let b = backend(c.clone());
     assert_eq!(roles(&identity(login(&b, "alice", "alice-pw").await)), ["active", "assets-buyer", "staff"]);
     // Without one, names are the roles: refuse, never "no roles".
     c.group_mapping.clear();
-    let (b, _dir) = backend(c).await;
+    let b = backend(c);
     let outcome = login(&b, "alice", "alice-pw").await;
     assert!(matches!(outcome, Err(AuthError::Backend(_))), "{outcome:?}");
     assert_eq!(b.store().get_user("alice").await.expect("store"), None);
@@ -430,7 +429,7 @@ async fn a_deny_group_without_a_readable_name_still_denies() {
         for (what, c) in group_types(config, &fx.base) {
             let mut open = c.clone();
             open.deny_group = None;
-            let (b, _dir) = backend(open).await;
+            let b = backend(open);
             let outcome = login(&b, &user.name, "nameless-pw").await;
             if rules == "mapping" {
                 // Names are not needed: the unnamed group is no obstacle.
@@ -439,7 +438,7 @@ async fn a_deny_group_without_a_readable_name_still_denies() {
                 // Names are roles, and one cannot be read: refused (fail closed).
                 assert!(matches!(outcome, Err(AuthError::Backend(_))), "{rules}, {what}: {outcome:?}");
             }
-            let (b, _dir) = backend(c).await;
+            let b = backend(c);
             let outcome = login(&b, &user.name, "nameless-pw").await;
             assert_eq!(outcome.ok(), Some(AuthOutcome::Denied(DenyReason::DeniedGroup)), "{rules}, {what}");
         }
@@ -487,7 +486,7 @@ async fn a_deny_group_hidden_by_an_acl_still_denies() {
     by_name.flags_by_group.is_active = vec![active.clone()];
     for (rules, config) in [("mapping", mapped), ("names", by_name)] {
         for (what, c) in group_types(config, &fx.base) {
-            let (b, _dir) = backend(c).await;
+            let b = backend(c);
             let outcome = login(&b, &denied.name, "hidden-pw").await;
             assert_eq!(outcome.ok(), Some(AuthOutcome::Denied(DenyReason::DeniedGroup)), "{rules}, {what}");
             // A hidden group that denies nothing does not get in the way; its RDN names it.
@@ -511,7 +510,7 @@ async fn every_spelling_of_a_login_is_one_stored_user() {
     by_dn.user_search = None;
     by_dn.user_dn_template = Some(format!("uid=%(user)s,ou=people,{}", fx.base));
     for (what, c) in [("search", by_search), ("DN template", by_dn)] {
-        let (b, _dir) = backend(c).await;
+        let b = backend(c);
         for typed in ["ALICE", "Alice", "alice", "aLiCe"] {
             assert_eq!(identity(login(&b, typed, "alice-pw").await).user.username, "alice", "{what}: {typed}");
         }
@@ -535,7 +534,7 @@ async fn a_filter_comparing_several_attributes_logs_in_through_each() {
         ralph_ldap::Scope::Subtree,
         "(|(mail=%(user)s)(uid=%(user)s))",
     ));
-    let (b, _dir) = backend(c).await;
+    let b = backend(c);
     for typed in ["alice", "ALICE", "alice@ralph.test", "Alice@Ralph.Test"] {
         assert_eq!(identity(login(&b, typed, "alice-pw").await).user.username, "alice", "{typed}");
     }
@@ -576,7 +575,7 @@ async fn placeholder_text_in_a_login_is_literal() {
     let mut no_attr = by_search.clone();
     no_attr.username_attr = None;
     for (what, c) in [("search", by_search), ("DN template", by_dn), ("search, no username_attr", no_attr)] {
-        let (b, _dir) = backend(c).await;
+        let b = backend(c);
         let own = login(&b, &typed, "typed-pw").await;
         let other = login(&b, &typed, "expanded-pw").await;
         let stored =
@@ -628,8 +627,8 @@ async fn group_cache_honours_ttl() {
         c.cache_ttl_secs = ttl;
         c
     };
-    let (cached, _d1) = backend(config(1200)).await;
-    let (uncached, _d2) = backend(config(0)).await;
+    let cached = backend(config(1200));
+    let uncached = backend(config(0));
     identity(login(&cached, &name, "cache-pw").await);
     identity(login(&uncached, &name, "cache-pw").await);
 
@@ -675,11 +674,11 @@ mod hostile {
             let username: String = parts.concat();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
-                let (by_search, _d1) = backend(ralph_config(&fx)).await;
+                let by_search = backend(ralph_config(&fx));
                 let mut template = ralph_config(&fx);
                 template.user_search = None;
                 template.user_dn_template = Some(format!("uid=%(user)s,ou=people,{}", fx.base));
-                let (by_dn, _d2) = backend(template).await;
+                let by_dn = backend(template);
                 for (b, (password, owner)) in [&by_search, &by_dn]
                     .into_iter()
                     .flat_map(|b| [("alice-pw", "alice"), ("wildcard-pw", "w*ld(c)ard\\")].map(|p| (b, p)))
@@ -708,10 +707,10 @@ async fn auto_nesting_avoids_the_ad_rule_on_openldap() {
     // Forced, the in-chain rule is unknown to slapd and silently matches nothing, so carol
     // would lose every group; `auto` sees from the root DSE that this is not AD and recurses.
     c.nested_groups = NestedGroups::MatchingRule;
-    let (forced, _d1) = backend(c.clone()).await;
+    let forced = backend(c.clone());
     assert_eq!(login(&forced, "carol", "carol-pw").await.expect("decided"), AuthOutcome::Denied(DenyReason::Inactive));
     c.nested_groups = NestedGroups::Auto;
-    let (auto, _d2) = backend(c).await;
+    let auto = backend(c);
     assert_eq!(roles(&identity(login(&auto, "carol", "carol-pw").await)), ["active", "assets-staff"]);
 }
 
@@ -724,7 +723,7 @@ async fn missing_group_search_base_fails_closed() {
     c.group_type = GroupType::GroupOfNames;
     c.group_search =
         Some(SearchSpec::new(format!("ou=no-such-groups,{}", fx.base), Scope::Subtree, "(objectClass=groupOfNames)"));
-    let (b, _dir) = backend(c).await;
+    let b = backend(c);
     for (user, pw) in [("mallory", "mallory-pw"), ("alice", "alice-pw")] {
         let outcome = login(&b, user, pw).await;
         assert!(matches!(outcome, Err(AuthError::Backend(ref m)) if m.contains("32")), "{user}: {outcome:?}");
@@ -744,14 +743,14 @@ async fn missing_group_search_base_fails_closed() {
     let mut c = ralph_config(&fx);
     c.user_search =
         Some(SearchSpec::new(format!("ou=no-such-people,{}", fx.base), Scope::Subtree, "(sAMAccountName=%(user)s)"));
-    let (b, _dir) = backend(c).await;
+    let b = backend(c);
     assert_eq!(login(&b, "alice", "alice-pw").await.expect("decided"), AuthOutcome::NotHandled);
 }
 
 #[tokio::test]
 async fn users_refused_by_group_rules_are_deactivated_in_the_store() {
     let Some(fx) = fixture() else { return };
-    let (store, _dir) = store().await;
+    let store = store();
     // Before the ban: mallory is in _gr_ralph and gets mirrored active.
     let mut open = ralph_config(&fx);
     open.deny_group = None;
@@ -796,7 +795,7 @@ async fn users_refused_by_group_rules_are_deactivated_in_the_store() {
 #[tokio::test]
 async fn ldap_login_over_a_local_account_is_an_error_and_the_chain_goes_on() {
     let Some(fx) = fixture() else { return };
-    let (store, _dir) = store().await;
+    let store = store();
     // A local "alice" with her own password: the directory's alice must not take it over.
     store.create_user(&ralph_core::User::new("alice").expect("valid")).await.expect("local alice");
     let b = LdapBackend::new(ralph_config(&fx), store.clone()).expect("backend");

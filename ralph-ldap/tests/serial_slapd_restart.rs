@@ -60,7 +60,7 @@ async fn serial_kill_slapd_during_login_loop() {
     let mut config = common::ralph_config(&fx);
     config.connect_timeout_ms = 500;
     config.operation_timeout_ms = 1000;
-    let (store, _dir) = common::store().await;
+    let store = common::store();
     store.create_user(&User::new("local-admin").expect("valid")).await.expect("local user");
     let local = LocalBackend::new(store.clone());
     local.set_password("local-admin", &"local-pw".into()).await.expect("password");

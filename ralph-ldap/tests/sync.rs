@@ -4,6 +4,7 @@ mod common;
 
 use common::{Captured, fixture, ralph_config, store};
 use ralph_core::store::UserMirror;
+use ralph_core::testing::MemoryStore;
 use ralph_core::{AuthBackend, AuthOutcome, Credentials, User, UserSource, UserStore};
 use ralph_ldap::{LdapBackend, SyncOptions};
 
@@ -24,7 +25,7 @@ async fn unpaged_search_hits_the_size_limit() {
 #[tokio::test]
 async fn serial_sync_pages_through_every_user_then_deactivates_the_missing() {
     let Some(fx) = fixture() else { return };
-    let (store, _dir) = store().await;
+    let store = store();
     let mut config = ralph_config(&fx);
     config.page_size = 400;
     let backend = LdapBackend::new(config, store).expect("backend");
@@ -83,7 +84,7 @@ async fn serial_sync_pages_through_every_user_then_deactivates_the_missing() {
 #[tokio::test]
 async fn sync_can_leave_missing_users_active() {
     let Some(fx) = fixture() else { return };
-    let (store, _dir) = store().await;
+    let store = store();
     let mut config = ralph_config(&fx);
     config.deactivate_missing = false;
     config.user_filter = Some(format!("(memberOf=cn=_gr_ralph_admin,ou=groups,{})", fx.base));
@@ -100,7 +101,7 @@ async fn sync_can_leave_missing_users_active() {
 #[tokio::test]
 async fn a_failed_listing_deactivates_nobody() {
     let Some(fx) = fixture() else { return };
-    let (store, _dir) = store().await;
+    let store = store();
     let mut config = ralph_config(&fx);
     // The directory is unreachable: the sync fails and nobody is deactivated.
     config.server_uris = vec![format!("ldap://127.0.0.1:{}", {
@@ -119,7 +120,7 @@ async fn a_failed_listing_deactivates_nobody() {
 #[tokio::test]
 async fn sync_leaves_a_local_account_of_the_same_name_alone() {
     let Some(fx) = fixture() else { return };
-    let (store, _dir) = store().await;
+    let store = store();
     let mut config = ralph_config(&fx);
     config.user_filter = Some(format!("(memberOf=cn=_gr_ralph_admin,ou=groups,{})", fx.base));
     let backend = LdapBackend::new(config, store).expect("backend");
@@ -133,7 +134,7 @@ async fn sync_leaves_a_local_account_of_the_same_name_alone() {
 #[tokio::test]
 async fn sync_with_a_missing_group_search_base_fails_closed() {
     let Some(fx) = fixture() else { return };
-    let (store, _dir) = store().await;
+    let store = store();
     let mut config = ralph_config(&fx);
     config.user_filter = Some(format!("(memberOf=cn=_gr_ralph_banned,ou=groups,{})", fx.base));
     config.group_type = ralph_ldap::GroupType::GroupOfNames;
@@ -167,7 +168,7 @@ async fn serial_a_listing_that_met_a_referral_deactivates_no_missing_user() {
     )
     .await;
 
-    let (store, _dir) = store().await;
+    let store = store();
     let mut config = ralph_config(&fx);
     config.user_filter = Some(format!("(memberOf=cn=_gr_ralph_admin,ou=groups,{})", fx.base));
     assert!(config.deactivate_missing);
@@ -196,7 +197,7 @@ async fn serial_a_listing_that_met_a_referral_deactivates_no_missing_user() {
 #[tokio::test]
 async fn sync_and_login_store_one_spelling_without_username_attr() {
     let Some(fx) = fixture() else { return };
-    let (store, _dir) = store().await;
+    let store = store();
     let mut config = ralph_config(&fx);
     // The username comes from the attribute the user search compares the login with.
     config.username_attr = None;
@@ -217,7 +218,7 @@ async fn sync_and_login_store_one_spelling_without_username_attr() {
 }
 
 /// `n` LDAP-owned, active users the directory does not know.
-async fn ghosts(backend: &LdapBackend<ralph_store::SqliteStore>, n: usize) -> Vec<String> {
+async fn ghosts(backend: &LdapBackend<MemoryStore>, n: usize) -> Vec<String> {
     let mut names = Vec::new();
     for i in 0..n {
         let mut ghost = User::new(&format!("ghost{i}")).expect("valid");
@@ -228,7 +229,7 @@ async fn ghosts(backend: &LdapBackend<ralph_store::SqliteStore>, n: usize) -> Ve
     names
 }
 
-async fn active(backend: &LdapBackend<ralph_store::SqliteStore>, names: &[String]) -> usize {
+async fn active(backend: &LdapBackend<MemoryStore>, names: &[String]) -> usize {
     let mut n = 0;
     for name in names {
         n += usize::from(backend.store().get_user(name).await.expect("store").expect("kept").value.is_active);
@@ -243,7 +244,7 @@ async fn serial_a_listing_that_lost_most_users_deactivates_nobody_unless_forced(
     let (captured, _guard) = Captured::start();
     // A listing that succeeds with nothing in it (here a user filter no entry matches; in
     // life a wrong base, a changed ACL): every LDAP user would be "missing".
-    let (store, _dir) = store().await;
+    let store = store();
     let mut empty = ralph_config(&fx);
     empty.user_filter = Some(format!("(memberOf=cn=no-such-group,ou=groups,{})", fx.base));
     let backend = LdapBackend::new(empty.clone(), store.clone()).expect("backend");
@@ -267,7 +268,7 @@ async fn serial_a_listing_that_lost_most_users_deactivates_nobody_unless_forced(
     // A limit that allows it, set in the configuration (and in the builder).
     let mut lenient = few.clone();
     lenient.max_deactivate_percent = 75;
-    let (other_store, _other_dir) = common::store().await;
+    let other_store = common::store();
     let b = LdapBackend::new(lenient, other_store).expect("backend");
     let other_names = ghosts(&b, 3).await;
     let report = b.sync().await.expect("sync");
@@ -295,7 +296,7 @@ async fn serial_a_listing_that_lost_most_users_deactivates_nobody_unless_forced(
 async fn a_require_group_nobody_is_in_deactivates_nobody_unless_forced() {
     let Some(fx) = fixture() else { return };
     let (captured, _guard) = Captured::start();
-    let (store, _dir) = store().await;
+    let store = store();
     let mut config = ralph_config(&fx);
     config.user_filter =
         Some(format!("(&(memberOf=cn=ralph-users,ou=groups,{})(|(uid=alice)(uid=bob)(uid=carol)(uid=dave)))", fx.base));

@@ -1,5 +1,5 @@
 //! Shared helpers for the integration tests: the fixture's addresses, a standard
-//! configuration, a fresh SQLite store, and admin access for tests that add entries.
+//! configuration, a fresh in-memory store, and admin access for tests that add entries.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::{HashMap, HashSet};
@@ -8,8 +8,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use ldap3::{LdapConnAsync, Mod};
+use ralph_core::testing::MemoryStore;
 use ralph_ldap::LdapConfig;
-use ralph_store::SqliteStore;
 
 /// Where the fixture slapd is (from the `RALPH_TEST_LDAP_*` variables up.sh exports).
 #[derive(Debug, Clone)]
@@ -107,11 +107,9 @@ pub fn ralph_config(fx: &Fixture) -> LdapConfig {
     LdapConfig::from_toml_str(&ralph_toml(fx)).expect("fixture config is valid")
 }
 
-/// A fresh SQLite store in a temporary directory (kept alive by the returned guard).
-pub async fn store() -> (SqliteStore, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("ralph.sqlite3").display());
-    (SqliteStore::connect(&url).await.expect("sqlite store"), dir)
+/// A fresh, empty in-memory store (the SQL stores' semantics, no database; clones share it).
+pub fn store() -> MemoryStore {
+    MemoryStore::new()
 }
 
 /// An admin connection for tests that add and remove their own entries.
