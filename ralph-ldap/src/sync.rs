@@ -155,16 +155,15 @@ impl<S: UserStore> LdapBackend<S> {
 
         // A login name held by several entries is ambiguous: like a login, the sync refuses
         // to pick one (but still counts the name as present).
+        let names: Vec<Option<String>> = entries.iter().map(|entry| inner.names.username(entry)).collect();
         let mut holders: HashMap<String, usize> = HashMap::new();
-        for entry in &entries {
-            if let Some(name) = inner.names.username(entry) {
-                *holders.entry(name.to_lowercase()).or_default() += 1;
-            }
+        for name in names.iter().flatten() {
+            *holders.entry(name.to_lowercase()).or_default() += 1;
         }
         let mut present: HashSet<String> = HashSet::new();
         let mut refused: Vec<(&Entry, String)> = Vec::new();
-        for entry in &entries {
-            let Some(username) = inner.names.username(entry) else {
+        for (entry, username) in entries.iter().zip(names) {
+            let Some(username) = username else {
                 report.skipped += 1;
                 continue;
             };
@@ -213,14 +212,6 @@ impl<S: UserStore> LdapBackend<S> {
 
         // Who would be deactivated: refused users whose LDAP-owned record is active, and (if
         // deactivate_missing is on and the listing is complete) active LDAP users not listed.
-        let mut refused_active: HashSet<&str> = HashSet::new();
-        for (_, username) in &refused {
-            let user = inner.store.get_user(username).await?;
-            if user.is_some_and(|u| u.value.source == UserSource::Ldap && u.value.is_active) {
-                refused_active.insert(username);
-            }
-        }
-        report.refused = refused_active.len();
         let active: Vec<String> = inner
             .store
             .list_users(Some(UserSource::Ldap))
@@ -229,6 +220,10 @@ impl<S: UserStore> LdapBackend<S> {
             .filter(|u| u.value.is_active)
             .map(|u| u.value.username)
             .collect();
+        let active_set: HashSet<&str> = active.iter().map(String::as_str).collect();
+        let refused_active: HashSet<&str> =
+            refused.iter().map(|(_, username)| username.as_str()).filter(|u| active_set.contains(u)).collect();
+        report.refused = refused_active.len();
         let mut gone: Vec<String> = Vec::new();
         if config.deactivate_missing && report.referrals_ignored > 0 {
             // Users behind a referral (an AD child domain, another server) were not listed:
