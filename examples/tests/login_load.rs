@@ -539,7 +539,7 @@ impl FreshDb {
         match backend {
             Backend::Postgres => {
                 let mut admin = sqlx::PgConnection::connect(&base_url).await.expect("connect to PostgreSQL");
-                sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0"))
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0")))
                     .execute(&mut admin)
                     .await
                     .expect("create a PostgreSQL database");
@@ -548,7 +548,7 @@ impl FreshDb {
             Backend::MySql => {
                 let mut admin = sqlx::MySqlConnection::connect(&base_url).await.expect("connect to MariaDB");
                 let collation = ralph_store::MYSQL_COLLATION;
-                sqlx::raw_sql(&format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE {collation}"))
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE {collation}")))
                     .execute(&mut admin)
                     .await
                     .expect("create a MariaDB database");
@@ -567,14 +567,14 @@ impl FreshDb {
         match self.backend {
             Backend::Postgres => {
                 if let Ok(mut admin) = sqlx::PgConnection::connect(base_url).await {
-                    let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
                         .execute(&mut admin)
                         .await;
                 }
             }
             Backend::MySql => {
                 if let Ok(mut admin) = sqlx::MySqlConnection::connect(base_url).await {
-                    let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS `{name}`")).execute(&mut admin).await;
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`"))).execute(&mut admin).await;
                 }
             }
             Backend::Sqlite => {}

@@ -4,18 +4,21 @@ use std::net::IpAddr;
 
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
+use std::time::Duration;
+
 use ralph_core::{
-    AssetStatus, Component, DataCenter, Device, Group, Id, InventoryStore, IpAddress, Network, NetworkEnvironment,
-    Profile, Rack, Record, Repository, StoreError, TransitionGraph, User, UserMirror, UserSource, UserStore,
+    AssetStatus, Component, DataCenter, Device, FailOutcome, Group, Id, InventoryStore, IpAddress, Job, JobQueue,
+    Network, NetworkEnvironment, Observation, Profile, QueueStats, Rack, Record, RecordSummary, Repository,
+    RetryPolicy, ScanResultStore, StoreError, TransitionGraph, User, UserMirror, UserSource, UserStore,
     ValidationError,
 };
 
 use crate::PoolConfig;
-use crate::tables::Table;
+use crate::sql::inventory::Table;
 
 /// A store on whichever backend the URL names (`sqlite:`, `postgres:`/`postgresql:`,
-/// `mysql:`/`mariadb:`), among those compiled in. It implements the same traits by handing
-/// each call to the store inside.
+/// `mysql:`/`mariadb:`), among those compiled in. It implements the same traits (inventory,
+/// users, job queue, scan results) by handing each call to the store inside.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum AnyStore {
@@ -209,5 +212,47 @@ impl UserStore for AnyStore {
     }
     async fn deactivate_users(&self, usernames: &[String]) -> Result<u64, StoreError> {
         dispatch!(self, s => s.deactivate_users(usernames).await)
+    }
+}
+
+#[async_trait]
+impl JobQueue for AnyStore {
+    async fn enqueue(&self, queue: &str, payloads: &[String]) -> Result<Vec<Id<Job>>, StoreError> {
+        dispatch!(self, s => s.enqueue(queue, payloads).await)
+    }
+    async fn claim(&self, queue: &str, max: usize, lease: Duration, worker: &str) -> Result<Vec<Job>, StoreError> {
+        dispatch!(self, s => s.claim(queue, max, lease, worker).await)
+    }
+    async fn ack(&self, job: &Job) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.ack(job).await)
+    }
+    async fn ack_batch(&self, jobs: &[Job]) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.ack_batch(jobs).await)
+    }
+    async fn fail(&self, job: &Job, error: &str, policy: &RetryPolicy) -> Result<FailOutcome, StoreError> {
+        dispatch!(self, s => s.fail(job, error, policy).await)
+    }
+    async fn extend_lease(&self, job: &Job, lease: Duration) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.extend_lease(job, lease).await)
+    }
+    async fn reclaim_expired(&self, queue: &str) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.reclaim_expired(queue).await)
+    }
+    async fn stats(&self, queue: &str) -> Result<QueueStats, StoreError> {
+        dispatch!(self, s => s.stats(queue).await)
+    }
+    async fn all_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        dispatch!(self, s => s.all_stats().await)
+    }
+}
+
+#[async_trait]
+impl ScanResultStore for AnyStore {
+    async fn record_observations(
+        &self,
+        observations: &[Observation],
+        dead_ping_limit: u32,
+    ) -> Result<RecordSummary, StoreError> {
+        dispatch!(self, s => s.record_observations(observations, dead_ping_limit).await)
     }
 }

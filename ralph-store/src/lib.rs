@@ -20,6 +20,14 @@
 //! time. Pool sizes and time-outs come from [`PoolConfig`], which a host application can load
 //! from its own configuration file.
 //!
+//! ## How the SQL is organised
+//!
+//! Every statement is written once, generically over the sqlx database, in `src/sql/`
+//! (`inventory`, `users`, `queue`, `scan`): statements built with [`sqlx::QueryBuilder`], rows
+//! decoded by column name into `#[derive(sqlx::FromRow)]` structs. What differs between the
+//! databases (row locks, insert-or-ignore, returning ids, the queue's clock, job claims, the
+//! bulk scan upsert) is in one dialect module per backend, `src/dialect/{sqlite,postgres,mysql}.rs`.
+//!
 //! ## Migrations
 //!
 //! The schema lives in `migrations/{sqlite,postgres,mysql}/` and is compiled into the crate.
@@ -74,31 +82,23 @@
 //! ```
 
 mod any;
-pub mod bulk;
 mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
-mod driver;
-mod inventory;
-#[cfg(feature = "mysql")]
-mod mysql;
-#[cfg(feature = "postgres")]
-mod postgres;
+mod dialect;
+mod error;
 pub mod queue;
 mod retry;
 #[cfg(feature = "mysql")]
 pub mod schema_check;
-#[cfg(feature = "sqlite")]
-mod sqlite;
+mod sql;
 mod store;
-mod tables;
-mod users;
 
 pub use any::AnyStore;
 pub use config::{ConflictRetry, PoolConfig};
-pub use driver::Backend;
+pub use dialect::Backend;
 #[cfg(feature = "mysql")]
-pub use mysql::COLLATION as MYSQL_COLLATION;
+pub use dialect::mysql::COLLATION as MYSQL_COLLATION;
 pub use store::{SqlStore, TRACE_TARGET};
 
 /// The store on SQLite.

@@ -9,7 +9,7 @@ use ralph_core::StoreError;
 use tracing::{debug, warn};
 
 use crate::config::ConflictRetry;
-use crate::driver::transient_conflict;
+use crate::error::transient_conflict;
 use crate::store::TRACE_TARGET;
 
 /// How often a store retried, shared by its clones.

@@ -83,6 +83,12 @@ impl ServerInfo {
         if self.mariadb { self.numbers >= (10, 6, 0) } else { self.numbers >= (8, 0, 1) }
     }
 
+    /// `INSERT ... RETURNING`: MariaDB ≥ 10.5; no MySQL.
+    #[must_use]
+    pub fn supports_returning(&self) -> bool {
+        self.mariadb && self.numbers >= (10, 5, 0)
+    }
+
     /// `INSERT ... AS new ON DUPLICATE KEY UPDATE c = new.c` (the row alias that replaces the
     /// deprecated `VALUES(c)`): MySQL ≥ 8.0.19. MariaDB has no row alias, and on MariaDB
     /// `VALUES()` is not deprecated.
@@ -335,7 +341,7 @@ pub async fn fix_schema(pool: &MySqlPool) -> Result<SchemaReport, StoreError> {
     let report = check_schema(pool).await?;
     for fix in report.fixes() {
         tracing::info!(target: "ralph::store", statement = %fix, "applying schema fix");
-        sqlx::raw_sql(fix).execute(pool).await.map_err(backend)?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(fix.as_str())).execute(pool).await.map_err(backend)?;
     }
     Ok(report)
 }

@@ -1,12 +1,16 @@
-//! [`SqlStore`]: one sqlx pool, migrations, and the statement helpers every module shares.
+//! [`SqlStore`]: one sqlx pool, migrations, the retry policy, and the transactions every
+//! statement of [`crate::sql`] runs in.
 
 use std::fmt;
 use std::sync::Arc;
 
 use ralph_core::StoreError;
-use tracing::{debug, info};
+use tracing::info;
 
-use crate::driver::{Backend, Kind, Row, Value, store_error};
+use tokio::sync::OnceCell;
+
+use crate::dialect::{Backend, ServerTraits};
+use crate::error::store_error;
 use crate::retry::{Counters, retry_conflicts};
 use crate::{ConflictRetry, PoolConfig};
 
@@ -22,11 +26,21 @@ pub struct SqlStore<DB: Backend> {
     pool: sqlx::Pool<DB>,
     retry: ConflictRetry,
     counters: Arc<Counters>,
+    /// What the server supports, asked once and shared by the clones.
+    server: Arc<OnceCell<ServerTraits>>,
+    /// Test seam: ids of multi-row inserts from the last insert id even where `RETURNING` works.
+    last_insert_id: bool,
 }
 
 impl<DB: Backend> Clone for SqlStore<DB> {
     fn clone(&self) -> Self {
-        Self { pool: self.pool.clone(), retry: self.retry.clone(), counters: Arc::clone(&self.counters) }
+        Self {
+            pool: self.pool.clone(),
+            retry: self.retry.clone(),
+            counters: Arc::clone(&self.counters),
+            server: Arc::clone(&self.server),
+            last_insert_id: self.last_insert_id,
+        }
     }
 }
 
@@ -66,7 +80,30 @@ impl<DB: Backend> SqlStore<DB> {
     /// the schema is known to be current. SQLite pools must enable foreign keys.
     #[must_use]
     pub fn from_pool(pool: sqlx::Pool<DB>) -> Self {
-        Self { pool, retry: ConflictRetry::default(), counters: Arc::default() }
+        Self {
+            pool,
+            retry: ConflictRetry::default(),
+            counters: Arc::default(),
+            server: Arc::default(),
+            last_insert_id: false,
+        }
+    }
+
+    /// The same as [`SqlStore::from_pool`]: a store (and job queue) over `pool`, whose schema
+    /// must be current (see [`SqlStore::migrate`]).
+    #[must_use]
+    pub fn new(pool: sqlx::Pool<DB>) -> Self {
+        Self::from_pool(pool)
+    }
+
+    /// Test seam: a multi-row insert takes its ids from `LAST_INSERT_ID()` (the MySQL path)
+    /// even on MariaDB, whose `INSERT ... RETURNING` is otherwise used, so that path can be
+    /// tested on MariaDB. No effect on the other backends.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn with_last_insert_id_ids(mut self) -> Self {
+        self.last_insert_id = true;
+        self
     }
 
     /// Replaces the retry policy for transient conflicts (from [`PoolConfig::conflict_retry`]
@@ -112,27 +149,9 @@ impl<DB: Backend> SqlStore<DB> {
         self.pool.close().await;
     }
 
-    /// Runs a read on a pooled connection.
-    pub(crate) async fn read(
-        &self,
-        entity: &'static str,
-        sql: &str,
-        args: &[Value],
-        kinds: &[Kind],
-    ) -> Result<Vec<Row>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(|e| store_error(entity, e))?;
-        fetch::<DB>(&mut conn, entity, sql, args, kinds).await
-    }
-
     /// A pooled connection, for several reads in a row.
     pub(crate) async fn acquire(&self, entity: &'static str) -> Result<sqlx::pool::PoolConnection<DB>, StoreError> {
         self.pool.acquire().await.map_err(|e| store_error(entity, e))
-    }
-
-    /// Runs one statement outside a transaction.
-    pub(crate) async fn run(&self, entity: &'static str, sql: &str, args: &[Value]) -> Result<u64, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(|e| store_error(entity, e))?;
-        execute::<DB>(&mut conn, entity, sql, args).await
     }
 
     /// Runs `write`, a whole write transaction or statement, under the store's retry policy for
@@ -143,6 +162,12 @@ impl<DB: Backend> SqlStore<DB> {
         Fut: Future<Output = Result<T, StoreError>>,
     {
         retry_conflicts(&self.retry, &self.counters, entity, write).await
+    }
+
+    /// What the server supports, asked on first use.
+    pub(crate) async fn server_traits(&self) -> Result<ServerTraits, StoreError> {
+        let traits = *self.server.get_or_try_init(|| DB::server_traits(&self.pool)).await?;
+        Ok(ServerTraits { insert_returning: traits.insert_returning && !self.last_insert_id, ..traits })
     }
 
     /// Starts a write transaction (on SQLite, one that holds the write lock from the start).
@@ -157,62 +182,4 @@ pub(crate) async fn commit<DB: Backend>(
     entity: &'static str,
 ) -> Result<(), StoreError> {
     tx.commit().await.map_err(|e| store_error(entity, e))
-}
-
-/// Runs a query and decodes its rows as `kinds`.
-pub(crate) async fn fetch<DB: Backend>(
-    conn: &mut DB::Connection,
-    entity: &'static str,
-    sql: &str,
-    args: &[Value],
-    kinds: &[Kind],
-) -> Result<Vec<Row>, StoreError> {
-    let rows = DB::fetch(conn, sql, args, kinds).await.map_err(|e| store_error(entity, e))?;
-    Ok(rows.into_iter().map(|values| Row::new(values, entity)).collect())
-}
-
-/// Runs a statement; returns the rows it touched.
-pub(crate) async fn execute<DB: Backend>(
-    conn: &mut DB::Connection,
-    entity: &'static str,
-    sql: &str,
-    args: &[Value],
-) -> Result<u64, StoreError> {
-    DB::execute(conn, sql, args).await.map(|done| done.rows).map_err(|e| store_error(entity, e))
-}
-
-/// Inserts one row and returns its generated id.
-pub(crate) async fn insert<DB: Backend>(
-    conn: &mut DB::Connection,
-    entity: &'static str,
-    table: &str,
-    columns: &[&str],
-    values: &[Value],
-) -> Result<i64, StoreError> {
-    let marks = vec!["?"; columns.len()].join(", ");
-    let mut sql = format!("INSERT INTO {table} ({}) VALUES ({marks})", columns.join(", "));
-    let id = if DB::DIALECT.returns_id() {
-        sql.push_str(" RETURNING id");
-        let mut rows = fetch::<DB>(conn, entity, &sql, values, &[Kind::Int]).await?;
-        match rows.first_mut() {
-            Some(row) => row.int()?,
-            None => return Err(StoreError::Corrupt { entity, detail: "INSERT returned no id".into() }),
-        }
-    } else {
-        let done = DB::execute(conn, &sql, values).await.map_err(|e| store_error(entity, e))?;
-        done.last_id.ok_or_else(|| StoreError::Corrupt { entity, detail: "INSERT reported no id".into() })?
-    };
-    debug!(target: TRACE_TARGET, entity, id, "inserted");
-    Ok(id)
-}
-
-/// The first column of the first row as an integer, if there is a row.
-pub(crate) async fn fetch_id<DB: Backend>(
-    conn: &mut DB::Connection,
-    entity: &'static str,
-    sql: &str,
-    args: &[Value],
-) -> Result<Option<i64>, StoreError> {
-    let mut rows = fetch::<DB>(conn, entity, sql, args, &[Kind::Int]).await?;
-    rows.first_mut().map(Row::int).transpose()
 }

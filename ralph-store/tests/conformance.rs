@@ -19,7 +19,7 @@ macro_rules! raw {
         #[cfg(feature = $feature)]
         impl Raw for $store {
             async fn raw(&self, sql: &str) {
-                ralph_store::sqlx::query(sql).execute(self.pool()).await.expect("raw statement");
+                ralph_store::sqlx::query(ralph_store::sqlx::AssertSqlSafe(sql.to_owned())).execute(self.pool()).await.expect("raw statement");
             }
         }
     )*};

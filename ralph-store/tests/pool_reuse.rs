@@ -111,7 +111,7 @@ async fn serial_mysql_pool_reuses_connections() {
         format!("GRANT ALL ON `{}`.* TO '{user}'@'127.0.0.1'", db.name),
         "SET GLOBAL userstat = 1".to_owned(),
     ] {
-        sqlx::raw_sql(&sql).execute(&admin).await.expect("setup");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str())).execute(&admin).await.expect("setup");
     }
     let user_connections = async || -> i64 {
         sqlx::query_scalar(
@@ -142,10 +142,12 @@ async fn serial_mysql_pool_reuses_connections() {
 
     let opened = user_connections().await - before;
     let global = global_connections().await - global_before;
-    sqlx::raw_sql(&format!("SET GLOBAL userstat = {userstat}; DROP USER IF EXISTS '{user}'@'127.0.0.1'"))
-        .execute(&admin)
-        .await
-        .expect("restore");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET GLOBAL userstat = {userstat}; DROP USER IF EXISTS '{user}'@'127.0.0.1'"
+    )))
+    .execute(&admin)
+    .await
+    .expect("restore");
     admin.close().await;
     eprintln!(
         "MariaDB connections opened by the store's user for {TASKS} tasks: {opened} (pool max {POOL_MAX}); \

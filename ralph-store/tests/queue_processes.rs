@@ -312,9 +312,9 @@ mod mysql {
         let Some((db, q, pool)) = setup("mpk").await else { return };
         let attempts = async |ids: &[i64]| -> Vec<i64> {
             let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-            sqlx::query_scalar(&format!(
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT p.attempts FROM processed p JOIN queue_jobs j ON j.payload = p.payload WHERE j.id IN ({list})"
-            ))
+            )))
             .fetch_all(&pool)
             .await
             .expect("attempts")

@@ -155,7 +155,7 @@ async fn concurrent_first_connects<DB: ralph_store::Backend>(url: &str) {
     while let Some(result) = tasks.join_next().await {
         result.expect("task").expect("every concurrent connect succeeds");
     }
-    let store = ralph_store::SqlStore::<DB>::connect(url).await.expect("connect");
+    let store = ralph_store::AnyStore::connect(url).await.expect("connect");
     store.create(&DataCenter::new("dc1", None).expect("dc")).await.expect("schema works");
 }
 

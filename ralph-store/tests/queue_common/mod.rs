@@ -45,7 +45,7 @@ pub mod pg {
         let (prefix, base, query) = split_url(&url);
         let name = fresh_name(&base, tag);
         let admin = PgPoolOptions::new().max_connections(1).connect(&url).await.expect("connect to PostgreSQL");
-        sqlx::query(&format!("CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0"))
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0")))
             .execute(&admin)
             .await
             .expect("create database");
@@ -61,7 +61,9 @@ pub mod pg {
     /// Drops it (forcing out any connection left).
     pub async fn drop_db(db: FreshDb) {
         let admin = PgPoolOptions::new().max_connections(1).connect(&db.admin_url).await.expect("connect");
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", db.name)).execute(&admin).await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", db.name)))
+            .execute(&admin)
+            .await;
         admin.close().await;
     }
 }
@@ -79,10 +81,12 @@ pub mod my {
         let name = fresh_name(&base, tag);
         let admin = MySqlPoolOptions::new().max_connections(1).connect(&url).await.expect("connect to MySQL");
         let collation = ralph_store::MYSQL_COLLATION;
-        sqlx::raw_sql(&format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE {collation}"))
-            .execute(&admin)
-            .await
-            .expect("create database");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE {collation}"
+        )))
+        .execute(&admin)
+        .await
+        .expect("create database");
         admin.close().await;
         Some(FreshDb { url: format!("{prefix}{name}{query}"), name, admin_url: url })
     }
@@ -95,7 +99,8 @@ pub mod my {
     /// Drops it.
     pub async fn drop_db(db: FreshDb) {
         let admin = MySqlPoolOptions::new().max_connections(1).connect(&db.admin_url).await.expect("connect");
-        let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS `{}`", db.name)).execute(&admin).await;
+        let _ =
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{}`", db.name))).execute(&admin).await;
         admin.close().await;
     }
 }

@@ -61,7 +61,7 @@ pub async fn fresh_postgres(base: &str, suffix: &str) -> String {
         format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
         format!("CREATE DATABASE {db} ENCODING 'UTF8' TEMPLATE template0"),
     ] {
-        sqlx::query(&sql).execute(&mut admin).await.expect("fresh PostgreSQL database");
+        sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).execute(&mut admin).await.expect("fresh PostgreSQL database");
     }
     url
 }
@@ -76,7 +76,7 @@ pub async fn fresh_mysql(base: &str, suffix: &str) -> String {
         format!("DROP DATABASE IF EXISTS `{db}`"),
         format!("CREATE DATABASE `{db}` CHARACTER SET utf8mb4 COLLATE {}", ralph_store::MYSQL_COLLATION),
     ] {
-        sqlx::query(&sql).execute(&mut admin).await.expect("fresh MariaDB database");
+        sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).execute(&mut admin).await.expect("fresh MariaDB database");
     }
     url
 }

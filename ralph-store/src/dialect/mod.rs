@@ -1,0 +1,135 @@
+//! Where the three databases differ, one module each: connecting and migrating, write
+//! transactions, row locks, "insert or ignore", the queue's clock, job claims and the bulk
+//! scan upsert. Everything else is written once, generically, in [`crate::sql`].
+
+// `Dialect` is the sealed half of the public `Backend` trait: its items are `pub` so they may
+// appear in `Backend`'s bounds, yet this module is private, so none of them is reachable.
+#![allow(unreachable_pub)]
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ralph_core::{Job, RecordSummary, StoreError};
+use sqlx::QueryBuilder;
+
+use crate::PoolConfig;
+
+#[cfg(feature = "mysql")]
+pub(crate) mod mysql;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+
+/// A database the store runs on: [`sqlx::Sqlite`], [`sqlx::Postgres`] or [`sqlx::MySql`]
+/// (each behind its cargo feature). Sealed: the store's SQL is only known to work on these.
+pub trait Backend: sqlx::Database + Dialect {}
+
+/// What the store learns about its server once per pool (MySQL: which server and version).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerTraits {
+    /// `INSERT ... RETURNING id` (SQLite, PostgreSQL, MariaDB ≥ 10.5).
+    pub insert_returning: bool,
+    /// `INSERT ... AS new ON DUPLICATE KEY UPDATE c = new.c` (MySQL ≥ 8.0.19).
+    pub row_alias: bool,
+}
+
+/// A queue time as each database keeps it: a timestamp on PostgreSQL and MySQL (server clock),
+/// microseconds since the Unix epoch on SQLite (the one machine's clock). Decoded by name like
+/// any other column; each dialect module implements its `Type`/`Decode`.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp(pub DateTime<Utc>);
+
+/// One checked scan observation, ready to bind (see [`crate::sql::scan`]).
+#[doc(hidden)]
+pub use crate::sql::scan::ObservationRow;
+
+/// The per-database half of [`Backend`], implemented once in each dialect module.
+#[doc(hidden)]
+#[async_trait]
+pub trait Dialect: sqlx::Database {
+    /// Row lock for a read inside a write transaction; SQLite has one writer already.
+    #[doc(hidden)]
+    const FOR_UPDATE: &'static str;
+    /// Shared row lock for a read inside a write transaction (blocks writers of the row, not
+    /// other readers).
+    #[doc(hidden)]
+    const FOR_SHARE: &'static str;
+    /// `INSERT` that silently skips a row whose unique key exists: the statement's head.
+    #[doc(hidden)]
+    const INSERT_IGNORE: &'static str;
+
+    /// The tail of an insert-or-ignore on the unique key `key` (`ON CONFLICT (key) DO NOTHING`).
+    #[doc(hidden)]
+    fn ignore_conflict(key: &str) -> String;
+
+    /// Opens a pool with the database's connection settings.
+    #[doc(hidden)]
+    async fn open(url: &str, config: &PoolConfig) -> Result<sqlx::Pool<Self>, sqlx::Error>;
+
+    /// Applies the migrations that have not run yet.
+    #[doc(hidden)]
+    async fn migrate(pool: &sqlx::Pool<Self>) -> Result<(), sqlx::migrate::MigrateError>;
+
+    /// Starts a write transaction (on SQLite, one that holds the write lock from the start).
+    #[doc(hidden)]
+    async fn begin_write(pool: &sqlx::Pool<Self>) -> Result<sqlx::Transaction<'static, Self>, sqlx::Error>;
+
+    /// Rows an `INSERT`/`UPDATE`/`DELETE` touched.
+    #[doc(hidden)]
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+
+    /// Runs the `INSERT` in `qb` and returns the generated id (`RETURNING id`, or the driver's
+    /// last insert id where the database has no `RETURNING`).
+    #[doc(hidden)]
+    async fn insert_id(conn: &mut Self::Connection, mut qb: QueryBuilder<Self>) -> Result<i64, sqlx::Error>;
+
+    /// Runs the multi-row `INSERT` in `qb` (`rows` rows) and returns the generated ids in
+    /// ascending order.
+    #[doc(hidden)]
+    async fn insert_ids(
+        conn: &mut Self::Connection,
+        mut qb: QueryBuilder<Self>,
+        rows: usize,
+        server: ServerTraits,
+    ) -> Result<Vec<i64>, StoreError>;
+
+    /// Asks the server what it supports (once per store).
+    #[doc(hidden)]
+    async fn server_traits(pool: &sqlx::Pool<Self>) -> Result<ServerTraits, StoreError>;
+
+    /// Pushes "now" on the queue's clock.
+    #[doc(hidden)]
+    fn push_now(qb: &mut QueryBuilder<Self>);
+
+    /// Pushes "now + `micros`" on the queue's clock.
+    #[doc(hidden)]
+    fn push_now_plus(qb: &mut QueryBuilder<Self>, micros: i64);
+
+    /// Pushes the age of `column` (a queue time) in microseconds, as a 64-bit integer.
+    #[doc(hidden)]
+    fn push_age_micros(qb: &mut QueryBuilder<Self>, column: &str);
+
+    /// Claims up to `limit` due jobs of `queue` for `lease` (pending first, then expired
+    /// leases), marking them running under a fresh token; returns them unsorted.
+    #[doc(hidden)]
+    async fn claim(
+        pool: &sqlx::Pool<Self>,
+        queue: &str,
+        limit: i64,
+        lease: Duration,
+        worker: &str,
+    ) -> Result<Vec<Job>, StoreError>;
+
+    /// Records one round of observations (every address at most once) in `tx`.
+    #[doc(hidden)]
+    async fn record_round(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        rows: &[ObservationRow<'_>],
+        dead_ping_limit: u32,
+        server: ServerTraits,
+    ) -> Result<RecordSummary, StoreError>;
+}

@@ -1,0 +1,360 @@
+//! [`JobQueue`] once for all backends; the claim itself, which each database does its own way,
+//! is the dialect's ([`Dialect::claim`](crate::dialect::Dialect::claim)).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ralph_core::{FailOutcome, Id, Job, JobQueue, QueueStats, RetryPolicy, StoreError, ValidationError};
+use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
+
+use super::{err, push_list};
+use crate::dialect::{Backend, Stamp};
+use crate::queue::{MAX_CLAIM, MAX_DELAY, MAX_QUEUE_NAME};
+use crate::store::{SqlStore, TRACE_TARGET, commit};
+
+const JOB: &str = "job";
+
+/// Jobs per enqueue or ack statement: far under every backend's bind-parameter limit (SQLite
+/// 32,766, the others 65,535) even at four parameters a row.
+pub(crate) const CHUNK: usize = 5_000;
+
+/// The longest error text kept on a failed job, in characters.
+const MAX_ERROR_LEN: usize = 4000;
+
+/// A claimed job as the claim statements return it.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[derive(FromRow)]
+pub(crate) struct JobRow {
+    pub(crate) id: i64,
+    pub(crate) queue: String,
+    pub(crate) payload: String,
+    pub(crate) attempts: i32,
+    pub(crate) lease_token: Option<String>,
+    pub(crate) due_at: Stamp,
+    pub(crate) enqueued_at: Stamp,
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl JobRow {
+    pub(crate) fn into_job(self) -> Result<Job, StoreError> {
+        Ok(Job {
+            id: Id::new(self.id),
+            queue: self.queue,
+            payload: self.payload,
+            attempts: u32::try_from(self.attempts)
+                .map_err(|_| corrupt(format!("attempts {} out of range", self.attempts)))?,
+            lease_token: self.lease_token.ok_or_else(|| corrupt("claimed job without a lease token"))?,
+            lease_until: self.due_at.0,
+            enqueued_at: self.enqueued_at.0,
+        })
+    }
+}
+
+/// One queue's counters.
+#[derive(FromRow)]
+struct StatsRow {
+    queue: String,
+    pending: i64,
+    running: i64,
+    expired: i64,
+    dead: i64,
+    done: i64,
+    oldest_age: Option<i64>,
+}
+
+impl StatsRow {
+    fn into_stats(self) -> QueueStats {
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        QueueStats {
+            queue: self.queue,
+            pending: count(self.pending),
+            running: count(self.running),
+            expired: count(self.expired),
+            dead: count(self.dead),
+            done: count(self.done),
+            oldest_pending_age: self.oldest_age.map(|m| Duration::from_micros(u64::try_from(m).unwrap_or(0))),
+        }
+    }
+}
+
+/// A number read back that does not fit the model.
+pub(crate) fn corrupt(detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt { entity: JOB, detail: detail.into() }
+}
+
+/// A fresh, unguessable lease token.
+pub(crate) fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// A delay in microseconds, clamped to [`MAX_DELAY`].
+pub(crate) fn micros(delay: Duration) -> i64 {
+    i64::try_from(delay.min(MAX_DELAY).as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Checks a queue name: not empty, at most [`MAX_QUEUE_NAME`] characters.
+fn check_queue(queue: &str) -> Result<(), StoreError> {
+    if queue.trim().is_empty() {
+        return Err(StoreError::invalid(JOB, ValidationError::Empty { field: "queue" }));
+    }
+    ralph_core::text::check_len("queue", queue, MAX_QUEUE_NAME).map_err(|e| StoreError::invalid(JOB, e))
+}
+
+/// The claim size as a SQL limit.
+fn claim_limit(max: usize) -> i64 {
+    i64::try_from(max.min(MAX_CLAIM)).unwrap_or(1)
+}
+
+/// Error text cut to [`MAX_ERROR_LEN`] characters.
+fn clip_error(error: &str) -> String {
+    error.chars().take(MAX_ERROR_LEN).collect()
+}
+
+/// Jobs grouped by lease token (one group per claim), ids ascending.
+fn by_token(jobs: &[Job]) -> BTreeMap<&str, Vec<i64>> {
+    let mut groups: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for job in jobs {
+        groups.entry(job.lease_token.as_str()).or_default().push(job.id.get());
+    }
+    for ids in groups.values_mut() {
+        ids.sort_unstable();
+        ids.dedup();
+    }
+    groups
+}
+
+impl<DB> SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> Stamp: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+{
+    /// `UPDATE queue_jobs SET <set> WHERE id = ? AND lease_token = ? AND state = 'running'`:
+    /// acts only while `job`'s claim still holds. Returns whether it did.
+    async fn while_leased(&self, job: &Job, set: impl FnOnce(&mut QueryBuilder<DB>)) -> Result<bool, StoreError> {
+        let mut qb = QueryBuilder::new("UPDATE queue_jobs SET ");
+        set(&mut qb);
+        qb.push(" WHERE id = ")
+            .push_bind(Some(job.id.get()))
+            .push(" AND lease_token = ")
+            .push_bind(Some(job.lease_token.as_str()))
+            .push(" AND state = 'running'");
+        let done = qb.build().execute(self.pool()).await.map_err(err(JOB))?;
+        Ok(DB::rows_affected(&done) == 1)
+    }
+
+    /// The counters of one queue (`Some`) or of every queue.
+    async fn queue_stats(&self, queue: Option<&str>) -> Result<Vec<QueueStats>, StoreError> {
+        let mut qb = QueryBuilder::new(
+            "SELECT queue, COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
+             COUNT(CASE WHEN state = 'running' AND due_at > ",
+        );
+        DB::push_now(&mut qb);
+        qb.push(" THEN 1 END) AS running, COUNT(CASE WHEN state = 'running' AND due_at <= ");
+        DB::push_now(&mut qb);
+        qb.push(
+            " THEN 1 END) AS expired, COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
+             COUNT(CASE WHEN state = 'done' THEN 1 END) AS done, ",
+        );
+        DB::push_age_micros(&mut qb, "MIN(CASE WHEN state = 'pending' THEN enqueued_at END)");
+        qb.push(" AS oldest_age FROM queue_jobs");
+        if let Some(queue) = queue {
+            qb.push(" WHERE queue = ").push_bind(Some(queue));
+        }
+        qb.push(" GROUP BY queue ORDER BY queue");
+        let rows = qb.build_query_as::<StatsRow>().fetch_all(self.pool()).await.map_err(err(JOB))?;
+        Ok(rows.into_iter().map(StatsRow::into_stats).collect())
+    }
+}
+
+#[async_trait]
+impl<DB> JobQueue for SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> Stamp: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+{
+    async fn enqueue(&self, queue: &str, payloads: &[String]) -> Result<Vec<Id<Job>>, StoreError> {
+        check_queue(queue)?;
+        if payloads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let server = self.server_traits().await?;
+        let ids = self
+            .retrying(JOB, || async {
+                let mut ids = Vec::with_capacity(payloads.len());
+                let mut tx = self.begin(JOB).await?;
+                for chunk in payloads.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::new(
+                        "INSERT INTO queue_jobs (queue, payload, state, attempts, due_at, enqueued_at) VALUES ",
+                    );
+                    for (n, payload) in chunk.iter().enumerate() {
+                        qb.push(if n == 0 { "(" } else { ", (" });
+                        qb.push_bind(Some(queue)).push(", ").push_bind(Some(payload.as_str())).push(", 'pending', 0, ");
+                        DB::push_now(&mut qb);
+                        qb.push(", ");
+                        DB::push_now(&mut qb);
+                        qb.push(")");
+                    }
+                    ids.extend(DB::insert_ids(&mut tx, qb, chunk.len(), server).await?);
+                }
+                commit(tx, JOB).await?;
+                Ok(ids)
+            })
+            .await?;
+        tracing::debug!(target: TRACE_TARGET, queue, jobs = ids.len(), "enqueued");
+        Ok(ids.into_iter().map(Id::new).collect())
+    }
+
+    async fn claim(&self, queue: &str, max: usize, lease: Duration, worker: &str) -> Result<Vec<Job>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        check_queue(queue)?;
+        let limit = claim_limit(max);
+        let mut jobs = self.retrying(JOB, || DB::claim(self.pool(), queue, limit, lease, worker)).await?;
+        jobs.sort_unstable_by_key(|j| j.id);
+        tracing::debug!(target: TRACE_TARGET, queue, worker, jobs = jobs.len(), "claimed");
+        Ok(jobs)
+    }
+
+    async fn ack(&self, job: &Job) -> Result<bool, StoreError> {
+        self.retrying(JOB, || {
+            self.while_leased(job, |qb| {
+                qb.push("state = 'done', lease_token = NULL, finished_at = ");
+                DB::push_now(qb);
+            })
+        })
+        .await
+    }
+
+    async fn ack_batch(&self, jobs: &[Job]) -> Result<u64, StoreError> {
+        let groups = &by_token(jobs);
+        self.retrying(JOB, || async {
+            let mut held = 0;
+            let mut tx = self.begin(JOB).await?;
+            for (token, ids) in groups {
+                for chunk in ids.chunks(CHUNK) {
+                    let mut qb =
+                        QueryBuilder::new("UPDATE queue_jobs SET state = 'done', lease_token = NULL, finished_at = ");
+                    DB::push_now(&mut qb);
+                    qb.push(" WHERE lease_token = ").push_bind(Some(*token)).push(" AND state = 'running' AND id IN (");
+                    push_list(&mut qb, chunk.iter().map(|id| Some(*id)));
+                    qb.push(")");
+                    let done = qb.build().execute(&mut *tx).await.map_err(err(JOB))?;
+                    held += DB::rows_affected(&done);
+                }
+            }
+            commit(tx, JOB).await?;
+            Ok(held)
+        })
+        .await
+    }
+
+    async fn fail(&self, job: &Job, error: &str, policy: &RetryPolicy) -> Result<FailOutcome, StoreError> {
+        let dead = job.attempts >= policy.max_attempts;
+        let delay = if dead { 0 } else { micros(policy.backoff(job.attempts)) };
+        let error = &clip_error(error);
+        self.retrying(JOB, || async {
+            // The new due time is read first so that the time reported is the time stored.
+            let mut qb = QueryBuilder::new("SELECT ");
+            DB::push_now_plus(&mut qb, delay);
+            qb.push(" AS due");
+            let due = qb.build_query_scalar::<Stamp>().fetch_one(self.pool()).await.map_err(err(JOB))?;
+            let held = self
+                .while_leased(job, |qb| {
+                    qb.push(if dead {
+                        "state = 'dead', finished_at = "
+                    } else {
+                        "state = 'pending', finished_at = NULL"
+                    });
+                    if dead {
+                        DB::push_now(qb);
+                    }
+                    qb.push(", due_at = ")
+                        .push_bind(due)
+                        .push(", lease_token = NULL, last_error = ")
+                        .push_bind(Some(error.as_str()));
+                })
+                .await?;
+            Ok(match (held, dead) {
+                (false, _) => FailOutcome::LeaseLost,
+                (true, true) => FailOutcome::Dead,
+                (true, false) => FailOutcome::Retry { at: due.0 },
+            })
+        })
+        .await
+    }
+
+    async fn extend_lease(&self, job: &Job, lease: Duration) -> Result<bool, StoreError> {
+        let lease = micros(lease);
+        self.retrying(JOB, || {
+            self.while_leased(job, |qb| {
+                qb.push("due_at = ");
+                DB::push_now_plus(qb, lease);
+            })
+        })
+        .await
+    }
+
+    async fn reclaim_expired(&self, queue: &str) -> Result<u64, StoreError> {
+        self.retrying(JOB, || async {
+            let mut qb = QueryBuilder::new("UPDATE queue_jobs SET state = 'pending', lease_token = NULL, due_at = ");
+            DB::push_now(&mut qb);
+            qb.push(" WHERE queue = ").push_bind(Some(queue)).push(" AND state = 'running' AND due_at <= ");
+            DB::push_now(&mut qb);
+            let done = qb.build().execute(self.pool()).await.map_err(err(JOB))?;
+            Ok(DB::rows_affected(&done))
+        })
+        .await
+    }
+
+    async fn stats(&self, queue: &str) -> Result<QueueStats, StoreError> {
+        let stats = self.queue_stats(Some(queue)).await?.into_iter().next();
+        Ok(stats.unwrap_or_else(|| QueueStats {
+            queue: queue.to_owned(),
+            pending: 0,
+            running: 0,
+            expired: 0,
+            dead: 0,
+            done: 0,
+            oldest_pending_age: None,
+        }))
+    }
+
+    async fn all_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        self.queue_stats(None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_limits() {
+        assert!(check_queue("discovery.dc1").is_ok());
+        assert!(check_queue("  ").is_err_and(|e| e.is_invalid()));
+        assert!(check_queue(&"q".repeat(256)).is_err_and(|e| e.is_invalid()));
+        assert_eq!(claim_limit(usize::MAX), 10_000);
+        assert_eq!(micros(Duration::MAX), micros(MAX_DELAY));
+        assert_eq!(micros(Duration::from_millis(1500)), 1_500_000);
+        assert_ne!(new_token(), new_token());
+        assert_eq!(clip_error(&"é".repeat(5000)).chars().count(), MAX_ERROR_LEN);
+    }
+}

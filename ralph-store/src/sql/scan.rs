@@ -1,0 +1,328 @@
+//! Bulk upsert of scan observations ([`ScanResultStore`]) with Ralph's autoscan rules in SQL.
+//!
+//! [`ScanResultStore::record_observations`] writes a whole batch of discovery results in one
+//! transaction: either every observation is recorded or none is. Per round (every address at
+//! most once; an address seen twice in one call goes to the next round, which runs after and
+//! sees the previous one, as [`apply_observation`](ralph_core::apply_observation) would) the
+//! dialect
+//!
+//! 1. reads the rows already known for the round's addresses, which gives the inserted /
+//!    updated / changed counts and leaves buried addresses and dead answers from unknown
+//!    addresses out (SQLite: under the write lock `BEGIN IMMEDIATE` took; PostgreSQL: in the
+//!    same statement as the upsert, a CTE over the same snapshot; MySQL: a plain read);
+//! 2. runs one multi-row upsert whose `DO UPDATE` / `ON DUPLICATE KEY UPDATE` clause is
+//!    [`assignments`]: `apply_observation` written in SQL, once, with each dialect naming the
+//!    incoming and stored row its own way (a property test compares the two on random inputs).
+//!
+//! Statements stay under each backend's bind-parameter limit: SQLite 32,766 parameters,
+//! MySQL/MariaDB 65,535 (the multi-row `VALUES` path below, [`QueryBuilder::push_values`]);
+//! PostgreSQL binds one array per column and reads them with `UNNEST`, so a statement there
+//! costs ten parameters however many rows it has.
+//!
+//! The upsert itself re-checks `is_buried`, so an address buried by someone else between the
+//! read and the write stays untouched; under such a race only the returned counts can be off.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ralph_core::{Observation, RecordSummary, ScanResultStore, StoreError, ValidationError, ip_key};
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
+
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+use super::{err, push_list};
+use crate::dialect::Backend;
+use crate::store::{SqlStore, TRACE_TARGET, commit};
+
+const ENTITY: &str = "IP address";
+
+/// Observation rows per statement on the `VALUES` path: nine parameters a row, under SQLite's
+/// 32,766.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) const VALUES_CHUNK: usize = 32_766 / 9;
+
+/// The largest `dead_ping_count` the model holds (`u32`); the SQL saturates there like
+/// `apply_observation`'s `saturating_add`.
+const MAX_DEAD: i64 = u32::MAX as i64;
+
+/// The columns an observation writes, in the order [`ObservationRow`]s are bound.
+pub(crate) const INSERT_COLUMNS: &str = "address, ip_key, last_seen, dead_ping_count, http_family, snmp_name, \
+                                         snmp_community, snmp_version, scan_checksum";
+
+/// One observation, checked and ready to bind.
+#[derive(Debug)]
+pub struct ObservationRow<'a> {
+    pub(crate) ip: u128,
+    pub(crate) key: String,
+    pub(crate) address: String,
+    pub(crate) alive: bool,
+    pub(crate) seen_at: DateTime<Utc>,
+    pub(crate) http_family: Option<&'a str>,
+    pub(crate) snmp_name: Option<&'a str>,
+    /// Only kept with an SNMP name, as the rules say.
+    pub(crate) snmp_community: Option<&'a str>,
+    pub(crate) snmp_version: Option<&'static str>,
+    pub(crate) checksum: Option<&'a str>,
+}
+
+fn check(field: &'static str, value: Option<&str>, max: usize) -> Result<(), StoreError> {
+    match value {
+        Some(v) => ralph_core::text::check_len(field, v, max).map_err(|e| StoreError::invalid(ENTITY, e)),
+        None => Ok(()),
+    }
+}
+
+impl<'a> ObservationRow<'a> {
+    fn new(o: &'a Observation) -> Result<Self, StoreError> {
+        check("http_family", o.http_family.as_deref(), 64)?;
+        check("snmp_name", o.snmp_name.as_deref(), 255)?;
+        check("checksum", o.checksum.as_deref(), 128)?;
+        if o.snmp_community.as_ref().is_some_and(|c| c.expose().chars().count() > 255) {
+            // The community is a secret: the error names the field only.
+            return Err(StoreError::invalid(ENTITY, ValidationError::TooLong { field: "snmp_community", max: 255 }));
+        }
+        let snmp = o.snmp_name.is_some();
+        Ok(Self {
+            ip: ralph_core::ip_to_u128(o.address),
+            key: ip_key(o.address),
+            address: o.address.to_string(),
+            alive: o.alive,
+            seen_at: o.seen_at,
+            http_family: o.http_family.as_deref(),
+            snmp_name: o.snmp_name.as_deref(),
+            snmp_community: o.snmp_community.as_ref().filter(|_| snmp).map(ralph_core::Secret::expose),
+            snmp_version: o.snmp_version.filter(|_| snmp).map(ralph_core::SnmpVersion::as_str),
+            checksum: o.checksum.as_deref(),
+        })
+    }
+
+    /// `dead_ping_count` of the incoming row: 0 says "alive" to the update clause.
+    pub(crate) fn dead_flag(&self) -> i64 {
+        i64::from(!self.alive)
+    }
+}
+
+/// Splits the batch into rounds in which every address appears once, keeping order: a repeated
+/// address goes to the next round, which runs after (and sees) the previous one.
+fn rounds(rows: Vec<ObservationRow<'_>>) -> Vec<Vec<ObservationRow<'_>>> {
+    let mut seen: HashMap<u128, usize> = HashMap::with_capacity(rows.len());
+    let mut rounds: Vec<Vec<ObservationRow<'_>>> = Vec::new();
+    for row in rows {
+        let n = seen.entry(row.ip).or_insert(0);
+        if rounds.len() <= *n {
+            rounds.push(Vec::new());
+        }
+        rounds[*n].push(row);
+        *n += 1;
+    }
+    rounds
+}
+
+/// The update half of the upsert: `apply_observation` in SQL, as `(column, expression)`.
+/// `new(c)` names the incoming row's column, `old(c)` the stored one; `least` is the
+/// two-argument minimum; `limit` is the dead-ping limit. The assignments that read the stored
+/// `dead_ping_count` come before the one that changes it, because MySQL evaluates assignments
+/// left to right on the updated row.
+pub(crate) fn assignments(
+    new: impl Fn(&str) -> String,
+    old: impl Fn(&str) -> String,
+    least: &str,
+    limit: &str,
+) -> Vec<(&'static str, String)> {
+    let alive = format!("{} = 0", new("dead_ping_count"));
+    let next_dead = format!("{least}({} + 1, {MAX_DEAD})", old("dead_ping_count"));
+    let cleared = format!("(NOT ({alive}) AND {next_dead} >= {limit})");
+    let snmp = format!("({alive} AND {} IS NOT NULL)", new("snmp_name"));
+    let fact = |col: &'static str, when_alive: &str| {
+        (col, format!("CASE WHEN {when_alive} THEN {} WHEN {cleared} THEN NULL ELSE {} END", new(col), old(col)))
+    };
+    let http_alive = format!("({alive} AND {} IS NOT NULL)", new("http_family"));
+    vec![
+        fact("http_family", &http_alive),
+        fact("snmp_name", &snmp),
+        fact("snmp_community", &snmp),
+        fact("snmp_version", &snmp),
+        ("scan_checksum", format!("COALESCE({}, {})", new("scan_checksum"), old("scan_checksum"))),
+        ("last_seen", format!("CASE WHEN {alive} THEN {} ELSE {} END", new("last_seen"), old("last_seen"))),
+        ("dead_ping_count", format!("CASE WHEN {alive} THEN 0 ELSE {next_dead} END")),
+    ]
+}
+
+/// [`assignments`] as `c1 = e1, c2 = e2, ...`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn set_clause(
+    new: impl Fn(&str) -> String,
+    old: impl Fn(&str) -> String,
+    least: &str,
+    limit: u32,
+) -> String {
+    assignments(new, old, least, &limit.to_string())
+        .into_iter()
+        .map(|(col, expr)| format!("{col} = {expr}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What the store holds for an address the round mentions.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+#[derive(FromRow)]
+struct KnownRow {
+    ip_key: String,
+    is_buried: bool,
+    scan_checksum: Option<String>,
+}
+
+/// Picks the rows to write from what the database holds, counting as it goes.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+fn plan<'r, 'a>(
+    round: &'r [ObservationRow<'a>],
+    known: &HashMap<String, KnownRow>,
+    summary: &mut RecordSummary,
+) -> Vec<&'r ObservationRow<'a>> {
+    let mut write = Vec::with_capacity(round.len());
+    for row in round {
+        match known.get(&row.key) {
+            Some(k) if k.is_buried => {} // buried: untouched
+            Some(k) => {
+                summary.updated += 1;
+                if row.checksum.is_some() && k.scan_checksum.as_deref() != row.checksum {
+                    summary.changed += 1;
+                }
+                write.push(row);
+            }
+            None if row.alive => {
+                summary.inserted += 1;
+                write.push(row);
+            }
+            None => {} // a dead answer from an address nobody knew: nothing to record
+        }
+    }
+    write
+}
+
+/// The `VALUES` path (SQLite, MySQL/MariaDB): per chunk, read the known rows, then one
+/// multi-row upsert ending in the dialect's `tail` (its conflict clause over [`assignments`]).
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) async fn record_values<DB>(
+    tx: &mut sqlx::Transaction<'static, DB>,
+    round: &[ObservationRow<'_>],
+    tail: &str,
+) -> Result<RecordSummary, StoreError>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Decode<'q, DB> + Type<DB>,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+{
+    let mut summary = RecordSummary::default();
+    for chunk in round.chunks(VALUES_CHUNK) {
+        let mut qb = QueryBuilder::new("SELECT ip_key, is_buried, scan_checksum FROM ip_addresses WHERE ip_key IN (");
+        push_list(&mut qb, chunk.iter().map(|r| Some(r.key.as_str())));
+        qb.push(")");
+        let known: HashMap<String, KnownRow> = qb
+            .build_query_as::<KnownRow>()
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(err(ENTITY))?
+            .into_iter()
+            .map(|k| (k.ip_key.clone(), k))
+            .collect();
+        let write = plan(chunk, &known, &mut summary);
+        if write.is_empty() {
+            continue;
+        }
+        let mut qb = QueryBuilder::new(format!("INSERT INTO ip_addresses ({INSERT_COLUMNS}) "));
+        qb.push_values(write, |mut b, r| {
+            b.push_bind(Some(r.address.as_str()))
+                .push_bind(Some(r.key.as_str()))
+                .push_bind(Some(r.seen_at))
+                .push_bind(Some(r.dead_flag()))
+                .push_bind(r.http_family)
+                .push_bind(r.snmp_name)
+                .push_bind(r.snmp_community)
+                .push_bind(r.snmp_version)
+                .push_bind(r.checksum);
+        });
+        qb.push(tail);
+        qb.build().execute(&mut **tx).await.map_err(err(ENTITY))?;
+    }
+    Ok(summary)
+}
+
+fn prepare(observations: &[Observation]) -> Result<Vec<ObservationRow<'_>>, StoreError> {
+    observations.iter().map(ObservationRow::new).collect()
+}
+
+#[async_trait]
+impl<DB: Backend> ScanResultStore for SqlStore<DB> {
+    async fn record_observations(
+        &self,
+        observations: &[Observation],
+        dead_ping_limit: u32,
+    ) -> Result<RecordSummary, StoreError> {
+        // Every observation is checked before anything is written (an invalid one is not a
+        // conflict: the first attempt returns it).
+        let rounds = &rounds(prepare(observations)?);
+        let server = self.server_traits().await?;
+        let summary = self
+            .retrying(ENTITY, || async {
+                let mut summary = RecordSummary::default();
+                let mut tx = self.begin(ENTITY).await?;
+                for round in rounds {
+                    let s = DB::record_round(&mut tx, round, dead_ping_limit, server).await?;
+                    summary.inserted += s.inserted;
+                    summary.updated += s.updated;
+                    summary.changed += s.changed;
+                }
+                commit(tx, ENTITY).await?;
+                Ok(summary)
+            })
+            .await?;
+        tracing::debug!(
+            target: TRACE_TARGET,
+            observations = observations.len(),
+            inserted = summary.inserted,
+            updated = summary.updated,
+            changed = summary.changed,
+            "recorded scan observations"
+        );
+        Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_addresses_go_to_later_rounds() {
+        let ip = |s: &str| s.parse().expect("ip");
+        let now = Utc::now();
+        let obs = [
+            Observation::new(ip("10.0.0.1"), true, now),
+            Observation::new(ip("10.0.0.2"), true, now),
+            Observation::new(ip("10.0.0.1"), false, now),
+            Observation::new(ip("10.0.0.1"), false, now),
+        ];
+        let r = rounds(prepare(&obs).expect("valid"));
+        let shape: Vec<Vec<bool>> = r.iter().map(|round| round.iter().map(|row| row.alive).collect()).collect();
+        assert_eq!(shape, vec![vec![true, true], vec![false], vec![false]]);
+    }
+
+    #[test]
+    fn overlong_facts_are_refused_before_writing() {
+        let mut o = Observation::new("10.0.0.1".parse().expect("ip"), true, Utc::now());
+        o.http_family = Some("x".repeat(65));
+        assert!(prepare(std::slice::from_ref(&o)).is_err_and(|e| e.is_invalid()));
+        o.http_family = None;
+        o.snmp_community = Some(ralph_core::Secret::new("c".repeat(300)));
+        let err = prepare(std::slice::from_ref(&o)).expect_err("too long");
+        assert!(!format!("{err:?} {err}").contains("ccc"), "the community never appears in errors");
+    }
+}

@@ -1,0 +1,675 @@
+//! [`UserStore`]: users, profiles, groups and local password hashes, once for all backends.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ralph_core::{
+    CountryCode, Group, Id, MirrorChange, Mirrored, Profile, Record, StoreError, User, UserMirror, UserSource,
+    UserStore, ValidationError,
+};
+use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
+use tracing::{debug, instrument};
+
+use super::{err, push_list};
+use crate::dialect::{Backend, Stamp};
+use crate::store::{SqlStore, TRACE_TARGET, commit};
+
+const USER: &str = "user";
+const PROFILE: &str = "profile";
+const GROUP: &str = "group";
+
+/// The user columns every read selects (`u.` is the users table).
+const USER_SELECT: &str =
+    "u.id, u.username, u.first_name, u.last_name, u.email, u.is_active, u.is_staff, u.is_superuser, u.source";
+
+/// A row of `users`.
+#[derive(FromRow)]
+struct UserRow {
+    id: i64,
+    username: String,
+    first_name: String,
+    last_name: String,
+    email: Option<String>,
+    is_active: bool,
+    is_staff: bool,
+    is_superuser: bool,
+    source: String,
+}
+
+impl UserRow {
+    fn into_record(self) -> Result<Record<User>, StoreError> {
+        let source = UserSource::parse(&self.source).map_err(|e| corrupt(&e))?;
+        Ok(Record {
+            id: Id::new(self.id),
+            value: User {
+                username: self.username,
+                first_name: self.first_name,
+                last_name: self.last_name,
+                email: self.email,
+                is_active: self.is_active,
+                is_staff: self.is_staff,
+                is_superuser: self.is_superuser,
+                source,
+            },
+        })
+    }
+}
+
+/// A row of `profiles` (every column nullable: it comes out of a `LEFT JOIN` too).
+#[derive(FromRow)]
+struct ProfileRow {
+    company: Option<String>,
+    manager: Option<String>,
+    department: Option<String>,
+    employee_id: Option<String>,
+    location: Option<String>,
+    country: Option<String>,
+}
+
+impl ProfileRow {
+    fn into_profile(self) -> Result<Profile, StoreError> {
+        Ok(Profile {
+            company: self.company,
+            manager: self.manager,
+            department: self.department,
+            employee_id: self.employee_id,
+            location: self.location,
+            country: self.country.as_deref().map(CountryCode::parse).transpose().map_err(|e| corrupt(&e))?,
+        })
+    }
+}
+
+/// One row of [`stored_mirror`]'s join: the user, whether it has a password and a profile, the
+/// profile, and one of its groups.
+#[derive(FromRow)]
+struct MirrorRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    has_password: bool,
+    has_profile: bool,
+    #[sqlx(flatten)]
+    profile: ProfileRow,
+    group_id: Option<i64>,
+    group_name: Option<String>,
+}
+
+#[derive(FromRow)]
+struct GroupRow {
+    id: i64,
+    name: String,
+}
+
+fn corrupt(error: &ValidationError) -> StoreError {
+    StoreError::Corrupt { entity: USER, detail: error.to_string() }
+}
+
+fn invalid_user(error: ValidationError) -> StoreError {
+    StoreError::invalid(USER, error)
+}
+
+fn not_found(username: &str) -> StoreError {
+    StoreError::NotFound { entity: USER, key: username.to_owned() }
+}
+
+/// Pushes the user's columns (all but `id`) as `(c1, c2, ...) VALUES (?, ?, ...)`.
+fn push_user_insert<DB>(qb: &mut QueryBuilder<DB>, user: &User)
+where
+    DB: Backend,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+{
+    qb.push("(username, first_name, last_name, email, is_active, is_staff, is_superuser, source) VALUES (");
+    let mut values = qb.separated(", ");
+    values
+        .push_bind(Some(user.username.as_str()))
+        .push_bind(Some(user.first_name.as_str()))
+        .push_bind(Some(user.last_name.as_str()))
+        .push_bind(user.email.as_deref())
+        .push_bind(user.is_active)
+        .push_bind(user.is_staff)
+        .push_bind(user.is_superuser)
+        .push_bind(Some(user.source.as_str()));
+    qb.push(")");
+}
+
+/// Pushes the profile's columns as `(user_id, c1, ...) VALUES (?, ?, ...)` or `c1 = ?, ...`.
+fn push_profile<DB>(qb: &mut QueryBuilder<DB>, id: Option<i64>, profile: &Profile)
+where
+    DB: Backend,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+{
+    let fields = [
+        ("company", profile.company.as_deref()),
+        ("manager", profile.manager.as_deref()),
+        ("department", profile.department.as_deref()),
+        ("employee_id", profile.employee_id.as_deref()),
+        ("location", profile.location.as_deref()),
+        ("country", profile.country.map(|c| c.as_str())),
+    ];
+    match id {
+        Some(id) => {
+            qb.push("(user_id");
+            for (name, _) in fields {
+                qb.push(", ").push(name);
+            }
+            qb.push(") VALUES (").push_bind(Some(id));
+            for (_, value) in fields {
+                qb.push(", ").push_bind(value);
+            }
+            qb.push(")");
+        }
+        None => {
+            let mut set = qb.separated(", ");
+            for (name, value) in fields {
+                set.push(name).push_unseparated(" = ").push_bind_unseparated(value);
+            }
+        }
+    }
+}
+
+/// What the store holds for one user, as [`UserStore::mirror_user`] compares it.
+#[derive(Debug)]
+struct StoredMirror {
+    user: Record<User>,
+    has_password: bool,
+    profile: Option<Profile>,
+    group_ids: BTreeSet<i64>,
+    group_names: BTreeSet<String>,
+}
+
+impl StoredMirror {
+    /// Whether writing `mirror` (profile normalised) would change nothing.
+    fn matches(&self, mirror: &UserMirror, profile: Option<&Profile>) -> bool {
+        let names = |groups: &[Group]| groups.iter().map(|g| g.as_str().to_owned()).collect::<BTreeSet<_>>();
+        self.user.value == mirror.user
+            && !(mirror.user.source == UserSource::Ldap && self.has_password)
+            && profile.is_none_or(|p| self.profile.as_ref() == Some(p))
+            && mirror.groups.as_deref().is_none_or(|g| names(g) == self.group_names)
+    }
+}
+
+/// How [`SqlStore::stored_mirror`] finds its user.
+enum UserKey<'a> {
+    Name(&'a str),
+    Id(i64),
+}
+
+impl<DB> SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Decode<'q, DB> + Type<DB>,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Decode<'q, DB> + Type<DB>,
+    for<'q> Stamp: Decode<'q, DB> + Type<DB>,
+{
+    /// The id of `username`, its row locked until the transaction ends: every write to a
+    /// user's rows (profile, memberships) holds it, so two writers of one user take turns.
+    async fn lock_user(conn: &mut DB::Connection, username: &str) -> Result<Option<i64>, StoreError> {
+        let mut qb = QueryBuilder::new("SELECT id FROM users WHERE username = ");
+        qb.push_bind(Some(username)).push(DB::FOR_UPDATE);
+        qb.build_query_scalar::<i64>().fetch_optional(&mut *conn).await.map_err(err(USER))
+    }
+
+    /// The id of `username` by a plain read (no lock).
+    async fn find_user_id(conn: &mut DB::Connection, username: &str) -> Result<Option<i64>, StoreError> {
+        let mut qb = QueryBuilder::new("SELECT id FROM users WHERE username = ");
+        qb.push_bind(Some(username));
+        qb.build_query_scalar::<i64>().fetch_optional(&mut *conn).await.map_err(err(USER))
+    }
+
+    /// Updates the row of `id` to `user`; an LDAP-owned account loses any local password hash.
+    async fn write_user(conn: &mut DB::Connection, id: i64, user: &User) -> Result<(), StoreError> {
+        let mut qb = QueryBuilder::new("UPDATE users SET ");
+        qb.separated(", ")
+            .push("username = ")
+            .push_bind_unseparated(Some(user.username.as_str()))
+            .push("first_name = ")
+            .push_bind_unseparated(Some(user.first_name.as_str()))
+            .push("last_name = ")
+            .push_bind_unseparated(Some(user.last_name.as_str()))
+            .push("email = ")
+            .push_bind_unseparated(user.email.as_deref())
+            .push("is_active = ")
+            .push_bind_unseparated(user.is_active)
+            .push("is_staff = ")
+            .push_bind_unseparated(user.is_staff)
+            .push("is_superuser = ")
+            .push_bind_unseparated(user.is_superuser)
+            .push("source = ")
+            .push_bind_unseparated(Some(user.source.as_str()));
+        if user.source == UserSource::Ldap {
+            qb.push(", password_hash = NULL");
+        }
+        qb.push(" WHERE id = ").push_bind(Some(id));
+        qb.build().execute(&mut *conn).await.map(drop).map_err(err(USER))
+    }
+
+    /// Writes the profile of user `id`: an `UPDATE` when it has one (`exists`), else an
+    /// `INSERT`. Never an `UPDATE` that matches nothing: on MySQL that takes a gap lock, and
+    /// two first logins then deadlock on inserting their profiles into the same gap.
+    async fn write_profile(
+        conn: &mut DB::Connection,
+        id: i64,
+        profile: &Profile,
+        exists: bool,
+    ) -> Result<(), StoreError> {
+        let mut qb;
+        if exists {
+            qb = QueryBuilder::new("UPDATE profiles SET ");
+            push_profile(&mut qb, None, profile);
+            qb.push(" WHERE user_id = ").push_bind(Some(id));
+        } else {
+            qb = QueryBuilder::new("INSERT INTO profiles ");
+            push_profile(&mut qb, Some(id), profile);
+        }
+        qb.build().execute(&mut *conn).await.map(drop).map_err(err(PROFILE))
+    }
+
+    /// The groups named `names` (share-locked with `lock`).
+    async fn find_groups(
+        conn: &mut DB::Connection,
+        names: &BTreeSet<&str>,
+        lock: &str,
+    ) -> Result<Vec<GroupRow>, StoreError> {
+        let mut qb = QueryBuilder::new("SELECT id, name FROM auth_groups WHERE name IN (");
+        push_list(&mut qb, names.iter().map(|n| Some(*n)));
+        qb.push(")").push(lock);
+        qb.build_query_as::<GroupRow>().fetch_all(&mut *conn).await.map_err(err(GROUP))
+    }
+
+    /// The ids of the groups named `names`, creating the missing ones. A collation that folds
+    /// case or accents may map two names onto one group: the ids are a set.
+    async fn group_ids(conn: &mut DB::Connection, names: &BTreeSet<&str>) -> Result<BTreeSet<i64>, StoreError> {
+        if names.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let found = Self::find_groups(conn, names, "").await?;
+        let mut ids: BTreeSet<i64> = found.iter().map(|g| g.id).collect();
+        let known: BTreeSet<&str> = found.iter().map(|g| g.name.as_str()).collect();
+        let missing: BTreeSet<&str> = names.iter().copied().filter(|n| !known.contains(*n)).collect();
+        if missing.is_empty() {
+            return Ok(ids);
+        }
+        // Insert-or-ignore: a concurrent mirror may create the same group at the same time.
+        for name in &missing {
+            let mut qb = QueryBuilder::new(DB::INSERT_IGNORE);
+            qb.push(" auth_groups (name) VALUES (").push_bind(Some(*name)).push(")").push(DB::ignore_conflict("name"));
+            qb.build().execute(&mut *conn).await.map_err(err(GROUP))?;
+        }
+        // A locking read: on MySQL a plain one reads the transaction's snapshot, which may
+        // predate a group another transaction just created (and our insert then ignored).
+        ids.extend(Self::find_groups(conn, &missing, DB::FOR_SHARE).await?.into_iter().map(|g| g.id));
+        Ok(ids)
+    }
+
+    /// Makes the memberships of user `id` exactly `wanted`, given the `current` ones: inserts
+    /// the missing, deletes the extra, touches nothing else. Returns whether anything was
+    /// written.
+    async fn diff_groups(
+        conn: &mut DB::Connection,
+        id: i64,
+        current: &BTreeSet<i64>,
+        wanted: &BTreeSet<i64>,
+    ) -> Result<bool, StoreError> {
+        let extra: Vec<i64> = current.difference(wanted).copied().collect();
+        if !extra.is_empty() {
+            let mut qb = QueryBuilder::new("DELETE FROM user_groups WHERE user_id = ");
+            qb.push_bind(Some(id)).push(" AND group_id IN (");
+            push_list(&mut qb, extra.iter().map(|g| Some(*g)));
+            qb.push(")");
+            qb.build().execute(&mut *conn).await.map_err(err(GROUP))?;
+        }
+        let missing: Vec<i64> = wanted.difference(current).copied().collect();
+        if !missing.is_empty() {
+            let mut qb = QueryBuilder::new("INSERT INTO user_groups (user_id, group_id) ");
+            qb.push_values(&missing, |mut row, group| {
+                row.push_bind(Some(id)).push_bind(Some(*group));
+            });
+            qb.build().execute(&mut *conn).await.map_err(err(GROUP))?;
+        }
+        Ok(!extra.is_empty() || !missing.is_empty())
+    }
+
+    /// Makes `groups` the memberships of user `id` (now members of `current`), creating missing
+    /// groups. Returns whether anything was written.
+    async fn write_groups(
+        conn: &mut DB::Connection,
+        id: i64,
+        current: &BTreeSet<i64>,
+        groups: &[Group],
+    ) -> Result<bool, StoreError> {
+        let names: BTreeSet<&str> = groups.iter().map(Group::as_str).collect();
+        let wanted = Self::group_ids(conn, &names).await?;
+        Self::diff_groups(conn, id, current, &wanted).await
+    }
+
+    /// The user with profile and groups in one round trip (one row per group), or `None`.
+    async fn stored_mirror(conn: &mut DB::Connection, key: UserKey<'_>) -> Result<Option<StoredMirror>, StoreError> {
+        let mut qb = QueryBuilder::new(format!(
+            "SELECT {USER_SELECT}, \
+             CASE WHEN u.password_hash IS NULL THEN FALSE ELSE TRUE END AS has_password, \
+             CASE WHEN p.user_id IS NULL THEN FALSE ELSE TRUE END AS has_profile, \
+             p.company, p.manager, p.department, p.employee_id, p.location, p.country, \
+             g.id AS group_id, g.name AS group_name \
+             FROM users u LEFT JOIN profiles p ON p.user_id = u.id \
+             LEFT JOIN user_groups ug ON ug.user_id = u.id LEFT JOIN auth_groups g ON g.id = ug.group_id WHERE "
+        ));
+        match key {
+            UserKey::Name(name) => qb.push("u.username = ").push_bind(Some(name)),
+            UserKey::Id(id) => qb.push("u.id = ").push_bind(Some(id)),
+        };
+        let rows = qb.build_query_as::<MirrorRow>().fetch_all(&mut *conn).await.map_err(err(USER))?;
+        let mut stored: Option<StoredMirror> = None;
+        for row in rows {
+            if stored.is_none() {
+                stored = Some(StoredMirror {
+                    user: row.user.into_record()?,
+                    has_password: row.has_password,
+                    profile: if row.has_profile { Some(row.profile.into_profile()?) } else { None },
+                    group_ids: BTreeSet::new(),
+                    group_names: BTreeSet::new(),
+                });
+            }
+            if let (Some(entry), Some(id), Some(name)) = (stored.as_mut(), row.group_id, row.group_name) {
+                entry.group_ids.insert(id);
+                entry.group_names.insert(name);
+            }
+        }
+        Ok(stored)
+    }
+
+    /// One attempt of [`UserStore::mirror_user`]'s write path, in one transaction.
+    ///
+    /// A new user's row is inserted-or-ignored first, so racing first logins of one user meet
+    /// in the unique index (one insert wins, the others see its row) instead of both inserting;
+    /// then the row is locked, which serialises concurrent mirrors of the same user, and only
+    /// what differs from the stored state (read again under the lock) is written. Group rows
+    /// are only ever read, inserted or ignored, never locked for update, so mirrors of
+    /// different users do not wait on each other.
+    async fn write_mirror(
+        &self,
+        mirror: &UserMirror,
+        profile: Option<&Profile>,
+        known: bool,
+    ) -> Result<Mirrored, StoreError> {
+        let user = &mirror.user;
+        let mut tx = self.begin(USER).await?;
+        // A user seen a moment ago is locked straight away: inserting first would take a
+        // shared lock on MySQL, and two of those upgrading to exclusive deadlock.
+        let mut id = if known { Self::lock_user(&mut tx, &user.username).await? } else { None };
+        let mut created = false;
+        if id.is_none() {
+            let mut qb = QueryBuilder::new(DB::INSERT_IGNORE);
+            qb.push(" users ");
+            push_user_insert(&mut qb, user);
+            qb.push(DB::ignore_conflict("username"));
+            let done = qb.build().execute(&mut *tx).await.map_err(err(USER))?;
+            created = DB::rows_affected(&done) == 1;
+            id = Self::lock_user(&mut tx, &user.username).await?;
+        }
+        let vanished = || StoreError::Corrupt { entity: USER, detail: format!("user {:?} vanished", user.username) };
+        let id = id.ok_or_else(vanished)?;
+        let stored = Self::stored_mirror(&mut tx, UserKey::Id(id)).await?.ok_or_else(vanished)?;
+        // A directory account never takes over a local one of the same name: the local account
+        // (and its password, the way in while LDAP is down) stays as it is.
+        if !created && user.source == UserSource::Ldap && stored.user.value.source == UserSource::Local {
+            debug!(target: TRACE_TARGET, username = %user.username, "mirror refused: local account");
+            return Err(StoreError::Conflict { entity: USER, constraint: "local account".into() });
+        }
+        let mut changed = false;
+        if !created && (stored.user.value != *user || (user.source == UserSource::Ldap && stored.has_password)) {
+            Self::write_user(&mut tx, id, user).await?;
+            changed = true;
+        }
+        if let Some(profile) = profile
+            && stored.profile.as_ref() != Some(profile)
+        {
+            Self::write_profile(&mut tx, id, profile, stored.profile.is_some()).await?;
+            changed = true;
+        }
+        if let Some(groups) = &mirror.groups {
+            changed |= Self::write_groups(&mut tx, id, &stored.group_ids, groups).await?;
+        }
+        if !created && !changed {
+            // A concurrent mirror wrote the same thing first; nothing to commit.
+            return Ok(Mirrored { id: Id::new(id), change: MirrorChange::Unchanged });
+        }
+        commit(tx, USER).await?;
+        let change = if created { MirrorChange::Created } else { MirrorChange::Updated };
+        debug!(target: TRACE_TARGET, username = %user.username, source = user.source.as_str(), ?change, "user mirrored");
+        Ok(Mirrored { id: Id::new(id), change })
+    }
+}
+
+#[async_trait]
+impl<DB> UserStore for SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Decode<'q, DB> + Type<DB>,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Decode<'q, DB> + Type<DB>,
+    for<'q> Stamp: Decode<'q, DB> + Type<DB>,
+{
+    async fn create_user(&self, user: &User) -> Result<Id<User>, StoreError> {
+        user.validate().map_err(invalid_user)?;
+        self.retrying(USER, || async {
+            let mut tx = self.begin(USER).await?;
+            // A plain read, no lock: a locking read of a missing key takes a gap lock on MySQL,
+            // which makes concurrent creations deadlock. The unique index settles a race.
+            if Self::find_user_id(&mut tx, &user.username).await?.is_some() {
+                return Err(StoreError::Conflict { entity: USER, constraint: "username".into() });
+            }
+            let mut qb = QueryBuilder::new("INSERT INTO users ");
+            push_user_insert(&mut qb, user);
+            let id = DB::insert_id(&mut tx, qb).await.map_err(err(USER))?;
+            commit(tx, USER).await?;
+            debug!(target: TRACE_TARGET, entity = USER, id, "inserted");
+            Ok(Id::new(id))
+        })
+        .await
+    }
+
+    async fn get_user(&self, username: &str) -> Result<Option<Record<User>>, StoreError> {
+        let mut qb = QueryBuilder::new(format!("SELECT {USER_SELECT} FROM users u WHERE u.username = "));
+        qb.push_bind(Some(username));
+        let row = qb.build_query_as::<UserRow>().fetch_optional(self.pool()).await.map_err(err(USER))?;
+        row.map(UserRow::into_record).transpose()
+    }
+
+    async fn update_user(&self, user: &User) -> Result<(), StoreError> {
+        user.validate().map_err(invalid_user)?;
+        self.retrying(USER, || async {
+            let mut tx = self.begin(USER).await?;
+            let id = Self::lock_user(&mut tx, &user.username).await?.ok_or_else(|| not_found(&user.username))?;
+            Self::write_user(&mut tx, id, user).await?;
+            commit(tx, USER).await
+        })
+        .await
+    }
+
+    async fn delete_user(&self, username: &str) -> Result<(), StoreError> {
+        let deleted = self
+            .retrying(USER, || async {
+                let mut qb = QueryBuilder::new("DELETE FROM users WHERE username = ");
+                qb.push_bind(Some(username));
+                qb.build().execute(self.pool()).await.map(|r| DB::rows_affected(&r)).map_err(err(USER))
+            })
+            .await?;
+        if deleted == 0 {
+            return Err(not_found(username));
+        }
+        debug!(target: TRACE_TARGET, username, "user deleted");
+        Ok(())
+    }
+
+    async fn list_users(&self, source: Option<UserSource>) -> Result<Vec<Record<User>>, StoreError> {
+        let mut qb = QueryBuilder::new(format!("SELECT {USER_SELECT} FROM users u"));
+        if let Some(source) = source {
+            qb.push(" WHERE u.source = ").push_bind(Some(source.as_str()));
+        }
+        let rows = qb.build_query_as::<UserRow>().fetch_all(self.pool()).await.map_err(err(USER))?;
+        let mut users = rows.into_iter().map(UserRow::into_record).collect::<Result<Vec<_>, _>>()?;
+        // Sorted here, not by the database, so every backend's collation gives the same order.
+        users.sort_by(|a, b| a.username.cmp(&b.username));
+        Ok(users)
+    }
+
+    #[instrument(target = "ralph::store", skip_all)]
+    async fn password_hash(&self, username: &str) -> Result<Option<String>, StoreError> {
+        let mut qb = QueryBuilder::new("SELECT password_hash FROM users WHERE username = ");
+        qb.push_bind(Some(username)).push(" AND source = ").push_bind(Some(UserSource::Local.as_str()));
+        let hash = qb.build_query_scalar::<Option<String>>().fetch_optional(self.pool()).await.map_err(err(USER))?;
+        Ok(hash.flatten())
+    }
+
+    #[instrument(target = "ralph::store", skip_all)]
+    async fn set_password_hash(&self, username: &str, hash: Option<&str>) -> Result<(), StoreError> {
+        self.retrying(USER, || async {
+            let mut tx = self.begin(USER).await?;
+            let mut qb = QueryBuilder::new("SELECT source FROM users WHERE username = ");
+            qb.push_bind(Some(username));
+            let source = qb.build_query_scalar::<String>().fetch_optional(&mut *tx).await.map_err(err(USER))?;
+            let Some(source) = source else { return Err(not_found(username)) };
+            if hash.is_some() && UserSource::parse(&source).map_err(|e| corrupt(&e))? == UserSource::Ldap {
+                return Err(invalid_user(ValidationError::Invalid {
+                    field: "password",
+                    reason: "an LDAP-owned account has no local password".into(),
+                }));
+            }
+            let mut qb = QueryBuilder::new("UPDATE users SET password_hash = ");
+            qb.push_bind(hash).push(" WHERE username = ").push_bind(Some(username));
+            qb.build().execute(&mut *tx).await.map_err(err(USER))?;
+            commit(tx, USER).await
+        })
+        .await?;
+        debug!(target: TRACE_TARGET, username, set = hash.is_some(), "password hash changed");
+        Ok(())
+    }
+
+    async fn get_profile(&self, username: &str) -> Result<Option<Profile>, StoreError> {
+        let mut qb = QueryBuilder::new(
+            "SELECT p.company, p.manager, p.department, p.employee_id, p.location, p.country \
+             FROM profiles p JOIN users u ON u.id = p.user_id WHERE u.username = ",
+        );
+        qb.push_bind(Some(username));
+        let row = qb.build_query_as::<ProfileRow>().fetch_optional(self.pool()).await.map_err(err(PROFILE))?;
+        row.map(ProfileRow::into_profile).transpose()
+    }
+
+    async fn set_profile(&self, username: &str, profile: &Profile) -> Result<(), StoreError> {
+        let profile = &profile.clone().normalised().map_err(|e| StoreError::invalid(PROFILE, e))?;
+        self.retrying(PROFILE, || async {
+            let mut tx = self.begin(PROFILE).await?;
+            let id = Self::lock_user(&mut tx, username).await?.ok_or_else(|| not_found(username))?;
+            // Read under the user's row lock: nobody else adds the profile meanwhile.
+            let mut qb = QueryBuilder::new("SELECT user_id FROM profiles WHERE user_id = ");
+            qb.push_bind(Some(id));
+            let exists = qb.build_query_scalar::<i64>().fetch_optional(&mut *tx).await.map_err(err(PROFILE))?.is_some();
+            Self::write_profile(&mut tx, id, profile, exists).await?;
+            commit(tx, PROFILE).await
+        })
+        .await
+    }
+
+    async fn user_groups(&self, username: &str) -> Result<Vec<Group>, StoreError> {
+        let mut qb = QueryBuilder::new(
+            "SELECT g.name FROM auth_groups g JOIN user_groups ug ON ug.group_id = g.id \
+             JOIN users u ON u.id = ug.user_id WHERE u.username = ",
+        );
+        qb.push_bind(Some(username));
+        let names = qb.build_query_scalar::<String>().fetch_all(self.pool()).await.map_err(err(GROUP))?;
+        let mut groups = names.iter().map(|n| Group::new(n).map_err(|e| corrupt(&e))).collect::<Result<Vec<_>, _>>()?;
+        groups.sort();
+        Ok(groups)
+    }
+
+    async fn set_user_groups(&self, username: &str, groups: &[Group]) -> Result<(), StoreError> {
+        self.retrying(GROUP, || async {
+            let mut tx = self.begin(GROUP).await?;
+            let id = Self::lock_user(&mut tx, username).await?.ok_or_else(|| not_found(username))?;
+            let current = Self::stored_mirror(&mut tx, UserKey::Id(id)).await?.map(|s| s.group_ids).unwrap_or_default();
+            Self::write_groups(&mut tx, id, &current, groups).await?;
+            commit(tx, GROUP).await
+        })
+        .await
+    }
+
+    async fn mirror_user(&self, mirror: &UserMirror) -> Result<Mirrored, StoreError> {
+        let user = &mirror.user;
+        user.validate().map_err(invalid_user)?;
+        let profile =
+            mirror.profile.clone().map(Profile::normalised).transpose().map_err(|e| StoreError::invalid(PROFILE, e))?;
+        // The common case, a user logging in again with nothing changed, is one read on a
+        // pooled connection: no transaction, no lock, no write.
+        let mut conn = self.acquire(USER).await?;
+        let stored = Self::stored_mirror(&mut conn, UserKey::Name(&user.username)).await?;
+        drop(conn);
+        if let Some(stored) = &stored {
+            if user.source == UserSource::Ldap && stored.user.value.source == UserSource::Local {
+                debug!(target: TRACE_TARGET, username = %user.username, "mirror refused: local account");
+                return Err(StoreError::Conflict { entity: USER, constraint: "local account".into() });
+            }
+            if stored.matches(mirror, profile.as_ref()) {
+                return Ok(Mirrored { id: stored.user.id, change: MirrorChange::Unchanged });
+            }
+        }
+        // A retry asks again whether the user exists (a plain read, no lock): the conflict it
+        // follows was most likely a racing first login of the same user, whose row now exists
+        // and is then locked at once. Inserting again would take MySQL's shared lock on the
+        // duplicate (many holders upgrading to exclusive deadlock again and again); locking a
+        // still missing row would take a gap lock (first logins of neighbours deadlock).
+        let first_attempt = &AtomicBool::new(true);
+        let (stored, profile) = (&stored, profile.as_ref());
+        self.retrying(USER, || async move {
+            let known = if first_attempt.swap(false, Ordering::Relaxed) {
+                stored.is_some()
+            } else {
+                let mut conn = self.acquire(USER).await?;
+                Self::find_user_id(&mut conn, &user.username).await?.is_some()
+            };
+            self.write_mirror(mirror, profile, known).await
+        })
+        .await
+    }
+
+    async fn deactivate_users(&self, usernames: &[String]) -> Result<u64, StoreError> {
+        self.retrying(USER, || async {
+            let mut changed = 0;
+            // One transaction: all of them or (on an error) none of them.
+            let mut tx = self.begin(USER).await?;
+            // Chunks keep every statement far below each backend's bind-parameter limit.
+            for chunk in usernames.chunks(500) {
+                let mut qb = QueryBuilder::new("UPDATE users SET is_active = ");
+                qb.push_bind(false).push(" WHERE is_active = ").push_bind(true).push(" AND username IN (");
+                push_list(&mut qb, chunk.iter().map(|u| Some(u.as_str())));
+                qb.push(")");
+                let done = qb.build().execute(&mut *tx).await.map_err(err(USER))?;
+                changed += DB::rows_affected(&done);
+            }
+            commit(tx, USER).await?;
+            Ok(changed)
+        })
+        .await
+    }
+}
