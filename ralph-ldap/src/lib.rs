@@ -40,16 +40,20 @@ pub mod dn;
 mod error;
 pub mod filter;
 pub mod groups;
+mod hooks;
 mod mapping;
+pub mod query;
 mod sync;
 
-pub use backend::LdapBackend;
+pub use backend::{LdapBackend, Populated};
 pub use config::{
     FlagsByGroup, GroupType, LdapConfig, LdapConfigBuilder, NestedGroups, ProfileAttrMap, Scope, SearchSpec, TlsConfig,
     TlsMode, UserAttrMap,
 };
 pub use conn::Entry;
 pub use error::{Error, Result};
+pub use hooks::{Hooks, NormalizeUsername, Operation};
+pub use query::GroupQuery;
 pub use sync::{SyncOptions, SyncReport};
 
 /// The tracing target of every event this crate emits.

@@ -26,7 +26,8 @@ pub struct SyncReport {
     pub created: usize,
     /// Existing users whose record, profile or groups were rewritten.
     pub updated: usize,
-    /// Entries skipped: no usable or an ambiguous username, refused by require/deny group, or
+    /// Entries skipped: no usable or an ambiguous username, refused by require/deny group, not
+    /// in the store while `no_new_users` is set, or
     /// a username held by a local account.
     pub skipped: usize,
     /// LDAP-owned users deactivated (active before, inactive now): the group rules
@@ -179,7 +180,7 @@ impl<S: UserStore> LdapBackend<S> {
                 report.skipped += 1;
                 continue;
             }
-            let mut groups = inner.groups_of(entry, &username).await?;
+            let mut groups = inner.groups_of(inner, entry, &username).await?;
             let Verdict::Allowed(flags) = inner.rules.decide(&groups) else {
                 // Refused by the group rules: not imported, and deactivated after the loop if
                 // mirrored before (and within the limit: a wrong require group refuses everyone).
@@ -187,7 +188,12 @@ impl<S: UserStore> LdapBackend<S> {
                 refused.push((entry, username));
                 continue;
             };
-            let roles = inner.roles_of(entry, &mut groups).await?;
+            if config.no_new_users && inner.store.get_user(&username).await?.is_none() {
+                // NO_NEW_USERS: the sync refreshes the users the store has, and creates none.
+                report.skipped += 1;
+                continue;
+            }
+            let roles = inner.roles_of(inner, entry, &mut groups).await?;
             let user = mapping::user(config, entry, &username, &roles, flags);
             let profile = mapping::profile(config, entry);
             let groups = config.mirror_groups.then(|| roles.clone());

@@ -1,0 +1,368 @@
+//! The django-auth-ldap settings a site carries over (issue 13), each against the fixture
+//! slapd: boolean group queries, NO_NEW_USERS, binding as the authenticating user, posixGroup
+//! primary groups, hooks, lock-out validation, the group check TTL and account state.
+
+mod common;
+
+use common::{Fixture, fixture, ralph_toml, store};
+use ralph_core::testing::MemoryStore;
+use ralph_core::{AuthBackend, AuthError, AuthOutcome, Credentials, DenyReason, Identity, UserStore};
+use ralph_ldap::{LdapBackend, LdapConfig};
+
+fn backend_toml(fx: &Fixture, extra_top: &str) -> LdapBackend<MemoryStore> {
+    let config = LdapConfig::from_toml_str(&format!("{extra_top}\n{}", ralph_toml(fx))).expect("valid config");
+    LdapBackend::new(config, store()).expect("backend")
+}
+
+async fn login(b: &LdapBackend<MemoryStore>, user: &str, pw: &str) -> Result<AuthOutcome, AuthError> {
+    b.authenticate(&Credentials::new(user, pw)).await
+}
+
+fn identity(outcome: Result<AuthOutcome, AuthError>) -> Identity {
+    match outcome {
+        Ok(AuthOutcome::Authenticated(identity)) => identity,
+        other => panic!("expected a successful login, got {other:?}"),
+    }
+}
+
+fn g(fx: &Fixture, cn: &str) -> String {
+    format!("cn={cn},ou=groups,{}", fx.base)
+}
+
+/// The ralph fixture config has `deny_group` set; these tests replace it, so it is cut out.
+fn without_deny(toml: &str) -> String {
+    toml.lines().filter(|l| !l.starts_with("deny_group")).collect::<Vec<_>>().join("\n")
+}
+
+fn backend_without_deny(fx: &Fixture, extra_top: &str) -> LdapBackend<MemoryStore> {
+    let config =
+        LdapConfig::from_toml_str(&format!("{extra_top}\n{}", without_deny(&ralph_toml(fx)))).expect("valid config");
+    LdapBackend::new(config, store()).expect("backend")
+}
+
+#[tokio::test]
+async fn boolean_require_group_any_all_not() {
+    let Some(fx) = fixture() else { return };
+    // admin, or (staff and not in coffee-club): bob yes (admin); alice no (staff but coffee);
+    // carol no (neither).
+    let require = format!(
+        r#"require_group = {{ any = ["{}", {{ all = ["{}", {{ not = "{}" }}] }}] }}"#,
+        g(&fx, "_gr_ralph_admin"),
+        g(&fx, "_gr_ralph_staff"),
+        g(&fx, "coffee-club"),
+    );
+    let b = backend_toml(&fx, &require);
+    identity(login(&b, "bob", "bob-pw").await);
+    for user in ["alice", "carol"] {
+        assert_eq!(
+            login(&b, user, &format!("{user}-pw")).await.expect("decided"),
+            AuthOutcome::Denied(DenyReason::MissingRequiredGroup),
+            "{user}"
+        );
+    }
+    // staff and not admin: alice yes, bob no.
+    let require = format!(
+        r#"require_group = {{ all = ["{}", {{ not = "{}" }}] }}"#,
+        g(&fx, "_gr_ralph_staff"),
+        g(&fx, "_gr_ralph_admin"),
+    );
+    let b = backend_toml(&fx, &require);
+    identity(login(&b, "alice", "alice-pw").await);
+    assert_eq!(
+        login(&b, "bob", "bob-pw").await.expect("decided"),
+        AuthOutcome::Denied(DenyReason::MissingRequiredGroup)
+    );
+}
+
+#[tokio::test]
+async fn boolean_deny_group_and_flags_by_group() {
+    let Some(fx) = fixture() else { return };
+    // Denied: in _gr_ralph and (through nesting) in _gr_ralph_assets_staff: carol only.
+    let deny =
+        format!(r#"deny_group = {{ all = ["{}", "{}"] }}"#, g(&fx, "_gr_ralph"), g(&fx, "_gr_ralph_assets_staff"));
+    let b = backend_without_deny(&fx, &deny);
+    assert_eq!(login(&b, "carol", "carol-pw").await.expect("decided"), AuthOutcome::Denied(DenyReason::DeniedGroup));
+    identity(login(&b, "alice", "alice-pw").await);
+
+    // Flags from queries: superuser = staff and coffee-club (alice); staff = not staff (bob).
+    let flags = format!(
+        "[flags_by_group]\nis_superuser = {{ all = [\"{}\", \"{}\"] }}\nis_staff = {{ not = \"{}\" }}\n",
+        g(&fx, "_gr_ralph_staff"),
+        g(&fx, "coffee-club"),
+        g(&fx, "_gr_ralph_staff"),
+    );
+    let config = LdapConfig::from_toml_str(&format!("{}\n{flags}", ralph_toml(&fx))).expect("valid");
+    let b = LdapBackend::new(config, store()).expect("backend");
+    let alice = identity(login(&b, "alice", "alice-pw").await);
+    assert!(alice.user.is_superuser && alice.user.is_staff, "superuser by query, staff by role");
+    let bob = identity(login(&b, "bob", "bob-pw").await);
+    assert!(bob.user.is_staff && bob.user.is_superuser, "staff by the not-query, superuser by role");
+    let carol = identity(login(&b, "carol", "carol-pw").await);
+    assert!(carol.user.is_staff && !carol.user.is_superuser);
+}
+
+#[tokio::test]
+async fn no_new_users_refuses_users_not_in_the_store() {
+    let Some(fx) = fixture() else { return };
+    let b = backend_toml(&fx, "no_new_users = true");
+    assert_eq!(login(&b, "alice", "alice-pw").await.expect("decided"), AuthOutcome::Denied(DenyReason::NotProvisioned));
+    assert_eq!(b.store().get_user("alice").await.expect("store"), None, "nothing created");
+    // A wrong password is still "not handled", not a hint that the account is unknown here.
+    assert_eq!(login(&b, "alice", "wrong").await.expect("decided"), AuthOutcome::NotHandled);
+    // Once the store has her (an admin created her), she logs in and is refreshed.
+    let mut user = ralph_core::User::new("alice").expect("valid");
+    user.source = ralph_core::UserSource::Ldap;
+    b.store().create_user(&user).await.expect("create");
+    let id = identity(login(&b, "alice", "alice-pw").await);
+    assert_eq!(id.user.email.as_deref(), Some("alice@ralph.test"));
+    // The builder says the same.
+    let built = LdapConfig::builder([fx.url.as_str()])
+        .bind(&fx.bind_dn, fx.bind_password.as_str())
+        .user_search(&fx.base, ralph_ldap::Scope::Subtree, "(uid=%(user)s)")
+        .map_group(g(&fx, "_gr_ralph"), "active")
+        .no_new_users(true)
+        .build()
+        .expect("valid");
+    let b = LdapBackend::new(built, store()).expect("backend");
+    assert_eq!(login(&b, "bob", "bob-pw").await.expect("decided"), AuthOutcome::Denied(DenyReason::NotProvisioned));
+}
+
+/// The ralph fixture config without a service account: the fixture's ACL lets anonymous
+/// read nothing (`by users read by * none`), so only a bind as the user can read entries.
+fn anonymous_toml(fx: &Fixture) -> String {
+    ralph_toml(fx)
+        .lines()
+        .filter(|l| !l.starts_with("bind_dn") && !l.starts_with("bind_password"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn bind_as_authenticating_user_without_a_service_account() {
+    let Some(fx) = fixture() else { return };
+    // Without the setting, an anonymous service search sees nobody.
+    let config = LdapConfig::from_toml_str(&anonymous_toml(&fx)).expect("valid");
+    let b = LdapBackend::new(config, store()).expect("backend");
+    assert_eq!(login(&b, "alice", "alice-pw").await.expect("decided"), AuthOutcome::NotHandled);
+
+    // Bound as the user through a template, the entry is found again with the user search
+    // (sAMAccountName, not the bind name) and the groups are read as the user.
+    let top =
+        format!("bind_as_authenticating_user = true\nbind_name_template = \"uid=%(user)s,ou=people,{}\"", fx.base);
+    let config = LdapConfig::from_toml_str(&format!("{top}\n{}", anonymous_toml(&fx))).expect("valid");
+    let b = LdapBackend::new(config, store()).expect("backend");
+    let alice = identity(login(&b, "alice", "alice-pw").await);
+    assert_eq!(alice.groups.iter().map(|g| g.as_str()).collect::<Vec<_>>(), ["active", "assets-buyer", "staff"]);
+    assert_eq!(alice.profile.and_then(|p| p.manager).as_deref(), Some("Smith, John"), "manager read as alice");
+    let carol = identity(login(&b, "carol", "carol-pw").await);
+    assert!(carol.groups.iter().any(|g| g.as_str() == "assets-staff"), "nested group read as carol");
+    assert_eq!(login(&b, "alice", "wrong").await.expect("decided"), AuthOutcome::NotHandled);
+    assert_eq!(login(&b, "nobody", "x").await.expect("decided"), AuthOutcome::NotHandled);
+    assert_eq!(
+        login(&b, "mallory", "mallory-pw").await.expect("decided"),
+        AuthOutcome::Denied(DenyReason::DeniedGroup)
+    );
+    // The user filter still applies to the entry read back: eve binds, but is not admitted.
+    assert_eq!(login(&b, "eve", "eve-pw").await.expect("decided"), AuthOutcome::NotHandled);
+
+    // A DN template alone (no search): the entry is the DN bound to, read back as the user.
+    let mut c = LdapConfig::from_toml_str(&anonymous_toml(&fx)).expect("valid");
+    c.user_search = None;
+    c.user_dn_template = Some(format!("uid=%(user)s,ou=people,{}", fx.base));
+    c.bind_as_authenticating_user = true;
+    let b = LdapBackend::new(c, store()).expect("backend");
+    identity(login(&b, "bob", "bob-pw").await);
+}
+
+#[test]
+fn bind_names_from_templates() {
+    let upn = LdapConfig::builder(["ldaps://h"])
+        .user_search("dc=x", ralph_ldap::Scope::Subtree, "(sAMAccountName=%(user)s)")
+        .bind_name_template("%(user)s@corp.example")
+        .build()
+        .expect("valid");
+    assert!(upn.bind_as_authenticating_user);
+    assert_eq!(upn.bind_name("alice").as_deref(), Some("alice@corp.example"));
+    let dn = LdapConfig::builder(["ldaps://h"])
+        .user_search("dc=x", ralph_ldap::Scope::Subtree, "(uid=%(user)s)")
+        .bind_name_template("uid=%(user)s,ou=people,dc=x")
+        .build()
+        .expect("valid");
+    assert_eq!(dn.bind_name("a,b+c").as_deref(), Some("uid=a\\2cb\\2bc,ou=people,dc=x"), "DN-escaped");
+    // A template without a user search to read the entry with is refused.
+    let err = LdapConfig::builder(["ldaps://h"])
+        .user_dn_template("uid=%(user)s,dc=x")
+        .bind_name_template("%(user)s@corp.example")
+        .build()
+        .expect_err("no user_search");
+    assert!(matches!(err, ralph_ldap::Error::Config(ref m) if m.contains("user_search")), "{err}");
+}
+
+/// An entry to add: its DN and attributes (name → values).
+type NewEntry<'a> = (String, Vec<(&'a str, Vec<String>)>);
+
+/// Entries a test adds to the fixture, deleted when dropped (even after a failed assert).
+struct Added {
+    fx: Fixture,
+    dns: Vec<String>,
+}
+
+impl Added {
+    async fn new(fx: &Fixture, entries: &[NewEntry<'_>]) -> Self {
+        let mut admin = common::admin(fx).await;
+        let mut added = Self { fx: fx.clone(), dns: Vec::new() };
+        for (dn, attrs) in entries {
+            let attrs: Vec<(&str, Vec<&str>)> =
+                attrs.iter().map(|(a, v)| (*a, v.iter().map(String::as_str).collect())).collect();
+            let attrs: Vec<(&str, &[&str])> = attrs.iter().map(|(a, v)| (*a, v.as_slice())).collect();
+            common::add(&mut admin, dn, &attrs).await;
+            added.dns.push(dn.clone());
+        }
+        added
+    }
+}
+
+impl Drop for Added {
+    fn drop(&mut self) {
+        let fx = self.fx.clone();
+        let dns = std::mem::take(&mut self.dns);
+        // A thread of its own: Drop may run inside the test's runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                let mut admin = common::admin(&fx).await;
+                let refs: Vec<&str> = dns.iter().rev().map(String::as_str).collect();
+                common::delete(&mut admin, &refs).await;
+            });
+        })
+        .join();
+    }
+}
+
+fn v(values: &[&str]) -> Vec<String> {
+    values.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn posix_primary_group_through_gid_number() {
+    let Some(fx) = fixture() else { return };
+    let name = common::unique("posix");
+    let gid = (std::process::id() % 20_000 + 60_000).to_string();
+    let user_dn = format!("uid={name},ou=people,{}", fx.base);
+    let group_dn = format!("cn={name}-primary,ou=posix,{}", fx.base);
+    let _added = Added::new(
+        &fx,
+        &[
+            (
+                user_dn,
+                vec![
+                    ("objectClass", v(&["inetOrgPerson", "posixAccount", "ralphADUser"])),
+                    ("uid", v(&[&name])),
+                    ("sAMAccountName", v(&[&name])),
+                    ("cn", v(&[&name])),
+                    ("sn", v(&["Posix"])),
+                    ("uidNumber", v(&["7001"])),
+                    ("gidNumber", v(&[&gid])),
+                    ("homeDirectory", v(&["/home/x"])),
+                    ("userPassword", v(&["posix-pw"])),
+                ],
+            ),
+            // The user's primary group: no memberUid naming the user.
+            (
+                group_dn.clone(),
+                vec![
+                    ("objectClass", v(&["posixGroup"])),
+                    ("cn", v(&[&format!("{name}-primary")])),
+                    ("gidNumber", v(&[&gid])),
+                ],
+            ),
+        ],
+    )
+    .await;
+    let mut c = common::ralph_config(&fx);
+    c.user_filter = None;
+    c.group_type = ralph_ldap::GroupType::Posix;
+    c.group_search = Some(ralph_ldap::SearchSpec::new(
+        format!("ou=posix,{}", fx.base),
+        ralph_ldap::Scope::OneLevel,
+        "(objectClass=posixGroup)",
+    ));
+    c.group_mapping.clear();
+    c.group_mapping.insert(group_dn, "active".into());
+    c.group_mapping.insert(format!("cn=posix-staff,ou=posix,{}", fx.base), "staff".into());
+    let b = LdapBackend::new(c, store()).expect("backend");
+    let id = identity(login(&b, &name, "posix-pw").await);
+    assert!(id.user.is_active && !id.user.is_staff, "active through the primary gidNumber only");
+    // memberUid still counts (alice: posix-staff by memberUid, no gidNumber).
+    let alice = login(&b, "alice", "alice-pw").await.expect("decided");
+    assert_eq!(alice, AuthOutcome::Denied(DenyReason::Inactive), "alice is staff by memberUid, not active");
+    assert!(b.store().get_user("alice").await.expect("store").expect("mirrored").value.is_staff);
+}
+
+#[tokio::test]
+async fn username_normaliser_from_toml_and_a_hook() {
+    let Some(fx) = fixture() else { return };
+    let b = backend_toml(&fx, "");
+    assert_eq!(login(&b, "RALPH\\alice", "alice-pw").await.expect("decided"), AuthOutcome::NotHandled);
+    let b = backend_toml(&fx, "normalize_username = { trim = true, strip_domain = true, lowercase = true }");
+    for typed in [" RALPH\\alice ", "RALPH\\ALICE", "alice"] {
+        let id = identity(login(&b, typed, "alice-pw").await);
+        assert_eq!(id.user.username, "alice", "{typed:?}");
+    }
+    // A host app's own rule, after the configured ones.
+    let config = LdapConfig::from_toml_str(&ralph_toml(&fx)).expect("valid");
+    let hooks = ralph_ldap::Hooks::new().normalize_username(|n| n.trim_end_matches("@ralph.test").to_owned());
+    let b = LdapBackend::with_hooks(config, store(), hooks).expect("backend");
+    assert_eq!(identity(login(&b, "bob@ralph.test", "bob-pw").await).user.username, "bob");
+}
+
+#[tokio::test]
+async fn populate_hook_error_hook_and_populate_user_without_a_password() {
+    use std::sync::{Arc, Mutex};
+    let Some(fx) = fixture() else { return };
+    let errors: Arc<Mutex<Vec<(ralph_ldap::Operation, String)>>> = Arc::default();
+    let seen = Arc::clone(&errors);
+    let hooks = ralph_ldap::Hooks::new()
+        // `cn` is not mapped: the hook asks for it and puts it in the first name.
+        .populate(["cn"], |entry, user, profile| {
+            user.first_name = entry.first("cn").unwrap_or_default().to_owned();
+            user.username = "renamed".into();
+            if let Some(p) = profile {
+                p.location = Some("from the hook".into());
+            }
+        })
+        .on_error(move |op, e| seen.lock().expect("lock").push((op, e.to_string())));
+    let config = LdapConfig::from_toml_str(&ralph_toml(&fx)).expect("valid");
+    let b = LdapBackend::with_hooks(config, store(), hooks.clone()).expect("backend");
+    let alice = identity(login(&b, "alice", "alice-pw").await);
+    assert_eq!((alice.user.username.as_str(), alice.user.first_name.as_str()), ("alice", "Alice Nowak"));
+    assert_eq!(alice.profile.and_then(|p| p.location).as_deref(), Some("from the hook"));
+    assert_eq!(b.store().get_user("alice").await.expect("store").expect("stored").value.first_name, "Alice Nowak");
+
+    // populate_user: no password, same mapping and hooks; refusals and unknown names typed.
+    match b.populate_user("bob").await.expect("populated") {
+        ralph_ldap::Populated::Mirrored(id) => assert_eq!(id.user.first_name, "Bob Builder"),
+        other => panic!("{other:?}"),
+    }
+    assert!(b.store().get_user("bob").await.expect("store").is_some(), "bob mirrored");
+    assert_eq!(
+        b.populate_user("mallory").await.expect("decided"),
+        ralph_ldap::Populated::Refused(DenyReason::DeniedGroup)
+    );
+    assert_eq!(b.populate_user("nobody").await.expect("decided"), ralph_ldap::Populated::NotFound);
+    assert!(errors.lock().expect("lock").is_empty());
+
+    // The error hook sees a failing directory (a port nobody listens on), password-free.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = format!("ldap://{}", listener.local_addr().expect("addr"));
+    drop(listener);
+    let mut config = LdapConfig::from_toml_str(&ralph_toml(&fx)).expect("valid");
+    config.server_uris = vec![dead];
+    let b = LdapBackend::with_hooks(config, store(), hooks).expect("backend");
+    assert!(matches!(login(&b, "alice", "alice-pw").await, Err(AuthError::Unavailable(_))));
+    assert!(b.populate_user("alice").await.is_err());
+    let errors = errors.lock().expect("lock");
+    let ops: Vec<_> = errors.iter().map(|(op, _)| *op).collect();
+    assert_eq!(ops, [ralph_ldap::Operation::Authenticate, ralph_ldap::Operation::PopulateUser]);
+    assert!(errors.iter().all(|(_, e)| !e.contains("alice-pw") && !e.contains(&fx.bind_password)));
+}
