@@ -646,6 +646,16 @@ impl LdapConfig {
         for (name, query) in self.flags_by_group.queries() {
             query.validate(name)?;
         }
+        // A mapping is in use, so group names are not roles: unless a mapped role or a flag
+        // query grants `active`, every login would be refused as inactive.
+        let maps_active =
+            self.group_mapping.values().any(|role| Group::new(role).is_ok_and(|g| g.as_str() == Group::ACTIVE));
+        if !self.group_mapping.is_empty() && !maps_active && self.flags_by_group.is_active.is_none() {
+            return bad("lock-out: no group_mapping entry maps to \"active\" and flags_by_group.is_active is \
+                 not set, so every login would be refused as inactive; map a group to \"active\" or \
+                 set flags_by_group.is_active"
+                .into());
+        }
         if let Some(ca) = &self.tls.ca_file
             && !ca.is_file()
         {
@@ -1035,6 +1045,10 @@ mod tests {
             ("server_uris = [\"ldaps://h\", \"ldap://10.1.2.3:389\"]", search, "ldap://10.1.2.3:389"),
             ("server_uris = [\"ldap://[2001:db8::1]\"]", &format!("{search}\n[tls]\nverify = true"), "clear text"),
             (&format!("{uris}\nmax_deactivate_percent = 101"), search, "max_deactivate_percent"),
+            (uris, &format!("{search}\n[group_mapping]\n\"cn=a,dc=x\" = \"superuser\""), "lock-out"),
+            (uris, &format!("{search}\n[flags_by_group]\nis_staff = []"), "empty group list"),
+            (uris, &format!("{search}\n[flags_by_group]\nis_active = {{ all = [] }}"), "empty group list"),
+            (&format!("{uris}\nrequire_group = []"), search, "empty group list"),
         ];
         for (top, tables, expect) in cases {
             let text = format!("{top}\n{tables}\n");
@@ -1096,6 +1110,7 @@ mod tests {
             .bind("cn=svc,dc=x", "pw")
             .user_search("dc=x", Scope::Subtree, "(uid={user})")
             .map_group("cn=admins,dc=x", "superuser")
+            .map_group("cn=users,dc=x", "active")
             .cache_ttl(Duration::ZERO)
             .build()
             .expect("valid");
