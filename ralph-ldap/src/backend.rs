@@ -515,7 +515,10 @@ impl<S> Inner<S> {
         }
     }
 
-    /// The user's groups, from the cache or the directory.
+    /// The user's groups, from the cache or the directory. When the group rules check
+    /// membership (require, deny, `flags_by_group`), the cache serves only groups read within
+    /// `group_check_ttl_secs` (by default none: every login reads them again); otherwise
+    /// (roles only) within `cache_ttl_secs`. Fresh groups refresh the cache either way.
     pub(crate) async fn groups_of<D: Directory>(
         &self,
         dir: &D,
@@ -523,7 +526,12 @@ impl<S> Inner<S> {
         username: &str,
     ) -> Result<Vec<LdapGroup>> {
         let key = dn::normalize(&entry.dn);
-        if let Some(groups) = self.cache.get(&key) {
+        let cached = if self.rules.has_checks() {
+            self.cache.get_within(&key, self.config.group_check_ttl())
+        } else {
+            self.cache.get(&key)
+        };
+        if let Some(groups) = cached {
             return Ok(groups);
         }
         let use_rule = self.use_matching_rule(dir).await?;

@@ -355,6 +355,14 @@ pub struct LdapConfig {
     /// 1200; 0 turns the cache off).
     #[serde(default = "cache_ttl")]
     pub cache_ttl_secs: u64,
+    /// The oldest group memberships the group checks (require_group, deny_group,
+    /// flags_by_group) may be decided on, in seconds (default 0: every login reads the user's
+    /// groups again, so a user just added to the deny group is refused at once). Logins of a
+    /// configuration without such checks (roles from the mapping only) keep `cache_ttl_secs`.
+    /// Above `cache_ttl_secs` it is `cache_ttl_secs`. No django-auth-ldap equivalent (there
+    /// the cache served both).
+    #[serde(default)]
+    pub group_check_ttl_secs: u64,
     /// TLS.
     #[serde(default)]
     pub tls: TlsConfig,
@@ -461,6 +469,7 @@ impl LdapConfig {
             flags_by_group: FlagsByGroup::default(),
             no_new_users: false,
             cache_ttl_secs: cache_ttl(),
+            group_check_ttl_secs: 0,
             tls: TlsConfig::default(),
             connect_timeout_ms: connect_timeout(),
             operation_timeout_ms: operation_timeout(),
@@ -530,6 +539,12 @@ impl LdapConfig {
     #[must_use]
     pub fn cache_ttl(&self) -> Duration {
         Duration::from_secs(self.cache_ttl_secs)
+    }
+
+    /// How old the groups the group checks decide on may be.
+    #[must_use]
+    pub fn group_check_ttl(&self) -> Duration {
+        Duration::from_secs(self.group_check_ttl_secs)
     }
 
     /// Checks that the settings make sense together.
@@ -906,6 +921,13 @@ impl LdapConfigBuilder {
     /// The group cache lifetime (zero turns it off).
     pub fn cache_ttl(mut self, ttl: Duration) -> Self {
         self.0.cache_ttl_secs = ttl.as_secs();
+        self
+    }
+
+    /// How old the groups that require / deny / flag checks decide on may be (see
+    /// [`LdapConfig::group_check_ttl_secs`]).
+    pub fn group_check_ttl(mut self, ttl: Duration) -> Self {
+        self.0.group_check_ttl_secs = ttl.as_secs();
         self
     }
 

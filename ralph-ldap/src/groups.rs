@@ -2,7 +2,7 @@
 //! in-chain matching rule or client-side recursion with a cycle guard), and the TTL cache.
 
 use std::collections::{HashSet, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::debug;
 
@@ -51,10 +51,12 @@ impl LdapGroup {
 }
 
 /// Caches each user's resolved groups for the configured TTL (django-auth-ldap's
-/// `AUTH_LDAP_CACHE_TIMEOUT`); a TTL of zero turns it off. Failures are never cached.
+/// `AUTH_LDAP_CACHE_TIMEOUT`); a TTL of zero turns it off. Failures are never cached. Each
+/// entry remembers when it was read, so a caller may ask for one younger than the TTL (the
+/// group checks' `group_check_ttl_secs`).
 #[derive(Debug, Default)]
 pub(crate) struct GroupCache {
-    entries: Option<moka::sync::Cache<String, Vec<LdapGroup>>>,
+    entries: Option<moka::sync::Cache<String, (Instant, Vec<LdapGroup>)>>,
 }
 
 impl GroupCache {
@@ -71,12 +73,18 @@ impl GroupCache {
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<Vec<LdapGroup>> {
-        self.entries.as_ref()?.get(key)
+        self.get_within(key, Duration::MAX)
+    }
+
+    /// The cached groups when they were read no longer than `max_age` ago.
+    pub(crate) fn get_within(&self, key: &str, max_age: Duration) -> Option<Vec<LdapGroup>> {
+        let (read_at, groups) = self.entries.as_ref()?.get(key)?;
+        (read_at.elapsed() <= max_age).then_some(groups)
     }
 
     pub(crate) fn put(&self, key: String, groups: Vec<LdapGroup>) {
         if let Some(entries) = &self.entries {
-            entries.insert(key, groups);
+            entries.insert(key, (Instant::now(), groups));
         }
     }
 

@@ -52,6 +52,12 @@ impl GroupRules {
         })
     }
 
+    /// Whether any rule reads group membership to allow, refuse or flag a user (require, deny,
+    /// `flags_by_group`), as opposed to only naming roles.
+    pub(crate) fn has_checks(&self) -> bool {
+        [&self.require, &self.deny, &self.active, &self.staff, &self.superuser].iter().any(|q| q.is_some())
+    }
+
     /// Applies require/deny and `flags_by_group`. Every rule names groups by DN, so this looks
     /// at every group found, named or not: a group whose name the service account cannot
     /// read (an ACL hiding `cn`) still denies, requires and sets flags.

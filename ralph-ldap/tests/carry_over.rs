@@ -366,3 +366,83 @@ async fn populate_hook_error_hook_and_populate_user_without_a_password() {
     assert_eq!(ops, [ralph_ldap::Operation::Authenticate, ralph_ldap::Operation::PopulateUser]);
     assert!(errors.iter().all(|(_, e)| !e.contains("alice-pw") && !e.contains(&fx.bind_password)));
 }
+
+#[tokio::test]
+async fn group_checks_are_never_older_than_group_check_ttl() {
+    use std::collections::HashSet;
+    let Some(fx) = fixture() else { return };
+    let name = common::unique("checkttl");
+    let user_dn = format!("uid={name},ou=people,{}", fx.base);
+    let ok_dn = g(&fx, &format!("{name}-ok"));
+    let deny_dn = g(&fx, &format!("{name}-deny"));
+    let _added = Added::new(
+        &fx,
+        &[
+            (
+                user_dn.clone(),
+                vec![
+                    ("objectClass", v(&["inetOrgPerson", "ralphADUser"])),
+                    ("uid", v(&[&name])),
+                    ("sAMAccountName", v(&[&name])),
+                    ("cn", v(&[&name])),
+                    ("sn", v(&["Check"])),
+                    ("userPassword", v(&["check-pw"])),
+                ],
+            ),
+            (
+                ok_dn.clone(),
+                vec![
+                    ("objectClass", v(&["groupOfNames"])),
+                    ("cn", v(&[&format!("{name}-ok")])),
+                    ("member", v(&[&user_dn])),
+                ],
+            ),
+            // groupOfNames needs a member: one that does not exist.
+            (
+                deny_dn.clone(),
+                vec![
+                    ("objectClass", v(&["groupOfNames"])),
+                    ("cn", v(&[&format!("{name}-deny")])),
+                    ("member", v(&[&format!("uid={name}-nobody,ou=people,{}", fx.base)])),
+                ],
+            ),
+        ],
+    )
+    .await;
+    let config = |check_ttl: Option<u64>| {
+        let mut c = common::ralph_config(&fx);
+        c.user_filter = None;
+        c.group_mapping.clear();
+        c.group_mapping.insert(ok_dn.clone(), "active".into());
+        c.deny_group = Some(deny_dn.clone().into());
+        c.cache_ttl_secs = 1200;
+        if let Some(ttl) = check_ttl {
+            c.group_check_ttl_secs = ttl;
+        }
+        LdapBackend::new(c, store()).expect("backend")
+    };
+    let default = config(None);
+    let lenient = config(Some(600));
+    identity(login(&default, &name, "check-pw").await);
+    identity(login(&lenient, &name, "check-pw").await);
+
+    let mut admin = common::admin(&fx).await;
+    let add = vec![ldap3::Mod::Add("member", HashSet::from([user_dn.as_str()]))];
+    admin.modify(&deny_dn, add).await.expect("modify").success().expect("added to the deny group");
+
+    // Default (0): the deny group is read again although the groups are in the 1200 s cache.
+    assert_eq!(
+        login(&default, &name, "check-pw").await.expect("decided"),
+        AuthOutcome::Denied(DenyReason::DeniedGroup)
+    );
+    // Allowed 600 s: the cached groups (read a moment ago) still decide.
+    identity(login(&lenient, &name, "check-pw").await);
+    // The builder says the same.
+    let built = LdapConfig::builder([fx.url.as_str()])
+        .user_search(&fx.base, ralph_ldap::Scope::Subtree, "(uid=%(user)s)")
+        .map_group(ok_dn.clone(), "active")
+        .group_check_ttl(std::time::Duration::from_secs(600))
+        .build()
+        .expect("valid");
+    assert_eq!(built.group_check_ttl_secs, 600);
+}

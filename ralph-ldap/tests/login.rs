@@ -624,6 +624,9 @@ async fn group_cache_honours_ttl() {
         c.user_filter = None;
         c.group_mapping.clear();
         c.group_mapping.insert(group_dn.clone(), "active".into());
+        // Roles only: a group check (the fixture's deny group) would read groups afresh at
+        // every login (group_check_ttl_secs = 0, see carry_over.rs).
+        c.deny_group = None;
         c.cache_ttl_secs = ttl;
         c
     };
