@@ -2,6 +2,7 @@
 //! mirrors users, profiles and roles through a [`UserStore`].
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use deadpool::managed::Object;
@@ -10,6 +11,7 @@ use ralph_core::{AuthBackend, AuthError, AuthOutcome, Credentials, DenyReason, I
 use tokio::sync::OnceCell;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::account::{self, Refusal};
 use crate::config::{LdapConfig, NestedGroups};
 use crate::conn::{self, Connector, Entry, Pool, Role};
 use crate::groups::{self, Directory, GroupCache, LdapGroup};
@@ -103,6 +105,9 @@ impl<S: UserStore> LdapBackend<S> {
         }
         let mut attrs = mapping::user_attributes(&config, &names);
         attrs.extend(hooks.populate_attrs.iter().cloned());
+        if config.check_account_state {
+            attrs.extend(account::ATTRS.iter().map(|a| (*a).to_owned()));
+        }
         attrs.sort();
         attrs.dedup();
         if attrs.len() > 1 {
@@ -162,6 +167,14 @@ impl<S: UserStore> LdapBackend<S> {
         let Lookup::Found { entry, username } = inner.lookup(&login).await? else {
             return Ok(Populated::NotFound);
         };
+        // No bind here: only a closed account (disabled, expired) refuses; a lock or an
+        // expired password is the user's to sort out at their next login.
+        if let Some(refusal @ Refusal::Closed(_)) = inner.state_refusal(&entry, true) {
+            let AuthOutcome::Denied(reason) = inner.refuse(&entry, &username, refusal).await? else {
+                return Ok(Populated::NotFound);
+            };
+            return Ok(Populated::Refused(reason));
+        }
         Ok(match inner.admit(inner, &entry, &username).await? {
             AuthOutcome::Authenticated(identity) => Populated::Mirrored(identity),
             AuthOutcome::Denied(reason) => Populated::Refused(reason),
@@ -204,7 +217,13 @@ impl<S: UserStore> LdapBackend<S> {
                 return Ok(AuthOutcome::NotHandled);
             }
         };
-        if inner.bind_as(&entry.dn, &credentials.password).await?.is_none() {
+        let bound = inner.bind_as(&entry.dn, &credentials.password).await?.is_some();
+        // The state is looked at after the bind was tried, whatever its outcome: the
+        // directory refuses most of these binds itself, and the reason is what a user needs.
+        if let Some(refusal) = inner.state_refusal(&entry, bound) {
+            return inner.refuse(&entry, &username, refusal).await;
+        }
+        if !bound {
             debug!(target: TRACE_TARGET, dn = %entry.dn, "directory refused the password");
             return Ok(AuthOutcome::NotHandled);
         }
@@ -248,6 +267,10 @@ impl<S: UserStore> LdapBackend<S> {
             Lookup::Found { entry, username } => (entry, username),
             Lookup::NotFound => return Ok(AuthOutcome::NotHandled),
         };
+        // Read after the bind (nothing could be read before it): a refused bind never gets here.
+        if let Some(refusal) = inner.state_refusal(&entry, true) {
+            return inner.refuse(&entry, &username, refusal).await;
+        }
         inner.admit(&as_user, &entry, &username).await
     }
 }
@@ -279,6 +302,31 @@ fn fail_closed(found: conn::Found, base: &str) -> Result<Vec<Entry>> {
 }
 
 impl<S: UserStore> Inner<S> {
+    /// The account state that refuses this login, when `check_account_state` is on: a closed
+    /// account or an expired password always; a lock only when the directory refused the bind
+    /// (`bound` false), since one that accepted it has ended the lock.
+    pub(crate) fn state_refusal(&self, entry: &Entry, bound: bool) -> Option<Refusal> {
+        if !self.config.check_account_state {
+            return None;
+        }
+        match account::refusal(entry, SystemTime::now())? {
+            Refusal::Locked if bound => {
+                debug!(target: TRACE_TARGET, dn = %entry.dn, "lock attributes set, but the directory accepted the bind");
+                None
+            }
+            refusal => Some(refusal),
+        }
+    }
+
+    /// Refuses for the account state; a closed account's LDAP-owned record is made inactive.
+    async fn refuse(&self, entry: &Entry, username: &str, refusal: Refusal) -> Result<AuthOutcome> {
+        debug!(target: TRACE_TARGET, dn = %entry.dn, reason = ?refusal, "refused for the account state");
+        if matches!(refusal, Refusal::Closed(_)) {
+            self.deactivate_refused(entry, username).await?;
+        }
+        Ok(AuthOutcome::Denied(refusal.reason()))
+    }
+
     /// Everything after the password was checked: `no_new_users`, groups (read through `dir`),
     /// require / deny, roles, flags, the mirror.
     pub(crate) async fn admit<D: Directory>(&self, dir: &D, entry: &Entry, username: &str) -> Result<AuthOutcome> {

@@ -346,6 +346,17 @@ pub struct LdapConfig {
     /// `AUTH_LDAP_USER_FLAGS_BY_GROUP`.
     #[serde(default)]
     pub flags_by_group: FlagsByGroup,
+    /// Read the account state on login and in the sync (default true; no django-auth-ldap
+    /// equivalent): Active Directory's `userAccountControl` (0x2 disabled, 0x10 locked out,
+    /// 0x800000 password expired), `lockoutTime` > 0, `accountExpires` passed (a Windows
+    /// FILETIME; 0 and 9223372036854775807 mean never) and `pwdLastSet` = 0 (must change), and
+    /// OpenLDAP's ppolicy `pwdAccountLockedTime`. Each refuses a login with its own
+    /// [`DenyReason`](ralph_core::DenyReason) (`AccountDisabled`, `AccountLocked`,
+    /// `AccountExpired`, `PasswordExpired`), after the bind was tried; a lock only counts when
+    /// the directory refused the bind (AD leaves `lockoutTime` set after the lock has ended).
+    /// Disabled and expired accounts are made inactive in the store, by logins and the sync.
+    #[serde(default = "yes")]
+    pub check_account_state: bool,
     /// `AUTH_LDAP_NO_NEW_USERS`: only users already in the store may log in (default false);
     /// others are refused with [`DenyReason::NotProvisioned`](ralph_core::DenyReason), and the
     /// bulk sync updates existing users without creating any.
@@ -467,6 +478,7 @@ impl LdapConfig {
             require_group: None,
             deny_group: None,
             flags_by_group: FlagsByGroup::default(),
+            check_account_state: true,
             no_new_users: false,
             cache_ttl_secs: cache_ttl(),
             group_check_ttl_secs: 0,
@@ -912,6 +924,12 @@ impl LdapConfigBuilder {
         self
     }
 
+    /// Whether the account state is read (see [`LdapConfig::check_account_state`]).
+    pub fn check_account_state(mut self, check: bool) -> Self {
+        self.0.check_account_state = check;
+        self
+    }
+
     /// Only users already in the store may log in (see [`LdapConfig::no_new_users`]).
     pub fn no_new_users(mut self, no_new_users: bool) -> Self {
         self.0.no_new_users = no_new_users;
@@ -1124,6 +1142,9 @@ mod tests {
         );
         assert_eq!(c.profile_attr_map.attributes().count(), 6);
         assert_eq!(c.flags_by_group.is_staff.as_ref().map(|q| q.dns().count()), Some(1));
+        assert!(matches!(&c.require_group, Some(GroupQuery::Any(items)) if items.len() == 2), "{:?}", c.require_group);
+        assert!(c.check_account_state && !c.no_new_users && !c.bind_as_authenticating_user);
+        assert_eq!(c.group_check_ttl_secs, 0);
     }
 
     #[test]

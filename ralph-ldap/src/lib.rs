@@ -33,6 +33,7 @@
 //! The rest of this page is the crate README.
 #![doc = include_str!("../README.md")]
 
+mod account;
 mod backend;
 pub mod config;
 mod conn;

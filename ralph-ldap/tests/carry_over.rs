@@ -446,3 +446,77 @@ async fn group_checks_are_never_older_than_group_check_ttl() {
         .expect("valid");
     assert_eq!(built.group_check_ttl_secs, 600);
 }
+
+/// A backend over the private slapd's `ou=adstate` accounts (in no group: active through a
+/// `not` query), sharing `store`.
+fn adstate_backend(fx: &Fixture, store: &MemoryStore, check: bool) -> LdapBackend<MemoryStore> {
+    let mut c = common::ralph_config(fx);
+    c.user_filter = None;
+    c.user_search = Some(ralph_ldap::SearchSpec::new(
+        format!("ou=adstate,{}", fx.base),
+        ralph_ldap::Scope::Subtree,
+        "(sAMAccountName=%(user)s)",
+    ));
+    c.flags_by_group.is_active = Some(!ralph_ldap::GroupQuery::from(g(fx, "_gr_ralph_banned")));
+    c.check_account_state = check;
+    c.max_deactivate_percent = 100;
+    LdapBackend::new(c, store.clone()).expect("backend")
+}
+
+#[tokio::test]
+async fn account_state_refuses_with_its_own_reason() {
+    // The AD attributes and the ppolicy overlay are in this worktree's fixture: a slapd of
+    // our own, from scripts/services/slapd.
+    if fixture().is_none() {
+        return;
+    }
+    let slapd = common::PrivateSlapd::start();
+    let fx = slapd.fixture();
+    let store = store();
+    let unchecked = adstate_backend(&fx, &store, false);
+    let checked = adstate_backend(&fx, &store, true);
+
+    // Mirrored active while nobody looked at the state.
+    for user in ["ad-disabled", "ad-expired"] {
+        identity(login(&unchecked, user, &format!("{user}-pw")).await);
+    }
+    // ppolicy refuses the bind itself: without the state it is only a refused password.
+    assert_eq!(login(&unchecked, "pp-locked", "pp-locked-pw").await.expect("decided"), AuthOutcome::NotHandled);
+
+    for user in ["ad-ok", "ad-never"] {
+        identity(login(&checked, user, &format!("{user}-pw")).await);
+    }
+    assert_eq!(login(&checked, "ad-ok", "wrong").await.expect("decided"), AuthOutcome::NotHandled);
+    for (user, password, reason) in [
+        ("ad-disabled", "ad-disabled-pw", DenyReason::AccountDisabled),
+        ("ad-expired", "ad-expired-pw", DenyReason::AccountExpired),
+        ("ad-pwexpired", "ad-pwexpired-pw", DenyReason::PasswordExpired),
+        ("ad-mustchange", "ad-mustchange-pw", DenyReason::PasswordExpired),
+        // Locks count when the directory refused the bind (AD does while locked; here a
+        // wrong password stands in for that, and ppolicy refuses on its own).
+        ("ad-locked", "wrong", DenyReason::AccountLocked),
+        ("ad-lockflag", "wrong", DenyReason::AccountLocked),
+        ("pp-locked", "pp-locked-pw", DenyReason::AccountLocked),
+    ] {
+        assert_eq!(login(&checked, user, password).await.expect("decided"), AuthOutcome::Denied(reason), "{user}");
+    }
+    // lockoutTime set but the bind accepted: the lock is over (AD clears it at the next logon).
+    identity(login(&checked, "ad-locked", "ad-locked-pw").await);
+    // Disabled and expired accounts are made inactive in the store; the others are not touched.
+    for (user, active) in [("ad-disabled", false), ("ad-expired", false), ("ad-ok", true)] {
+        let stored = store.get_user(user).await.expect("store").expect("mirrored");
+        assert_eq!(stored.value.is_active, active, "{user}");
+    }
+
+    // The sync deactivates disabled and expired accounts it lists.
+    let fresh = ralph_core::testing::MemoryStore::new();
+    let unchecked = adstate_backend(&fx, &fresh, false);
+    unchecked.sync().await.expect("sync");
+    assert!(fresh.get_user("ad-disabled").await.expect("store").expect("imported").value.is_active);
+    let report = adstate_backend(&fx, &fresh, true).sync().await.expect("sync");
+    assert_eq!((report.refused, report.deactivated), (2, 2), "{report:?}");
+    for user in ["ad-disabled", "ad-expired"] {
+        assert!(!fresh.get_user(user).await.expect("store").expect("kept").value.is_active, "{user}");
+    }
+    assert!(fresh.get_user("ad-pwexpired").await.expect("store").expect("kept").value.is_active);
+}
