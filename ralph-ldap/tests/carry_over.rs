@@ -520,3 +520,59 @@ async fn account_state_refuses_with_its_own_reason() {
     }
     assert!(fresh.get_user("ad-pwexpired").await.expect("store").expect("kept").value.is_active);
 }
+
+/// A host app's composition, through the public API only: settings from TOML (a boolean
+/// require group, username normalisation, NO_NEW_USERS), hooks, an admin tool provisioning
+/// users with `populate_user`, and the chain LDAP → local on one store.
+#[tokio::test]
+async fn host_app_composes_carried_over_settings_in_a_chain() {
+    use std::sync::Arc;
+
+    use ralph_core::auth::LoginError;
+    use ralph_core::{AuthChain, LocalBackend, Secret};
+    use ralph_ldap::{Hooks, Populated};
+
+    let Some(fx) = fixture() else { return };
+    let settings = format!(
+        "no_new_users = true\n\
+         normalize_username = {{ trim = true, strip_domain = true, lowercase = true }}\n\
+         require_group = {{ any = [\"{}\", \"{}\"] }}\n{}",
+        g(&fx, "_gr_ralph_admin"),
+        g(&fx, "_gr_ralph_staff"),
+        ralph_toml(&fx)
+    );
+    let config = LdapConfig::from_toml_str(&settings).expect("the site's settings load");
+    let store = store();
+    let hooks = Hooks::new().populate(["cn"], |entry, user, _| {
+        user.first_name = entry.first("cn").unwrap_or_default().to_owned();
+    });
+
+    // The admin tool provisions users (it may create them: no_new_users off there).
+    let mut admin_config = config.clone();
+    admin_config.no_new_users = false;
+    let admin_tool = LdapBackend::with_hooks(admin_config, store.clone(), hooks.clone()).expect("backend");
+    assert!(matches!(admin_tool.populate_user("ALICE").await.expect("populated"), Populated::Mirrored(_)));
+    assert_eq!(
+        admin_tool.populate_user("carol").await.expect("decided"),
+        Populated::Refused(DenyReason::MissingRequiredGroup)
+    );
+
+    let local = LocalBackend::new(store.clone());
+    store.create_user(&ralph_core::User::new("root-local").expect("valid")).await.expect("create");
+    let local_password = Secret::from("Local-admin-pw-1");
+    local.set_password("root-local", &local_password).await.expect("password");
+
+    let ldap = LdapBackend::with_hooks(config, store.clone(), hooks).expect("backend");
+    let chain = AuthChain::new().with(Arc::new(ldap)).with(Arc::new(local));
+
+    let alice = chain.authenticate(&Credentials::new(" RALPH\\Alice ", "alice-pw")).await.expect("alice logs in");
+    assert_eq!((alice.backend.as_str(), alice.identity.user.username.as_str()), ("ldap", "alice"));
+    assert_eq!(alice.identity.user.first_name, "Alice Nowak", "populate hook");
+    let bob = chain.authenticate(&Credentials::new("bob", "bob-pw")).await;
+    assert!(matches!(bob, Err(LoginError::Denied { reason: DenyReason::NotProvisioned, .. })), "{bob:?}");
+    assert!(store.get_user("bob").await.expect("store").is_none());
+    let root = chain.authenticate(&Credentials::new("root-local", "Local-admin-pw-1")).await.expect("local admin");
+    assert_eq!(root.backend, "local");
+    let wrong = chain.authenticate(&Credentials::new("alice", "nope")).await;
+    assert!(matches!(wrong, Err(LoginError::InvalidCredentials)), "{wrong:?}");
+}
