@@ -172,6 +172,15 @@ async fn bind_as_authenticating_user_without_a_service_account() {
     c.bind_as_authenticating_user = true;
     let b = LdapBackend::new(c, store()).expect("backend");
     identity(login(&b, "bob", "bob-pw").await);
+
+    // A UPN bind name is not a DN: slapd answers invalidDNSyntax (34), a typed error (AD
+    // takes it). Only Active Directory can show the UPN path end to end.
+    let top = "bind_as_authenticating_user = true\nbind_name_template = \"%(user)s@ralph.test\"";
+    let config = LdapConfig::from_toml_str(&format!("{top}\n{}", anonymous_toml(&fx))).expect("valid");
+    let b = LdapBackend::new(config, store()).expect("backend");
+    let err = login(&b, "alice", "alice-pw").await.expect_err("slapd refuses a UPN");
+    assert!(matches!(&err, AuthError::Backend(m) if m.contains("34")), "{err:?}");
+    assert!(!format!("{err:?}").contains("alice-pw"));
 }
 
 #[test]
