@@ -2,6 +2,7 @@
 //! mirrors users, profiles and roles through a [`UserStore`].
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use deadpool::managed::Object;
@@ -10,9 +11,11 @@ use ralph_core::{AuthBackend, AuthError, AuthOutcome, Credentials, DenyReason, I
 use tokio::sync::OnceCell;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::account::{self, Refusal};
 use crate::config::{LdapConfig, NestedGroups};
 use crate::conn::{self, Connector, Entry, Pool, Role};
 use crate::groups::{self, Directory, GroupCache, LdapGroup};
+use crate::hooks::{Hooks, Operation};
 use crate::mapping::{self, GroupRules, NameSource, Verdict};
 use crate::{Error, Result, TRACE_TARGET, dn, filter};
 
@@ -48,6 +51,22 @@ pub(crate) struct Inner<S> {
     pub(crate) attrs: Vec<String>,
     /// Where usernames come from, shared by logins and the sync so both store one spelling.
     pub(crate) names: NameSource,
+    pub(crate) hooks: Hooks,
+}
+
+/// What [`LdapBackend::populate_user`] did.
+// Returned once per call and moved straight into the result, as `AuthOutcome`: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Populated {
+    /// The user was found and mirrored; they may log in.
+    Mirrored(Identity),
+    /// The user was found and refused: by the group rules (a user mirrored before is then
+    /// made inactive), as inactive (mirrored inactive), by `no_new_users` or the account state.
+    Refused(DenyReason),
+    /// No single directory entry for this name.
+    NotFound,
 }
 
 /// The outcome of looking a login name up.
@@ -63,7 +82,19 @@ impl<S: UserStore> LdapBackend<S> {
     /// # Errors
     /// [`Error::Config`] for an invalid configuration or an unreadable CA file.
     pub fn new(config: LdapConfig, store: S) -> Result<Self> {
+        Self::with_hooks(config, store, Hooks::new())
+    }
+
+    /// [`LdapBackend::new`] with a host app's [`Hooks`].
+    ///
+    /// # Errors
+    /// As [`LdapBackend::new`]; [`Error::Config`] for a populate attribute that is not an
+    /// attribute name.
+    pub fn with_hooks(config: LdapConfig, store: S, hooks: Hooks) -> Result<Self> {
         config.validate()?;
+        for attr in &hooks.populate_attrs {
+            crate::config::check_attr(attr)?;
+        }
         let connector = Connector::new(&config)?;
         let service = conn::pool(&config, &connector, Role::Service)?;
         let binds = conn::pool(&config, &connector, Role::UserBind)?;
@@ -72,7 +103,16 @@ impl<S: UserStore> LdapBackend<S> {
         if matches!(names, NameSource::Rdn(_)) {
             debug!(target: TRACE_TARGET, "no username attribute known: usernames are the entries' RDN values");
         }
-        let attrs = mapping::user_attributes(&config, &names);
+        let mut attrs = mapping::user_attributes(&config, &names);
+        attrs.extend(hooks.populate_attrs.iter().cloned());
+        if config.check_account_state {
+            attrs.extend(account::ATTRS.iter().map(|a| (*a).to_owned()));
+        }
+        attrs.sort();
+        attrs.dedup();
+        if attrs.len() > 1 {
+            attrs.retain(|a| a != "1.1");
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 cache: GroupCache::new(config.cache_ttl()),
@@ -85,6 +125,7 @@ impl<S: UserStore> LdapBackend<S> {
                 is_ad: OnceCell::new(),
                 attrs,
                 names,
+                hooks,
             }),
         })
     }
@@ -99,6 +140,47 @@ impl<S: UserStore> LdapBackend<S> {
     #[must_use]
     pub fn store(&self) -> &S {
         &self.inner.store
+    }
+
+    /// Reads one user from the directory and mirrors them into the store, without a password
+    /// (django-auth-ldap's `LDAPBackend().populate_user(username)`), for admin tools: the same
+    /// lookup (service account), group rules, mapping, hooks and `no_new_users` as a login.
+    /// Needs a service account (or anonymous read): with `bind_as_authenticating_user` and
+    /// no `bind_dn`, nobody can be read and every name is [`Populated::NotFound`].
+    ///
+    /// # Errors
+    /// Directory and store errors, as a login; reported to [`Hooks::on_error`] too.
+    pub async fn populate_user(&self, username: &str) -> Result<Populated> {
+        let result = self.populate(username).await;
+        if let Err(e) = &result {
+            self.inner.hooks.report(Operation::PopulateUser, e);
+        }
+        result
+    }
+
+    async fn populate(&self, username: &str) -> Result<Populated> {
+        let inner = &*self.inner;
+        let login = inner.hooks.login_name(inner.config.normalize_username, username);
+        if ralph_core::check_username(&login).is_err() {
+            return Ok(Populated::NotFound);
+        }
+        let Lookup::Found { entry, username } = inner.lookup(&login).await? else {
+            return Ok(Populated::NotFound);
+        };
+        // No bind here: only a closed account (disabled, expired) refuses; a lock or an
+        // expired password is the user's to sort out at their next login.
+        if let Some(refusal @ Refusal::Closed(_)) = inner.state_refusal(&entry, true) {
+            let AuthOutcome::Denied(reason) = inner.refuse(&entry, &username, refusal).await? else {
+                return Ok(Populated::NotFound);
+            };
+            return Ok(Populated::Refused(reason));
+        }
+        Ok(match inner.admit(inner, &entry, &username).await? {
+            AuthOutcome::Authenticated(identity) => Populated::Mirrored(identity),
+            AuthOutcome::Denied(reason) => Populated::Refused(reason),
+            // admit never passes a user on; nothing was found for the chain's purposes.
+            AuthOutcome::NotHandled => Populated::NotFound,
+        })
     }
 
     /// Forgets every cached group membership.
@@ -118,11 +200,15 @@ impl<S: UserStore> LdapBackend<S> {
             debug!(target: TRACE_TARGET, "empty password refused before any bind");
             return Ok(AuthOutcome::NotHandled);
         }
-        if ralph_core::check_username(&credentials.username).is_err() {
+        let login = inner.hooks.login_name(inner.config.normalize_username, &credentials.username);
+        if ralph_core::check_username(&login).is_err() {
             debug!(target: TRACE_TARGET, "username is not valid, not looked up");
             return Ok(AuthOutcome::NotHandled);
         }
-        let (entry, username) = match inner.lookup(&credentials.username).await? {
+        if inner.config.bind_as_authenticating_user {
+            return self.login_as_user(&login, &credentials.password).await;
+        }
+        let (entry, username) = match inner.lookup(&login).await? {
             Lookup::Found { entry, username } => (entry, username),
             Lookup::NotFound => {
                 // Spend the bind round trip anyway, so the time a refusal takes does not tell
@@ -131,11 +217,124 @@ impl<S: UserStore> LdapBackend<S> {
                 return Ok(AuthOutcome::NotHandled);
             }
         };
-        if !inner.user_bind(&entry.dn, &credentials.password).await? {
+        let bound = inner.bind_as(&entry.dn, &credentials.password).await?.is_some();
+        // The state is looked at after the bind was tried, whatever its outcome: the
+        // directory refuses most of these binds itself, and the reason is what a user needs.
+        if let Some(refusal) = inner.state_refusal(&entry, bound) {
+            return inner.refuse(&entry, &username, refusal).await;
+        }
+        if !bound {
             debug!(target: TRACE_TARGET, dn = %entry.dn, "directory refused the password");
             return Ok(AuthOutcome::NotHandled);
         }
-        let mut groups = match inner.groups_of(&entry, &username).await {
+        inner.admit(inner, &entry, &username).await
+    }
+
+    /// `bind_as_authenticating_user`: bind with the templated name (or the DN the lookup
+    /// found), then read the entry and the groups on that connection, as the user.
+    async fn login_as_user(&self, login: &str, password: &Secret) -> Result<AuthOutcome> {
+        let inner = &*self.inner;
+        let bind_name = match inner.config.bind_name(login) {
+            Some(name) => name,
+            None => match inner.lookup(login).await? {
+                Lookup::Found { entry, .. } => entry.dn,
+                Lookup::NotFound => {
+                    inner.dummy_bind(password).await;
+                    return Ok(AuthOutcome::NotHandled);
+                }
+            },
+        };
+        let Some(ldap) = inner.bind_as(&bind_name, password).await? else {
+            debug!(target: TRACE_TARGET, "directory refused the password");
+            return Ok(AuthOutcome::NotHandled);
+        };
+        let as_user = AsUser { ldap: tokio::sync::Mutex::new(ldap), op_timeout: inner.op_timeout };
+        // A UPN is no DN: the entry is found with the user search. Otherwise the entry is the
+        // DN just bound to, read back (through the user filter) as the user.
+        let entries = if inner.config.bind_name_template.is_some() {
+            let search = inner
+                .config
+                .user_search
+                .as_ref()
+                .ok_or_else(|| Error::Config("bind_name_template needs user_search".into()))?;
+            let f = inner.user_search_filter(search, login);
+            as_user.search(&search.base, search.scope.into(), &f, &inner.attr_refs()).await?
+        } else {
+            let f = filter::and(&[inner.config.user_filter.as_deref().unwrap_or_default()]);
+            as_user.search(&bind_name, ldap3::Scope::Base, &f, &inner.attr_refs()).await?
+        };
+        let (entry, username) = match inner.pick(entries, login) {
+            Lookup::Found { entry, username } => (entry, username),
+            Lookup::NotFound => return Ok(AuthOutcome::NotHandled),
+        };
+        // Read after the bind (nothing could be read before it): a refused bind never gets here.
+        if let Some(refusal) = inner.state_refusal(&entry, true) {
+            return inner.refuse(&entry, &username, refusal).await;
+        }
+        inner.admit(&as_user, &entry, &username).await
+    }
+}
+
+/// A user-bind connection bound as the user who logs in: the entry and the groups are read on
+/// it, with the user's rights (`bind_as_authenticating_user`).
+struct AsUser {
+    ldap: tokio::sync::Mutex<Object<conn::Manager>>,
+    op_timeout: std::time::Duration,
+}
+
+impl Directory for AsUser {
+    async fn search(&self, base: &str, scope: ldap3::Scope, filter: &str, attrs: &[&str]) -> Result<Vec<Entry>> {
+        let mut ldap = self.ldap.lock().await;
+        let found = conn::search(&mut ldap, self.op_timeout, base, scope, filter, attrs).await?;
+        fail_closed(found, base)
+    }
+}
+
+/// Group lookups fail closed: a base that refers elsewhere or does not exist is an error.
+fn fail_closed(found: conn::Found, base: &str) -> Result<Vec<Entry>> {
+    if found.referred {
+        return Err(Error::Result { op: "group search", rc: 10, text: format!("{base} is a referral (not chased)") });
+    }
+    if found.missing {
+        return Err(Error::Result { op: "group search", rc: 32, text: format!("{base} does not exist") });
+    }
+    Ok(found.entries)
+}
+
+impl<S: UserStore> Inner<S> {
+    /// The account state that refuses this login, when `check_account_state` is on: a closed
+    /// account or an expired password always; a lock only when the directory refused the bind
+    /// (`bound` false), since one that accepted it has ended the lock.
+    pub(crate) fn state_refusal(&self, entry: &Entry, bound: bool) -> Option<Refusal> {
+        if !self.config.check_account_state {
+            return None;
+        }
+        match account::refusal(entry, SystemTime::now())? {
+            Refusal::Locked if bound => {
+                debug!(target: TRACE_TARGET, dn = %entry.dn, "lock attributes set, but the directory accepted the bind");
+                None
+            }
+            refusal => Some(refusal),
+        }
+    }
+
+    /// Refuses for the account state; a closed account's LDAP-owned record is made inactive.
+    async fn refuse(&self, entry: &Entry, username: &str, refusal: Refusal) -> Result<AuthOutcome> {
+        debug!(target: TRACE_TARGET, dn = %entry.dn, reason = ?refusal, "refused for the account state");
+        if matches!(refusal, Refusal::Closed(_)) {
+            self.deactivate_refused(entry, username).await?;
+        }
+        Ok(AuthOutcome::Denied(refusal.reason()))
+    }
+
+    /// Everything after the password was checked: `no_new_users`, groups (read through `dir`),
+    /// require / deny, roles, flags, the mirror.
+    pub(crate) async fn admit<D: Directory>(&self, dir: &D, entry: &Entry, username: &str) -> Result<AuthOutcome> {
+        if self.config.no_new_users && self.store.get_user(username).await?.is_none() {
+            debug!(target: TRACE_TARGET, username = %username, "not in the store and no_new_users is set");
+            return Ok(AuthOutcome::Denied(DenyReason::NotProvisioned));
+        }
+        let mut groups = match self.groups_of(dir, entry, username).await {
             Ok(groups) => groups,
             Err(e) => {
                 // Fail closed: a login never proceeds as if the user had no groups.
@@ -145,36 +344,41 @@ impl<S: UserStore> LdapBackend<S> {
         };
         // Require / deny first, on every group found: naming groups comes after, and only
         // when names become roles.
-        let flags = match inner.rules.decide(&groups) {
+        let flags = match self.rules.decide(&groups) {
             Verdict::Allowed(flags) => flags,
             refused => {
                 let reason =
                     if refused == Verdict::Denied { DenyReason::DeniedGroup } else { DenyReason::MissingRequiredGroup };
                 // A user mirrored before and refused now must not stay active in the store.
-                if let Err(e) = inner.deactivate_refused(&entry, &username).await {
+                if let Err(e) = self.deactivate_refused(entry, username).await {
                     warn!(target: TRACE_TARGET, dn = %entry.dn, error = %e, "deactivating a refused user failed");
                     return Err(e);
                 }
                 return Ok(AuthOutcome::Denied(reason));
             }
         };
-        let roles = match inner.roles_of(&entry, &mut groups).await {
+        let roles = match self.roles_of(dir, entry, &mut groups).await {
             Ok(roles) => roles,
             Err(e) => {
                 warn!(target: TRACE_TARGET, dn = %entry.dn, error = %e, "naming groups failed, login refused");
                 return Err(e);
             }
         };
-        let user = mapping::user(&inner.config, &entry, &username, &roles, flags);
-        let profile = mapping::profile(&inner.config, &entry);
+        let mut user = mapping::user(&self.config, entry, username, &roles, flags);
+        let mut profile = mapping::profile(&self.config, entry);
+        if let Some(populate) = &self.hooks.populate {
+            populate(entry, &mut user, &mut profile);
+            // The stored identity is the directory's: a hook fills fields, it does not rename.
+            username.clone_into(&mut user.username);
+        }
         let mirror = UserMirror {
             user: user.clone(),
             profile: profile.clone(),
-            groups: inner.config.mirror_groups.then(|| roles.clone()),
+            groups: self.config.mirror_groups.then(|| roles.clone()),
         };
         // No process-local "already mirrored" shortcut: it cannot see another process's (or a
         // person's) writes. An unchanged mirror is a read in the store, not a write.
-        inner.store.mirror_user(&mirror).await?;
+        self.store.mirror_user(&mirror).await?;
         if !user.is_active {
             debug!(target: TRACE_TARGET, username = %username, "user is not in the active group");
             return Ok(AuthOutcome::Denied(DenyReason::Inactive));
@@ -263,10 +467,10 @@ impl<S> Inner<S> {
     /// username is the directory's spelling ([`NameSource::username`]), never the typed one,
     /// so `Alice`, `alice` and `ALICE` are one stored user.
     pub(crate) async fn lookup(&self, login: &str) -> Result<Lookup> {
-        let attrs: Vec<&str> = self.attrs.iter().map(String::as_str).collect();
+        let attrs = self.attr_refs();
         let user_filter = self.config.user_filter.as_deref().unwrap_or_default();
         let entries = if let Some(search) = &self.config.user_search {
-            let f = filter::and(&[&filter::fill(&search.filter, &filter::escape(login)), user_filter]);
+            let f = self.user_search_filter(search, login);
             self.service_search(&search.base, search.scope.into(), &f, &attrs).await?.entries
         } else if let Some(template) = &self.config.user_dn_template {
             let user_dn = filter::fill(template, &dn::escape_value(login));
@@ -275,30 +479,47 @@ impl<S> Inner<S> {
         } else {
             return Err(Error::Config("no user search or DN template".into()));
         };
+        Ok(self.pick(entries, login))
+    }
+
+    /// The attributes a user lookup asks for.
+    fn attr_refs(&self) -> Vec<&str> {
+        self.attrs.iter().map(String::as_str).collect()
+    }
+
+    /// The user search filter for `login` (escaped), ANDed with the user filter.
+    fn user_search_filter(&self, search: &crate::SearchSpec, login: &str) -> String {
+        let user_filter = self.config.user_filter.as_deref().unwrap_or_default();
+        filter::and(&[&filter::fill(&search.filter, &filter::escape(login)), user_filter])
+    }
+
+    /// The one entry of a lookup that carries `login`, with its username.
+    fn pick(&self, entries: Vec<Entry>, login: &str) -> Lookup {
         let mut entries = entries.into_iter();
         let (Some(entry), None) = (entries.next(), entries.next()) else {
             debug!(target: TRACE_TARGET, "no single directory entry for this login");
-            return Ok(Lookup::NotFound);
+            return Lookup::NotFound;
         };
         if !self.names.carries(&entry, login) {
             warn!(target: TRACE_TARGET, dn = %entry.dn, "entry found does not carry the login name, ignored");
-            return Ok(Lookup::NotFound);
+            return Lookup::NotFound;
         }
         let Some(username) = self.names.username(&entry) else {
             warn!(target: TRACE_TARGET, dn = %entry.dn, "entry found has no username value, ignored");
-            return Ok(Lookup::NotFound);
+            return Lookup::NotFound;
         };
         if ralph_core::check_username(&username).is_err() {
             warn!(target: TRACE_TARGET, dn = %entry.dn, "directory username is not a valid Ralph username");
-            return Ok(Lookup::NotFound);
+            return Lookup::NotFound;
         }
-        Ok(Lookup::Found { entry, username })
+        Lookup::Found { entry, username }
     }
 
-    /// Binds as the user on a bind-only connection. `Ok(false)` for a refused password.
-    async fn user_bind(&self, user_dn: &str, password: &Secret) -> Result<bool> {
+    /// Binds as the user on a bind-only connection, and hands that connection back (bound as
+    /// the user). `Ok(None)` for a refused password.
+    async fn bind_as(&self, user_dn: &str, password: &Secret) -> Result<Option<Object<conn::Manager>>> {
         if password.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
         // As in `service_search`: one immediate retry after a dead pooled connection, no back-off.
         let mut retried = false;
@@ -307,12 +528,12 @@ impl<S> Inner<S> {
             let result = ldap.with_timeout(self.op_timeout).simple_bind(user_dn, password.expose()).await;
             let error = match result {
                 Ok(r) => match r.rc {
-                    0 => return Ok(true),
+                    0 => return Ok(Some(ldap)),
                     // invalidCredentials; inappropriateAuthentication; insufficientAccessRights;
                     // unwillingToPerform; constraintViolation (locked by a password policy).
                     49 | 48 | 50 | 53 | 19 => {
                         debug!(target: TRACE_TARGET, rc = r.rc, "user bind refused");
-                        return Ok(false);
+                        return Ok(None);
                     }
                     rc => Error::Result { op: "user bind", rc, text: r.text },
                 },
@@ -342,15 +563,29 @@ impl<S> Inner<S> {
         }
     }
 
-    /// The user's groups, from the cache or the directory.
-    pub(crate) async fn groups_of(&self, entry: &Entry, username: &str) -> Result<Vec<LdapGroup>> {
+    /// The user's groups, from the cache or the directory. When the group rules check
+    /// membership (require, deny, `flags_by_group`), the cache serves only groups read within
+    /// `group_check_ttl_secs` (by default none: every login reads them again); otherwise
+    /// (roles only) within `cache_ttl_secs`. Fresh groups refresh the cache either way.
+    pub(crate) async fn groups_of<D: Directory>(
+        &self,
+        dir: &D,
+        entry: &Entry,
+        username: &str,
+    ) -> Result<Vec<LdapGroup>> {
         let key = dn::normalize(&entry.dn);
-        if let Some(groups) = self.cache.get(&key) {
+        let cached = if self.rules.has_checks() {
+            self.cache.get_within(&key, self.config.group_check_ttl())
+        } else {
+            self.cache.get(&key)
+        };
+        if let Some(groups) = cached {
             return Ok(groups);
         }
-        let use_rule = self.use_matching_rule().await?;
+        let use_rule = self.use_matching_rule(dir).await?;
         let member_of = entry.values(&self.config.member_of_attr);
-        let groups = groups::resolve(&self.config, self, &entry.dn, username, member_of, use_rule).await?;
+        let gid = entry.first(groups::GID_NUMBER);
+        let groups = groups::resolve(&self.config, dir, &entry.dn, username, member_of, gid, use_rule).await?;
         self.cache.put(key, groups.clone());
         Ok(groups)
     }
@@ -358,15 +593,20 @@ impl<S> Inner<S> {
     /// The roles the user's groups give. Without a mapping they are group names: groups not
     /// named by the lookup are named now (and the cache updated), and one that cannot be
     /// named is an error.
-    pub(crate) async fn roles_of(&self, entry: &Entry, groups: &mut [LdapGroup]) -> Result<Vec<ralph_core::Group>> {
+    pub(crate) async fn roles_of<D: Directory>(
+        &self,
+        dir: &D,
+        entry: &Entry,
+        groups: &mut [LdapGroup],
+    ) -> Result<Vec<ralph_core::Group>> {
         if self.rules.needs_names() && groups.iter().any(|g| g.name.is_none()) {
-            groups::name_all(&self.config, self, groups).await?;
+            groups::name_all(&self.config, dir, groups).await?;
             self.cache.put(dn::normalize(&entry.dn), groups.to_vec());
         }
         Ok(self.rules.roles(groups))
     }
 
-    async fn use_matching_rule(&self) -> Result<bool> {
+    async fn use_matching_rule<D: Directory>(&self, dir: &D) -> Result<bool> {
         match self.config.nested_groups {
             NestedGroups::MatchingRule => Ok(true),
             NestedGroups::Off | NestedGroups::Recursive => Ok(false),
@@ -375,11 +615,9 @@ impl<S> Inner<S> {
                 let is_ad = self
                     .is_ad
                     .get_or_try_init(|| async {
-                        let root = self
-                            .service_search("", ldap3::Scope::Base, "(objectClass=*)", &["supportedCapabilities"])
-                            .await?;
+                        let root =
+                            dir.search("", ldap3::Scope::Base, "(objectClass=*)", &["supportedCapabilities"]).await?;
                         let is_ad = root
-                            .entries
                             .iter()
                             .any(|e| e.values("supportedCapabilities").iter().any(|c| c == groups::AD_CAPABILITY));
                         debug!(target: TRACE_TARGET, is_ad, "directory type detected for nested groups");
@@ -397,18 +635,7 @@ impl<S> Directory for Inner<S> {
     /// `group_search.base`, a deleted group) is an error, never "no groups", since a deny group
     /// would otherwise be bypassed (continuation references below the base are ignored).
     async fn search(&self, base: &str, scope: ldap3::Scope, filter: &str, attrs: &[&str]) -> Result<Vec<Entry>> {
-        let found = self.service_search(base, scope, filter, attrs).await?;
-        if found.referred {
-            return Err(Error::Result {
-                op: "group search",
-                rc: 10,
-                text: format!("{base} is a referral (not chased)"),
-            });
-        }
-        if found.missing {
-            return Err(Error::Result { op: "group search", rc: 32, text: format!("{base} does not exist") });
-        }
-        Ok(found.entries)
+        fail_closed(self.service_search(base, scope, filter, attrs).await?, base)
     }
 }
 
@@ -420,6 +647,9 @@ impl<S: UserStore> AuthBackend for LdapBackend<S> {
 
     async fn authenticate(&self, credentials: &Credentials) -> Result<AuthOutcome, AuthError> {
         let span = info_span!(target: TRACE_TARGET, "ldap_login", username = %credentials.username);
-        self.login(credentials).instrument(span).await.map_err(AuthError::from)
+        self.login(credentials).instrument(span).await.map_err(|e| {
+            self.inner.hooks.report(Operation::Authenticate, &e);
+            AuthError::from(e)
+        })
     }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 use ralph_core::{Group, Secret};
 use serde::Deserialize;
 
+use crate::hooks::NormalizeUsername;
+use crate::query::GroupQuery;
 use crate::{Error, dn, filter};
 
 /// Search scope (`ldap.SCOPE_*`).
@@ -195,20 +197,40 @@ impl ProfileAttrMap {
     }
 }
 
-/// `AUTH_LDAP_USER_FLAGS_BY_GROUP`: group DNs that set a flag, on top of the `active`,
-/// `staff` and `superuser` roles.
+/// `AUTH_LDAP_USER_FLAGS_BY_GROUP`: group queries that set a flag, on top of the `active`,
+/// `staff` and `superuser` roles. Each is a [`GroupQuery`]: a DN, a list of DNs (any of
+/// them), or `{ any | all | not = ... }`. An empty list is a configuration error.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlagsByGroup {
-    /// Members of any of these groups are active.
+    /// Users the query matches are active.
     #[serde(default)]
-    pub is_active: Vec<String>,
-    /// Members of any of these groups are staff.
+    pub is_active: Option<GroupQuery>,
+    /// Users the query matches are staff.
     #[serde(default)]
-    pub is_staff: Vec<String>,
-    /// Members of any of these groups are superusers.
+    pub is_staff: Option<GroupQuery>,
+    /// Users the query matches are superusers.
     #[serde(default)]
-    pub is_superuser: Vec<String>,
+    pub is_superuser: Option<GroupQuery>,
+}
+
+impl FlagsByGroup {
+    /// Whether any flag is set by group.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.is_active.is_none() && self.is_staff.is_none() && self.is_superuser.is_none()
+    }
+
+    /// The flags with queries, by name.
+    fn queries(&self) -> impl Iterator<Item = (&'static str, &GroupQuery)> {
+        [
+            ("flags_by_group.is_active", &self.is_active),
+            ("flags_by_group.is_staff", &self.is_staff),
+            ("flags_by_group.is_superuser", &self.is_superuser),
+        ]
+        .into_iter()
+        .filter_map(|(name, q)| q.as_ref().map(|q| (name, q)))
+    }
 }
 
 /// The whole configuration. Load it with [`LdapConfig::from_toml_str`] /
@@ -243,6 +265,21 @@ pub struct LdapConfig {
     /// instead of a search when set.
     #[serde(default)]
     pub user_dn_template: Option<String>,
+    /// `AUTH_LDAP_BIND_AS_AUTHENTICATING_USER`: bind as the user and read the user's entry and
+    /// groups on that connection, as the user (default false). For directories with no
+    /// service account and no anonymous read (common with Active Directory): leave `bind_dn`
+    /// out and set `bind_name_template` (or `user_dn_template`). With only a `user_search`,
+    /// the entry is found with the service account (or anonymously) first, as django-auth-ldap
+    /// does, and read again as the user after the bind.
+    #[serde(default)]
+    pub bind_as_authenticating_user: bool,
+    /// With `bind_as_authenticating_user`: the name the user binds with, made from the login
+    /// name: a UPN such as `%(user)s@corp.example` (inserted as typed) or a DN template such
+    /// as `uid=%(user)s,ou=people,dc=example,dc=com` (DN-escaped). The entry is then read with
+    /// `user_search`, which this setting needs. django-auth-ldap users write this as a
+    /// `USER_DN_TEMPLATE` that is not a DN.
+    #[serde(default)]
+    pub bind_name_template: Option<String>,
     /// `AUTH_LDAP_USER_FILTER`: ANDed into every user lookup and into the bulk sync; users it
     /// does not match are not imported at all.
     #[serde(default)]
@@ -258,6 +295,12 @@ pub struct LdapConfig {
     /// of the attributes the filter compares it with (any case).
     #[serde(default)]
     pub username_attr: Option<String>,
+    /// How a typed login name is normalised before it is looked up (what a django-auth-ldap
+    /// site did by overriding `ldap_to_django_username`): trim, strip a `DOMAIN\` prefix,
+    /// lower-case. All off by default. A host app adds its own with
+    /// [`Hooks::normalize_username`](crate::Hooks::normalize_username).
+    #[serde(default)]
+    pub normalize_username: NormalizeUsername,
     /// `AUTH_LDAP_USER_ATTR_MAP`.
     #[serde(default)]
     pub user_attr_map: UserAttrMap,
@@ -293,19 +336,44 @@ pub struct LdapConfig {
     /// `AUTH_LDAP_MIRROR_GROUPS`: store the user's roles as local groups.
     #[serde(default = "yes")]
     pub mirror_groups: bool,
-    /// `AUTH_LDAP_REQUIRE_GROUP`: a group DN the user must be in.
+    /// `AUTH_LDAP_REQUIRE_GROUP`: a group DN, or a [`GroupQuery`] (`LDAPGroupQuery`), the
+    /// user must match.
     #[serde(default)]
-    pub require_group: Option<String>,
-    /// `AUTH_LDAP_DENY_GROUP`: a group DN whose members are refused.
+    pub require_group: Option<GroupQuery>,
+    /// `AUTH_LDAP_DENY_GROUP`: a group DN, or a [`GroupQuery`], whose matches are refused.
     #[serde(default)]
-    pub deny_group: Option<String>,
+    pub deny_group: Option<GroupQuery>,
     /// `AUTH_LDAP_USER_FLAGS_BY_GROUP`.
     #[serde(default)]
     pub flags_by_group: FlagsByGroup,
+    /// Read the account state on login and in the sync (default true; no django-auth-ldap
+    /// equivalent): Active Directory's `userAccountControl` (0x2 disabled, 0x10 locked out,
+    /// 0x800000 password expired), `lockoutTime` > 0, `accountExpires` passed (a Windows
+    /// FILETIME; 0 and 9223372036854775807 mean never) and `pwdLastSet` = 0 (must change), and
+    /// OpenLDAP's ppolicy `pwdAccountLockedTime`. Each refuses a login with its own
+    /// [`DenyReason`](ralph_core::DenyReason) (`AccountDisabled`, `AccountLocked`,
+    /// `AccountExpired`, `PasswordExpired`), after the bind was tried; a lock only counts when
+    /// the directory refused the bind (AD leaves `lockoutTime` set after the lock has ended).
+    /// Disabled and expired accounts are made inactive in the store, by logins and the sync.
+    #[serde(default = "yes")]
+    pub check_account_state: bool,
+    /// `AUTH_LDAP_NO_NEW_USERS`: only users already in the store may log in (default false);
+    /// others are refused with [`DenyReason::NotProvisioned`](ralph_core::DenyReason), and the
+    /// bulk sync updates existing users without creating any.
+    #[serde(default)]
+    pub no_new_users: bool,
     /// `AUTH_LDAP_CACHE_TIMEOUT`: how long a user's groups are cached, in seconds (default
     /// 1200; 0 turns the cache off).
     #[serde(default = "cache_ttl")]
     pub cache_ttl_secs: u64,
+    /// The oldest group memberships the group checks (require_group, deny_group,
+    /// flags_by_group) may be decided on, in seconds (default 0: every login reads the user's
+    /// groups again, so a user just added to the deny group is refused at once). Logins of a
+    /// configuration without such checks (roles from the mapping only) keep `cache_ttl_secs`.
+    /// Above `cache_ttl_secs` it is `cache_ttl_secs`. No django-auth-ldap equivalent (there
+    /// the cache served both).
+    #[serde(default)]
+    pub group_check_ttl_secs: u64,
     /// TLS.
     #[serde(default)]
     pub tls: TlsConfig,
@@ -391,8 +459,11 @@ impl LdapConfig {
             protocol_version: three(),
             user_search: None,
             user_dn_template: None,
+            bind_as_authenticating_user: false,
+            bind_name_template: None,
             user_filter: None,
             username_attr: None,
+            normalize_username: NormalizeUsername::default(),
             user_attr_map: UserAttrMap::default(),
             profile_attr_map: ProfileAttrMap::default(),
             group_type: GroupType::default(),
@@ -407,7 +478,10 @@ impl LdapConfig {
             require_group: None,
             deny_group: None,
             flags_by_group: FlagsByGroup::default(),
+            check_account_state: true,
+            no_new_users: false,
             cache_ttl_secs: cache_ttl(),
+            group_check_ttl_secs: 0,
             tls: TlsConfig::default(),
             connect_timeout_ms: connect_timeout(),
             operation_timeout_ms: operation_timeout(),
@@ -461,10 +535,28 @@ impl LdapConfig {
         Duration::from_millis(self.operation_timeout_ms)
     }
 
+    /// The name a user binds with under `bind_as_authenticating_user`, when it comes from a
+    /// template: `bind_name_template` (a DN template is DN-escaped, a UPN is not), else
+    /// `user_dn_template`. `None` when the entry must be searched for first.
+    #[must_use]
+    pub fn bind_name(&self, login: &str) -> Option<String> {
+        if let Some(template) = &self.bind_name_template {
+            let value = if template.contains('=') { dn::escape_value(login).into_owned() } else { login.to_owned() };
+            return Some(filter::fill(template, &value));
+        }
+        self.user_dn_template.as_ref().map(|t| filter::fill(t, &dn::escape_value(login)))
+    }
+
     /// The group cache lifetime.
     #[must_use]
     pub fn cache_ttl(&self) -> Duration {
         Duration::from_secs(self.cache_ttl_secs)
+    }
+
+    /// How old the groups the group checks decide on may be.
+    #[must_use]
+    pub fn group_check_ttl(&self) -> Duration {
+        Duration::from_secs(self.group_check_ttl_secs)
     }
 
     /// Checks that the settings make sense together.
@@ -524,6 +616,20 @@ impl LdapConfig {
                 check_dn("user_dn_template", &filter::fill(template, "x"))?;
             }
         }
+        if let Some(template) = &self.bind_name_template {
+            if !self.bind_as_authenticating_user {
+                return bad("bind_name_template needs bind_as_authenticating_user = true".into());
+            }
+            if self.user_search.is_none() {
+                return bad("bind_name_template needs user_search, to read the entry after the bind".into());
+            }
+            if !filter::has_placeholder(template) {
+                return bad("bind_name_template has no %(user)s or {user} placeholder".into());
+            }
+            if template.contains('=') {
+                check_dn("bind_name_template", &filter::fill(template, "x"))?;
+            }
+        }
         if let Some(f) = &self.user_filter {
             filter::check(f).map_err(|e| Error::Config(format!("user_filter: {e}")))?;
         }
@@ -559,14 +665,23 @@ impl LdapConfig {
             check_dn("group_mapping key", group_dn)?;
             Group::new(role).map_err(|e| Error::Config(format!("group_mapping role {role:?}: {e}")))?;
         }
-        for (name, dn) in [("require_group", &self.require_group), ("deny_group", &self.deny_group)] {
-            if let Some(dn) = dn {
-                check_dn(name, dn)?;
+        for (name, query) in [("require_group", &self.require_group), ("deny_group", &self.deny_group)] {
+            if let Some(query) = query {
+                query.validate(name)?;
             }
         }
-        let flags = &self.flags_by_group;
-        for group_dn in flags.is_active.iter().chain(&flags.is_staff).chain(&flags.is_superuser) {
-            check_dn("flags_by_group", group_dn)?;
+        for (name, query) in self.flags_by_group.queries() {
+            query.validate(name)?;
+        }
+        // A mapping is in use, so group names are not roles: unless a mapped role or a flag
+        // query grants `active`, every login would be refused as inactive.
+        let maps_active =
+            self.group_mapping.values().any(|role| Group::new(role).is_ok_and(|g| g.as_str() == Group::ACTIVE));
+        if !self.group_mapping.is_empty() && !maps_active && self.flags_by_group.is_active.is_none() {
+            return bad("lock-out: no group_mapping entry maps to \"active\" and flags_by_group.is_active is \
+                 not set, so every login would be refused as inactive; map a group to \"active\" or \
+                 set flags_by_group.is_active"
+                .into());
         }
         if let Some(ca) = &self.tls.ca_file
             && !ca.is_file()
@@ -658,7 +773,7 @@ fn check_dn(what: &str, value: &str) -> Result<(), Error> {
     dn::Dn::parse(value).map(|_| ()).map_err(|e| Error::Config(format!("{what} {value:?} is not a DN: {e}")))
 }
 
-fn check_attr(attr: &str) -> Result<(), Error> {
+pub(crate) fn check_attr(attr: &str) -> Result<(), Error> {
     let ok = !attr.is_empty()
         && attr.as_bytes()[0].is_ascii_alphanumeric()
         && attr.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b';');
@@ -697,6 +812,21 @@ impl LdapConfigBuilder {
         self
     }
 
+    /// Bind as the user and read the entry and groups as the user (see
+    /// [`LdapConfig::bind_as_authenticating_user`]).
+    pub fn bind_as_authenticating_user(mut self, enabled: bool) -> Self {
+        self.0.bind_as_authenticating_user = enabled;
+        self
+    }
+
+    /// The bind name template (a UPN like `%(user)s@corp.example`, or a DN template) used with
+    /// [`LdapConfigBuilder::bind_as_authenticating_user`]; sets that too.
+    pub fn bind_name_template(mut self, template: impl Into<String>) -> Self {
+        self.0.bind_as_authenticating_user = true;
+        self.0.bind_name_template = Some(template.into());
+        self
+    }
+
     /// The user filter.
     pub fn user_filter(mut self, filter: impl Into<String>) -> Self {
         self.0.user_filter = Some(filter.into());
@@ -706,6 +836,12 @@ impl LdapConfigBuilder {
     /// The login-name attribute.
     pub fn username_attr(mut self, attr: impl Into<String>) -> Self {
         self.0.username_attr = Some(attr.into());
+        self
+    }
+
+    /// How typed login names are normalised (see [`LdapConfig::normalize_username`]).
+    pub fn normalize_username(mut self, normalize: NormalizeUsername) -> Self {
+        self.0.normalize_username = normalize;
         self
     }
 
@@ -770,15 +906,15 @@ impl LdapConfigBuilder {
         self
     }
 
-    /// A group the user must be in.
-    pub fn require_group(mut self, group_dn: impl Into<String>) -> Self {
-        self.0.require_group = Some(group_dn.into());
+    /// A group DN, or a [`GroupQuery`], the user must match.
+    pub fn require_group(mut self, query: impl Into<GroupQuery>) -> Self {
+        self.0.require_group = Some(query.into());
         self
     }
 
-    /// A group whose members are refused.
-    pub fn deny_group(mut self, group_dn: impl Into<String>) -> Self {
-        self.0.deny_group = Some(group_dn.into());
+    /// A group DN, or a [`GroupQuery`], whose matches are refused.
+    pub fn deny_group(mut self, query: impl Into<GroupQuery>) -> Self {
+        self.0.deny_group = Some(query.into());
         self
     }
 
@@ -788,9 +924,28 @@ impl LdapConfigBuilder {
         self
     }
 
+    /// Whether the account state is read (see [`LdapConfig::check_account_state`]).
+    pub fn check_account_state(mut self, check: bool) -> Self {
+        self.0.check_account_state = check;
+        self
+    }
+
+    /// Only users already in the store may log in (see [`LdapConfig::no_new_users`]).
+    pub fn no_new_users(mut self, no_new_users: bool) -> Self {
+        self.0.no_new_users = no_new_users;
+        self
+    }
+
     /// The group cache lifetime (zero turns it off).
     pub fn cache_ttl(mut self, ttl: Duration) -> Self {
         self.0.cache_ttl_secs = ttl.as_secs();
+        self
+    }
+
+    /// How old the groups that require / deny / flag checks decide on may be (see
+    /// [`LdapConfig::group_check_ttl_secs`]).
+    pub fn group_check_ttl(mut self, ttl: Duration) -> Self {
+        self.0.group_check_ttl_secs = ttl.as_secs();
         self
     }
 
@@ -930,6 +1085,10 @@ mod tests {
             ("server_uris = [\"ldaps://h\", \"ldap://10.1.2.3:389\"]", search, "ldap://10.1.2.3:389"),
             ("server_uris = [\"ldap://[2001:db8::1]\"]", &format!("{search}\n[tls]\nverify = true"), "clear text"),
             (&format!("{uris}\nmax_deactivate_percent = 101"), search, "max_deactivate_percent"),
+            (uris, &format!("{search}\n[group_mapping]\n\"cn=a,dc=x\" = \"superuser\""), "lock-out"),
+            (uris, &format!("{search}\n[flags_by_group]\nis_staff = []"), "empty group list"),
+            (uris, &format!("{search}\n[flags_by_group]\nis_active = {{ all = [] }}"), "empty group list"),
+            (&format!("{uris}\nrequire_group = []"), search, "empty group list"),
         ];
         for (top, tables, expect) in cases {
             let text = format!("{top}\n{tables}\n");
@@ -982,7 +1141,10 @@ mod tests {
             Some("(&(objectClass=*)(sAMAccountName=%(user)s))")
         );
         assert_eq!(c.profile_attr_map.attributes().count(), 6);
-        assert_eq!(c.flags_by_group.is_staff.len(), 1);
+        assert_eq!(c.flags_by_group.is_staff.as_ref().map(|q| q.dns().count()), Some(1));
+        assert!(matches!(&c.require_group, Some(GroupQuery::Any(items)) if items.len() == 2), "{:?}", c.require_group);
+        assert!(c.check_account_state && !c.no_new_users && !c.bind_as_authenticating_user);
+        assert_eq!(c.group_check_ttl_secs, 0);
     }
 
     #[test]
@@ -991,6 +1153,7 @@ mod tests {
             .bind("cn=svc,dc=x", "pw")
             .user_search("dc=x", Scope::Subtree, "(uid={user})")
             .map_group("cn=admins,dc=x", "superuser")
+            .map_group("cn=users,dc=x", "active")
             .cache_ttl(Duration::ZERO)
             .build()
             .expect("valid");

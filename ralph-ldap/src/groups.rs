@@ -2,7 +2,7 @@
 //! in-chain matching rule or client-side recursion with a cycle guard), and the TTL cache.
 
 use std::collections::{HashSet, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::debug;
 
@@ -13,6 +13,9 @@ use crate::{Error, Result, TRACE_TARGET, dn, filter};
 pub const IN_CHAIN_RULE: &str = "1.2.840.113556.1.4.1941";
 /// The root DSE capability Active Directory advertises (`LDAP_CAP_ACTIVE_DIRECTORY_OID`).
 pub const AD_CAPABILITY: &str = "1.2.840.113556.1.4.800";
+
+/// The posixAccount attribute holding the user's primary group number.
+pub(crate) const GID_NUMBER: &str = "gidNumber";
 
 /// A group the user is in, directly or through nesting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,10 +51,12 @@ impl LdapGroup {
 }
 
 /// Caches each user's resolved groups for the configured TTL (django-auth-ldap's
-/// `AUTH_LDAP_CACHE_TIMEOUT`); a TTL of zero turns it off. Failures are never cached.
+/// `AUTH_LDAP_CACHE_TIMEOUT`); a TTL of zero turns it off. Failures are never cached. Each
+/// entry remembers when it was read, so a caller may ask for one younger than the TTL (the
+/// group checks' `group_check_ttl_secs`).
 #[derive(Debug, Default)]
 pub(crate) struct GroupCache {
-    entries: Option<moka::sync::Cache<String, Vec<LdapGroup>>>,
+    entries: Option<moka::sync::Cache<String, (Instant, Vec<LdapGroup>)>>,
 }
 
 impl GroupCache {
@@ -68,12 +73,18 @@ impl GroupCache {
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<Vec<LdapGroup>> {
-        self.entries.as_ref()?.get(key)
+        self.get_within(key, Duration::MAX)
+    }
+
+    /// The cached groups when they were read no longer than `max_age` ago.
+    pub(crate) fn get_within(&self, key: &str, max_age: Duration) -> Option<Vec<LdapGroup>> {
+        let (read_at, groups) = self.entries.as_ref()?.get(key)?;
+        (read_at.elapsed() <= max_age).then_some(groups)
     }
 
     pub(crate) fn put(&self, key: String, groups: Vec<LdapGroup>) {
         if let Some(entries) = &self.entries {
-            entries.insert(key, groups);
+            entries.insert(key, (Instant::now(), groups));
         }
     }
 
@@ -100,12 +111,17 @@ pub(crate) trait Directory {
 /// require/deny/mapping rules go by DN; see [`name_all`] for names). `direct_member_of` holds
 /// the user entry's `memberOf` values when the group type is [`GroupType::MemberOf`];
 /// `use_matching_rule` says whether the in-chain rule is to be used for nesting.
+/// `primary_gid` is the user entry's `gidNumber`: for [`GroupType::Posix`], the posixGroup
+/// with that `gidNumber` is one of the user's groups even when it does not list the user in
+/// `memberUid` (a user's primary group usually does not), as django-auth-ldap's
+/// `PosixGroupType` does. A value that is not a number is ignored.
 pub(crate) async fn resolve<D: Directory>(
     config: &LdapConfig,
     directory: &D,
     user_dn: &str,
     username: &str,
     direct_member_of: &[String],
+    primary_gid: Option<&str>,
     use_matching_rule: bool,
 ) -> Result<Vec<LdapGroup>> {
     let name_attr = config.group_name_attr.as_str();
@@ -134,7 +150,11 @@ pub(crate) async fn resolve<D: Directory>(
             let search =
                 config.group_search.as_ref().ok_or_else(|| Error::Config("group type needs group_search".into()))?;
             let item = if config.group_type == GroupType::Posix {
-                format!("(memberUid={})", filter::escape(username))
+                let member_uid = format!("(memberUid={})", filter::escape(username));
+                match primary_gid.map(str::trim).filter(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit())) {
+                    Some(gid) => format!("(|{member_uid}(gidNumber={gid}))"),
+                    None => member_uid,
+                }
             } else {
                 format!("({}={})", config.group_member_attr, filter::escape(user_dn))
             };
@@ -263,12 +283,12 @@ mod tests {
         for bad in ["cn=banned,dc=x,garbage", "cn=banned\\"] {
             for name in [Some("banned"), None] {
                 let directory = Fixed(vec![group("cn=ok,dc=x", Some("ok")), group(bad, name)]);
-                let groups = resolve(&config, &directory, "uid=u,dc=x", "u", &[], false).await;
+                let groups = resolve(&config, &directory, "uid=u,dc=x", "u", &[], None, false).await;
                 assert!(matches!(groups, Err(Error::Protocol(_))), "{bad:?} named {name:?}: {groups:?}");
             }
         }
         let directory = Fixed(vec![group("CN=Banned,DC=X", Some("Banned")), group("cn=other,dc=x", None)]);
-        let groups = resolve(&config, &directory, "uid=u,dc=x", "u", &[], false).await.expect("parses");
+        let groups = resolve(&config, &directory, "uid=u,dc=x", "u", &[], None, false).await.expect("parses");
         let names: Vec<_> = groups.iter().map(|g| g.name.as_deref()).collect();
         assert_eq!(names, [Some("Banned"), Some("other")]);
     }

@@ -4,11 +4,15 @@
 //! equivalent of the django-auth-ldap setup Ralph documents, with the security details done
 //! once, properly.
 //!
-//! A login goes: empty password refused → user search (RFC 4515-escaped, ANDed with the user
-//! filter) on a pooled service-account connection → bind as the user on a bind-only
-//! connection → groups from `memberOf` or a group search, nested groups followed, cached →
-//! require / deny group → group mapping → flags → user, profile and roles mirrored through the
-//! core [`UserStore`](ralph_core::UserStore) (even when the login is then refused for not being
+//! A login goes: empty password refused → login name normalised ([`Hooks`],
+//! `normalize_username`) → user search (RFC 4515-escaped, ANDed with the user filter) on a
+//! pooled service-account connection → bind as the user on a bind-only connection (or, with
+//! `bind_as_authenticating_user`, bind first and read the entry and groups as the user) →
+//! account state (AD `userAccountControl` and friends, ppolicy locks) → `no_new_users` →
+//! groups from `memberOf` or a group search, nested groups followed, cached (group checks no
+//! older than `group_check_ttl_secs`) → require / deny [`GroupQuery`] → group mapping → flags
+//! → populate hook → user, profile and roles mirrored through the core
+//! [`UserStore`](ralph_core::UserStore) (even when the login is then refused for not being
 //! active). Unknown users and wrong passwords are "not handled" (the chain moves on); a
 //! directory that cannot be reached is an [`AuthError::Unavailable`](ralph_core::AuthError);
 //! any error while reading groups refuses the login. Referrals are never chased. Passwords
@@ -33,6 +37,7 @@
 //! The rest of this page is the crate README.
 #![doc = include_str!("../README.md")]
 
+mod account;
 mod backend;
 pub mod config;
 mod conn;
@@ -40,16 +45,20 @@ pub mod dn;
 mod error;
 pub mod filter;
 pub mod groups;
+mod hooks;
 mod mapping;
+pub mod query;
 mod sync;
 
-pub use backend::LdapBackend;
+pub use backend::{LdapBackend, Populated};
 pub use config::{
     FlagsByGroup, GroupType, LdapConfig, LdapConfigBuilder, NestedGroups, ProfileAttrMap, Scope, SearchSpec, TlsConfig,
     TlsMode, UserAttrMap,
 };
 pub use conn::Entry;
 pub use error::{Error, Result};
+pub use hooks::{Hooks, NormalizeUsername, Operation};
+pub use query::GroupQuery;
 pub use sync::{SyncOptions, SyncReport};
 
 /// The tracing target of every event this crate emits.

@@ -8,17 +8,18 @@ use tracing::debug;
 use crate::config::LdapConfig;
 use crate::conn::Entry;
 use crate::groups::LdapGroup;
+use crate::query::GroupQuery;
 use crate::{Error, Result, TRACE_TARGET, dn, filter};
 
 /// The configuration's group rules with every DN normalised once, at start.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct GroupRules {
     mapping: HashMap<String, Group>,
-    require: Option<String>,
-    deny: Option<String>,
-    active: HashSet<String>,
-    staff: HashSet<String>,
-    superuser: HashSet<String>,
+    require: Option<GroupQuery>,
+    deny: Option<GroupQuery>,
+    active: Option<GroupQuery>,
+    staff: Option<GroupQuery>,
+    superuser: Option<GroupQuery>,
 }
 
 /// What the group rules decided for one user.
@@ -39,34 +40,42 @@ impl GroupRules {
             let role = Group::new(role).map_err(|e| Error::Config(format!("group_mapping role {role:?}: {e}")))?;
             mapping.insert(dn::normalize(group_dn), role);
         }
-        let set = |dns: &[String]| dns.iter().map(|d| dn::normalize(d)).collect::<HashSet<_>>();
+        let norm = |q: &Option<GroupQuery>| q.as_ref().map(GroupQuery::normalized);
+        let flags = &config.flags_by_group;
         Ok(Self {
             mapping,
-            require: config.require_group.as_deref().map(dn::normalize),
-            deny: config.deny_group.as_deref().map(dn::normalize),
-            active: set(&config.flags_by_group.is_active),
-            staff: set(&config.flags_by_group.is_staff),
-            superuser: set(&config.flags_by_group.is_superuser),
+            require: norm(&config.require_group),
+            deny: norm(&config.deny_group),
+            active: norm(&flags.is_active),
+            staff: norm(&flags.is_staff),
+            superuser: norm(&flags.is_superuser),
         })
+    }
+
+    /// Whether any rule reads group membership to allow, refuse or flag a user (require, deny,
+    /// `flags_by_group`), as opposed to only naming roles.
+    pub(crate) fn has_checks(&self) -> bool {
+        [&self.require, &self.deny, &self.active, &self.staff, &self.superuser].iter().any(|q| q.is_some())
     }
 
     /// Applies require/deny and `flags_by_group`. Every rule names groups by DN, so this looks
     /// at every group found, named or not: a group whose name the service account cannot
     /// read (an ACL hiding `cn`) still denies, requires and sets flags.
     pub(crate) fn decide(&self, groups: &[LdapGroup]) -> Verdict {
+        // The user's group DN set, built once per decision; every query is evaluated on it.
         let dns: HashSet<String> = groups.iter().map(|g| dn::normalize(&g.dn)).collect();
         if let Some(required) = &self.require
-            && !dns.contains(required)
+            && !required.matches(&dns)
         {
             return Verdict::MissingRequired;
         }
         if let Some(denied) = &self.deny
-            && dns.contains(denied)
+            && denied.matches(&dns)
         {
             return Verdict::Denied;
         }
-        let any = |set: &HashSet<String>| !set.is_disjoint(&dns);
-        Verdict::Allowed([any(&self.active), any(&self.staff), any(&self.superuser)])
+        let flag = |q: &Option<GroupQuery>| q.as_ref().is_some_and(|q| q.matches(&dns));
+        Verdict::Allowed([flag(&self.active), flag(&self.staff), flag(&self.superuser)])
     }
 
     /// Whether roles come from group names (no mapping configured), so groups must be named
@@ -243,8 +252,10 @@ pub(crate) fn user_attributes(config: &LdapConfig, names: &NameSource) -> Vec<St
         .chain(names.attrs().iter().cloned())
         .chain(config.profile_attr_map.attributes().map(str::to_owned))
         .collect();
-    if config.group_type == crate::config::GroupType::MemberOf {
-        attrs.push(config.member_of_attr.clone());
+    match config.group_type {
+        crate::config::GroupType::MemberOf => attrs.push(config.member_of_attr.clone()),
+        crate::config::GroupType::Posix => attrs.push(crate::groups::GID_NUMBER.to_owned()),
+        crate::config::GroupType::GroupOfNames => {}
     }
     if attrs.is_empty() {
         // An empty list means "all user attributes"; ask for none instead.
@@ -290,7 +301,7 @@ mod tests {
     fn unnamed_groups_still_deny_require_map_and_flag() {
         let mut c = config();
         c.require_group = Some("cn=users,dc=x".into());
-        c.flags_by_group.is_staff = vec!["cn=it,dc=x".into()];
+        c.flags_by_group.is_staff = Some("cn=it,dc=x".into());
         let rules = GroupRules::new(&c).expect("rules");
         let users = unnamed("cn=users,dc=x");
         assert_eq!(rules.decide(&[users.clone(), unnamed("cn=banned,dc=x")]), Verdict::Denied);

@@ -5,13 +5,14 @@
 //! which makes the run suspect.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use ralph_core::store::{MirrorChange, UserMirror};
 use ralph_core::{UserSource, UserStore};
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::account::{self, Refusal};
 use crate::backend::LdapBackend;
 use crate::conn::{self, Entry};
 use crate::mapping::{self, Verdict};
@@ -26,8 +27,9 @@ pub struct SyncReport {
     pub created: usize,
     /// Existing users whose record, profile or groups were rewritten.
     pub updated: usize,
-    /// Entries skipped: no usable or an ambiguous username, refused by require/deny group, or
-    /// a username held by a local account.
+    /// Entries skipped: no usable or an ambiguous username, refused by require/deny group, a
+    /// disabled or expired account (`check_account_state`), not in the store while
+    /// `no_new_users` is set, or a username held by a local account.
     pub skipped: usize,
     /// LDAP-owned users deactivated (active before, inactive now): the group rules
     /// (require/deny group) refuse them ([`SyncReport::refused`]), or the directory no longer
@@ -40,7 +42,8 @@ pub struct SyncReport {
     /// Continuation references (referrals, e.g. to an AD child domain) returned by the server
     /// and not chased.
     pub referrals_ignored: usize,
-    /// Listed entries the group rules refused whose LDAP-owned record in the store is active
+    /// Listed entries the group rules refused, or whose account is disabled or expired
+    /// (`check_account_state`), whose LDAP-owned record in the store is active
     /// (a subset of [`SyncReport::skipped`]): deactivated unless
     /// [`SyncReport::over_deactivation_limit`].
     pub refused: usize,
@@ -179,7 +182,15 @@ impl<S: UserStore> LdapBackend<S> {
                 report.skipped += 1;
                 continue;
             }
-            let mut groups = inner.groups_of(entry, &username).await?;
+            if config.check_account_state
+                && matches!(account::refusal(entry, SystemTime::now()), Some(Refusal::Closed(_)))
+            {
+                // Disabled or expired: deactivated with the users the group rules refuse.
+                report.skipped += 1;
+                refused.push((entry, username));
+                continue;
+            }
+            let mut groups = inner.groups_of(inner, entry, &username).await?;
             let Verdict::Allowed(flags) = inner.rules.decide(&groups) else {
                 // Refused by the group rules: not imported, and deactivated after the loop if
                 // mirrored before (and within the limit: a wrong require group refuses everyone).
@@ -187,7 +198,12 @@ impl<S: UserStore> LdapBackend<S> {
                 refused.push((entry, username));
                 continue;
             };
-            let roles = inner.roles_of(entry, &mut groups).await?;
+            if config.no_new_users && inner.store.get_user(&username).await?.is_none() {
+                // NO_NEW_USERS: the sync refreshes the users the store has, and creates none.
+                report.skipped += 1;
+                continue;
+            }
+            let roles = inner.roles_of(inner, entry, &mut groups).await?;
             let user = mapping::user(config, entry, &username, &roles, flags);
             let profile = mapping::profile(config, entry);
             let groups = config.mirror_groups.then(|| roles.clone());

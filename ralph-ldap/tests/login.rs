@@ -93,7 +93,7 @@ async fn group_cycles_terminate() {
     for group_type in [GroupType::MemberOf, GroupType::GroupOfNames] {
         let mut c = ralph_config(&fx);
         c.group_mapping.clear();
-        c.flags_by_group.is_active = vec![format!("cn=_gr_ralph,ou=groups,{}", fx.base)];
+        c.flags_by_group.is_active = Some(format!("cn=_gr_ralph,ou=groups,{}", fx.base).into());
         c.group_type = group_type;
         c.group_search =
             Some(SearchSpec::new(format!("ou=groups,{}", fx.base), Scope::Subtree, "(objectClass=groupOfNames)"));
@@ -168,7 +168,7 @@ async fn require_and_deny_groups_refuse() {
     assert_eq!(b.store().get_user("mallory").await.expect("store"), None, "denied users are not imported");
 
     let mut c = ralph_config(&fx);
-    c.require_group = Some(format!("cn=_gr_ralph_staff,ou=groups,{}", fx.base));
+    c.require_group = Some(format!("cn=_gr_ralph_staff,ou=groups,{}", fx.base).into());
     let b = backend(c);
     assert_eq!(
         login(&b, "bob", "bob-pw").await.expect("decided"),
@@ -418,13 +418,13 @@ async fn a_deny_group_without_a_readable_name_still_denies() {
             .await;
     let mut base = user.config();
     base.group_name_attr = "description".into();
-    base.deny_group = Some(banned.clone());
+    base.deny_group = Some(banned.clone().into());
 
     let mut mapped = base.clone();
     mapped.group_mapping.insert(active.clone(), "active".into());
     // Without a mapping, names are roles (`active` from the description), and flags by DN.
     let mut by_name = base.clone();
-    by_name.flags_by_group.is_active = vec![active.clone()];
+    by_name.flags_by_group.is_active = Some(active.clone().into());
     for (rules, config) in [("mapping", mapped), ("names", by_name)] {
         for (what, c) in group_types(config, &fx.base) {
             let mut open = c.clone();
@@ -479,11 +479,11 @@ async fn a_deny_group_hidden_by_an_acl_still_denies() {
     }
 
     let mut base = denied.config();
-    base.deny_group = Some(banned.clone());
+    base.deny_group = Some(banned.clone().into());
     let mut mapped = base.clone();
     mapped.group_mapping.insert(active.clone(), "active".into());
     let mut by_name = base.clone();
-    by_name.flags_by_group.is_active = vec![active.clone()];
+    by_name.flags_by_group.is_active = Some(active.clone().into());
     for (rules, config) in [("mapping", mapped), ("names", by_name)] {
         for (what, c) in group_types(config, &fx.base) {
             let b = backend(c);
@@ -624,6 +624,9 @@ async fn group_cache_honours_ttl() {
         c.user_filter = None;
         c.group_mapping.clear();
         c.group_mapping.insert(group_dn.clone(), "active".into());
+        // Roles only: a group check (the fixture's deny group) would read groups afresh at
+        // every login (group_check_ttl_secs = 0, see carry_over.rs).
+        c.deny_group = None;
         c.cache_ttl_secs = ttl;
         c
     };
@@ -773,7 +776,7 @@ async fn users_refused_by_group_rules_are_deactivated_in_the_store() {
     // Same for a missing require group (alice is active and staff before).
     identity(login(&before, "alice", "alice-pw").await);
     let mut strict = ralph_config(&fx);
-    strict.require_group = Some(format!("cn=_gr_ralph_admin,ou=groups,{}", fx.base));
+    strict.require_group = Some(format!("cn=_gr_ralph_admin,ou=groups,{}", fx.base).into());
     let strict = LdapBackend::new(strict, store.clone()).expect("backend");
     assert_eq!(
         login(&strict, "alice", "alice-pw").await.expect("decided"),

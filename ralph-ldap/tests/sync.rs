@@ -303,7 +303,7 @@ async fn a_require_group_nobody_is_in_deactivates_nobody_unless_forced() {
     // A require group under a base that does not exist (in life: a typo, or an ACL hiding the
     // group): every listed user is refused by the group rules, none is missing.
     let mut wrong = config.clone();
-    wrong.require_group = Some(format!("cn=_gr_ralph,ou=no-such-groups,{}", fx.base));
+    wrong.require_group = Some(format!("cn=_gr_ralph,ou=no-such-groups,{}", fx.base).into());
     let backend = LdapBackend::new(wrong, store.clone()).expect("backend");
     let names: Vec<String> = ["alice", "bob", "carol", "dave"].map(str::to_owned).to_vec();
     for name in &names {
@@ -322,7 +322,7 @@ async fn a_require_group_nobody_is_in_deactivates_nobody_unless_forced() {
 
     // The right require group: only dave (not in _gr_ralph) is refused, 1 of 4 is under the limit.
     let mut right = config.clone();
-    right.require_group = Some(format!("cn=_gr_ralph,ou=groups,{}", fx.base));
+    right.require_group = Some(format!("cn=_gr_ralph,ou=groups,{}", fx.base).into());
     let report = LdapBackend::new(right, store.clone()).expect("backend").sync().await.expect("sync");
     assert_eq!((report.refused, report.deactivated, report.over_deactivation_limit), (1, 1, false), "{report:?}");
     assert!(!backend.store().get_user("dave").await.expect("store").expect("kept").value.is_active);

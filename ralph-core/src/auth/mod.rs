@@ -60,6 +60,24 @@ pub enum DenyReason {
     /// The user is in a group that is refused.
     #[error("member of a denied group")]
     DeniedGroup,
+    /// The account is not in the local store, and the backend may not create accounts
+    /// (django-auth-ldap's `NO_NEW_USERS`).
+    #[error("no local account for this user, and new accounts are not created")]
+    NotProvisioned,
+    /// The directory account is disabled (Active Directory `userAccountControl` 0x2).
+    #[error("account is disabled")]
+    AccountDisabled,
+    /// The directory account is locked out (AD `lockoutTime`, `userAccountControl` 0x10;
+    /// OpenLDAP `pwdAccountLockedTime`).
+    #[error("account is locked out")]
+    AccountLocked,
+    /// The directory account has expired (AD `accountExpires`).
+    #[error("account has expired")]
+    AccountExpired,
+    /// The password has expired or must be changed (AD `userAccountControl` 0x800000,
+    /// `pwdLastSet` = 0).
+    #[error("password has expired")]
+    PasswordExpired,
     /// Any other policy, in words.
     #[error("{0}")]
     Policy(String),

@@ -78,6 +78,7 @@ modulepath /usr/lib/ldap
 moduleload back_mdb
 moduleload memberof
 moduleload refint
+moduleload ppolicy
 
 pidfile $DIR/slapd.run.pid
 argsfile $DIR/slapd.args
@@ -120,6 +121,11 @@ memberof-refint TRUE
 
 overlay refint
 refint_attributes member
+
+# Password policy overlay (its schema is built in since 2.5): pwdAccountLockedTime locks an
+# account. The default policy only turns lockout on; nothing else (no expiry, no quality).
+overlay ppolicy
+ppolicy_default "cn=default,ou=policies,$BASE"
 
 access to attrs=userPassword
     by self write
