@@ -18,7 +18,7 @@ use crate::PoolConfig;
 use crate::schema_check::ServerInfo;
 use crate::sql::queue::{corrupt, micros, new_token};
 use crate::sql::scan::{assignments, record_values};
-use crate::sql::{err, push_list};
+use crate::sql::{err, push_list, returning_ids};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
 
@@ -131,10 +131,7 @@ impl Dialect for MySql {
         server: ServerTraits,
     ) -> Result<Vec<i64>, StoreError> {
         if server.insert_returning {
-            qb.push(" RETURNING id");
-            let mut ids = qb.build_query_scalar::<i64>().fetch_all(&mut *conn).await.map_err(err("job"))?;
-            ids.sort_unstable();
-            return Ok(ids);
+            return returning_ids(conn, qb).await.map_err(err("job"));
         }
         let step = sqlx::query_scalar::<_, i64>("SELECT CAST(@@SESSION.auto_increment_increment AS SIGNED)")
             .fetch_one(&mut *conn)

@@ -13,9 +13,9 @@ use sqlx::{Decode, Encode, FromRow, Postgres, QueryBuilder, Type, encode::IsNull
 
 use super::{Backend, Dialect, ObservationRow, ServerTraits, Stamp};
 use crate::PoolConfig;
-use crate::sql::err;
 use crate::sql::queue::{JobRow, micros, new_token};
 use crate::sql::scan::{INSERT_COLUMNS, set_clause};
+use crate::sql::{err, returning_id, returning_ids};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -78,22 +78,17 @@ impl Dialect for Postgres {
         result.rows_affected()
     }
 
-    async fn insert_id(conn: &mut sqlx::PgConnection, mut qb: QueryBuilder<Postgres>) -> Result<i64, sqlx::Error> {
-        qb.push(" RETURNING id");
-        qb.build_query_scalar::<i64>().fetch_one(conn).await
+    async fn insert_id(conn: &mut sqlx::PgConnection, qb: QueryBuilder<Postgres>) -> Result<i64, sqlx::Error> {
+        returning_id(conn, qb).await
     }
 
     async fn insert_ids(
         conn: &mut sqlx::PgConnection,
-        mut qb: QueryBuilder<Postgres>,
+        qb: QueryBuilder<Postgres>,
         _rows: usize,
         _server: ServerTraits,
     ) -> Result<Vec<i64>, StoreError> {
-        qb.push(" RETURNING id");
-        let mut ids = qb.build_query_scalar::<i64>().fetch_all(conn).await.map_err(err("job"))?;
-        // Ids come from the sequence in the order of the VALUES rows.
-        ids.sort_unstable();
-        Ok(ids)
+        returning_ids(conn, qb).await.map_err(err("job"))
     }
 
     async fn server_traits(_pool: &PgPool) -> Result<ServerTraits, StoreError> {
@@ -162,46 +157,60 @@ impl Dialect for Postgres {
         _server: ServerTraits,
     ) -> Result<RecordSummary, StoreError> {
         let update = set_clause(|c| format!("EXCLUDED.{c}"), |c| format!("ip_addresses.{c}"), "LEAST", dead_ping_limit);
-        let mut qb = QueryBuilder::new("WITH input AS (SELECT * FROM UNNEST(");
-        let mut arrays = qb.separated(", ");
-        arrays.push_bind(rows.iter().map(|r| r.address.as_str()).collect::<Vec<_>>()).push_unseparated("::TEXT[]");
-        arrays.push_bind(rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>()).push_unseparated("::TEXT[]");
-        arrays.push_bind(rows.iter().map(|r| r.seen_at).collect::<Vec<_>>()).push_unseparated("::TIMESTAMPTZ[]");
-        arrays.push_bind(rows.iter().map(ObservationRow::dead_flag).collect::<Vec<_>>()).push_unseparated("::BIGINT[]");
-        for column in [
-            rows.iter().map(|r| r.http_family).collect::<Vec<_>>(),
-            rows.iter().map(|r| r.snmp_name).collect(),
-            rows.iter().map(|r| r.snmp_community).collect(),
-            rows.iter().map(|r| r.snmp_version).collect(),
-            rows.iter().map(|r| r.checksum).collect(),
-        ] {
-            arrays.push_bind(column).push_unseparated("::TEXT[]");
+        let mut summary = RecordSummary::default();
+        for chunk in rows.chunks(ARRAY_CHUNK) {
+            let counts = upsert_chunk(tx, chunk, &update).await?;
+            let count = |n: i64| u64::try_from(n).unwrap_or(0);
+            summary.inserted += count(counts.inserted);
+            summary.updated += count(counts.updated);
+            summary.changed += count(counts.changed);
         }
-        qb.push(format!(
-            ") AS t({INSERT_COLUMNS})), \
-             old AS ( \
-               SELECT a.is_buried, a.scan_checksum AS old_sum, i.scan_checksum AS new_sum \
-               FROM input i JOIN ip_addresses a ON a.ip_key = i.ip_key), \
-             up AS ( \
-               INSERT INTO ip_addresses ({INSERT_COLUMNS}) \
-               SELECT i.* FROM input i WHERE i.dead_ping_count = 0 \
-                 OR EXISTS (SELECT 1 FROM ip_addresses a WHERE a.ip_key = i.ip_key AND NOT a.is_buried) \
-               ON CONFLICT (ip_key) DO UPDATE SET {update} WHERE NOT ip_addresses.is_buried \
-               RETURNING (xmax = 0) AS fresh) \
-             SELECT \
-               (SELECT COUNT(*) FROM up WHERE fresh) AS inserted, \
-               (SELECT COUNT(*) FROM old WHERE NOT is_buried) AS updated, \
-               (SELECT COUNT(*) FROM old WHERE NOT is_buried AND new_sum IS NOT NULL \
-                  AND old_sum IS DISTINCT FROM new_sum) AS changed"
-        ));
-        let counts = qb.build_query_as::<Counts>().fetch_one(&mut **tx).await.map_err(err("IP address"))?;
-        let count = |n: i64| u64::try_from(n).unwrap_or(0);
-        Ok(RecordSummary {
-            inserted: count(counts.inserted),
-            updated: count(counts.updated),
-            changed: count(counts.changed),
-        })
+        Ok(summary)
     }
+}
+
+/// Observations per upsert statement (the length of each bound array).
+const ARRAY_CHUNK: usize = 10_000;
+
+/// One upsert statement over `UNNEST`ed column arrays; `update` is the conflict clause.
+async fn upsert_chunk(
+    tx: &mut sqlx::Transaction<'static, Postgres>,
+    rows: &[ObservationRow<'_>],
+    update: &str,
+) -> Result<Counts, StoreError> {
+    let mut qb = QueryBuilder::new("WITH input AS (SELECT * FROM UNNEST(");
+    let mut arrays = qb.separated(", ");
+    arrays.push_bind(rows.iter().map(|r| r.address.as_str()).collect::<Vec<_>>()).push_unseparated("::TEXT[]");
+    arrays.push_bind(rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>()).push_unseparated("::TEXT[]");
+    arrays.push_bind(rows.iter().map(|r| r.seen_at).collect::<Vec<_>>()).push_unseparated("::TIMESTAMPTZ[]");
+    arrays.push_bind(rows.iter().map(ObservationRow::dead_flag).collect::<Vec<_>>()).push_unseparated("::BIGINT[]");
+    for column in [
+        rows.iter().map(|r| r.http_family).collect::<Vec<_>>(),
+        rows.iter().map(|r| r.snmp_name).collect(),
+        rows.iter().map(|r| r.snmp_community).collect(),
+        rows.iter().map(|r| r.snmp_version).collect(),
+        rows.iter().map(|r| r.checksum).collect(),
+    ] {
+        arrays.push_bind(column).push_unseparated("::TEXT[]");
+    }
+    qb.push(format!(
+        ") AS t({INSERT_COLUMNS})), \
+         old AS ( \
+           SELECT a.is_buried, a.scan_checksum AS old_sum, i.scan_checksum AS new_sum \
+           FROM input i JOIN ip_addresses a ON a.ip_key = i.ip_key), \
+         up AS ( \
+           INSERT INTO ip_addresses ({INSERT_COLUMNS}) \
+           SELECT i.* FROM input i WHERE i.dead_ping_count = 0 \
+             OR EXISTS (SELECT 1 FROM ip_addresses a WHERE a.ip_key = i.ip_key AND NOT a.is_buried) \
+           ON CONFLICT (ip_key) DO UPDATE SET {update} WHERE NOT ip_addresses.is_buried \
+           RETURNING (xmax = 0) AS fresh) \
+         SELECT \
+           (SELECT COUNT(*) FROM up WHERE fresh) AS inserted, \
+           (SELECT COUNT(*) FROM old WHERE NOT is_buried) AS updated, \
+           (SELECT COUNT(*) FROM old WHERE NOT is_buried AND new_sum IS NOT NULL \
+              AND old_sum IS DISTINCT FROM new_sum) AS changed"
+    ));
+    qb.build_query_as::<Counts>().fetch_one(&mut **tx).await.map_err(err("IP address"))
 }
 
 impl Backend for Postgres {}

@@ -16,9 +16,9 @@ use sqlx::{Decode, Encode, QueryBuilder, Sqlite, Type, encode::IsNull};
 
 use super::{Backend, Dialect, ObservationRow, ServerTraits, Stamp};
 use crate::PoolConfig;
-use crate::sql::err;
 use crate::sql::queue::{JobRow, micros, new_token};
 use crate::sql::scan::{record_values, set_clause};
+use crate::sql::{err, returning_id, returning_ids};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -91,21 +91,17 @@ impl Dialect for Sqlite {
         result.rows_affected()
     }
 
-    async fn insert_id(conn: &mut sqlx::SqliteConnection, mut qb: QueryBuilder<Sqlite>) -> Result<i64, sqlx::Error> {
-        qb.push(" RETURNING id");
-        qb.build_query_scalar::<i64>().fetch_one(conn).await
+    async fn insert_id(conn: &mut sqlx::SqliteConnection, qb: QueryBuilder<Sqlite>) -> Result<i64, sqlx::Error> {
+        returning_id(conn, qb).await
     }
 
     async fn insert_ids(
         conn: &mut sqlx::SqliteConnection,
-        mut qb: QueryBuilder<Sqlite>,
+        qb: QueryBuilder<Sqlite>,
         _rows: usize,
         _server: ServerTraits,
     ) -> Result<Vec<i64>, StoreError> {
-        qb.push(" RETURNING id");
-        let mut ids = qb.build_query_scalar::<i64>().fetch_all(conn).await.map_err(err("job"))?;
-        ids.sort_unstable();
-        Ok(ids)
+        returning_ids(conn, qb).await.map_err(err("job"))
     }
 
     async fn server_traits(_pool: &SqlitePool) -> Result<ServerTraits, StoreError> {

@@ -136,6 +136,37 @@ where
     }
 }
 
+/// Runs the `INSERT` in `qb` with `RETURNING id` (SQLite, PostgreSQL, MariaDB) and returns the
+/// generated ids, ascending (the order of the `VALUES` rows).
+pub(crate) async fn returning_ids<DB>(
+    conn: &mut DB::Connection,
+    mut qb: QueryBuilder<DB>,
+) -> Result<Vec<i64>, sqlx::Error>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'q> i64: sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+{
+    qb.push(" RETURNING id");
+    let mut ids = qb.build_query_scalar::<i64>().fetch_all(&mut *conn).await?;
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Like [`returning_ids`] for a one-row `INSERT`.
+pub(crate) async fn returning_id<DB>(conn: &mut DB::Connection, qb: QueryBuilder<DB>) -> Result<i64, sqlx::Error>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'q> i64: sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+{
+    returning_ids(conn, qb).await?.into_iter().next().ok_or(sqlx::Error::RowNotFound)
+}
+
 /// Pushes `?, ?, ...` binding each of `values` (an `IN (...)` list).
 pub(crate) fn push_list<'t, DB, T>(qb: &mut QueryBuilder<DB>, values: impl IntoIterator<Item = T>)
 where
