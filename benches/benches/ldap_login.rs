@@ -538,7 +538,7 @@ async fn naive_login(d: Arc<Directory>, store: AnyStore, i: usize) -> Result<(),
         u.is_active = active;
         let groups = if active { vec![Group::new("active").map_err(|e| e.to_string())?] } else { Vec::new() };
         store
-            .mirror_user(&UserMirror { user: u, profile: None, groups: Some(groups) })
+            .mirror_user(&UserMirror { user: u, profile: None, groups: Some(groups), group_scope: Default::default() })
             .await
             .map_err(|e| error_chain(&e))?;
         if active { Ok(()) } else { Err("not in the active group".to_owned()) }
@@ -555,7 +555,7 @@ async fn mirror_alone(store: AnyStore, i: usize) -> Result<(), String> {
     u.source = UserSource::Ldap;
     let groups = vec![Group::new("active").map_err(|e| e.to_string())?];
     store
-        .mirror_user(&UserMirror { user: u, profile: None, groups: Some(groups) })
+        .mirror_user(&UserMirror { user: u, profile: None, groups: Some(groups), group_scope: Default::default() })
         .await
         .map(drop)
         .map_err(|e| error_chain(&e))

@@ -539,19 +539,23 @@ impl FreshDb {
         match backend {
             Backend::Postgres => {
                 let mut admin = sqlx::PgConnection::connect(&base_url).await.expect("connect to PostgreSQL");
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0")))
-                    .execute(&mut admin)
-                    .await
-                    .expect("create a PostgreSQL database");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0"
+                )))
+                .execute(&mut admin)
+                .await
+                .expect("create a PostgreSQL database");
                 let _ = admin.close().await;
             }
             Backend::MySql => {
                 let mut admin = sqlx::MySqlConnection::connect(&base_url).await.expect("connect to MariaDB");
                 let collation = ralph_store::MYSQL_COLLATION;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE {collation}")))
-                    .execute(&mut admin)
-                    .await
-                    .expect("create a MariaDB database");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE {collation}"
+                )))
+                .execute(&mut admin)
+                .await
+                .expect("create a MariaDB database");
                 let _ = admin.close().await;
             }
             Backend::Sqlite => unreachable!("handled above"),
@@ -567,14 +571,17 @@ impl FreshDb {
         match self.backend {
             Backend::Postgres => {
                 if let Ok(mut admin) = sqlx::PgConnection::connect(base_url).await {
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
-                        .execute(&mut admin)
-                        .await;
+                    let _ =
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+                            .execute(&mut admin)
+                            .await;
                 }
             }
             Backend::MySql => {
                 if let Ok(mut admin) = sqlx::MySqlConnection::connect(base_url).await {
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`"))).execute(&mut admin).await;
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`")))
+                        .execute(&mut admin)
+                        .await;
                 }
             }
             Backend::Sqlite => {}

@@ -66,7 +66,7 @@ pub use queue::{FailOutcome, Job, JobQueue, QueueStats, RetryPolicy};
 pub use scan::{Observation, RecordSummary, ScanResultStore, apply_observation};
 pub use secret::Secret;
 pub use status::{AssetStatus, Transition, TransitionGraph};
-pub use store::{InventoryStore, MirrorChange, Mirrored, Repository, UserMirror, UserStore};
+pub use store::{GroupScope, InventoryStore, MirrorChange, Mirrored, Repository, UserMirror, UserStore};
 pub use user::{Group, Profile, User, UserSource, apply_role_flags, check_username};
 
 /// `Result` with a [`ValidationError`] by default.

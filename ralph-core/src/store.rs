@@ -3,6 +3,7 @@
 //! Every write validates the value first ([`Entity::validate`] plus the rules that need other
 //! rows, such as rack overlaps) and either writes everything or nothing.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use async_trait::async_trait;
@@ -85,8 +86,57 @@ pub struct UserMirror {
     pub user: User,
     /// The profile to store; `None` leaves the stored one alone.
     pub profile: Option<Profile>,
-    /// The complete group list to store; `None` leaves groups alone (mirroring off).
+    /// The group list to store (within [`UserMirror::group_scope`]); `None` leaves groups alone
+    /// (mirroring off).
     pub groups: Option<Vec<Group>>,
+    /// Which of the user's groups [`UserMirror::groups`] replaces; the others (roles given by
+    /// hand in the inventory) are left as they are.
+    pub group_scope: GroupScope,
+}
+
+impl UserMirror {
+    /// A mirror of `user` alone: profile and groups left as stored.
+    #[must_use]
+    pub fn new(user: User) -> Self {
+        Self { user, profile: None, groups: None, group_scope: GroupScope::All }
+    }
+
+    /// The user's groups after this mirror, given the `current` ones: the current groups
+    /// outside the scope, plus the mirrored ones inside it. `None` when the mirror leaves
+    /// groups alone.
+    #[must_use]
+    pub fn resulting_groups<'a>(&self, current: impl IntoIterator<Item = &'a str>) -> Option<BTreeSet<String>> {
+        let groups = self.groups.as_ref()?;
+        let kept = current.into_iter().filter(|g| !self.group_scope.manages(g)).map(str::to_owned);
+        let mirrored = groups.iter().map(Group::as_str).filter(|g| self.group_scope.manages(g)).map(str::to_owned);
+        Some(kept.chain(mirrored).collect())
+    }
+}
+
+/// Which of a user's groups a mirror manages: django-auth-ldap's `MIRROR_GROUPS` (a list of
+/// names: only those) and `MIRROR_GROUPS_EXCEPT` (all but those). Names compare exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum GroupScope {
+    /// Every group: the mirror's list is the user's whole group list.
+    #[default]
+    All,
+    /// Only these groups are mirrored; the user's other groups are kept.
+    Only(BTreeSet<String>),
+    /// Every group but these; the user's memberships of these are kept.
+    Except(BTreeSet<String>),
+}
+
+impl GroupScope {
+    /// Whether a mirror in this scope adds and removes membership of `group`.
+    #[must_use]
+    pub fn manages(&self, group: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(names) => names.contains(group),
+            Self::Except(names) => !names.contains(group),
+        }
+    }
 }
 
 /// What [`UserStore::mirror_user`] did to the store.
@@ -145,10 +195,24 @@ pub trait UserStore: Send + Sync {
     /// written (group memberships are diffed, not replaced).
     ///
     /// # Errors
-    /// [`StoreError::Conflict`] when an LDAP mirror meets a local account of the same name
-    /// (the local account is left as it is); [`StoreError::Invalid`] for an invalid user or
+    /// [`StoreError::Conflict`] when an LDAP mirror meets a local account of the same name, or
+    /// an account another directory owns (the account is left as it is); [`StoreError::Invalid`] for an invalid user or
     /// profile; nothing is written in either case.
     async fn mirror_user(&self, mirror: &UserMirror) -> Result<Mirrored, StoreError>;
+    /// Mirrors a page of users (a bulk sync): one result per mirror, in order, each as
+    /// [`UserStore::mirror_user`] would give it (a refused user does not stop the others).
+    /// Stores override it to find the unchanged users of the page with one read and write
+    /// only the others.
+    ///
+    /// # Errors
+    /// A failure that concerns the whole page (the database is unreachable).
+    async fn mirror_users(&self, mirrors: &[UserMirror]) -> Result<Vec<Result<Mirrored, StoreError>>, StoreError> {
+        let mut results = Vec::with_capacity(mirrors.len());
+        for mirror in mirrors {
+            results.push(self.mirror_user(mirror).await);
+        }
+        Ok(results)
+    }
     /// Sets `is_active = false` on the named users; returns how many changed.
     async fn deactivate_users(&self, usernames: &[String]) -> Result<u64, StoreError>;
 }
@@ -190,6 +254,9 @@ impl<S: UserStore + ?Sized> UserStore for std::sync::Arc<S> {
     }
     async fn mirror_user(&self, mirror: &UserMirror) -> Result<Mirrored, StoreError> {
         (**self).mirror_user(mirror).await
+    }
+    async fn mirror_users(&self, mirrors: &[UserMirror]) -> Result<Vec<Result<Mirrored, StoreError>>, StoreError> {
+        (**self).mirror_users(mirrors).await
     }
     async fn deactivate_users(&self, usernames: &[String]) -> Result<u64, StoreError> {
         (**self).deactivate_users(usernames).await

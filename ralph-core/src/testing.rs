@@ -19,7 +19,7 @@
 //!
 //! let store = MemoryStore::new();
 //! let user = User { source: UserSource::Ldap, ..User::new("jan")? };
-//! let mirror = UserMirror { user, profile: None, groups: None };
+//! let mirror = UserMirror { user, profile: None, groups: None, group_scope: Default::default() };
 //! assert_eq!(store.mirror_user(&mirror).await?.change, MirrorChange::Created);
 //! assert_eq!(store.clone().mirror_user(&mirror).await?.change, MirrorChange::Unchanged);
 //! # Ok::<(), Box<dyn std::error::Error>>(())

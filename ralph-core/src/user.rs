@@ -60,6 +60,11 @@ pub struct User {
     pub is_superuser: bool,
     /// Where the account comes from.
     pub source: UserSource,
+    /// The directory (LDAP realm, such as `corp` or `lab.example`) that owns an LDAP account
+    /// when several are configured; `None` for local accounts and for a single unnamed
+    /// directory. A mirror from one directory never takes over an account another one owns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<String>,
 }
 
 impl User {
@@ -77,6 +82,7 @@ impl User {
             is_staff: false,
             is_superuser: false,
             source: UserSource::Local,
+            directory: None,
         })
     }
 
@@ -98,6 +104,12 @@ impl User {
         check_len("last_name", &self.last_name, 150)?;
         if let Some(email) = &self.email {
             check_len("email", email, 254)?;
+        }
+        if let Some(directory) = &self.directory {
+            if directory.trim().is_empty() {
+                return Err(ValidationError::Empty { field: "directory" });
+            }
+            check_len("directory", directory, 64)?;
         }
         Ok(())
     }

@@ -375,6 +375,7 @@ impl<S: UserStore> Inner<S> {
             user: user.clone(),
             profile: profile.clone(),
             groups: self.config.mirror_groups.then(|| roles.clone()),
+            group_scope: Default::default(),
         };
         // No process-local "already mirrored" shortcut: it cannot see another process's (or a
         // person's) writes. An unchanged mirror is a read in the store, not a write.
@@ -415,6 +416,7 @@ fn refused_mirror(config: &LdapConfig, entry: &Entry, username: &str) -> UserMir
         user: mapping::user(config, entry, username, &[], [false; 3]),
         profile: mapping::profile(config, entry),
         groups: config.mirror_groups.then(Vec::new),
+        group_scope: Default::default(),
     }
 }
 

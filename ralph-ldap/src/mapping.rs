@@ -196,6 +196,7 @@ pub(crate) fn user(config: &LdapConfig, entry: &Entry, username: &str, roles: &[
         is_staff: false,
         is_superuser: false,
         source: UserSource::Ldap,
+        directory: None,
     };
     apply_role_flags(&mut user, roles);
     user.is_active |= flags[0];

@@ -207,7 +207,11 @@ impl<S: UserStore> LdapBackend<S> {
             let user = mapping::user(config, entry, &username, &roles, flags);
             let profile = mapping::profile(config, entry);
             let groups = config.mirror_groups.then(|| roles.clone());
-            match inner.store.mirror_user(&UserMirror { user: user.clone(), profile, groups }).await {
+            match inner
+                .store
+                .mirror_user(&UserMirror { user: user.clone(), profile, groups, group_scope: Default::default() })
+                .await
+            {
                 Ok(mirrored) => match mirrored.change {
                     MirrorChange::Created => report.created += 1,
                     MirrorChange::Updated => report.updated += 1,

@@ -33,14 +33,22 @@ async fn serial_sync_pages_through_every_user_then_deactivates_the_missing() {
     // An LDAP-owned user the directory does not know, and a local one the sync must not touch.
     let mut ghost = User::new("ghost").expect("valid");
     ghost.source = UserSource::Ldap;
-    backend.store().mirror_user(&UserMirror { user: ghost, profile: None, groups: None }).await.expect("ghost");
+    backend
+        .store()
+        .mirror_user(&UserMirror { user: ghost, profile: None, groups: None, group_scope: Default::default() })
+        .await
+        .expect("ghost");
     backend.store().create_user(&User::new("local-admin").expect("valid")).await.expect("local");
     // mallory, mirrored active (with a role) before the deny group banned her.
     let mut mallory = User::new("mallory").expect("valid");
     mallory.source = UserSource::Ldap;
     mallory.is_staff = true;
     let roles = Some(vec![ralph_core::Group::new("staff").expect("valid")]);
-    backend.store().mirror_user(&UserMirror { user: mallory, profile: None, groups: roles }).await.expect("mallory");
+    backend
+        .store()
+        .mirror_user(&UserMirror { user: mallory, profile: None, groups: roles, group_scope: Default::default() })
+        .await
+        .expect("mallory");
 
     let report = backend.sync().await.expect("sync");
     let expected = fx.bulk_users + 12; // named users in ralph-users (twins count twice)
@@ -91,7 +99,11 @@ async fn sync_can_leave_missing_users_active() {
     let backend = LdapBackend::new(config, store).expect("backend");
     let mut ghost = User::new("ghost").expect("valid");
     ghost.source = UserSource::Ldap;
-    backend.store().mirror_user(&UserMirror { user: ghost, profile: None, groups: None }).await.expect("ghost");
+    backend
+        .store()
+        .mirror_user(&UserMirror { user: ghost, profile: None, groups: None, group_scope: Default::default() })
+        .await
+        .expect("ghost");
     let report = backend.sync().await.expect("sync");
     assert_eq!((report.seen, report.created, report.deactivated), (1, 1, 0), "{report:?}");
     assert!(backend.store().get_user("ghost").await.expect("store").expect("kept").value.is_active);
@@ -111,7 +123,11 @@ async fn a_failed_listing_deactivates_nobody() {
     let backend = LdapBackend::new(config, store).expect("backend");
     let mut ghost = User::new("ghost").expect("valid");
     ghost.source = UserSource::Ldap;
-    backend.store().mirror_user(&UserMirror { user: ghost, profile: None, groups: None }).await.expect("ghost");
+    backend
+        .store()
+        .mirror_user(&UserMirror { user: ghost, profile: None, groups: None, group_scope: Default::default() })
+        .await
+        .expect("ghost");
     let err = backend.sync().await.expect_err("directory down");
     assert!(err.is_unavailable(), "{err:?}");
     assert!(backend.store().get_user("ghost").await.expect("store").expect("kept").value.is_active);
@@ -176,7 +192,11 @@ async fn serial_a_listing_that_met_a_referral_deactivates_no_missing_user() {
     // A user living behind the referral (the child domain): the listing cannot see it.
     let mut child = User::new("child-user").expect("valid");
     child.source = UserSource::Ldap;
-    backend.store().mirror_user(&UserMirror { user: child, profile: None, groups: None }).await.expect("child");
+    backend
+        .store()
+        .mirror_user(&UserMirror { user: child, profile: None, groups: None, group_scope: Default::default() })
+        .await
+        .expect("child");
 
     let report = backend.sync().await;
     common::delete(&mut admin, &[&referral]).await;
@@ -224,7 +244,11 @@ async fn ghosts(backend: &LdapBackend<MemoryStore>, n: usize) -> Vec<String> {
         let mut ghost = User::new(&format!("ghost{i}")).expect("valid");
         ghost.source = UserSource::Ldap;
         names.push(ghost.username.clone());
-        backend.store().mirror_user(&UserMirror { user: ghost, profile: None, groups: None }).await.expect("ghost");
+        backend
+            .store()
+            .mirror_user(&UserMirror { user: ghost, profile: None, groups: None, group_scope: Default::default() })
+            .await
+            .expect("ghost");
     }
     names
 }
@@ -310,7 +334,11 @@ async fn a_require_group_nobody_is_in_deactivates_nobody_unless_forced() {
         let mut user = User::new(name).expect("valid");
         user.source = UserSource::Ldap;
         user.is_active = true;
-        backend.store().mirror_user(&UserMirror { user, profile: None, groups: None }).await.expect("mirror");
+        backend
+            .store()
+            .mirror_user(&UserMirror { user, profile: None, groups: None, group_scope: Default::default() })
+            .await
+            .expect("mirror");
     }
     let report = backend.sync().await.expect("sync");
     assert_eq!((report.seen, report.skipped, report.refused, report.missing), (4, 4, 4, 0), "{report:?}");

@@ -27,10 +27,10 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 use ralph_core::{
-    AssetStatus, Component, ComponentKind, DataCenter, Device, DeviceModel, DeviceType, Group, HostnameTemplate, Id,
-    InventoryStore, IpAddress, IpStatus, MacAddress, MirrorChange, Network, NetworkEnvironment, Orientation, Placement,
-    Profile, Rack, Repository, Secret, ServerRoom, SnmpVersion, StoreError, TransitionGraph, User, UserMirror,
-    UserSource, UserStore, ValidationError,
+    AssetStatus, Component, ComponentKind, DataCenter, Device, DeviceModel, DeviceType, Group, GroupScope,
+    HostnameTemplate, Id, InventoryStore, IpAddress, IpStatus, MacAddress, MirrorChange, Network, NetworkEnvironment,
+    Orientation, Placement, Profile, Rack, Repository, Secret, ServerRoom, SnmpVersion, StoreError, TransitionGraph,
+    User, UserMirror, UserSource, UserStore, ValidationError,
 };
 
 type Counts = [usize; 9];
@@ -448,6 +448,7 @@ pub async fn users_profiles_groups<S: UserStore>(s: &S) {
         user: bob.clone(),
         profile: Some(Profile { manager: Some("Alice".into()), ..Profile::default() }),
         groups: Some(groups(&["active", "ldap-admins"])),
+        group_scope: Default::default(),
     };
     let bob_id = s.mirror_user(&mirror).await.expect("mirror").id;
     assert_eq!(s.get_user("bob").await.expect("get").map(|r| (r.id, r.value)), Some((bob_id, bob.clone())));
@@ -468,6 +469,7 @@ pub async fn users_profiles_groups<S: UserStore>(s: &S) {
         user: User::new("dave").expect("u"),
         profile: Some(Profile { company: Some("x".repeat(300)), ..Profile::default() }),
         groups: None,
+        group_scope: Default::default(),
     };
     assert!(s.mirror_user(&bad).await.expect_err("too long").is_invalid());
     assert!(s.get_user("dave").await.expect("get").is_none(), "nothing written");
@@ -507,7 +509,11 @@ pub async fn usernames_match_exactly<S: UserStore>(s: &S) {
     // An LDAP user whose name differs only by accent or case is a new account: the local admin
     // keeps its source and password.
     let ldap = User { source: UserSource::Ldap, ..User::new("Ádmin").expect("user") };
-    let ldap_id = s.mirror_user(&UserMirror { user: ldap, profile: None, groups: None }).await.expect("mirror").id;
+    let ldap_id = s
+        .mirror_user(&UserMirror { user: ldap, profile: None, groups: None, group_scope: Default::default() })
+        .await
+        .expect("mirror")
+        .id;
     assert!(ldap_id != admin_id && ldap_id != capital);
     let stored = s.get_user("admin").await.expect("get").expect("admin");
     assert_eq!((stored.id, stored.value), (admin_id, admin));
@@ -536,6 +542,7 @@ pub async fn mirror_keeps_local_accounts<S: UserStore>(s: &S) {
         user: User { source: UserSource::Ldap, first_name: "Directory".into(), ..User::new("root").expect("user") },
         profile: Some(Profile { company: Some("Evil".into()), ..Profile::default() }),
         groups: Some(vec![Group::new("ldap").expect("group")]),
+        group_scope: Default::default(),
     };
     let error = s.mirror_user(&mirror).await.expect_err("local account");
     assert!(error.is_conflict(), "{error:?}");
@@ -546,7 +553,12 @@ pub async fn mirror_keeps_local_accounts<S: UserStore>(s: &S) {
     assert_eq!(s.user_groups("root").await.expect("groups"), [Group::new("superusers").expect("group")]);
     assert!(s.get_profile("root").await.expect("profile").is_none());
     // A local mirror of a local account still updates it.
-    let local = UserMirror { user: User { is_staff: true, ..root.clone() }, profile: None, groups: None };
+    let local = UserMirror {
+        user: User { is_staff: true, ..root.clone() },
+        profile: None,
+        groups: None,
+        group_scope: Default::default(),
+    };
     assert_eq!(s.mirror_user(&local).await.expect("local mirror").id, root_id);
     assert!(s.get_user("root").await.expect("get").expect("root").value.is_staff);
     assert_eq!(s.password_hash("root").await.expect("hash").as_deref(), Some("$argon2id$root"));
@@ -561,6 +573,7 @@ fn ldap_mirror(username: &str, groups: &[Group]) -> UserMirror {
         user: User { source: UserSource::Ldap, last_name: "Mirror".into(), ..User::new(username).expect("user") },
         profile: Some(Profile { company: Some("Allegro".into()), country: None, ..Profile::default() }),
         groups: Some(groups.to_vec()),
+        group_scope: Default::default(),
     }
 }
 
@@ -604,6 +617,110 @@ pub async fn mirror_reports_what_changed<S: UserStore>(s: &S) {
 
 /// 48 concurrent first logins (16 of one user, 32 of users of their own, all sharing groups) on
 /// the caller's tokio runtime: every mirror succeeds, exactly one creation per user, every user
+fn names(groups: &[Group]) -> Vec<&str> {
+    groups.iter().map(Group::as_str).collect()
+}
+
+/// A mirror with a group scope (django-auth-ldap `MIRROR_GROUPS` / `MIRROR_GROUPS_EXCEPT`)
+/// changes memberships inside the scope only: roles given by hand outside it survive every
+/// login, and a mirror that matches inside the scope writes nothing.
+pub async fn mirror_group_scope_keeps_other_groups<S: UserStore>(s: &S) {
+    let first = ldap_mirror("scoped", &groups(&["active", "staff"]));
+    s.mirror_user(&first).await.expect("first login");
+    // A role given by hand in the inventory.
+    s.set_user_groups("scoped", &groups(&["active", "assets-buyer", "staff"])).await.expect("hand role");
+
+    let except = GroupScope::Except(["assets-buyer".to_owned()].into());
+    let again = UserMirror { group_scope: except.clone(), ..first.clone() };
+    let m = s.mirror_user(&again).await.expect("mirror within the exception list");
+    assert_eq!(m.change, MirrorChange::Unchanged, "the hand role is outside the scope: nothing to write");
+    assert_eq!(names(&s.user_groups("scoped").await.expect("groups")), ["active", "assets-buyer", "staff"]);
+
+    let demoted = UserMirror { groups: Some(groups(&["active"])), group_scope: except, ..first.clone() };
+    assert_eq!(s.mirror_user(&demoted).await.expect("demote").change, MirrorChange::Updated);
+    assert_eq!(names(&s.user_groups("scoped").await.expect("groups")), ["active", "assets-buyer"]);
+
+    // Only "staff" is mirrored: "active" and the hand role stay, "staff" comes and goes.
+    let only = GroupScope::Only(["staff".to_owned()].into());
+    let promoted =
+        UserMirror { groups: Some(groups(&["staff", "superuser"])), group_scope: only.clone(), ..first.clone() };
+    assert_eq!(s.mirror_user(&promoted).await.expect("promote").change, MirrorChange::Updated);
+    assert_eq!(
+        names(&s.user_groups("scoped").await.expect("groups")),
+        ["active", "assets-buyer", "staff"],
+        "superuser is outside the scope and not added"
+    );
+    let none = UserMirror { groups: Some(Vec::new()), group_scope: only, ..first };
+    s.mirror_user(&none).await.expect("remove staff");
+    assert_eq!(names(&s.user_groups("scoped").await.expect("groups")), ["active", "assets-buyer"]);
+}
+
+/// With several directories, the account records which one owns it: a mirror of the same
+/// username from another directory is refused and writes nothing, the owner's mirror goes on.
+pub async fn mirror_keeps_directories_apart<S: UserStore>(s: &S) {
+    let mut corp = ldap_mirror("shared-name", &groups(&["active"]));
+    corp.user.directory = Some("corp".into());
+    let created = s.mirror_user(&corp).await.expect("corp creates the account");
+    assert_eq!(created.change, MirrorChange::Created);
+    let stored = s.get_user("shared-name").await.expect("read").expect("exists");
+    assert_eq!(stored.value.directory.as_deref(), Some("corp"), "the owner is stored");
+
+    let mut lab = ldap_mirror("shared-name", &groups(&["active", "superuser"]));
+    lab.user.directory = Some("lab".into());
+    lab.user.first_name = "Intruder".into();
+    let refused = s.mirror_user(&lab).await;
+    assert!(matches!(refused, Err(StoreError::Conflict { .. })), "{refused:?}");
+    let unnamed = UserMirror { user: User { directory: None, ..lab.user.clone() }, ..lab.clone() };
+    assert!(s.mirror_user(&unnamed).await.is_err_and(|e| e.is_conflict()), "no directory is another directory");
+    let after = s.get_user("shared-name").await.expect("read").expect("exists");
+    assert_eq!(after.value, stored.value, "nothing of the other directory's entry was written");
+    assert_eq!(names(&s.user_groups("shared-name").await.expect("groups")), ["active"]);
+
+    let renamed = UserMirror { user: User { first_name: "Corp".into(), ..corp.user.clone() }, ..corp };
+    assert_eq!(s.mirror_user(&renamed).await.expect("owner").change, MirrorChange::Updated);
+    let empty = User { directory: Some(" ".into()), ..renamed.user };
+    assert!(s.mirror_user(&UserMirror::new(empty)).await.is_err_and(|e| e.is_invalid()));
+}
+
+/// A page of mirrors (bulk sync) gives one result per mirror, in order: unchanged users are
+/// reported unchanged, changed ones written, and a refused one does not stop the others.
+pub async fn mirror_users_reports_each<S: UserStore>(s: &S) {
+    let page: Vec<UserMirror> = (0..7).map(|i| ldap_mirror(&format!("page-{i}"), &groups(&["active"]))).collect();
+    s.mirror_user(&page[0]).await.expect("page-0 exists");
+    s.mirror_user(&page[1]).await.expect("page-1 exists");
+    s.create_user(&User::new("page-2").expect("local")).await.expect("a local account of the same name");
+    let mut next = page.clone();
+    next[1].user.last_name = "Changed".into();
+    let results = s.mirror_users(&next).await.expect("page");
+    let changes: Vec<Result<MirrorChange, bool>> =
+        results.iter().map(|r| r.as_ref().map(|m| m.change).map_err(StoreError::is_conflict)).collect();
+    assert_eq!(
+        changes,
+        [
+            Ok(MirrorChange::Unchanged),
+            Ok(MirrorChange::Updated),
+            Err(true),
+            Ok(MirrorChange::Created),
+            Ok(MirrorChange::Created),
+            Ok(MirrorChange::Created),
+            Ok(MirrorChange::Created),
+        ]
+    );
+    for (i, r) in results.iter().enumerate() {
+        if let Ok(m) = r {
+            let stored = s.get_user(&format!("page-{i}")).await.expect("read").expect("stored");
+            assert_eq!(stored.id, m.id, "page-{i}");
+        }
+    }
+    assert_eq!(s.get_user("page-1").await.expect("read").expect("stored").value.last_name, "Changed");
+    let again = s.mirror_users(&next).await.expect("same page again");
+    assert!(
+        again.iter().enumerate().all(|(i, r)| i == 2 || r.as_ref().is_ok_and(|m| m.change == MirrorChange::Unchanged)),
+        "{again:?}"
+    );
+    assert!(s.mirror_users(&[]).await.expect("empty page").is_empty());
+}
+
 /// ends with all the groups. Needs a multi-threaded runtime to race for real.
 pub async fn racing_first_mirrors<S: UserStore + Clone + 'static>(s: &S) {
     let shared = groups(&["active", "staff", "assets-buyer"]);

@@ -53,7 +53,10 @@ async fn store_with_users() -> (Arc<SqliteStore>, tempfile::TempDir) {
     local.set_password("inactive", &Secret::new(INACTIVE_PASSWORD)).await.expect("inactive password");
 
     let ldap = User { source: UserSource::Ldap, ..User::new("ldapuser").expect("user") };
-    store.mirror_user(&UserMirror { user: ldap, profile: None, groups: None }).await.expect("ldap user");
+    store
+        .mirror_user(&UserMirror { user: ldap, profile: None, groups: None, group_scope: Default::default() })
+        .await
+        .expect("ldap user");
     (store, dir)
 }
 

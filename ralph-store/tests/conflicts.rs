@@ -15,6 +15,7 @@ fn mirror(username: &str) -> UserMirror {
         user: User { source: UserSource::Ldap, ..User::new(username).expect("user") },
         profile: Some(Profile { company: Some("Allegro".into()), ..Profile::default() }),
         groups: Some(vec![Group::new("active").expect("group")]),
+        group_scope: Default::default(),
     }
 }
 

@@ -21,7 +21,9 @@ pub async fn fresh(var: &str, default: &str, tag: &str) -> Option<(String, Strin
     } else {
         match sqlx::mysql::MySqlPoolOptions::new().max_connections(1).connect(&url).await {
             Ok(admin) => {
-                let r = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))).execute(&admin).await;
+                let r = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4")))
+                    .execute(&admin)
+                    .await;
                 admin.close().await;
                 r.map(drop)
             }
@@ -41,7 +43,9 @@ pub async fn fresh(var: &str, default: &str, tag: &str) -> Option<(String, Strin
 pub async fn drop_db(admin_url: &str, name: &str) {
     if admin_url.starts_with("postgres") {
         if let Ok(admin) = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(admin_url).await {
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))).execute(&admin).await;
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+                .execute(&admin)
+                .await;
             admin.close().await;
         }
     } else if let Ok(admin) = sqlx::mysql::MySqlPoolOptions::new().max_connections(1).connect(admin_url).await {

@@ -29,6 +29,17 @@ fn local_account() -> StoreError {
     StoreError::Conflict { entity: USER, constraint: "local account".into() }
 }
 
+/// The refusal of an LDAP mirror that meets an account another directory owns.
+fn other_directory() -> StoreError {
+    StoreError::Conflict { entity: USER, constraint: "account of another directory".into() }
+}
+
+/// The groups `mirror` leaves the user with, given the `current` ones (`None`: unchanged).
+fn mirrored_groups(mirror: &UserMirror, current: &BTreeSet<Group>) -> Result<Option<BTreeSet<Group>>, StoreError> {
+    let Some(names) = mirror.resulting_groups(current.iter().map(Group::as_str)) else { return Ok(None) };
+    names.iter().map(|n| Group::new(n).map_err(|e| StoreError::invalid("group", e))).collect::<Result<_, _>>().map(Some)
+}
+
 #[async_trait]
 impl UserStore for MemoryStore {
     async fn create_user(&self, user: &User) -> Result<Id<User>, StoreError> {
@@ -121,13 +132,21 @@ impl UserStore for MemoryStore {
         let user = &mirror.user;
         user.validate().map_err(|e| StoreError::invalid(USER, e))?;
         let profile = mirror.profile.as_ref().map(normalised).transpose()?;
-        let wanted: Option<BTreeSet<Group>> = mirror.groups.as_ref().map(|g| g.iter().cloned().collect());
         let mut state = self.lock();
+        let current = state.users.get(&user.username).map(|r| r.groups.clone()).unwrap_or_default();
+        let wanted = mirrored_groups(mirror, &current)?;
         let outcome = match state.users.get(&user.username) {
             None => None,
             // A directory account never takes over a local one of the same name.
             Some(row) if user.source == UserSource::Ldap && row.user.source == UserSource::Local => {
                 return Err(local_account());
+            }
+            Some(row)
+                if user.source == UserSource::Ldap
+                    && row.user.source == UserSource::Ldap
+                    && row.user.directory != user.directory =>
+            {
+                return Err(other_directory());
             }
             Some(row) => {
                 let mut next = row.clone();

@@ -1,6 +1,7 @@
 //! [`UserStore`]: users, profiles, groups and local password hashes, once for all backends.
 
-use std::collections::BTreeSet;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
@@ -20,9 +21,12 @@ const USER: &str = "user";
 const PROFILE: &str = "profile";
 const GROUP: &str = "group";
 
+/// Usernames per `IN (...)` list: far under every backend's bind-parameter limit.
+const NAMES_CHUNK: usize = 500;
+
 /// The user columns every read selects (`u.` is the users table).
-const USER_SELECT: &str =
-    "u.id, u.username, u.first_name, u.last_name, u.email, u.is_active, u.is_staff, u.is_superuser, u.source";
+const USER_SELECT: &str = "u.id, u.username, u.first_name, u.last_name, u.email, u.is_active, u.is_staff, u.is_superuser, u.source, \
+     u.directory";
 
 /// A row of `users`.
 #[derive(FromRow)]
@@ -36,6 +40,7 @@ struct UserRow {
     is_staff: bool,
     is_superuser: bool,
     source: String,
+    directory: Option<String>,
 }
 
 impl UserRow {
@@ -52,6 +57,7 @@ impl UserRow {
                 is_staff: self.is_staff,
                 is_superuser: self.is_superuser,
                 source,
+                directory: self.directory,
             },
         })
     }
@@ -120,7 +126,7 @@ where
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     for<'q> bool: Encode<'q, DB> + Type<DB>,
 {
-    qb.push("(username, first_name, last_name, email, is_active, is_staff, is_superuser, source) VALUES (");
+    qb.push("(username, first_name, last_name, email, is_active, is_staff, is_superuser, source, directory) VALUES (");
     let mut values = qb.separated(", ");
     values
         .push_bind(Some(user.username.as_str()))
@@ -130,7 +136,8 @@ where
         .push_bind(user.is_active)
         .push_bind(user.is_staff)
         .push_bind(user.is_superuser)
-        .push_bind(Some(user.source.as_str()));
+        .push_bind(Some(user.source.as_str()))
+        .push_bind(user.directory.as_deref());
     qb.push(")");
 }
 
@@ -181,20 +188,42 @@ struct StoredMirror {
 }
 
 impl StoredMirror {
+    /// The groups `mirror` leaves the user with (`None`: groups left alone).
+    fn wanted_groups(&self, mirror: &UserMirror) -> Option<BTreeSet<String>> {
+        mirror.resulting_groups(self.group_names.iter().map(String::as_str))
+    }
+
     /// Whether writing `mirror` (profile normalised) would change nothing.
     fn matches(&self, mirror: &UserMirror, profile: Option<&Profile>) -> bool {
-        let names = |groups: &[Group]| groups.iter().map(|g| g.as_str().to_owned()).collect::<BTreeSet<_>>();
         self.user.value == mirror.user
             && !(mirror.user.source == UserSource::Ldap && self.has_password)
             && profile.is_none_or(|p| self.profile.as_ref() == Some(p))
-            && mirror.groups.as_deref().is_none_or(|g| names(g) == self.group_names)
+            && self.wanted_groups(mirror).is_none_or(|g| g == self.group_names)
+    }
+
+    /// Why `mirror` may not write over this account, if it may not: a directory account never
+    /// takes over a local one of the same name (the local account, and its password, the way
+    /// in while LDAP is down, stay as they are), nor one another directory owns.
+    fn refusal(&self, mirror: &UserMirror) -> Option<StoreError> {
+        let (stored, user) = (&self.user.value, &mirror.user);
+        if user.source != UserSource::Ldap {
+            return None;
+        }
+        let constraint = match stored.source {
+            UserSource::Local => "local account",
+            UserSource::Ldap if stored.directory != user.directory => "account of another directory",
+            UserSource::Ldap => return None,
+        };
+        debug!(target: TRACE_TARGET, username = %user.username, constraint, "mirror refused");
+        Some(StoreError::Conflict { entity: USER, constraint: constraint.into() })
     }
 }
 
-/// How [`SqlStore::stored_mirror`] finds its user.
+/// How [`SqlStore::stored_mirrors`] finds its users.
 enum UserKey<'a> {
     Name(&'a str),
     Id(i64),
+    Names(&'a [&'a str]),
 }
 
 impl<DB> SqlStore<DB>
@@ -248,7 +277,9 @@ where
             .push("is_superuser = ")
             .push_bind_unseparated(user.is_superuser)
             .push("source = ")
-            .push_bind_unseparated(Some(user.source.as_str()));
+            .push_bind_unseparated(Some(user.source.as_str()))
+            .push("directory = ")
+            .push_bind_unseparated(user.directory.as_deref());
         if user.source == UserSource::Ldap {
             qb.push(", password_hash = NULL");
         }
@@ -342,21 +373,29 @@ where
         Ok(!extra.is_empty() || !missing.is_empty())
     }
 
-    /// Makes `groups` the memberships of user `id` (now members of `current`), creating missing
+    /// Makes `names` the memberships of user `id` (now members of `current`), creating missing
     /// groups. Returns whether anything was written.
     async fn write_groups(
         conn: &mut DB::Connection,
         id: i64,
         current: &BTreeSet<i64>,
-        groups: &[Group],
+        names: &BTreeSet<&str>,
     ) -> Result<bool, StoreError> {
-        let names: BTreeSet<&str> = groups.iter().map(Group::as_str).collect();
-        let wanted = Self::group_ids(conn, &names).await?;
+        let wanted = Self::group_ids(conn, names).await?;
         Self::diff_groups(conn, id, current, &wanted).await
     }
 
     /// The user with profile and groups in one round trip (one row per group), or `None`.
     async fn stored_mirror(conn: &mut DB::Connection, key: UserKey<'_>) -> Result<Option<StoredMirror>, StoreError> {
+        Ok(Self::stored_mirrors(conn, key).await?.into_values().next())
+    }
+
+    /// The users `key` names with profile and groups in one round trip (one row per group),
+    /// by username.
+    async fn stored_mirrors(
+        conn: &mut DB::Connection,
+        key: UserKey<'_>,
+    ) -> Result<BTreeMap<String, StoredMirror>, StoreError> {
         let mut qb = QueryBuilder::new(format!(
             "SELECT {USER_SELECT}, \
              CASE WHEN u.password_hash IS NULL THEN FALSE ELSE TRUE END AS has_password, \
@@ -369,20 +408,26 @@ where
         match key {
             UserKey::Name(name) => qb.push("u.username = ").push_bind(Some(name)),
             UserKey::Id(id) => qb.push("u.id = ").push_bind(Some(id)),
+            UserKey::Names(names) => {
+                qb.push("u.username IN (");
+                push_list(&mut qb, names.iter().map(|n| Some(*n)));
+                qb.push(")")
+            }
         };
         let rows = qb.build_query_as::<MirrorRow>().fetch_all(&mut *conn).await.map_err(err(USER))?;
-        let mut stored: Option<StoredMirror> = None;
+        let mut stored: BTreeMap<String, StoredMirror> = BTreeMap::new();
         for row in rows {
-            if stored.is_none() {
-                stored = Some(StoredMirror {
+            let entry = match stored.entry(row.user.username.clone()) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => entry.insert(StoredMirror {
                     user: row.user.into_record()?,
                     has_password: row.has_password,
                     profile: if row.has_profile { Some(row.profile.into_profile()?) } else { None },
                     group_ids: BTreeSet::new(),
                     group_names: BTreeSet::new(),
-                });
-            }
-            if let (Some(entry), Some(id), Some(name)) = (stored.as_mut(), row.group_id, row.group_name) {
+                }),
+            };
+            if let (Some(id), Some(name)) = (row.group_id, row.group_name) {
                 entry.group_ids.insert(id);
                 entry.group_names.insert(name);
             }
@@ -422,11 +467,8 @@ where
         let vanished = || StoreError::Corrupt { entity: USER, detail: format!("user {:?} vanished", user.username) };
         let id = id.ok_or_else(vanished)?;
         let stored = Self::stored_mirror(&mut tx, UserKey::Id(id)).await?.ok_or_else(vanished)?;
-        // A directory account never takes over a local one of the same name: the local account
-        // (and its password, the way in while LDAP is down) stays as it is.
-        if !created && user.source == UserSource::Ldap && stored.user.value.source == UserSource::Local {
-            debug!(target: TRACE_TARGET, username = %user.username, "mirror refused: local account");
-            return Err(StoreError::Conflict { entity: USER, constraint: "local account".into() });
+        if !created && let Some(refusal) = stored.refusal(mirror) {
+            return Err(refusal);
         }
         let mut changed = false;
         if !created && (stored.user.value != *user || (user.source == UserSource::Ldap && stored.has_password)) {
@@ -439,8 +481,9 @@ where
             Self::write_profile(&mut tx, id, profile, stored.profile.is_some()).await?;
             changed = true;
         }
-        if let Some(groups) = &mirror.groups {
-            changed |= Self::write_groups(&mut tx, id, &stored.group_ids, groups).await?;
+        if let Some(groups) = stored.wanted_groups(mirror) {
+            let names = groups.iter().map(String::as_str).collect();
+            changed |= Self::write_groups(&mut tx, id, &stored.group_ids, &names).await?;
         }
         if !created && !changed {
             // A concurrent mirror wrote the same thing first; nothing to commit.
@@ -609,7 +652,8 @@ where
             let mut tx = self.begin(GROUP).await?;
             let id = Self::lock_user(&mut tx, username).await?.ok_or_else(|| not_found(username))?;
             let current = Self::stored_mirror(&mut tx, UserKey::Id(id)).await?.map(|s| s.group_ids).unwrap_or_default();
-            Self::write_groups(&mut tx, id, &current, groups).await?;
+            let names = groups.iter().map(Group::as_str).collect();
+            Self::write_groups(&mut tx, id, &current, &names).await?;
             commit(tx, GROUP).await
         })
         .await
@@ -626,9 +670,8 @@ where
         let stored = Self::stored_mirror(&mut conn, UserKey::Name(&user.username)).await?;
         drop(conn);
         if let Some(stored) = &stored {
-            if user.source == UserSource::Ldap && stored.user.value.source == UserSource::Local {
-                debug!(target: TRACE_TARGET, username = %user.username, "mirror refused: local account");
-                return Err(StoreError::Conflict { entity: USER, constraint: "local account".into() });
+            if let Some(refusal) = stored.refusal(mirror) {
+                return Err(refusal);
             }
             if stored.matches(mirror, profile.as_ref()) {
                 return Ok(Mirrored { id: stored.user.id, change: MirrorChange::Unchanged });
@@ -653,13 +696,39 @@ where
         .await
     }
 
+    /// One read finds the page's stored users (chunked under the bind-parameter limits); the
+    /// unchanged ones are answered from it, and only the others go through
+    /// [`UserStore::mirror_user`]'s write path.
+    async fn mirror_users(&self, mirrors: &[UserMirror]) -> Result<Vec<Result<Mirrored, StoreError>>, StoreError> {
+        let mut stored = BTreeMap::new();
+        let mut conn = self.acquire(USER).await?;
+        for chunk in mirrors.chunks(NAMES_CHUNK) {
+            let names: Vec<&str> = chunk.iter().map(|m| m.user.username.as_str()).collect();
+            stored.extend(Self::stored_mirrors(&mut conn, UserKey::Names(&names)).await?);
+        }
+        drop(conn);
+        let mut results = Vec::with_capacity(mirrors.len());
+        for mirror in mirrors {
+            let unchanged = stored.get(&mirror.user.username).and_then(|s| {
+                let profile = mirror.profile.clone().map(Profile::normalised).transpose().ok()?;
+                (mirror.user.validate().is_ok() && s.refusal(mirror).is_none() && s.matches(mirror, profile.as_ref()))
+                    .then_some(s.user.id)
+            });
+            results.push(match unchanged {
+                Some(id) => Ok(Mirrored { id, change: MirrorChange::Unchanged }),
+                None => self.mirror_user(mirror).await,
+            });
+        }
+        Ok(results)
+    }
+
     async fn deactivate_users(&self, usernames: &[String]) -> Result<u64, StoreError> {
         self.retrying(USER, || async {
             let mut changed = 0;
             // One transaction: all of them or (on an error) none of them.
             let mut tx = self.begin(USER).await?;
             // Chunks keep every statement far below each backend's bind-parameter limit.
-            for chunk in usernames.chunks(500) {
+            for chunk in usernames.chunks(NAMES_CHUNK) {
                 let mut qb = QueryBuilder::new("UPDATE users SET is_active = ");
                 qb.push_bind(false).push(" WHERE is_active = ").push_bind(true).push(" AND username IN (");
                 push_list(&mut qb, chunk.iter().map(|u| Some(u.as_str())));

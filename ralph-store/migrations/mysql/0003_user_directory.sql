@@ -1,0 +1,2 @@
+-- The directory (LDAP realm) that owns an LDAP account when several are configured.
+ALTER TABLE users ADD COLUMN directory VARCHAR(64) NULL;
