@@ -171,10 +171,10 @@ async fn main() -> ExitCode {
     let mut recorder = store.map(BatchRecorder::new);
     let mut failed_store = None;
     while let Some(host) = handle.results.recv().await {
-        if let Some(rec) = recorder.as_mut() {
-            if let Err(e) = rec.push(&host).await {
-                failed_store.get_or_insert(e);
-            }
+        if let Some(rec) = recorder.as_mut()
+            && let Err(e) = rec.push(&host).await
+        {
+            failed_store.get_or_insert(e);
         }
         if !args.all && host.state != HostState::Up {
             continue;

@@ -294,7 +294,7 @@ fn plan(tasks: usize, total: usize, cold: usize, cold_every: usize) -> Vec<Vec<A
                 .map(|j| {
                     let user = if j < STAMPEDE {
                         j % HOT
-                    } else if (j - STAMPEDE) % cold_every == 0 {
+                    } else if (j - STAMPEDE).is_multiple_of(cold_every) {
                         let round = (j - STAMPEDE) / cold_every;
                         HOT + (round * gangs + t / GANG) % cold
                     } else {

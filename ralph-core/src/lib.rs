@@ -62,7 +62,7 @@ pub use network::{
     HostnameTemplate, Network, NetworkEnvironment, Vlan, ip_key, ip_to_u128, network_size, parse_cidr, parse_ip,
     smallest_containing, u128_to_ip,
 };
-pub use queue::{FailOutcome, Job, JobQueue, QueueStats, RetryPolicy};
+pub use queue::{FailOutcome, Job, JobInfo, JobQueue, JobState, QueueAdmin, QueueStats, RetryPolicy, WorkerBeat};
 pub use scan::{Observation, RecordSummary, ScanResultStore, apply_observation};
 pub use secret::Secret;
 pub use status::{AssetStatus, Transition, TransitionGraph};

@@ -1,5 +1,6 @@
-//! The durable job queue trait: named queues, leases, retries with back-off, dead letters and
-//! per-queue statistics ("how many jobs wait on this queue?").
+//! The durable job queue traits: [`JobQueue`] for workers (enqueue, claim, lease, ack, fail)
+//! and [`QueueAdmin`] for operators and status pages (per-queue statistics, "how many jobs wait
+//! on this queue?", job lists, retry, discard, purge, pause, worker heartbeats).
 
 use std::time::Duration;
 
@@ -80,18 +81,130 @@ pub struct QueueStats {
     pub running: u64,
     /// Claimed, lease expired: the worker probably died; [`JobQueue::reclaim_expired`] frees them.
     pub expired: u64,
-    /// Dead-lettered after too many failures.
+    /// Dead-lettered after too many failures or expired leases.
     pub dead: u64,
     /// Acknowledged.
     pub done: u64,
     /// Age of the oldest pending job.
     pub oldest_pending_age: Option<Duration>,
+    /// Claims are paused ([`QueueAdmin::set_paused`]).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum JobState {
+    /// Waiting to be claimed (now or after a retry back-off).
+    Pending,
+    /// Claimed under a lease (which may have expired).
+    Running,
+    /// Acknowledged.
+    Done,
+    /// Dead-lettered: used up its attempts, or discarded from further work.
+    Dead,
+}
+
+impl JobState {
+    /// Every state, in life order.
+    pub const ALL: [Self; 4] = [Self::Pending, Self::Running, Self::Done, Self::Dead];
+
+    /// `"pending"`, `"running"`, `"done"` or `"dead"`, as stored.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Dead => "dead",
+        }
+    }
+
+    /// Parses [`JobState::as_str`]'s names.
+    ///
+    /// # Errors
+    /// [`crate::ValidationError::UnknownName`].
+    pub fn parse(input: &str) -> Result<Self, crate::ValidationError> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == input)
+            .ok_or_else(|| crate::ValidationError::UnknownName { what: "job state", input: input.to_owned() })
+    }
+}
+
+/// A job as an operator sees it in a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// The job's id.
+    pub id: Id<Job>,
+    /// Its queue.
+    pub queue: String,
+    /// Its state.
+    pub state: JobState,
+    /// The payload.
+    pub payload: String,
+    /// Claims so far.
+    pub attempts: u32,
+    /// The worker that claimed it last.
+    pub worker: Option<String>,
+    /// The last failure (or why it was dead-lettered).
+    pub last_error: Option<String>,
+    /// Pending: claimable from; running: the lease runs out at.
+    pub due_at: DateTime<Utc>,
+    /// When it was enqueued.
+    pub enqueued_at: DateTime<Utc>,
+    /// When it was acknowledged or dead-lettered.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A worker's heartbeat: who it is, what it serves, what it holds, when it was last seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerBeat {
+    /// Unique worker name (one row per name).
+    pub name: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// The queues it serves.
+    pub queues: Vec<String>,
+    /// The jobs it runs now.
+    pub current_jobs: Vec<Id<Job>>,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it last beat, by the store's clock (set by [`QueueAdmin::heartbeat`]; the value
+    /// handed in is ignored).
+    pub last_seen: DateTime<Utc>,
+}
+
+impl WorkerBeat {
+    /// Checks the names: worker and host 1–255 characters, queue names as queues take them.
+    ///
+    /// # Errors
+    /// The first name that breaks a rule.
+    pub fn validate(&self) -> Result<(), crate::ValidationError> {
+        for (field, value) in [("worker", self.name.as_str()), ("host", self.host.as_str())]
+            .into_iter()
+            .chain(self.queues.iter().map(|q| ("queue", q.as_str())))
+        {
+            if value.trim().is_empty() {
+                return Err(crate::ValidationError::Empty { field });
+            }
+            crate::text::check_len(field, value, 255)?;
+        }
+        Ok(())
+    }
 }
 
 /// A durable queue shared by workers in one process or many machines.
 ///
 /// Claiming is exclusive (no job is held by two live leases) and jobs are delivered at least
-/// once: a job whose lease expires is claimable again.
+/// once: a job whose lease expires is claimable again, until it has been claimed as often as the
+/// queue's retry policy allows: then the claim dead-letters it ("lease expired N times"), so a
+/// job that kills its worker every time does not circulate for ever. A paused queue hands out
+/// no jobs.
 #[async_trait]
 pub trait JobQueue: Send + Sync {
     /// Adds jobs to `queue` in one transaction; returns their ids in order.
@@ -122,15 +235,46 @@ pub trait JobQueue: Send + Sync {
 
     /// Extends a claimed job's lease. Returns `false` when the lease was lost.
     async fn extend_lease(&self, job: &Job, lease: Duration) -> Result<bool, StoreError>;
+}
+
+/// Longest job list one [`QueueAdmin::list_jobs`] call returns; larger limits are clamped.
+pub const MAX_LIST: usize = 1_000;
+
+/// What an operator (or a status page) reads and does with the queues.
+#[async_trait]
+pub trait QueueAdmin: Send + Sync {
+    /// Counts for one queue.
+    async fn stats(&self, queue: &str) -> Result<QueueStats, StoreError>;
+
+    /// Counts for every queue that holds jobs or is paused.
+    async fn all_stats(&self) -> Result<Vec<QueueStats>, StoreError>;
 
     /// Returns jobs of `queue` whose lease expired to the pending state; returns how many.
     async fn reclaim_expired(&self, queue: &str) -> Result<u64, StoreError>;
 
-    /// Counts for one queue.
-    async fn stats(&self, queue: &str) -> Result<QueueStats, StoreError>;
+    /// Up to `limit` (at most [`MAX_LIST`]) jobs of `queue` in `state`, oldest first.
+    async fn list_jobs(&self, queue: &str, state: JobState, limit: usize) -> Result<Vec<JobInfo>, StoreError>;
 
-    /// Counts for every queue that holds jobs.
-    async fn all_stats(&self) -> Result<Vec<QueueStats>, StoreError>;
+    /// Makes the named dead or pending jobs of `queue` claimable now with a fresh attempt count;
+    /// returns how many changed (running and done jobs are left alone).
+    async fn retry_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError>;
+
+    /// Deletes the named pending or dead jobs of `queue`; returns how many (running jobs are left
+    /// to their worker).
+    async fn discard_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError>;
+
+    /// Deletes done jobs finished longer than `done_older_than` ago and dead ones longer than
+    /// `dead_older_than` ago, in short chunks (no long lock); returns how many.
+    async fn purge(&self, done_older_than: Duration, dead_older_than: Duration) -> Result<u64, StoreError>;
+
+    /// Pauses (no claims hand out jobs) or resumes `queue`.
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError>;
+
+    /// Records a worker's heartbeat (inserted, or updated by name).
+    async fn heartbeat(&self, beat: &WorkerBeat) -> Result<(), StoreError>;
+
+    /// The workers' last heartbeats, by name.
+    async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError>;
 }
 
 #[cfg(test)]

@@ -52,6 +52,14 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// Sets the queues' retry policy: a job claimed `max_attempts` times whose lease expired
+    /// again is dead-lettered by the next claim (the default: [`crate::RetryPolicy::default`]).
+    #[must_use]
+    pub fn with_job_policy(self, policy: crate::RetryPolicy) -> Self {
+        self.lock().job_policy = Some(policy);
+        self
+    }
+
     /// Stores an address record directly (what the inventory's `Repository<IpAddress>` does
     /// in a SQL store), for instance a buried address a scan must leave alone.
     ///
@@ -108,6 +116,12 @@ struct State {
     groups: BTreeSet<Group>,
     /// Jobs by id.
     jobs: BTreeMap<i64, queue::JobRow>,
+    /// Paused queues.
+    paused: BTreeSet<String>,
+    /// Worker heartbeats by name.
+    workers: BTreeMap<String, crate::WorkerBeat>,
+    /// The queues' retry policy for expired leases (`None`: the default policy).
+    job_policy: Option<crate::RetryPolicy>,
     /// IP address rows by id.
     ips: BTreeMap<i64, IpAddress>,
     /// IP address ids by [`crate::ip_to_u128`] of the address (the SQL stores' unique `ip_key`).

@@ -122,14 +122,14 @@ struct HogThenConnect {
 #[async_trait]
 impl ralph_discovery::Connector for HogThenConnect {
     async fn connect(&self, addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
-        if let Ok(mut held) = HOGGED.lock() {
-            if held.is_empty() {
-                while let Ok(f) = File::open("/dev/null") {
-                    held.push(f);
-                }
-                let keep = held.len().saturating_sub(16);
-                held.truncate(keep);
+        if let Ok(mut held) = HOGGED.lock()
+            && held.is_empty()
+        {
+            while let Ok(f) = File::open("/dev/null") {
+                held.push(f);
             }
+            let keep = held.len().saturating_sub(16);
+            held.truncate(keep);
         }
         self.inner.connect(addr).await
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use ralph_core::{InventoryStore, JobQueue, ScanResultStore};
+use ralph_core::{InventoryStore, JobQueue, QueueAdmin, ScanResultStore};
 use ralph_discovery::{RateConfig, ScanConfig, Scanner, Worker, WorkerConfig, enqueue_addresses};
 use ralph_store::{PgStore, SqliteStore};
 use tokio::sync::watch;
@@ -23,7 +23,7 @@ fn addresses(third: u8, n: u8) -> Vec<IpAddr> {
     (1..=n).map(|i| IpAddr::from([127, 88, third, i])).collect()
 }
 
-async fn idle<Q: JobQueue + ?Sized>(q: &Q, queue: &str) -> bool {
+async fn idle<Q: QueueAdmin + ?Sized>(q: &Q, queue: &str) -> bool {
     let s = q.stats(queue).await.expect("stats");
     s.pending == 0 && s.running == 0 && s.expired == 0
 }
@@ -31,7 +31,7 @@ async fn idle<Q: JobQueue + ?Sized>(q: &Q, queue: &str) -> bool {
 /// Runs a worker until the queue is drained, then shuts it down gracefully.
 async fn drain<Q, S>(jobs: Arc<Q>, store: Arc<S>, queue: &str, lease: Duration) -> ralph_discovery::WorkerStats
 where
-    Q: JobQueue + 'static,
+    Q: JobQueue + QueueAdmin + 'static,
     S: ScanResultStore + 'static,
 {
     let mut config = WorkerConfig::new(queue);

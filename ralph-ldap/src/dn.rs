@@ -284,7 +284,7 @@ impl Parser<'_> {
             self.pos += 1;
         }
         let hex = &self.bytes[start..self.pos];
-        if hex.is_empty() || hex.len() % 2 != 0 {
+        if hex.is_empty() || !hex.len().is_multiple_of(2) {
             return Err(self.err("'#' must be followed by an even number of hex digits"));
         }
         self.skip_spaces();

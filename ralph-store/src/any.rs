@@ -7,10 +7,10 @@ use ipnetwork::IpNetwork;
 use std::time::Duration;
 
 use ralph_core::{
-    AssetStatus, Component, DataCenter, Device, FailOutcome, Group, Id, InventoryStore, IpAddress, Job, JobQueue,
-    Network, NetworkEnvironment, Observation, Profile, QueueStats, Rack, Record, RecordSummary, Repository,
-    RetryPolicy, ScanResultStore, StoreError, TransitionGraph, User, UserMirror, UserSource, UserStore,
-    ValidationError,
+    AssetStatus, Component, DataCenter, Device, FailOutcome, Group, Id, InventoryStore, IpAddress, Job, JobInfo,
+    JobQueue, JobState, Network, NetworkEnvironment, Observation, Profile, QueueAdmin, QueueStats, Rack, Record,
+    RecordSummary, Repository, RetryPolicy, ScanResultStore, StoreError, TransitionGraph, User, UserMirror, UserSource,
+    UserStore, ValidationError, WorkerBeat,
 };
 
 use crate::PoolConfig;
@@ -235,6 +235,10 @@ impl JobQueue for AnyStore {
     async fn extend_lease(&self, job: &Job, lease: Duration) -> Result<bool, StoreError> {
         dispatch!(self, s => s.extend_lease(job, lease).await)
     }
+}
+
+#[async_trait]
+impl QueueAdmin for AnyStore {
     async fn reclaim_expired(&self, queue: &str) -> Result<u64, StoreError> {
         dispatch!(self, s => s.reclaim_expired(queue).await)
     }
@@ -243,6 +247,27 @@ impl JobQueue for AnyStore {
     }
     async fn all_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
         dispatch!(self, s => s.all_stats().await)
+    }
+    async fn list_jobs(&self, queue: &str, state: JobState, limit: usize) -> Result<Vec<JobInfo>, StoreError> {
+        dispatch!(self, s => s.list_jobs(queue, state, limit).await)
+    }
+    async fn retry_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.retry_jobs(queue, ids).await)
+    }
+    async fn discard_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.discard_jobs(queue, ids).await)
+    }
+    async fn purge(&self, done_older_than: Duration, dead_older_than: Duration) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.purge(done_older_than, dead_older_than).await)
+    }
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_paused(queue, paused).await)
+    }
+    async fn heartbeat(&self, beat: &WorkerBeat) -> Result<(), StoreError> {
+        dispatch!(self, s => s.heartbeat(beat).await)
+    }
+    async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError> {
+        dispatch!(self, s => s.workers().await)
     }
 }
 

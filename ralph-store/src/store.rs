@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use ralph_core::StoreError;
+use ralph_core::{RetryPolicy, StoreError};
 use tracing::info;
 
 use tokio::sync::OnceCell;
@@ -30,6 +30,8 @@ pub struct SqlStore<DB: Backend> {
     server: Arc<OnceCell<ServerTraits>>,
     /// Test seam: ids of multi-row inserts from the last insert id even where `RETURNING` works.
     last_insert_id: bool,
+    /// The job queues' retry policy for expired leases.
+    job_policy: RetryPolicy,
 }
 
 impl<DB: Backend> Clone for SqlStore<DB> {
@@ -40,6 +42,7 @@ impl<DB: Backend> Clone for SqlStore<DB> {
             counters: Arc::clone(&self.counters),
             server: Arc::clone(&self.server),
             last_insert_id: self.last_insert_id,
+            job_policy: self.job_policy,
         }
     }
 }
@@ -86,7 +89,23 @@ impl<DB: Backend> SqlStore<DB> {
             counters: Arc::default(),
             server: Arc::default(),
             last_insert_id: false,
+            job_policy: RetryPolicy::default(),
         }
+    }
+
+    /// Sets the job queues' retry policy for expired leases: a job claimed
+    /// `policy.max_attempts` times whose lease ran out again (its worker died each time) is
+    /// dead-lettered by the next claim, with the reason "lease expired N times" (default:
+    /// [`RetryPolicy::default`], 5 attempts).
+    #[must_use]
+    pub fn with_job_policy(mut self, policy: RetryPolicy) -> Self {
+        self.job_policy = policy;
+        self
+    }
+
+    /// The job queues' retry policy for expired leases.
+    pub(crate) fn job_policy(&self) -> RetryPolicy {
+        self.job_policy
     }
 
     /// The same as [`SqlStore::from_pool`]: a store (and job queue) over `pool`, whose schema

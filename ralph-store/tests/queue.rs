@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ralph_core::{FailOutcome, JobQueue, RetryPolicy};
+use ralph_core::{FailOutcome, JobQueue, QueueAdmin, RetryPolicy};
 
 fn payloads(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{{\"n\":{i},\"name\":\"Zażółć gęślą jaźń 🚀 {i}\"}}")).collect()
@@ -16,7 +16,7 @@ fn payloads(n: usize) -> Vec<String> {
 
 const LEASE: Duration = Duration::from_secs(30);
 
-async fn claim_ack_and_stats<Q: JobQueue>(q: &Q) {
+async fn claim_ack_and_stats<Q: JobQueue + QueueAdmin>(q: &Q) {
     let ids = q.enqueue("discovery.dc1", &payloads(3)).await.expect("enqueue");
     assert_eq!(ids.len(), 3);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in order: {ids:?}");
@@ -49,7 +49,7 @@ async fn claim_ack_and_stats<Q: JobQueue>(q: &Q) {
     assert_eq!((empty.pending, empty.done, empty.oldest_pending_age), (0, 0, None));
 }
 
-async fn retry_backoff_and_dead_letter<Q: JobQueue>(q: &Q) {
+async fn retry_backoff_and_dead_letter<Q: JobQueue + QueueAdmin>(q: &Q) {
     let policy =
         RetryPolicy { max_attempts: 2, base_backoff: Duration::from_millis(400), max_backoff: Duration::from_secs(10) };
     q.enqueue("retry", &payloads(1)).await.expect("enqueue");
@@ -75,7 +75,7 @@ async fn retry_backoff_and_dead_letter<Q: JobQueue>(q: &Q) {
     assert!(q.claim("retry", 1, LEASE, "w").await.expect("claim").is_empty(), "dead jobs are not delivered");
 }
 
-async fn lease_expiry_and_reclaim<Q: JobQueue>(q: &Q) {
+async fn lease_expiry_and_reclaim<Q: JobQueue + QueueAdmin>(q: &Q) {
     q.enqueue("lease", &payloads(2)).await.expect("enqueue");
     let short = Duration::from_millis(300);
     let first = q.claim("lease", 2, short, "dies").await.expect("claim");
@@ -106,7 +106,7 @@ async fn lease_expiry_and_reclaim<Q: JobQueue>(q: &Q) {
     assert_eq!((stats.pending, stats.running, stats.done), (0, 0, 2));
 }
 
-async fn exclusive_concurrent_claims<Q: JobQueue + 'static>(q: Arc<Q>) {
+async fn exclusive_concurrent_claims<Q: JobQueue + QueueAdmin + 'static>(q: Arc<Q>) {
     let ids = q.enqueue("race", &payloads(300)).await.expect("enqueue");
     let mut tasks = Vec::new();
     for w in 0..8 {
@@ -136,7 +136,7 @@ async fn exclusive_concurrent_claims<Q: JobQueue + 'static>(q: Arc<Q>) {
     assert_eq!(q.stats("race").await.expect("stats").done, 300);
 }
 
-async fn batch_ack<Q: JobQueue>(q: &Q) {
+async fn batch_ack<Q: JobQueue + QueueAdmin>(q: &Q) {
     q.enqueue("acks", &payloads(6)).await.expect("enqueue");
     let a = q.claim("acks", 3, LEASE, "a").await.expect("claim");
     let b = q.claim("acks", 3, Duration::from_millis(300), "b").await.expect("claim");
@@ -152,7 +152,7 @@ async fn batch_ack<Q: JobQueue>(q: &Q) {
     assert_eq!((stats.done, stats.running, stats.expired, stats.pending), (6, 0, 0, 0));
 }
 
-async fn bad_input<Q: JobQueue>(q: &Q) {
+async fn bad_input<Q: JobQueue + QueueAdmin>(q: &Q) {
     assert!(q.enqueue("", &payloads(1)).await.is_err_and(|e| e.is_invalid()));
     assert!(q.enqueue(&"q".repeat(300), &payloads(1)).await.is_err_and(|e| e.is_invalid()));
     assert!(q.claim(" ", 1, LEASE, "w").await.is_err_and(|e| e.is_invalid()));
@@ -164,7 +164,7 @@ async fn bad_input<Q: JobQueue>(q: &Q) {
     assert!(q.ack(&job).await.expect("ack"));
 }
 
-async fn many_jobs_in_one_batch<Q: JobQueue>(q: &Q) {
+async fn many_jobs_in_one_batch<Q: JobQueue + QueueAdmin>(q: &Q) {
     // More rows than one statement's bind-parameter budget on SQLite.
     let ids = q.enqueue("bulk", &payloads(40_000)).await.expect("enqueue");
     assert_eq!(ids.len(), 40_000);

@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ralph_core::JobQueue;
+use ralph_core::{JobQueue, QueueAdmin};
 
 const SPEC_VAR: &str = "RALPH_QUEUE_WORKER";
 
@@ -47,7 +47,7 @@ impl Spec {
 
 /// The work: record the job in `processed`, whose primary key makes a second delivery of the
 /// same job fail loudly, then ack.
-async fn work<Q: JobQueue>(q: &Q, spec: &Spec, record: impl AsyncFn(&str, u32) -> Result<(), String>) {
+async fn work<Q: JobQueue + QueueAdmin>(q: &Q, spec: &Spec, record: impl AsyncFn(&str, u32) -> Result<(), String>) {
     if spec.mode == "hold" {
         let jobs = q.claim(&spec.queue, 20, spec.lease, &spec.name).await.expect("claim");
         let ids: Vec<String> = jobs.iter().map(|j| j.id.get().to_string()).collect();
@@ -164,7 +164,12 @@ fn payloads(n: usize) -> Vec<String> {
 }
 
 /// Several processes drain the queue: each job processed exactly once.
-async fn exactly_once<Q: JobQueue>(q: &Q, backend: &str, url: &str, processed: impl AsyncFn() -> (i64, i64)) {
+async fn exactly_once<Q: JobQueue + QueueAdmin>(
+    q: &Q,
+    backend: &str,
+    url: &str,
+    processed: impl AsyncFn() -> (i64, i64),
+) {
     const JOBS: usize = 1500;
     q.enqueue("discovery.multi", &payloads(JOBS)).await.expect("enqueue");
     let workers: Vec<Child> = (0..4)
@@ -178,7 +183,7 @@ async fn exactly_once<Q: JobQueue>(q: &Q, backend: &str, url: &str, processed: i
 }
 
 /// A worker holding leases is SIGKILLed; the others get its jobs after the lease.
-async fn killed_worker<Q: JobQueue>(
+async fn killed_worker<Q: JobQueue + QueueAdmin>(
     q: &Q,
     backend: &str,
     url: &str,

@@ -8,7 +8,10 @@ use chrono::{DateTime, Utc};
 use rand_core::{OsRng, RngCore};
 
 use super::MemoryStore;
-use crate::{FailOutcome, Id, Job, JobQueue, QueueStats, RetryPolicy, StoreError, ValidationError};
+use crate::{
+    FailOutcome, Id, Job, JobInfo, JobQueue, JobState, QueueAdmin, QueueStats, RetryPolicy, StoreError,
+    ValidationError, WorkerBeat,
+};
 
 const JOB: &str = "job";
 
@@ -18,15 +21,6 @@ const MAX_DELAY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 const MAX_QUEUE_NAME: usize = 255;
 /// Jobs one claim takes at most.
 const MAX_CLAIM: usize = 10_000;
-
-/// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum JobState {
-    Pending,
-    Running,
-    Done,
-    Dead,
-}
 
 /// One job, as the SQL stores' `queue_jobs` row holds it.
 #[derive(Debug, Clone)]
@@ -39,6 +33,26 @@ pub(super) struct JobRow {
     /// When a pending job becomes claimable, or when a running job's lease runs out.
     due_at: DateTime<Utc>,
     enqueued_at: DateTime<Utc>,
+    worker: Option<String>,
+    last_error: Option<String>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl JobRow {
+    fn info(&self, id: i64) -> JobInfo {
+        JobInfo {
+            id: Id::new(id),
+            queue: self.queue.clone(),
+            state: self.state,
+            payload: self.payload.clone(),
+            attempts: self.attempts,
+            worker: self.worker.clone(),
+            last_error: self.last_error.clone(),
+            due_at: self.due_at,
+            enqueued_at: self.enqueued_at,
+            finished_at: self.finished_at,
+        }
+    }
 }
 
 impl JobRow {
@@ -58,6 +72,12 @@ fn now() -> DateTime<Utc> {
 fn after(at: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
     let micros = i64::try_from(delay.min(MAX_DELAY).as_micros()).unwrap_or(i64::MAX);
     at.checked_add_signed(chrono::Duration::microseconds(micros)).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `at - delay`, the delay clamped to [`MAX_DELAY`].
+fn before(at: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    let micros = i64::try_from(delay.min(MAX_DELAY).as_micros()).unwrap_or(i64::MAX);
+    at.checked_sub_signed(chrono::Duration::microseconds(micros)).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 fn check_queue(queue: &str) -> Result<(), StoreError> {
@@ -110,6 +130,9 @@ impl JobQueue for MemoryStore {
                 lease_token: None,
                 due_at: now,
                 enqueued_at: now,
+                worker: None,
+                last_error: None,
+                finished_at: None,
             };
             state.jobs.insert(id, row);
             ids.push(Id::new(id));
@@ -117,7 +140,7 @@ impl JobQueue for MemoryStore {
         Ok(ids)
     }
 
-    async fn claim(&self, queue: &str, max: usize, lease: Duration, _worker: &str) -> Result<Vec<Job>, StoreError> {
+    async fn claim(&self, queue: &str, max: usize, lease: Duration, worker: &str) -> Result<Vec<Job>, StoreError> {
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -126,6 +149,20 @@ impl JobQueue for MemoryStore {
         let now = now();
         let lease_until = after(now, lease);
         let mut state = self.lock();
+        if state.paused.contains(queue) {
+            return Ok(Vec::new());
+        }
+        // A job whose lease expired after its last allowed attempt is dead-lettered.
+        let max_attempts = state.job_policy.unwrap_or_default().max_attempts;
+        for row in state.jobs.values_mut() {
+            if row.queue == queue && row.state == JobState::Running && row.due_at <= now && row.attempts >= max_attempts
+            {
+                row.state = JobState::Dead;
+                row.lease_token = None;
+                row.last_error = Some(format!("lease expired {} times", row.attempts));
+                row.finished_at = Some(now);
+            }
+        }
         // Pending jobs that are due and running jobs whose lease ran out, in `due_at` order.
         let mut due: Vec<(DateTime<Utc>, i64)> = state
             .jobs
@@ -144,6 +181,7 @@ impl JobQueue for MemoryStore {
             row.attempts = row.attempts.saturating_add(1);
             row.lease_token = Some(token.clone());
             row.due_at = lease_until;
+            row.worker = Some(worker.to_owned());
             jobs.push(Job {
                 id: Id::new(id),
                 queue: row.queue.clone(),
@@ -163,6 +201,7 @@ impl JobQueue for MemoryStore {
     }
 
     async fn ack_batch(&self, jobs: &[Job]) -> Result<u64, StoreError> {
+        let now = now();
         let mut state = self.lock();
         let mut held = 0;
         for job in jobs {
@@ -171,13 +210,14 @@ impl JobQueue for MemoryStore {
             {
                 row.state = JobState::Done;
                 row.lease_token = None;
+                row.finished_at = Some(now);
                 held += 1;
             }
         }
         Ok(held)
     }
 
-    async fn fail(&self, job: &Job, _error: &str, policy: &RetryPolicy) -> Result<FailOutcome, StoreError> {
+    async fn fail(&self, job: &Job, error: &str, policy: &RetryPolicy) -> Result<FailOutcome, StoreError> {
         let now = now();
         let dead = job.attempts >= policy.max_attempts;
         let mut state = self.lock();
@@ -185,9 +225,11 @@ impl JobQueue for MemoryStore {
             return Ok(FailOutcome::LeaseLost);
         };
         row.lease_token = None;
+        row.last_error = Some(error.chars().take(4000).collect());
         if dead {
             row.state = JobState::Dead;
             row.due_at = now;
+            row.finished_at = Some(now);
             return Ok(FailOutcome::Dead);
         }
         let at = after(now, policy.backoff(job.attempts));
@@ -207,7 +249,10 @@ impl JobQueue for MemoryStore {
             None => Ok(false),
         }
     }
+}
 
+#[async_trait]
+impl QueueAdmin for MemoryStore {
     async fn reclaim_expired(&self, queue: &str) -> Result<u64, StoreError> {
         let now = now();
         let mut state = self.lock();
@@ -225,7 +270,9 @@ impl JobQueue for MemoryStore {
 
     async fn stats(&self, queue: &str) -> Result<QueueStats, StoreError> {
         let state = self.lock();
-        Ok(stats(queue, state.jobs.values().filter(|r| r.queue == queue), now()))
+        let mut stats = stats(queue, state.jobs.values().filter(|r| r.queue == queue), now());
+        stats.paused = state.paused.contains(queue);
+        Ok(stats)
     }
 
     async fn all_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
@@ -235,7 +282,96 @@ impl JobQueue for MemoryStore {
         for row in state.jobs.values() {
             by_queue.entry(row.queue.as_str()).or_default().push(row);
         }
-        Ok(by_queue.into_iter().map(|(queue, rows)| stats(queue, rows.into_iter(), now)).collect())
+        for queue in &state.paused {
+            by_queue.entry(queue.as_str()).or_default();
+        }
+        Ok(by_queue
+            .into_iter()
+            .map(|(queue, rows)| QueueStats {
+                paused: state.paused.contains(queue),
+                ..stats(queue, rows.into_iter(), now)
+            })
+            .collect())
+    }
+
+    async fn list_jobs(&self, queue: &str, state: JobState, limit: usize) -> Result<Vec<JobInfo>, StoreError> {
+        let jobs = self.lock();
+        let limit = limit.min(crate::queue::MAX_LIST);
+        Ok(jobs
+            .jobs
+            .iter()
+            .filter(|(_, r)| r.queue == queue && r.state == state)
+            .take(limit)
+            .map(|(id, r)| r.info(*id))
+            .collect())
+    }
+
+    async fn retry_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError> {
+        let now = now();
+        let mut state = self.lock();
+        let mut changed = 0;
+        for id in ids {
+            if let Some(row) = state.jobs.get_mut(&id.get()).filter(|r| r.queue == queue)
+                && matches!(row.state, JobState::Dead | JobState::Pending)
+            {
+                row.state = JobState::Pending;
+                row.attempts = 0;
+                row.due_at = now;
+                row.finished_at = None;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn discard_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let mut removed = 0;
+        for id in ids {
+            let discardable = state
+                .jobs
+                .get(&id.get())
+                .is_some_and(|r| r.queue == queue && matches!(r.state, JobState::Dead | JobState::Pending));
+            if discardable && state.jobs.remove(&id.get()).is_some() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn purge(&self, done_older_than: Duration, dead_older_than: Duration) -> Result<u64, StoreError> {
+        let now = now();
+        let (done_before, dead_before) = (before(now, done_older_than), before(now, dead_older_than));
+        let mut state = self.lock();
+        let before_count = state.jobs.len();
+        state.jobs.retain(|_, r| match (r.state, r.finished_at) {
+            (JobState::Done, Some(at)) => at >= done_before,
+            (JobState::Dead, Some(at)) => at >= dead_before,
+            _ => true,
+        });
+        Ok(u64::try_from(before_count - state.jobs.len()).unwrap_or(u64::MAX))
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
+        check_queue(queue)?;
+        let mut state = self.lock();
+        if paused {
+            state.paused.insert(queue.to_owned());
+        } else {
+            state.paused.remove(queue);
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&self, beat: &WorkerBeat) -> Result<(), StoreError> {
+        beat.validate().map_err(|e| StoreError::invalid(JOB, e))?;
+        let beat = WorkerBeat { last_seen: now(), ..beat.clone() };
+        self.lock().workers.insert(beat.name.clone(), beat);
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError> {
+        Ok(self.lock().workers.values().cloned().collect())
     }
 }
 

@@ -143,10 +143,10 @@ impl SystemConnector {
     }
 
     fn give_back(&self, addr: SocketAddr, socket: socket2::Socket) {
-        if let Ok(mut v) = self.spares(addr).lock() {
-            if v.len() < SPARE_SOCKETS {
-                v.push(socket);
-            }
+        if let Ok(mut v) = self.spares(addr).lock()
+            && v.len() < SPARE_SOCKETS
+        {
+            v.push(socket);
         }
     }
 }

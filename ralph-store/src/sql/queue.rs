@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ralph_core::{FailOutcome, Id, Job, JobQueue, QueueStats, RetryPolicy, StoreError, ValidationError};
+use ralph_core::{
+    FailOutcome, Id, Job, JobInfo, JobQueue, JobState, QueueAdmin, QueueStats, RetryPolicy, StoreError,
+    ValidationError, WorkerBeat,
+};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
 
 use super::{err, push_list};
@@ -51,6 +54,80 @@ impl JobRow {
     }
 }
 
+/// A job as [`QueueAdmin::list_jobs`] shows it.
+#[derive(FromRow)]
+struct JobInfoRow {
+    id: i64,
+    queue: String,
+    state: String,
+    payload: String,
+    attempts: i32,
+    worker: Option<String>,
+    last_error: Option<String>,
+    due_at: Stamp,
+    enqueued_at: Stamp,
+    finished_at: Option<Stamp>,
+}
+
+impl JobInfoRow {
+    fn into_info(self) -> Result<JobInfo, StoreError> {
+        Ok(JobInfo {
+            id: Id::new(self.id),
+            queue: self.queue,
+            state: JobState::parse(&self.state).map_err(|e| corrupt(e.to_string()))?,
+            payload: self.payload,
+            attempts: u32::try_from(self.attempts)
+                .map_err(|_| corrupt(format!("attempts {} out of range", self.attempts)))?,
+            worker: self.worker,
+            last_error: self.last_error,
+            due_at: self.due_at.0,
+            enqueued_at: self.enqueued_at.0,
+            finished_at: self.finished_at.map(|s| s.0),
+        })
+    }
+}
+
+/// A heartbeat row.
+#[derive(FromRow)]
+struct WorkerRow {
+    name: String,
+    host: String,
+    pid: i64,
+    queues: String,
+    current_jobs: String,
+    started_at: Stamp,
+    last_seen: Stamp,
+}
+
+impl WorkerRow {
+    fn into_beat(self) -> Result<WorkerBeat, StoreError> {
+        let json = |what: &str, e: serde_json::Error| corrupt(format!("worker {what}: {e}"));
+        Ok(WorkerBeat {
+            pid: u32::try_from(self.pid).map_err(|_| corrupt(format!("pid {} out of range", self.pid)))?,
+            queues: serde_json::from_str(&self.queues).map_err(|e| json("queues", e))?,
+            current_jobs: serde_json::from_str::<Vec<i64>>(&self.current_jobs)
+                .map_err(|e| json("jobs", e))?
+                .into_iter()
+                .map(Id::new)
+                .collect(),
+            name: self.name,
+            host: self.host,
+            started_at: self.started_at.0,
+            last_seen: self.last_seen.0,
+        })
+    }
+}
+
+/// An expired lease of a job out of attempts.
+#[derive(FromRow)]
+struct SpentRow {
+    id: i64,
+    attempts: i32,
+}
+
+/// Rows per purge statement: short statements, short locks.
+const PURGE_CHUNK: i64 = 10_000;
+
 /// One queue's counters.
 #[derive(FromRow)]
 struct StatsRow {
@@ -74,6 +151,7 @@ impl StatsRow {
             dead: count(self.dead),
             done: count(self.done),
             oldest_pending_age: self.oldest_age.map(|m| Duration::from_micros(u64::try_from(m).unwrap_or(0))),
+            paused: false,
         }
     }
 }
@@ -133,7 +211,9 @@ where
     usize: ColumnIndex<DB::Row>,
     for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Decode<'q, DB> + Type<DB>,
     for<'q> String: Decode<'q, DB> + Type<DB>,
     for<'q> Stamp: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
 {
@@ -149,6 +229,72 @@ where
             .push(" AND state = 'running'");
         let done = qb.build().execute(self.pool()).await.map_err(err(JOB))?;
         Ok(DB::rows_affected(&done) == 1)
+    }
+
+    /// Runs `head` (an `UPDATE ... SET ...` or a `DELETE FROM queue_jobs`) on the named jobs of
+    /// `queue` that are pending or dead; returns how many it touched.
+    async fn by_ids(
+        &self,
+        queue: &str,
+        ids: &[Id<Job>],
+        head: impl Fn(&mut QueryBuilder<DB>),
+    ) -> Result<u64, StoreError> {
+        let head = &head;
+        let mut touched = 0;
+        for chunk in ids.chunks(CHUNK) {
+            touched += self
+                .retrying(JOB, || async move {
+                    let mut qb = QueryBuilder::new("");
+                    head(&mut qb);
+                    qb.push(" WHERE queue = ")
+                        .push_bind(Some(queue))
+                        .push(" AND state IN ('pending', 'dead') AND id IN (");
+                    push_list(&mut qb, chunk.iter().map(|id| Some(id.get())));
+                    qb.push(")");
+                    let done = qb.build().execute(self.pool()).await.map_err(err(JOB))?;
+                    Ok(DB::rows_affected(&done))
+                })
+                .await?;
+        }
+        Ok(touched)
+    }
+
+    /// Whether claims of `queue` are paused.
+    async fn is_paused(&self, queue: &str) -> Result<bool, StoreError> {
+        let mut qb = QueryBuilder::new("SELECT paused FROM queue_settings WHERE queue = ");
+        qb.push_bind(Some(queue));
+        let paused = qb.build_query_scalar::<bool>().fetch_optional(self.pool()).await.map_err(err(JOB))?;
+        Ok(paused.unwrap_or(false))
+    }
+
+    /// Dead-letters the jobs of `queue` whose lease expired after their last allowed attempt
+    /// (their worker died every time), so they are not claimed again.
+    async fn dead_letter_spent(&self, queue: &str) -> Result<(), StoreError> {
+        let max_attempts = i64::from(self.job_policy().max_attempts);
+        let mut qb = QueryBuilder::new("SELECT id, attempts FROM queue_jobs WHERE queue = ");
+        qb.push_bind(Some(queue)).push(" AND state = 'running' AND due_at <= ");
+        DB::push_now(&mut qb);
+        qb.push(" AND attempts >= ").push_bind(Some(max_attempts)).push(" LIMIT 1000");
+        let spent = qb.build_query_as::<SpentRow>().fetch_all(self.pool()).await.map_err(err(JOB))?;
+        for job in spent {
+            let reason = format!("lease expired {} times", job.attempts);
+            let mut qb = QueryBuilder::new("UPDATE queue_jobs SET state = 'dead', lease_token = NULL, last_error = ");
+            qb.push_bind(Some(reason.as_str())).push(", finished_at = ");
+            DB::push_now(&mut qb);
+            qb.push(" WHERE id = ").push_bind(Some(job.id)).push(" AND state = 'running' AND due_at <= ");
+            DB::push_now(&mut qb);
+            qb.build().execute(self.pool()).await.map_err(err(JOB))?;
+            tracing::warn!(target: TRACE_TARGET, queue, job = job.id, attempts = job.attempts, "job dead-lettered: lease expired on every attempt");
+        }
+        Ok(())
+    }
+
+    /// The names of the paused queues.
+    async fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar::<DB, String>("SELECT queue FROM queue_settings WHERE paused = TRUE ORDER BY queue")
+            .fetch_all(self.pool())
+            .await
+            .map_err(err(JOB))
     }
 
     /// The counters of one queue (`Some`) or of every queue.
@@ -171,7 +317,16 @@ where
         }
         qb.push(" GROUP BY queue ORDER BY queue");
         let rows = qb.build_query_as::<StatsRow>().fetch_all(self.pool()).await.map_err(err(JOB))?;
-        Ok(rows.into_iter().map(StatsRow::into_stats).collect())
+        let paused = self.paused_queues().await?;
+        let mut stats: Vec<QueueStats> = rows.into_iter().map(StatsRow::into_stats).collect();
+        for name in paused.iter().filter(|p| queue.is_none_or(|q| q == p.as_str())) {
+            match stats.iter_mut().find(|s| &s.queue == name) {
+                Some(s) => s.paused = true,
+                None => stats.push(QueueStats { queue: name.clone(), paused: true, ..QueueStats::default() }),
+            }
+        }
+        stats.sort_by(|a, b| a.queue.cmp(&b.queue));
+        Ok(stats)
     }
 }
 
@@ -185,7 +340,9 @@ where
     usize: ColumnIndex<DB::Row>,
     for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Decode<'q, DB> + Type<DB>,
     for<'q> String: Decode<'q, DB> + Type<DB>,
     for<'q> Stamp: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
 {
@@ -226,6 +383,10 @@ where
             return Ok(Vec::new());
         }
         check_queue(queue)?;
+        if self.is_paused(queue).await? {
+            return Ok(Vec::new());
+        }
+        self.retrying(JOB, || self.dead_letter_spent(queue)).await?;
         let limit = claim_limit(max);
         let mut jobs = self.retrying(JOB, || DB::claim(self.pool(), queue, limit, lease, worker)).await?;
         jobs.sort_unstable_by_key(|j| j.id);
@@ -311,7 +472,24 @@ where
         })
         .await
     }
+}
 
+#[async_trait]
+impl<DB> QueueAdmin for SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Decode<'q, DB> + Type<DB>,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> Stamp: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+{
     async fn reclaim_expired(&self, queue: &str) -> Result<u64, StoreError> {
         self.retrying(JOB, || async {
             let mut qb = QueryBuilder::new("UPDATE queue_jobs SET state = 'pending', lease_token = NULL, due_at = ");
@@ -326,19 +504,156 @@ where
 
     async fn stats(&self, queue: &str) -> Result<QueueStats, StoreError> {
         let stats = self.queue_stats(Some(queue)).await?.into_iter().next();
-        Ok(stats.unwrap_or_else(|| QueueStats {
-            queue: queue.to_owned(),
-            pending: 0,
-            running: 0,
-            expired: 0,
-            dead: 0,
-            done: 0,
-            oldest_pending_age: None,
-        }))
+        Ok(stats.unwrap_or_else(|| QueueStats { queue: queue.to_owned(), ..QueueStats::default() }))
     }
 
     async fn all_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
         self.queue_stats(None).await
+    }
+
+    async fn list_jobs(&self, queue: &str, state: JobState, limit: usize) -> Result<Vec<JobInfo>, StoreError> {
+        let limit = i64::try_from(limit.min(ralph_core::queue::MAX_LIST)).unwrap_or(1);
+        let mut qb = QueryBuilder::new(
+            "SELECT id, queue, state, payload, attempts, worker, last_error, due_at, enqueued_at, finished_at \
+             FROM queue_jobs WHERE queue = ",
+        );
+        qb.push_bind(Some(queue))
+            .push(" AND state = ")
+            .push_bind(Some(state.as_str()))
+            .push(" ORDER BY id LIMIT ")
+            .push_bind(Some(limit));
+        let rows = qb.build_query_as::<JobInfoRow>().fetch_all(self.pool()).await.map_err(err(JOB))?;
+        rows.into_iter().map(JobInfoRow::into_info).collect()
+    }
+
+    async fn retry_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError> {
+        self.by_ids(queue, ids, |qb| {
+            qb.push("UPDATE queue_jobs SET state = 'pending', attempts = 0, lease_token = NULL, finished_at = NULL, due_at = ");
+            DB::push_now(qb);
+        })
+        .await
+    }
+
+    async fn discard_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError> {
+        self.by_ids(queue, ids, |qb| {
+            qb.push("DELETE FROM queue_jobs");
+        })
+        .await
+    }
+
+    async fn purge(&self, done_older_than: Duration, dead_older_than: Duration) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        for (state, age) in [("done", done_older_than), ("dead", dead_older_than)] {
+            loop {
+                // Ids first, then a short delete of those: one statement form every backend
+                // takes (MySQL refuses LIMIT in an IN subquery, PostgreSQL a LIMIT on DELETE).
+                let mut qb = QueryBuilder::new("SELECT id FROM queue_jobs WHERE state = ");
+                qb.push_bind(Some(state)).push(" AND finished_at < ");
+                DB::push_now_plus(&mut qb, -micros(age));
+                qb.push(" ORDER BY finished_at LIMIT ").push_bind(Some(PURGE_CHUNK));
+                let ids = qb.build_query_scalar::<i64>().fetch_all(self.pool()).await.map_err(err(JOB))?;
+                if ids.is_empty() {
+                    break;
+                }
+                let chunk = &ids;
+                purged += self
+                    .retrying(JOB, || async move {
+                        let mut qb = QueryBuilder::new("DELETE FROM queue_jobs WHERE state = ");
+                        qb.push_bind(Some(state)).push(" AND id IN (");
+                        push_list(&mut qb, chunk.iter().map(|id| Some(*id)));
+                        qb.push(")");
+                        let done = qb.build().execute(self.pool()).await.map_err(err(JOB))?;
+                        Ok(DB::rows_affected(&done))
+                    })
+                    .await?;
+                if i64::try_from(ids.len()).unwrap_or(0) < PURGE_CHUNK {
+                    break;
+                }
+            }
+        }
+        tracing::debug!(target: TRACE_TARGET, purged, "purged finished jobs");
+        Ok(purged)
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
+        check_queue(queue)?;
+        self.retrying(JOB, || async {
+            let mut tx = self.begin(JOB).await?;
+            let mut qb = QueryBuilder::new("UPDATE queue_settings SET paused = ");
+            qb.push_bind(paused).push(" WHERE queue = ").push_bind(Some(queue));
+            let done = qb.build().execute(&mut *tx).await.map_err(err(JOB))?;
+            if DB::rows_affected(&done) == 0 {
+                let mut qb = QueryBuilder::new(DB::INSERT_IGNORE);
+                qb.push(" queue_settings (queue, paused) VALUES (")
+                    .push_bind(Some(queue))
+                    .push(", ")
+                    .push_bind(paused)
+                    .push(")");
+                qb.push(DB::ignore_conflict("queue"));
+                qb.build().execute(&mut *tx).await.map_err(err(JOB))?;
+            }
+            commit(tx, JOB).await
+        })
+        .await?;
+        tracing::info!(target: TRACE_TARGET, queue, paused, "queue pause changed");
+        Ok(())
+    }
+
+    async fn heartbeat(&self, beat: &WorkerBeat) -> Result<(), StoreError> {
+        beat.validate().map_err(|e| StoreError::invalid(JOB, e))?;
+        let queues = serde_json::to_string(&beat.queues).map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let jobs: Vec<i64> = beat.current_jobs.iter().map(|id| id.get()).collect();
+        let jobs = serde_json::to_string(&jobs).map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let pid = Some(i64::from(beat.pid));
+        let started = Stamp(beat.started_at);
+        self.retrying(JOB, || async {
+            let mut tx = self.begin(JOB).await?;
+            let mut qb = QueryBuilder::new("UPDATE queue_workers SET host = ");
+            qb.push_bind(Some(beat.host.as_str()))
+                .push(", pid = ")
+                .push_bind(pid)
+                .push(", queues = ")
+                .push_bind(Some(queues.as_str()))
+                .push(", current_jobs = ")
+                .push_bind(Some(jobs.as_str()))
+                .push(", started_at = ")
+                .push_bind(started)
+                .push(", last_seen = ");
+            DB::push_now(&mut qb);
+            qb.push(" WHERE name = ").push_bind(Some(beat.name.as_str()));
+            let done = qb.build().execute(&mut *tx).await.map_err(err(JOB))?;
+            if DB::rows_affected(&done) == 0 {
+                let mut qb = QueryBuilder::new(DB::INSERT_IGNORE);
+                qb.push(" queue_workers (name, host, pid, queues, current_jobs, started_at, last_seen) VALUES (");
+                qb.push_bind(Some(beat.name.as_str()))
+                    .push(", ")
+                    .push_bind(Some(beat.host.as_str()))
+                    .push(", ")
+                    .push_bind(pid)
+                    .push(", ")
+                    .push_bind(Some(queues.as_str()))
+                    .push(", ")
+                    .push_bind(Some(jobs.as_str()))
+                    .push(", ")
+                    .push_bind(started)
+                    .push(", ");
+                DB::push_now(&mut qb);
+                qb.push(")").push(DB::ignore_conflict("name"));
+                qb.build().execute(&mut *tx).await.map_err(err(JOB))?;
+            }
+            commit(tx, JOB).await
+        })
+        .await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError> {
+        let rows = sqlx::query_as::<DB, WorkerRow>(
+            "SELECT name, host, pid, queues, current_jobs, started_at, last_seen FROM queue_workers ORDER BY name",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(err(JOB))?;
+        rows.into_iter().map(WorkerRow::into_beat).collect()
     }
 }
 

@@ -1,0 +1,17 @@
+-- Queue administration: paused queues, worker heartbeats, and the index purges read.
+CREATE TABLE IF NOT EXISTS queue_settings (
+    queue  TEXT    NOT NULL PRIMARY KEY,
+    paused BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE TABLE IF NOT EXISTS queue_workers (
+    name         TEXT    NOT NULL PRIMARY KEY,
+    host         TEXT    NOT NULL,
+    pid          INTEGER NOT NULL,
+    -- JSON arrays.
+    queues       TEXT    NOT NULL,
+    current_jobs TEXT    NOT NULL,
+    -- Microseconds since the Unix epoch, like the jobs' times.
+    started_at   INTEGER NOT NULL,
+    last_seen    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_jobs_finished ON queue_jobs (state, finished_at);
