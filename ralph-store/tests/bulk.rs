@@ -13,7 +13,7 @@ use ralph_core::{
     apply_observation,
 };
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 trait Store: ScanResultStore + InventoryStore + Repository<IpAddress> {}
 impl<T: ScanResultStore + InventoryStore + Repository<IpAddress>> Store for T {}
