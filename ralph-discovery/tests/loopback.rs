@@ -174,8 +174,8 @@ async fn enobufs_storm_halves_the_rate_and_every_target_is_still_probed() {
     assert!(summary.min_rate <= summary.initial_rate / 2.0, "{} vs {}", summary.min_rate, summary.initial_rate);
 }
 
-/// A TLS server with a fresh self-signed certificate (made with the openssl CLI), answering
-/// with `server` as the `Server` header, on a blocking thread.
+/// A TLS server (rustls) with a fresh self-signed certificate (made with the openssl CLI),
+/// answering with `server` as the `Server` header, on a blocking thread.
 fn https_listener(ip: &str, server: &'static str) -> (SocketAddr, tempfile::TempDir) {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().expect("tempdir");
@@ -190,15 +190,26 @@ fn https_listener(ip: &str, server: &'static str) -> (SocketAddr, tempfile::Temp
         .status()
         .expect("openssl CLI");
     assert!(status.success());
-    let identity =
-        native_tls::Identity::from_pkcs8(&std::fs::read(&cert).expect("cert"), &std::fs::read(&key).expect("key"))
-            .expect("identity");
-    let acceptor = native_tls::TlsAcceptor::new(identity).expect("acceptor");
+    let config = {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(&cert).expect("cert").collect::<Result<Vec<_>, _>>().expect("cert");
+        let key = PrivateKeyDer::from_pem_file(&key).expect("key");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server config")
+    };
+    let config = std::sync::Arc::new(config);
     let listener = std::net::TcpListener::bind(format!("{ip}:0")).expect("bind");
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let Ok(mut tls) = acceptor.accept(stream) else { continue };
+            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else { continue };
+            let mut tls = rustls::StreamOwned::new(conn, stream);
             let mut buf = [0u8; 1024];
             if tls.read(&mut buf).is_ok_and(|n| n > 0) {
                 let response = format!("HTTP/1.1 200 OK\r\nServer: {server}\r\nContent-Length: 2\r\n\r\nok");

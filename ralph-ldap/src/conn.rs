@@ -99,33 +99,12 @@ pub(crate) struct Connector {
 
 impl Connector {
     pub(crate) fn new(config: &LdapConfig) -> Result<Self> {
-        let mut builder = native_tls::TlsConnector::builder();
-        if let Some(path) = &config.tls.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| Error::Config(format!("cannot read tls.ca_file {}: {e}", path.display())))?;
-            let certs =
-                pem_certificates(&pem).map_err(|e| Error::Config(format!("tls.ca_file {}: {e}", path.display())))?;
-            for cert in certs {
-                builder.add_root_certificate(cert);
-            }
-            // Trust only the configured CA: a certificate from any public CA is not enough.
-            builder.disable_built_in_roots(true);
-        }
-        if !config.tls.verify {
-            warn!(target: TRACE_TARGET, "TLS certificate verification is disabled by configuration");
-            builder.danger_accept_invalid_certs(true).danger_accept_invalid_hostnames(true);
-        }
-        let tls = builder.build().map_err(|e| Error::Config(format!("TLS setup failed: {e}")))?;
         let starttls = config.tls.uses_start_tls();
         for uri in config.plaintext_uris() {
             // Allowed explicitly (validate refuses it otherwise), but never silent.
             warn!(target: TRACE_TARGET, uri = %uri, "passwords go to this server in clear text (allowed by configuration)");
         }
-        let settings = LdapConnSettings::new()
-            .set_conn_timeout(config.connect_timeout())
-            .set_connector(tls)
-            .set_starttls(starttls)
-            .set_no_tls_verify(!config.tls.verify);
+        let settings = tls_settings(config, LdapConnSettings::new().set_conn_timeout(config.connect_timeout()))?;
         Ok(Self {
             uris: config.server_uris.clone().into(),
             settings,
@@ -199,13 +178,138 @@ impl Connector {
     }
 }
 
-/// The certificates of a PEM bundle (other PEM blocks are skipped); none at all is an error.
-fn pem_certificates(pem: &[u8]) -> std::result::Result<Vec<native_tls::Certificate>, String> {
-    let certs = native_tls::Certificate::stack_from_pem(pem).map_err(|e| e.to_string())?;
-    if certs.is_empty() {
-        return Err("no certificates found".to_owned());
+/// The TLS part of the connection settings: one rustls client configuration, built here once
+/// and shared by every connection of both pools.
+#[cfg(feature = "rustls")]
+fn tls_settings(config: &LdapConfig, settings: LdapConnSettings) -> Result<LdapConnSettings> {
+    Ok(settings
+        .set_config(tls::client_config(&config.tls)?)
+        .set_starttls(config.tls.uses_start_tls())
+        .set_no_tls_verify(!config.tls.verify))
+}
+
+/// Built without a TLS backend: a configuration that needs TLS is refused, never downgraded.
+#[cfg(not(feature = "rustls"))]
+fn tls_settings(config: &LdapConfig, settings: LdapConnSettings) -> Result<LdapConnSettings> {
+    let ldaps = config.server_uris.iter().find(|uri| uri.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("ldaps://")));
+    if config.tls.uses_start_tls() || ldaps.is_some() {
+        return Err(Error::Config(
+            "TLS (StartTLS or ldaps://) needs ralph-ldap's `rustls` feature, which this build leaves out".into(),
+        ));
     }
-    Ok(certs)
+    Ok(settings)
+}
+
+/// rustls client configurations from [`crate::TlsConfig`], on the ring provider (passed in,
+/// so nothing is installed process-wide).
+#[cfg(feature = "rustls")]
+mod tls {
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::WebPkiSupportedAlgorithms;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+    use tracing::warn;
+
+    use crate::config::TlsConfig;
+    use crate::{Error, Result, TRACE_TARGET};
+
+    pub(super) fn client_config(tls: &TlsConfig) -> Result<Arc<ClientConfig>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let algorithms = provider.signature_verification_algorithms;
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("TLS setup failed: {e}")))?;
+        let config = if tls.verify {
+            builder.with_root_certificates(roots(tls)?).with_no_client_auth()
+        } else {
+            warn!(target: TRACE_TARGET, "TLS certificate verification is disabled by configuration");
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(algorithms)))
+                .with_no_client_auth()
+        };
+        Ok(Arc::new(config))
+    }
+
+    /// The configured CA file only (a certificate from any public CA is not enough), else the
+    /// system store.
+    fn roots(tls: &TlsConfig) -> Result<RootCertStore> {
+        if let Some(path) = &tls.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::Config(format!("cannot read tls.ca_file {}: {e}", path.display())))?;
+            return pem_roots(&pem).map_err(|e| Error::Config(format!("tls.ca_file {}: {e}", path.display())));
+        }
+        let found = rustls_native_certs::load_native_certs();
+        for error in &found.errors {
+            warn!(target: TRACE_TARGET, %error, "reading the system CA store");
+        }
+        let mut store = RootCertStore::empty();
+        let (added, refused) = store.add_parsable_certificates(found.certs);
+        if refused > 0 {
+            warn!(target: TRACE_TARGET, refused, "system CA certificates that cannot be used were skipped");
+        }
+        if added == 0 {
+            warn!(target: TRACE_TARGET, "no system CA certificates found: TLS servers cannot be verified");
+        }
+        Ok(store)
+    }
+
+    /// The certificates of a PEM bundle as trust anchors (other PEM blocks and text between
+    /// them are skipped); a malformed certificate, or none at all, is an error.
+    pub(super) fn pem_roots(pem: &[u8]) -> std::result::Result<RootCertStore, String> {
+        let mut store = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| e.to_string())?;
+            store.add(cert).map_err(|e| e.to_string())?;
+        }
+        if store.is_empty() {
+            return Err("no certificates found".to_owned());
+        }
+        Ok(store)
+    }
+
+    /// `verify = false`: any certificate for any name. The handshake signature is still
+    /// checked, as native-tls did with invalid certificates accepted.
+    #[derive(Debug)]
+    struct AnyCertificate(WebPkiSupportedAlgorithms);
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_schemes()
+        }
+    }
 }
 
 /// What a pool's connections are for.
@@ -367,9 +471,12 @@ pub(crate) async fn paged_search(
     Ok(referrals)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "rustls"))]
 mod tests {
-    use super::pem_certificates;
+    /// The number of trust anchors read from a PEM bundle.
+    fn pem_certificates(pem: &[u8]) -> Result<usize, String> {
+        super::tls::pem_roots(pem).map(|store| store.len())
+    }
 
     /// The test directory's two CA certificates, when the services are running.
     fn cas() -> Option<(String, String)> {
@@ -383,11 +490,11 @@ mod tests {
             assert!(pem_certificates(bad).is_err(), "{bad:?} accepted");
         }
         let Some((ca, other)) = cas() else { return };
-        assert_eq!(pem_certificates(ca.as_bytes()).map(|c| c.len()), Ok(1));
+        assert_eq!(pem_certificates(ca.as_bytes()), Ok(1));
         // Text and other PEM blocks between the certificates are skipped, as before.
         let key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
         let bundle = format!("# corp CA\n{ca}\n{key}some text\n{other}");
-        assert_eq!(pem_certificates(bundle.as_bytes()).map(|c| c.len()), Ok(2));
+        assert_eq!(pem_certificates(bundle.as_bytes()), Ok(2));
         let unterminated = &ca[..ca.find("-----END").expect("PEM")];
         assert!(pem_certificates(unterminated.as_bytes()).is_err(), "unterminated certificate accepted");
         let corrupt = ca.replacen("MII", "M!I", 1);

@@ -2,10 +2,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use async_trait::async_trait;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::io;
 
-use super::{ConnectOutcome, Probe, ProbeContext, ProbeReport, Stage};
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::{ConnectOutcome, Connection, Probe, ProbeContext, ProbeReport, Stage};
 
 /// Largest response head read.
 const MAX_HEAD: usize = 16 * 1024;
@@ -57,7 +59,8 @@ pub enum Scheme {
     /// Plain HTTP.
     Http,
     /// HTTP over TLS; certificates are not verified (BMCs ship self-signed ones) since only
-    /// the `Server` header is read.
+    /// the `Server` header is read. One TLS client, built on first use, serves every probe of
+    /// the process: rustls (the `rustls` feature, default) or native-tls (`native-tls`).
     Https,
 }
 
@@ -103,25 +106,28 @@ fn head_complete(buf: &[u8]) -> bool {
     buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= MAX_HEAD
 }
 
+/// Sends the request and reads until the end of the response head (or [`MAX_HEAD`] bytes, or
+/// the peer closing).
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(stream: &mut S, addr: SocketAddr) -> io::Result<Vec<u8>> {
+    stream.write_all(request(addr).as_bytes()).await?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if head_complete(&buf) {
+            break;
+        }
+    }
+    Ok(buf)
+}
+
 async fn fetch_plain(ctx: &ProbeContext, addr: SocketAddr) -> Result<Option<Vec<u8>>, String> {
     let ConnectOutcome::Open(mut conn) = ctx.connect(addr).await else { return Ok(None) };
-    let read = async {
-        conn.stream.write_all(request(addr).as_bytes()).await?;
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 2048];
-        loop {
-            let n = conn.stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if head_complete(&buf) {
-                break;
-            }
-        }
-        Ok::<_, std::io::Error>(buf)
-    };
-    match tokio::time::timeout(ctx.timeouts.read, read).await {
+    match tokio::time::timeout(ctx.timeouts.read, exchange(&mut conn.stream, addr)).await {
         Ok(Ok(buf)) => Ok(Some(buf)),
         Ok(Err(e)) => Err(format!("http {addr}: {e}")),
         Err(_) => Ok(None),
@@ -129,84 +135,25 @@ async fn fetch_plain(ctx: &ProbeContext, addr: SocketAddr) -> Result<Option<Vec<
     // `conn` drops here: SO_LINGER 0 resets it, even with unread body bytes.
 }
 
-/// A blocking socket whose every read and write ends by one deadline: the socket timeout is
-/// set to the time left before each call, so a peer trickling bytes cannot stretch the
-/// exchange past it.
-#[derive(Debug)]
-struct DeadlineStream {
-    stream: std::net::TcpStream,
-    deadline: std::time::Instant,
-}
-
-impl DeadlineStream {
-    fn left(&self) -> std::io::Result<std::time::Duration> {
-        let left = self.deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "https deadline passed"));
-        }
-        Ok(left)
-    }
-}
-
-impl std::io::Read for DeadlineStream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.stream.set_read_timeout(Some(self.left()?))?;
-        self.stream.read(buf)
-    }
-}
-
-impl std::io::Write for DeadlineStream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.stream.set_write_timeout(Some(self.left()?))?;
-        self.stream.write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.stream.flush()
-    }
-}
-
-/// TLS with native-tls's blocking API on a blocking thread; the socket keeps SO_LINGER 0, so
-/// dropping the TLS stream resets the connection too. The handshake, request and response
-/// head together get `connect + read` timeouts: every socket call ends by that deadline, and
-/// the await is bounded by it as well.
+/// TLS on the runtime with the one shared client of [`super::tls`]. The handshake, request and
+/// response head together get `connect + read` timeouts, so a peer trickling bytes cannot
+/// stretch the exchange past that. The socket keeps SO_LINGER 0: dropping the TLS stream
+/// resets the connection, and the budget unit goes with it.
 async fn fetch_tls(ctx: &ProbeContext, addr: SocketAddr) -> Result<Option<Vec<u8>>, String> {
-    use std::io::{Read, Write};
     let ConnectOutcome::Open(conn) = ctx.connect(addr).await else { return Ok(None) };
-    let (stream, permit) = conn.into_std().map_err(|e| format!("https {addr}: {e}"))?;
+    let Connection { stream, _permit: permit } = conn;
     let total = ctx.timeouts.connect.saturating_add(ctx.timeouts.read);
-    let deadline = std::time::Instant::now() + total;
-    let task = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let stream = DeadlineStream { stream, deadline };
-        let connector = native_tls::TlsConnector::builder()
-            .danger_accept_invalid_certs(true)
-            .danger_accept_invalid_hostnames(true)
-            .build()
-            .map_err(std::io::Error::other)?;
-        let mut tls =
-            connector.connect(&addr.ip().to_string(), stream).map_err(|e| std::io::Error::other(e.to_string()))?;
-        tls.write_all(request(addr).as_bytes())?;
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 2048];
-        loop {
-            let n = tls.read(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if head_complete(&buf) {
-                break;
-            }
-        }
-        Ok::<_, std::io::Error>(buf)
-    });
-    // The thread stops by itself at the deadline; the margin only covers scheduling.
-    match tokio::time::timeout(total + std::time::Duration::from_millis(500), task).await {
-        Ok(Ok(Ok(buf))) => Ok(Some(buf)),
-        // A port that is open but speaks no TLS, or too slowly: no family from it.
-        Ok(Ok(Err(_))) | Err(_) => Ok(None),
-        Ok(Err(e)) => Err(format!("https {addr}: {e}")),
+    let outcome = tokio::time::timeout(total, async {
+        let mut tls = super::tls::handshake(addr.ip(), stream).await?;
+        // An open port that speaks no TLS or HTTP, or breaks off: no family from it.
+        exchange(&mut *tls, addr).await.map_err(|_| None::<String>)
+    })
+    .await;
+    drop(permit);
+    match outcome {
+        Ok(Ok(buf)) => Ok(Some(buf)),
+        Ok(Err(Some(local))) => Err(format!("https {addr}: {local}")),
+        Ok(Err(None)) | Err(_) => Ok(None),
     }
 }
 

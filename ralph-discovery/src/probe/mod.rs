@@ -5,6 +5,7 @@ mod http;
 mod icmp;
 mod snmp;
 mod tcp;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::fmt;
