@@ -39,6 +39,7 @@ mod location;
 mod mac;
 mod network;
 pub mod queue;
+pub mod reconcile;
 pub mod scan;
 mod secret;
 mod status;
