@@ -1,6 +1,6 @@
 //! The identity resolver: which stored device, if any, a set of facts is about.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -168,6 +168,12 @@ impl IdentityResolver {
     /// is not a match: the serial ranks higher and says it is another device (the port moved).
     #[must_use]
     pub fn resolve(&self, facts: &[Facts], candidates: &[Candidate]) -> Resolution {
+        self.resolve_indexed(facts, &CandidateIndex::new(self, candidates))
+    }
+
+    /// [`IdentityResolver::resolve`] against an index built once for many resolutions.
+    #[must_use]
+    pub fn resolve_indexed(&self, facts: &[Facts], index: &CandidateIndex<'_>) -> Resolution {
         let ids: BTreeSet<Id<Device>> = facts.iter().filter_map(|f| f.inventory_id).collect();
         let serials = self.serial_keys(facts);
         let macs = self.usable_macs(facts);
@@ -175,21 +181,29 @@ impl IdentityResolver {
         let mut matched: BTreeMap<Id<Device>, Vec<Evidence>> = BTreeMap::new();
         let mut stale = Vec::new();
         for id in &ids {
-            if candidates.iter().any(|c| c.id == *id) {
+            if index.by_id.contains_key(id) {
                 matched.entry(*id).or_default().push(Evidence::InventoryId(*id));
             } else {
                 stale.push(Evidence::InventoryId(*id));
             }
         }
-        for candidate in candidates {
-            let own_serial = candidate.serial_number.as_deref().and_then(|s| self.config.serials.key(s));
-            if let Some(serial) = own_serial.as_ref().filter(|s| serials.contains(*s)) {
-                matched.entry(candidate.id).or_default().push(Evidence::Serial(serial.clone()));
+        for serial in &serials {
+            for &at in index.by_serial.get(serial).into_iter().flatten() {
+                matched.entry(index.candidates[at].id).or_default().push(Evidence::Serial(serial.clone()));
             }
-            let serial_disagrees = own_serial.is_some_and(|s| !serials.is_empty() && !serials.contains(&s));
-            let shared: Vec<MacAddress> = candidate.macs.iter().copied().filter(|m| macs.contains(m)).collect();
-            if !shared.is_empty() && !serial_disagrees {
-                matched.entry(candidate.id).or_default().push(Evidence::Macs(shared));
+        }
+        let mut shared: BTreeMap<usize, Vec<MacAddress>> = BTreeMap::new();
+        for mac in &macs {
+            for &at in index.by_mac.get(mac).into_iter().flatten() {
+                shared.entry(at).or_default().push(*mac);
+            }
+        }
+        for (at, mut macs) in shared {
+            macs.dedup();
+            let serial_disagrees =
+                index.serial_keys[at].as_ref().is_some_and(|s| !serials.is_empty() && !serials.contains(s));
+            if !serial_disagrees {
+                matched.entry(index.candidates[at].id).or_default().push(Evidence::Macs(macs));
             }
         }
 
@@ -216,22 +230,67 @@ impl IdentityResolver {
         // address could have been reassigned. Only a device with no identity of its own is
         // in doubt; one with a serial or MACs that did not match is another device.
         let addresses: BTreeSet<IpAddr> = facts.iter().map(|f| f.address).collect();
-        let hinted: Vec<&Candidate> = candidates
+        let mut hinted: Vec<(Id<Device>, IpAddr)> = addresses
             .iter()
-            .filter(|c| c.management_ip.is_some_and(|ip| addresses.contains(&ip)))
-            .filter(|c| {
-                c.serial_number.as_deref().and_then(|s| self.config.serials.key(s)).is_none()
-                    && !c.macs.iter().any(|m| self.config.macs.usable(*m))
+            .flat_map(|ip| index.by_ip.get(ip).into_iter().flatten().map(move |&at| (at, *ip)))
+            .filter(|&(at, _)| {
+                index.serial_keys[at].is_none()
+                    && !index.candidates[at].macs.iter().any(|m| self.config.macs.usable(*m))
             })
+            .map(|(at, ip)| (index.candidates[at].id, ip))
             .collect();
         if !hinted.is_empty() {
-            let evidence = hinted.iter().filter_map(|c| c.management_ip).map(Evidence::ManagementIp).collect();
-            return Resolution::Ambiguous { devices: hinted.iter().map(|c| c.id).collect(), evidence };
+            hinted.sort();
+            hinted.dedup();
+            let evidence = hinted.iter().map(|(_, ip)| Evidence::ManagementIp(*ip)).collect();
+            return Resolution::Ambiguous { devices: hinted.into_iter().map(|(id, _)| id).collect(), evidence };
         }
         if facts.iter().all(|f| f.model.as_deref().is_none_or(|m| m.trim().is_empty()) && f.device_type.is_none()) {
             return Resolution::Insufficient { missing: Missing::Model };
         }
         Resolution::New
+    }
+}
+
+/// Candidates indexed by id, serial key, usable MAC and management address, so resolving
+/// many addresses against many devices costs a few hash look-ups each.
+#[derive(Debug)]
+pub struct CandidateIndex<'a> {
+    candidates: &'a [Candidate],
+    serial_keys: Vec<Option<String>>,
+    by_id: HashMap<Id<Device>, usize>,
+    by_serial: HashMap<String, Vec<usize>>,
+    by_mac: HashMap<MacAddress, Vec<usize>>,
+    by_ip: HashMap<IpAddr, Vec<usize>>,
+}
+
+impl<'a> CandidateIndex<'a> {
+    /// Indexes `candidates` under `resolver`'s blacklists.
+    #[must_use]
+    pub fn new(resolver: &IdentityResolver, candidates: &'a [Candidate]) -> Self {
+        let mut index = Self {
+            candidates,
+            serial_keys: Vec::with_capacity(candidates.len()),
+            by_id: HashMap::with_capacity(candidates.len()),
+            by_serial: HashMap::new(),
+            by_mac: HashMap::new(),
+            by_ip: HashMap::new(),
+        };
+        for (at, c) in candidates.iter().enumerate() {
+            index.by_id.insert(c.id, at);
+            let key = c.serial_number.as_deref().and_then(|s| resolver.config.serials.key(s));
+            if let Some(key) = &key {
+                index.by_serial.entry(key.clone()).or_default().push(at);
+            }
+            index.serial_keys.push(key);
+            for mac in c.macs.iter().filter(|m| resolver.config.macs.usable(**m)) {
+                index.by_mac.entry(*mac).or_default().push(at);
+            }
+            if let Some(ip) = c.management_ip {
+                index.by_ip.entry(ip).or_default().push(at);
+            }
+        }
+        index
     }
 }
 

@@ -7,9 +7,10 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Bookkeeping, Candidate, Change, ComponentClass, ComponentState, DeviceRef, DeviceState, Evidence, Facts, Field,
-    FieldDiff, FieldState, IdentityConfig, IdentityResolver, ItemStatus, Plan, PlanItem, Provenance, Resolution, Scan,
-    Snapshot, Suppressed, SuppressedReason, Unresolved, UnresolvedReason, facts_checksum, normalise_serial,
+    Bookkeeping, Candidate, CandidateIndex, Change, ComponentClass, ComponentState, DeviceRef, DeviceState, Evidence,
+    Facts, Field, FieldDiff, FieldState, IdentityConfig, IdentityResolver, ItemStatus, Plan, PlanItem, Provenance,
+    Resolution, Scan, Snapshot, Suppressed, SuppressedReason, Unresolved, UnresolvedReason, facts_checksum,
+    normalise_serial,
 };
 use crate::{Component, ComponentKind, Device, Id, MacAddress};
 
@@ -244,16 +245,52 @@ impl Reconciler {
         let checksums: BTreeMap<IpAddr, _> =
             by_address.iter().map(|(ip, group)| (*ip, facts_checksum(*ip, group))).collect();
 
-        let candidates: Vec<Candidate> = snapshot.devices.iter().map(Candidate::from).collect();
-        let mut targets: BTreeMap<DeviceRef, (Vec<IpAddr>, Vec<Facts>)> = BTreeMap::new();
-        let mut conflicted: BTreeSet<Id<Device>> = BTreeSet::new();
-        let mut next_new = 0;
+        let mut groups: Vec<(IpAddr, Vec<Facts>)> = Vec::with_capacity(by_address.len());
         for (address, group) in by_address {
             if scan.ignored.get(&address).is_some_and(|c| Some(c) == checksums.get(&address)) {
                 parts.unresolved.push(Unresolved { address, reason: UnresolvedReason::Ignored });
-                continue;
+            } else {
+                groups.push((address, group));
             }
-            let device = match self.resolver.resolve(&group, &candidates) {
+        }
+
+        // Addresses that share identity evidence (an inventory id, a serial, a usable MAC) are
+        // one machine seen from several addresses (its BMC and its host, say) and are resolved
+        // together. Clustering depends on the facts alone, never on stored state, so the next
+        // scan of the same facts resolves them the same way: re-applying is a no-op.
+        let candidates: Vec<Candidate> = snapshot.devices.iter().map(Candidate::from).collect();
+        let index = CandidateIndex::new(&self.resolver, &candidates);
+        let mut resolved: Vec<(Vec<IpAddr>, Vec<Facts>, Resolution)> = self
+            .clusters(groups)
+            .into_iter()
+            .map(|(addresses, facts)| {
+                let resolution = self.resolver.resolve_indexed(&facts, &index);
+                (addresses, facts, resolution)
+            })
+            .collect();
+        // Clusters that resolved to one stored device but report different serials: which one
+        // is right is a person's call (otherwise the loser would resolve elsewhere next time).
+        let mut serials: BTreeMap<Id<Device>, BTreeSet<String>> = BTreeMap::new();
+        for (_, facts, resolution) in &resolved {
+            if let Resolution::Unique { device, .. } = resolution {
+                serials.entry(*device).or_default().extend(self.resolver.serial_keys(facts));
+            }
+        }
+        for (_, _, resolution) in &mut resolved {
+            let Resolution::Unique { device, .. } = *resolution else { continue };
+            if let Some(keys) = serials.get(&device).filter(|k| k.len() > 1) {
+                *resolution = Resolution::Ambiguous {
+                    devices: vec![device],
+                    evidence: keys.iter().cloned().map(Evidence::Serial).collect(),
+                };
+            }
+        }
+
+        let mut targets: BTreeMap<DeviceRef, (Vec<IpAddr>, Vec<Facts>)> = BTreeMap::new();
+        let mut conflicted: BTreeSet<Id<Device>> = BTreeSet::new();
+        let mut next_new = 0;
+        for (addresses, facts, resolution) in resolved {
+            let device = match resolution {
                 Resolution::Unique { device, .. } => DeviceRef::Existing(device),
                 Resolution::New => {
                     next_new += 1;
@@ -261,17 +298,21 @@ impl Reconciler {
                 }
                 Resolution::Ambiguous { devices, evidence } => {
                     conflicted.extend(devices.iter().copied());
-                    parts.changes.push(Change::Conflict { addresses: vec![address], devices, evidence });
+                    parts.changes.push(Change::Conflict { addresses, devices, evidence });
                     continue;
                 }
                 Resolution::Insufficient { missing } => {
-                    parts.unresolved.push(Unresolved { address, reason: UnresolvedReason::Insufficient(missing) });
+                    parts.unresolved.extend(
+                        addresses
+                            .into_iter()
+                            .map(|address| Unresolved { address, reason: UnresolvedReason::Insufficient(missing) }),
+                    );
                     continue;
                 }
             };
             let slot = targets.entry(device).or_default();
-            slot.0.push(address);
-            slot.1.extend(group);
+            slot.0.extend(addresses);
+            slot.1.extend(facts);
         }
 
         let mut targets: Vec<Target> = targets
@@ -290,6 +331,9 @@ impl Reconciler {
             })
             .collect();
         let claimed = settle_claims(&mut targets, &mut parts);
+        // A device whose only identity is in conflict would be created again by every scan,
+        // since nothing stored would identify it: it waits for the conflict to be resolved.
+        targets.retain(|t| !matches!(t.device, DeviceRef::New(_)) || self.keeps_identity(t));
 
         for target in &targets {
             self.merge_device(snapshot, scan, target, &claimed, &mut parts);
@@ -306,6 +350,55 @@ impl Reconciler {
         };
         plan.unresolved.sort_by_key(|u| u.address);
         plan
+    }
+
+    /// Whether a device created from `target` carries identity once stored: a usable serial,
+    /// or a port with a usable MAC that is not in conflict.
+    fn keeps_identity(&self, target: &Target) -> bool {
+        !self.resolver.serial_keys(&target.facts).is_empty()
+            || target.groups.iter().any(|g| {
+                matches!(g.key, Key::Mac(m) if self.config.identity.macs.usable(m)) && g.matched != Match::Conflicted
+            })
+    }
+
+    /// Groups addresses that share an inventory id, a usable serial or a usable MAC, in
+    /// address order; each cluster's facts in one list.
+    fn clusters(&self, groups: Vec<(IpAddr, Vec<Facts>)>) -> Vec<(Vec<IpAddr>, Vec<Facts>)> {
+        #[derive(PartialEq, Eq, PartialOrd, Ord)]
+        enum Token {
+            Id(Id<Device>),
+            Serial(String),
+            Mac(MacAddress),
+        }
+        fn root(parent: &mut [usize], mut at: usize) -> usize {
+            while parent[at] != at {
+                parent[at] = parent[parent[at]];
+                at = parent[at];
+            }
+            at
+        }
+        let mut parent: Vec<usize> = (0..groups.len()).collect();
+        let mut owner: BTreeMap<Token, usize> = BTreeMap::new();
+        for (at, (_, facts)) in groups.iter().enumerate() {
+            let tokens = facts
+                .iter()
+                .filter_map(|f| f.inventory_id.map(Token::Id))
+                .chain(self.resolver.serial_keys(facts).into_iter().map(Token::Serial))
+                .chain(self.resolver.usable_macs(facts).into_iter().map(Token::Mac));
+            for token in tokens {
+                let first = *owner.entry(token).or_insert(at);
+                let (a, b) = (root(&mut parent, first), root(&mut parent, at));
+                // The lower index is the root, so a cluster is keyed by its first address.
+                parent[a.max(b)] = a.min(b);
+            }
+        }
+        let mut clusters: BTreeMap<usize, (Vec<IpAddr>, Vec<Facts>)> = BTreeMap::new();
+        for (at, (address, facts)) in groups.into_iter().enumerate() {
+            let slot = clusters.entry(root(&mut parent, at)).or_default();
+            slot.0.push(address);
+            slot.1.extend(facts);
+        }
+        clusters.into_values().collect()
     }
 
     /// Field values the facts offer, normalised.
@@ -688,6 +781,35 @@ fn settle_claims(targets: &mut [Target], parts: &mut Parts) -> BTreeSet<Id<Compo
             }
         }
     }
+    // Two devices creating a port with one MAC, or a disk with one serial, in one plan.
+    let mut creates: BTreeMap<Key, Vec<(usize, usize)>> = BTreeMap::new();
+    for (t, target) in targets.iter().enumerate() {
+        for (g, group) in target.groups.iter().enumerate() {
+            if group.matched == Match::New && matches!(group.key, Key::Mac(_) | Key::DiskSerial(_)) {
+                creates.entry(group.key.clone()).or_default().push((t, g));
+            }
+        }
+    }
+    for (key, claimants) in creates.into_iter().filter(|(_, c)| c.len() > 1) {
+        let mut addresses = Vec::new();
+        let mut devices = Vec::new();
+        for &(t, g) in &claimants {
+            addresses.extend(targets[t].addresses.iter().copied());
+            if let DeviceRef::Existing(d) = targets[t].device {
+                devices.push(d);
+            }
+            targets[t].groups[g].matched = Match::Conflicted;
+        }
+        let evidence = match key {
+            Key::Mac(m) => Evidence::Macs(vec![m]),
+            Key::DiskSerial(s) => Evidence::Serial(s),
+            Key::DiskMount(_) | Key::Processor(_) | Key::Memory(_) => continue,
+        };
+        addresses.sort();
+        addresses.dedup();
+        parts.changes.push(Change::Conflict { addresses, devices, evidence: vec![evidence] });
+    }
+
     let mut claimed = BTreeSet::new();
     for (component, claimants) in claims {
         let owner = claimants.iter().find_map(|&(t, g)| match targets[t].groups[g].matched {
