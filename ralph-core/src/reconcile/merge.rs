@@ -1,7 +1,7 @@
 //! The reconciler: identity, per-field merge with provenance, component matching by key
 //! groups, miss counting, and the plan that comes out of them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -94,7 +94,7 @@ fn outranks<T: Ord>(offer: &Offer<T>, value: &T, provenance: &Provenance) -> boo
 }
 
 /// A component's identity within a scan's facts.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Key {
     Mac(MacAddress),
     DiskSerial(String),
@@ -315,15 +315,16 @@ impl Reconciler {
             slot.1.extend(facts);
         }
 
+        let lookup = Lookup::new(snapshot, &self.config.identity.serials);
         let mut targets: Vec<Target> = targets
             .into_iter()
             .map(|(device, (addresses, facts))| {
-                let current = existing(snapshot, device);
+                let current = lookup.existing(device);
                 let groups = self
                     .component_groups(&facts)
                     .into_iter()
                     .map(|(key, offers)| {
-                        let matched = self.match_component(&key, &offers, current, snapshot);
+                        let matched = self.match_component(&key, &offers, current, &lookup);
                         Group { key, offers, matched }
                     })
                     .collect();
@@ -336,7 +337,7 @@ impl Reconciler {
         targets.retain(|t| !matches!(t.device, DeviceRef::New(_)) || self.keeps_identity(t));
 
         for target in &targets {
-            self.merge_device(snapshot, scan, target, &claimed, &mut parts);
+            self.merge_device(&lookup, scan, target, &claimed, &mut parts);
         }
         self.count_device_misses(snapshot, scan, &targets, &conflicted, &claimed, &mut parts);
 
@@ -502,23 +503,17 @@ impl Reconciler {
         key: &Key,
         offers: &[Offer<ComponentKind>],
         current: Option<&DeviceState>,
-        snapshot: &Snapshot,
+        lookup: &Lookup<'_>,
     ) -> Match {
         let local = |pred: &dyn Fn(&ComponentKind) -> bool| {
             current.and_then(|d| d.components.iter().find(|c| pred(&c.kind))).map(|c| Match::Local(c.id))
         };
-        let elsewhere = |pred: &dyn Fn(&ComponentKind) -> bool| {
-            snapshot
-                .devices
-                .iter()
-                .filter(|d| current.is_none_or(|cur| cur.id != d.id))
-                .find_map(|d| d.components.iter().find(|c| pred(&c.kind)).map(|c| (c.id, d.id)))
-        };
+        let elsewhere = |key: &Key| lookup.elsewhere(key, current.map(|d| d.id));
         let serials = &self.config.identity.serials;
         match key {
             Key::Mac(mac) => {
                 let is_mac = |k: &ComponentKind| matches!(k, ComponentKind::Ethernet { mac: m, .. } if m == mac);
-                local(&is_mac).unwrap_or_else(|| match elsewhere(&is_mac) {
+                local(&is_mac).unwrap_or_else(|| match elsewhere(key) {
                     Some((c, d)) if self.config.identity.macs.usable(*mac) => Match::Move(c, d),
                     Some((c, d)) => Match::Clash(c, d),
                     None => Match::New,
@@ -529,7 +524,7 @@ impl Reconciler {
                 let mount = best(offers).and_then(|o| mount_of(&o.value)).unwrap_or_default().to_owned();
                 let same_mount = |k: &ComponentKind| mount_of(k) == Some(mount.as_str());
                 local(&same_serial)
-                    .or_else(|| elsewhere(&same_serial).map(|(c, d)| Match::Move(c, d)))
+                    .or_else(|| elsewhere(key).map(|(c, d)| Match::Move(c, d)))
                     .or_else(|| local(&same_mount))
                     .unwrap_or(Match::New)
             }
@@ -549,25 +544,21 @@ impl Reconciler {
 
     fn merge_device(
         &self,
-        snapshot: &Snapshot,
+        lookup: &Lookup<'_>,
         scan: &Scan,
         target: &Target,
         claimed: &BTreeSet<Id<Component>>,
         parts: &mut Parts,
     ) {
-        let current = existing(snapshot, target.device);
+        let current = lookup.existing(target.device);
+        let mut offered: BTreeMap<Field, Vec<Offer<String>>> = BTreeMap::new();
+        for f in &target.facts {
+            for (field, value) in self.field_values(f) {
+                offered.entry(field).or_default().push(Offer { value, provenance: provenance_of(f) });
+            }
+        }
         let mut diffs = Vec::new();
-        for field in Field::ALL {
-            let offers: Vec<Offer<String>> = target
-                .facts
-                .iter()
-                .flat_map(|f| {
-                    self.field_values(f)
-                        .into_iter()
-                        .filter(|(name, _)| *name == field)
-                        .map(|(_, value)| Offer { value, provenance: provenance_of(f) })
-                })
-                .collect();
+        for (field, offers) in offered {
             let held = current.and_then(|d| d.fields.get(&field));
             if let Some(diff) = merge_field(target.device, field, held, &offers, parts) {
                 diffs.push(diff);
@@ -626,7 +617,7 @@ impl Reconciler {
                     }
                 }
                 Match::Move(id, from) => {
-                    let Some(stored) = component(snapshot, from, id) else { continue };
+                    let Some(stored) = lookup.component(from, id) else { continue };
                     let (after, provenance) = if outranks(winner, &stored.kind, &stored.provenance) {
                         (winner.value.clone(), winner.provenance.clone())
                     } else {
@@ -706,15 +697,56 @@ impl Reconciler {
     }
 }
 
-fn existing(snapshot: &Snapshot, device: DeviceRef) -> Option<&DeviceState> {
-    match device {
-        DeviceRef::Existing(id) => snapshot.device(id),
-        DeviceRef::New(_) => None,
-    }
+/// The snapshot indexed by device id and by the component keys that are global (MAC, disk
+/// serial), so matching costs hash look-ups, not scans of every device.
+struct Lookup<'a> {
+    snapshot: &'a Snapshot,
+    devices: HashMap<Id<Device>, usize>,
+    global: HashMap<Key, Vec<(usize, usize)>>,
 }
 
-fn component(snapshot: &Snapshot, device: Id<Device>, id: Id<Component>) -> Option<&ComponentState> {
-    snapshot.device(device).and_then(|d| d.components.iter().find(|c| c.id == id))
+impl<'a> Lookup<'a> {
+    fn new(snapshot: &'a Snapshot, serials: &super::SerialBlacklist) -> Self {
+        let mut devices = HashMap::with_capacity(snapshot.devices.len());
+        let mut global: HashMap<Key, Vec<(usize, usize)>> = HashMap::new();
+        for (d, device) in snapshot.devices.iter().enumerate() {
+            devices.insert(device.id, d);
+            for (c, component) in device.components.iter().enumerate() {
+                let key = match &component.kind {
+                    ComponentKind::Ethernet { mac, .. } => Some(Key::Mac(*mac)),
+                    ComponentKind::Disk { serial_number: Some(s), .. } => serials.key(s).map(Key::DiskSerial),
+                    _ => None,
+                };
+                if let Some(key) = key {
+                    global.entry(key).or_default().push((d, c));
+                }
+            }
+        }
+        Self { snapshot, devices, global }
+    }
+
+    fn device(&self, id: Id<Device>) -> Option<&'a DeviceState> {
+        self.devices.get(&id).map(|&d| &self.snapshot.devices[d])
+    }
+
+    fn existing(&self, device: DeviceRef) -> Option<&'a DeviceState> {
+        match device {
+            DeviceRef::Existing(id) => self.device(id),
+            DeviceRef::New(_) => None,
+        }
+    }
+
+    fn component(&self, device: Id<Device>, id: Id<Component>) -> Option<&'a ComponentState> {
+        self.device(device).and_then(|d| d.components.iter().find(|c| c.id == id))
+    }
+
+    /// The first component with a global `key` on a device other than `not`.
+    fn elsewhere(&self, key: &Key, not: Option<Id<Device>>) -> Option<(Id<Component>, Id<Device>)> {
+        self.global.get(key)?.iter().find_map(|&(d, c)| {
+            let device = &self.snapshot.devices[d];
+            (Some(device.id) != not).then(|| (device.components[c].id, device.id))
+        })
+    }
 }
 
 /// One field: the best offer replaces the held value when it outranks it and the field is

@@ -1,7 +1,7 @@
 //! Plans: the create / update / move / delete / conflict items a reconciliation proposes, in
 //! dependency order, each with its own status; and their application to a [`Snapshot`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -407,6 +407,7 @@ impl Snapshot {
     /// each marked applied, failed or skipped (when an item it depends on was not applied),
     /// then the bookkeeping. Returns the ids given to the devices the plan created.
     pub fn apply(&mut self, plan: &mut Plan, ids: &mut impl IdAllocator) -> BTreeMap<u32, Id<Device>> {
+        let mut work = Working::new(std::mem::take(&mut self.devices));
         let mut created: BTreeMap<u32, Id<Device>> = BTreeMap::new();
         let mut statuses: BTreeMap<u32, bool> = BTreeMap::new();
         for item in &mut plan.items {
@@ -419,21 +420,40 @@ impl Snapshot {
                 statuses.insert(item.seq, false);
                 continue;
             }
-            let outcome = self.apply_change(&item.change, &mut created, ids);
-            item.status = match outcome {
+            item.status = match work.change(&item.change, &mut created, ids) {
                 Ok(()) => ItemStatus::Applied,
                 Err(reason) => ItemStatus::Failed(reason),
             };
             statuses.insert(item.seq, item.status == ItemStatus::Applied);
         }
         for update in &plan.bookkeeping {
-            self.apply_bookkeeping(update);
+            work.bookkeeping(update);
         }
+        self.devices = work.into_devices();
         created
     }
+}
 
-    fn device_mut(&mut self, id: Id<Device>) -> Result<&mut DeviceState, String> {
-        self.devices.iter_mut().find(|d| d.id == id).ok_or_else(|| format!("device {id} not found"))
+/// Devices by id, and which device holds each component, while a plan is applied.
+struct Working {
+    order: Vec<Id<Device>>,
+    devices: HashMap<Id<Device>, DeviceState>,
+    owner: HashMap<Id<Component>, Id<Device>>,
+}
+
+impl Working {
+    fn new(devices: Vec<DeviceState>) -> Self {
+        let order = devices.iter().map(|d| d.id).collect();
+        let owner = devices.iter().flat_map(|d| d.components.iter().map(|c| (c.id, d.id))).collect();
+        Self { order, devices: devices.into_iter().map(|d| (d.id, d)).collect(), owner }
+    }
+
+    fn into_devices(mut self) -> Vec<DeviceState> {
+        self.order.iter().filter_map(|id| self.devices.remove(id)).collect()
+    }
+
+    fn device(&mut self, id: Id<Device>) -> Result<&mut DeviceState, String> {
+        self.devices.get_mut(&id).ok_or_else(|| format!("device {id} not found"))
     }
 
     fn resolve(created: &BTreeMap<u32, Id<Device>>, device: DeviceRef) -> Result<Id<Device>, String> {
@@ -445,17 +465,31 @@ impl Snapshot {
         }
     }
 
+    fn component(&mut self, id: Id<Component>) -> Option<&mut ComponentState> {
+        let device = *self.owner.get(&id)?;
+        self.devices.get_mut(&device)?.components.iter_mut().find(|c| c.id == id)
+    }
+
     fn take_component(&mut self, from: Id<Device>, id: Id<Component>) -> Result<ComponentState, String> {
-        let device = self.device_mut(from)?;
+        let device = self.device(from)?;
         let at = device
             .components
             .iter()
             .position(|c| c.id == id)
             .ok_or_else(|| format!("component {id} not on device {from}"))?;
-        Ok(device.components.remove(at))
+        let component = device.components.remove(at);
+        self.owner.remove(&id);
+        Ok(component)
     }
 
-    fn apply_change(
+    fn put_component(&mut self, to: Id<Device>, component: ComponentState) -> Result<(), String> {
+        let id = component.id;
+        self.device(to)?.components.push(component);
+        self.owner.insert(id, to);
+        Ok(())
+    }
+
+    fn change(
         &mut self,
         change: &Change,
         created: &mut BTreeMap<u32, Id<Device>>,
@@ -471,60 +505,54 @@ impl Snapshot {
                     );
                 }
                 created.insert(*device, state.id);
-                self.devices.push(state);
+                self.order.push(state.id);
+                self.devices.insert(state.id, state);
             }
             Change::UpdateDevice { device, fields } => {
-                let state = self.device_mut(*device)?;
-                for diff in fields {
-                    let slot = state.fields.entry(diff.field).or_insert_with(|| FieldState {
-                        value: String::new(),
-                        provenance: diff.provenance.clone(),
-                        locked: false,
-                    });
-                    if slot.locked {
-                        return Err(format!("field {} is locked", diff.field));
-                    }
-                    slot.value.clone_from(&diff.after);
-                    slot.provenance = diff.provenance.clone();
+                let state = self.device(*device)?;
+                if let Some(diff) = fields.iter().find(|d| state.fields.get(&d.field).is_some_and(|f| f.locked)) {
+                    return Err(format!("field {} is locked", diff.field));
                 }
-                state.misses = Misses::default();
+                for diff in fields {
+                    state.fields.insert(
+                        diff.field,
+                        FieldState { value: diff.after.clone(), provenance: diff.provenance.clone(), locked: false },
+                    );
+                }
             }
             Change::DeleteDevice { device, .. } => {
-                let state = self.device_mut(*device)?;
-                if !state.components.is_empty() {
+                if !self.device(*device)?.components.is_empty() {
                     return Err(format!("device {device} still has components"));
                 }
-                self.devices.retain(|d| d.id != *device);
+                self.devices.remove(device);
             }
             Change::CreateComponent { device, kind, provenance } => {
-                let id = Self::resolve(created, *device)?;
-                let component = ids.component();
-                self.device_mut(id)?.components.push(ComponentState {
-                    id: component,
+                let to = Self::resolve(created, *device)?;
+                self.device(to)?;
+                let component = ComponentState {
+                    id: ids.component(),
                     kind: kind.clone(),
                     provenance: provenance.clone(),
                     misses: Misses::default(),
-                });
+                };
+                self.put_component(to, component)?;
             }
             Change::UpdateComponent { component, device, after, provenance, .. } => {
-                let state = self.device_mut(*device)?;
-                let c = state
-                    .components
-                    .iter_mut()
-                    .find(|c| c.id == *component)
-                    .ok_or_else(|| format!("component {component} not on device {device}"))?;
+                if self.owner.get(component) != Some(device) {
+                    return Err(format!("component {component} not on device {device}"));
+                }
+                let c = self.component(*component).ok_or_else(|| format!("component {component} not found"))?;
                 c.kind = after.clone();
                 c.provenance = provenance.clone();
-                c.misses = Misses::default();
             }
             Change::MoveComponent { component, from, to, after, provenance, .. } => {
                 let to = Self::resolve(created, *to)?;
-                self.device_mut(to)?;
+                self.device(to)?;
                 let mut c = self.take_component(*from, *component)?;
                 c.kind = after.clone();
                 c.provenance = provenance.clone();
                 c.misses = Misses::default();
-                self.device_mut(to)?.components.push(c);
+                self.put_component(to, c)?;
             }
             Change::DeleteComponent { component, device, .. } => {
                 self.take_component(*device, *component)?;
@@ -534,33 +562,28 @@ impl Snapshot {
         Ok(())
     }
 
-    fn apply_bookkeeping(&mut self, update: &Bookkeeping) {
+    fn bookkeeping(&mut self, update: &Bookkeeping) {
         match update {
             Bookkeeping::FieldProvenance { device, field, provenance } => {
-                if let Some(f) = self.devices.iter_mut().find(|d| d.id == *device).and_then(|d| d.fields.get_mut(field))
-                {
+                if let Some(f) = self.devices.get_mut(device).and_then(|d| d.fields.get_mut(field)) {
                     f.provenance = provenance.clone();
                 }
             }
             Bookkeeping::ComponentProvenance { component, provenance } => {
-                if let Some(c) = self.component_mut(*component) {
+                if let Some(c) = self.component(*component) {
                     c.provenance = provenance.clone();
                 }
             }
             Bookkeeping::DeviceMisses { device, misses } => {
-                if let Some(d) = self.devices.iter_mut().find(|d| d.id == *device) {
+                if let Some(d) = self.devices.get_mut(device) {
                     d.misses = misses.clone();
                 }
             }
             Bookkeeping::ComponentMisses { component, misses } => {
-                if let Some(c) = self.component_mut(*component) {
+                if let Some(c) = self.component(*component) {
                     c.misses = misses.clone();
                 }
             }
         }
-    }
-
-    fn component_mut(&mut self, id: Id<Component>) -> Option<&mut ComponentState> {
-        self.devices.iter_mut().flat_map(|d| d.components.iter_mut()).find(|c| c.id == id)
     }
 }

@@ -498,3 +498,49 @@ fn plans_and_state_round_trip_through_json() {
     let text = serde_json::to_string(&snapshot).expect("serialize");
     assert_eq!(serde_json::from_str::<Snapshot>(&text).expect("deserialize"), snapshot);
 }
+
+/// Scale check, not run by default: `cargo nextest run -p ralph-core --all-features --run-ignored only plan_scales`.
+#[test]
+#[ignore = "timing; run by hand"]
+fn plan_scales_to_ten_thousand_devices() {
+    let n: u32 = 10_000;
+    let serial = |i: u32| format!("SER{i:06}");
+    let port = |i: u32| {
+        let [_, a, b, c] = i.to_be_bytes();
+        MacAddress::from_octets([0x3c, 0xec, 0xef, a, b, c])
+    };
+    let snapshot = Snapshot {
+        devices: (0..n)
+            .map(|i| {
+                device_with(
+                    i64::from(i) + 1,
+                    &serial(i),
+                    vec![(
+                        i64::from(i) + 1_000_000,
+                        ComponentKind::Ethernet { mac: port(i), label: None, speed_mbps: None },
+                    )],
+                )
+            })
+            .collect(),
+    };
+    let facts: Vec<Facts> = (0..n)
+        .map(|i| {
+            let [_, a, b, c] = i.to_be_bytes();
+            let mut f = Facts::new(IpAddr::from([10, a, b, c]), Source::new("snmp", 20).expect("source"), at(9));
+            f.serial_number = Some(serial(i));
+            f.model = Some("R640".into());
+            f.macs = vec![port(i)];
+            f.covers = [ComponentClass::Ethernet].into_iter().collect();
+            f
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut plan = Reconciler::default().plan(&snapshot, &scope(), &facts);
+    let planned = started.elapsed();
+    let mut snapshot = snapshot;
+    let started = std::time::Instant::now();
+    snapshot.apply(&mut plan, &mut ids());
+    let applied = started.elapsed();
+    println!("plan {n} against {n}: {planned:?}; apply {} items: {applied:?}", plan.items.len());
+    assert_eq!(plan.counts().update, usize::try_from(n).expect("n"));
+}
