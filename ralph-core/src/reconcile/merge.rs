@@ -287,7 +287,16 @@ impl Reconciler {
         }
 
         let mut targets: BTreeMap<DeviceRef, (Vec<IpAddr>, Vec<Facts>)> = BTreeMap::new();
-        let mut conflicted: BTreeSet<Id<Device>> = BTreeSet::new();
+        // Devices no miss is counted on: those in a conflict (they may be the ones seen), and
+        // those whose management address answered, even with facts that resolved nothing
+        // (invalid, ignored, insufficient): the device is there, only unidentified.
+        let answered: BTreeSet<IpAddr> = facts.iter().map(|f| f.address).collect();
+        let mut spared: BTreeSet<Id<Device>> = snapshot
+            .devices
+            .iter()
+            .filter(|d| d.management_ip().is_some_and(|ip| answered.contains(&ip)))
+            .map(|d| d.id)
+            .collect();
         let mut next_new = 0;
         for (addresses, facts, resolution) in resolved {
             let device = match resolution {
@@ -297,7 +306,7 @@ impl Reconciler {
                     DeviceRef::New(next_new - 1)
                 }
                 Resolution::Ambiguous { devices, evidence } => {
-                    conflicted.extend(devices.iter().copied());
+                    spared.extend(devices.iter().copied());
                     parts.changes.push(Change::Conflict { addresses, devices, evidence });
                     continue;
                 }
@@ -335,11 +344,16 @@ impl Reconciler {
         // A device whose only identity is in conflict would be created again by every scan,
         // since nothing stored would identify it: it waits for the conflict to be resolved.
         targets.retain(|t| !matches!(t.device, DeviceRef::New(_)) || self.keeps_identity(t));
+        for change in &parts.changes {
+            if let Change::Conflict { devices, .. } = change {
+                spared.extend(devices.iter().copied());
+            }
+        }
 
         for target in &targets {
             self.merge_device(&lookup, scan, target, &claimed, &mut parts);
         }
-        self.count_device_misses(snapshot, scan, &targets, &conflicted, &claimed, &mut parts);
+        self.count_device_misses(snapshot, scan, &targets, &spared, &claimed, &mut parts);
 
         let mut plan = Plan {
             scan: scan.id.clone(),
@@ -666,14 +680,14 @@ impl Reconciler {
         snapshot: &Snapshot,
         scan: &Scan,
         targets: &[Target],
-        conflicted: &BTreeSet<Id<Device>>,
+        spared: &BTreeSet<Id<Device>>,
         claimed: &BTreeSet<Id<Component>>,
         parts: &mut Parts,
     ) {
         let seen: BTreeSet<DeviceRef> = targets.iter().map(|t| t.device).collect();
         for device in &snapshot.devices {
             if seen.contains(&DeviceRef::Existing(device.id))
-                || conflicted.contains(&device.id)
+                || spared.contains(&device.id)
                 || !device.management_ip().is_some_and(|ip| scan.covers(ip))
             {
                 continue;

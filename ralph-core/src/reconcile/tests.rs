@@ -544,3 +544,19 @@ fn plan_scales_to_ten_thousand_devices() {
     println!("plan {n} against {n}: {planned:?}; apply {} items: {applied:?}", plan.items.len());
     assert_eq!(plan.counts().update, usize::try_from(n).expect("n"));
 }
+
+#[test]
+fn a_device_whose_address_answered_is_not_missed_even_unidentified() {
+    let mut device = device_with(1, "S1", vec![]);
+    device.set_by_person(Field::ManagementIp, "10.0.0.7", Provenance::person("alice", 1, at(0)), false);
+    let snapshot = Snapshot { devices: vec![device] };
+    // Only a host name: not enough to identify anything, but the address is alive.
+    let mut facts = Facts::new(ip(7), Source::new("snmp", 10).expect("source"), at(0));
+    facts.hostname = Hostname::parse("sw-1").ok();
+    let reconciler = Reconciler::new(
+        ReconcileConfig::default().with_merge(MergeConfig::default().with_device_misses_before_delete(Some(1))),
+    );
+    let plan = reconciler.plan(&snapshot, &scope(), &[facts]);
+    assert!(plan.is_noop(), "{plan:#?}");
+    assert_eq!(plan.unresolved[0].reason, UnresolvedReason::Insufficient(Missing::Identity));
+}
