@@ -97,7 +97,7 @@ fn canonical(facts: &Facts) -> String {
         c.push("component", line);
     }
     for class in &facts.covers {
-        c.push("covers", &format!("{class:?}"));
+        c.push("covers", class.as_str());
     }
     let mut software: Vec<String> = facts
         .software
@@ -161,7 +161,7 @@ mod tests {
         let ip: IpAddr = "10.0.0.1".parse().expect("ip");
         let at = chrono::DateTime::from_timestamp(0, 0).expect("time");
         let f = Facts::new(ip, Source::new("s", 1).expect("source"), at);
-        assert_eq!(facts_checksum(ip, &[f]).0.len(), 64);
+        assert_eq!(facts_checksum(ip, &[f]).0, "1204e464581fba72c4b7128f5c21acdde83b37599f33f3b6db0ec285d1a1df5f");
         assert_eq!(facts_checksum(ip, &[]), facts_checksum(ip, &[]));
     }
 

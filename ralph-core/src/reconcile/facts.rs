@@ -48,6 +48,17 @@ pub enum ComponentClass {
 }
 
 impl ComponentClass {
+    /// `"ethernet"`, `"processor"`, `"memory"` or `"disk"`, as serialized.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ethernet => "ethernet",
+            Self::Processor => "processor",
+            Self::Memory => "memory",
+            Self::Disk => "disk",
+        }
+    }
+
     /// The class of a component.
     #[must_use]
     pub const fn of(kind: &ComponentKind) -> Self {
@@ -77,7 +88,9 @@ pub struct Software {
 /// the classes listed in [`Facts::covers`]: a stored component of a covered class that the
 /// facts do not mention counts as one miss.
 ///
-/// A facts file is JSON of this shape:
+/// Build one with [`Facts::new`] and set what was learnt (new kinds of fact may be added, so
+/// the struct cannot be written as a literal outside this crate). A facts file is JSON of
+/// this shape:
 ///
 /// ```
 /// use ralph_core::reconcile::Facts;
@@ -104,6 +117,7 @@ pub struct Software {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Facts {
     /// The address the facts are about.
     pub address: IpAddr,

@@ -76,6 +76,22 @@ impl ReconcileConfig {
     }
 }
 
+/// The keys of the stored devices a reconciliation needs; see [`Reconciler::snapshot_query`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SnapshotQuery {
+    /// Inventory ids named by the facts.
+    pub inventory_ids: BTreeSet<Id<Device>>,
+    /// Device serial comparison keys (normalised, upper case; placeholders left out).
+    pub serials: BTreeSet<String>,
+    /// MACs of ports, usable or not (an unusable one still conflicts when it exists elsewhere).
+    pub macs: BTreeSet<MacAddress>,
+    /// Disk serial comparison keys.
+    pub disk_serials: BTreeSet<String>,
+    /// The facts' addresses, as management addresses.
+    pub addresses: BTreeSet<IpAddr>,
+}
+
 /// A value some source offers, with its provenance.
 #[derive(Debug, Clone)]
 struct Offer<T> {
@@ -225,6 +241,30 @@ impl Reconciler {
         &self.resolver
     }
 
+    /// What a store must load into the [`Snapshot`] for `facts`: every stored device that
+    /// has one of these ids, a serial with one of these comparison keys (see
+    /// [`SerialBlacklist::key`](super::SerialBlacklist::key)), a port with one of these MACs,
+    /// a disk with one of these serial keys, or one of these management addresses; plus every
+    /// device whose management address is in the scan's networks (for miss counting).
+    /// Devices left out are neither matched nor moved from nor counted as missing.
+    #[must_use]
+    pub fn snapshot_query(&self, facts: &[Facts]) -> SnapshotQuery {
+        let serials = &self.config.identity.serials;
+        let mut query = SnapshotQuery::default();
+        for f in facts {
+            query.inventory_ids.extend(f.inventory_id);
+            query.serials.extend(f.serial_number.as_deref().and_then(|s| serials.key(s)));
+            query.macs.extend(f.all_macs());
+            query.addresses.insert(f.address);
+            for c in &f.components {
+                if let ComponentKind::Disk { serial_number: Some(s), .. } = c {
+                    query.disk_serials.extend(serials.key(s));
+                }
+            }
+        }
+        query
+    }
+
     /// Plans what `facts` (from one scan, any sources, any order) change in `snapshot`.
     ///
     /// Facts are grouped by address and each address resolved to one device; facts that fail
@@ -297,12 +337,12 @@ impl Reconciler {
             .filter(|d| d.management_ip().is_some_and(|ip| answered.contains(&ip)))
             .map(|d| d.id)
             .collect();
-        let mut next_new = 0;
+        let mut next_new: u32 = 0;
         for (addresses, facts, resolution) in resolved {
             let device = match resolution {
                 Resolution::Unique { device, .. } => DeviceRef::Existing(device),
                 Resolution::New => {
-                    next_new += 1;
+                    next_new = next_new.saturating_add(1);
                     DeviceRef::New(next_new - 1)
                 }
                 Resolution::Ambiguous { devices, evidence } => {

@@ -64,7 +64,7 @@ pub use blacklist::{MacBlacklist, MacPrefix, SerialBlacklist, normalise_serial};
 pub use checksum::{Checksum, facts_checksum};
 pub use facts::{ComponentClass, Facts, Software, Source};
 pub use identity::{Candidate, CandidateIndex, Evidence, IdentityConfig, IdentityResolver, Missing, Resolution};
-pub use merge::{MergeConfig, ReconcileConfig, Reconciler};
+pub use merge::{MergeConfig, ReconcileConfig, Reconciler, SnapshotQuery};
 pub use plan::{
     Bookkeeping, Change, DeviceRef, FieldDiff, IdAllocator, ItemStatus, Plan, PlanCounts, PlanItem, Scan,
     SequentialIds, Suppressed, SuppressedReason, Unresolved, UnresolvedReason,

@@ -560,3 +560,21 @@ fn a_device_whose_address_answered_is_not_missed_even_unidentified() {
     assert!(plan.is_noop(), "{plan:#?}");
     assert_eq!(plan.unresolved[0].reason, UnresolvedReason::Insufficient(Missing::Identity));
 }
+
+#[test]
+fn the_snapshot_query_names_every_key_the_plan_looks_up() {
+    let mut facts = Facts::new(ip(1), Source::new("agent", 10).expect("source"), at(0));
+    facts.serial_number = Some(" s1 ".into());
+    facts.inventory_id = Some(Id::new(4));
+    facts.macs = vec![mac(1)];
+    facts.components = vec![
+        eth(2),
+        ComponentKind::Disk { mount_point: "/dev/sda".into(), size_gib: 1, serial_number: Some("d1".into()) },
+    ];
+    let query = Reconciler::default().snapshot_query(&[facts]);
+    assert_eq!(query.serials.iter().collect::<Vec<_>>(), ["S1"]);
+    assert_eq!(query.disk_serials.iter().collect::<Vec<_>>(), ["D1"]);
+    assert_eq!(query.macs, [mac(1), mac(2)].into_iter().collect());
+    assert_eq!(query.inventory_ids, [Id::new(4)].into_iter().collect());
+    assert_eq!(query.addresses, [ip(1)].into_iter().collect());
+}
