@@ -578,3 +578,44 @@ fn the_snapshot_query_names_every_key_the_plan_looks_up() {
     assert_eq!(query.inventory_ids, [Id::new(4)].into_iter().collect());
     assert_eq!(query.addresses, [ip(1)].into_iter().collect());
 }
+
+prop_compose! {
+    /// Facts with arbitrary text and MACs: placeholders, blanks, odd Unicode, multicast and
+    /// locally administered addresses, duplicates.
+    fn wild_facts_strategy()(
+        address in 1u8..4,
+        source in "\\PC{0,8}",
+        priority in any::<u32>(),
+        serial in prop::option::of(prop_oneof!["\\PC{0,12}", Just("0000000000".to_owned()), Just(" none ".to_owned())]),
+        macs in prop::collection::vec(any::<[u8; 6]>(), 0..3),
+        model in prop::option::of("\\PC{0,10}"),
+        ports in prop::collection::vec((any::<[u8; 6]>(), prop::option::of("\\PC{0,6}")), 0..3),
+        disks in prop::collection::vec(("\\PC{0,6}", prop::option::of("\\PC{0,6}")), 0..3),
+        covers in covers_strategy(),
+    ) -> Facts {
+        let mut f = Facts::new(ip(address), Source { name: source, priority }, at(0));
+        f.serial_number = serial;
+        f.macs = macs.into_iter().map(MacAddress::from_octets).collect();
+        f.model = model;
+        f.components = ports
+            .into_iter()
+            .map(|(m, label)| ComponentKind::Ethernet { mac: MacAddress::from_octets(m), label, speed_mbps: None })
+            .chain(disks.into_iter().map(|(mount_point, serial_number)| ComponentKind::Disk { mount_point, size_gib: 1, serial_number }))
+            .collect();
+        f.covers = covers;
+        f
+    }
+}
+
+proptest! {
+    #[test]
+    fn wild_input_never_panics_and_replays_as_a_noop(facts in prop::collection::vec(wild_facts_strategy(), 0..5)) {
+        let reconciler = Reconciler::default();
+        let mut snapshot = Snapshot::default();
+        let mut plan = reconciler.plan(&snapshot, &scope(), &facts);
+        snapshot.apply(&mut plan, &mut ids());
+        prop_assert!(plan.items.iter().all(|i| i.status == ItemStatus::Applied), "{:#?}", plan.items);
+        let again = reconciler.plan(&snapshot, &scope(), &facts);
+        prop_assert!(again.is_noop(), "{:#?}", again);
+    }
+}
