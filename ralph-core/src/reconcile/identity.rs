@@ -265,6 +265,13 @@ pub struct CandidateIndex<'a> {
 }
 
 impl<'a> CandidateIndex<'a> {
+    /// Candidates without a usable serial reached by one of `ids` or `macs`.
+    pub(crate) fn serial_less(&self, ids: &BTreeSet<Id<Device>>, macs: &BTreeSet<MacAddress>) -> Vec<Id<Device>> {
+        let by_id = ids.iter().filter_map(|id| self.by_id.get(id).copied());
+        let by_mac = macs.iter().filter_map(|m| self.by_mac.get(m)).flatten().copied();
+        by_id.chain(by_mac).filter(|&at| self.serial_keys[at].is_none()).map(|at| self.candidates[at].id).collect()
+    }
+
     /// Indexes `candidates` under `resolver`'s blacklists.
     #[must_use]
     pub fn new(resolver: &IdentityResolver, candidates: &'a [Candidate]) -> Self {

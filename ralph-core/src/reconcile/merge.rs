@@ -282,6 +282,9 @@ impl Reconciler {
                     .push(Unresolved { address: f.address, reason: UnresolvedReason::Invalid(e.to_string()) }),
             }
         }
+        // Every port and disk the scan saw, at any address: none of them is missing, even when
+        // the facts that saw it resolved to nothing or to another device.
+        let query = self.snapshot_query(&by_address.values().flatten().cloned().collect::<Vec<_>>());
         let checksums: BTreeMap<IpAddr, _> =
             by_address.iter().map(|(ip, group)| (*ip, facts_checksum(*ip, group))).collect();
 
@@ -301,7 +304,7 @@ impl Reconciler {
         let candidates: Vec<Candidate> = snapshot.devices.iter().map(Candidate::from).collect();
         let index = CandidateIndex::new(&self.resolver, &candidates);
         let mut resolved: Vec<(Vec<IpAddr>, Vec<Facts>, Resolution)> = self
-            .clusters(groups)
+            .clusters(groups, &index)
             .into_iter()
             .map(|(addresses, facts)| {
                 let resolution = self.resolver.resolve_indexed(&facts, &index);
@@ -380,7 +383,17 @@ impl Reconciler {
                 Target { device, addresses, facts, groups }
             })
             .collect();
-        let claimed = settle_claims(&mut targets, &mut parts);
+        let mut claimed = settle_claims(&mut targets, &mut parts);
+        // A device holding a port or disk the scan saw was seen, unless that part moves away.
+        let seen = lookup.seen(&query);
+        spared.extend(
+            snapshot
+                .devices
+                .iter()
+                .filter(|d| d.components.iter().any(|c| seen.contains(&c.id) && !claimed.contains(&c.id)))
+                .map(|d| d.id),
+        );
+        claimed.extend(seen);
         // A device whose only identity is in conflict would be created again by every scan,
         // since nothing stored would identify it: it waits for the conflict to be resolved.
         targets.retain(|t| !matches!(t.device, DeviceRef::New(_)) || self.keeps_identity(t));
@@ -418,12 +431,21 @@ impl Reconciler {
 
     /// Groups addresses that share an inventory id, a usable serial or a usable MAC, in
     /// address order; each cluster's facts in one list.
-    fn clusters(&self, groups: Vec<(IpAddr, Vec<Facts>)>) -> Vec<(Vec<IpAddr>, Vec<Facts>)> {
+    ///
+    /// Addresses that reach one stored device with no usable serial (by its id or a MAC) are
+    /// linked too: this plan may give that device a serial, which would decide differently
+    /// on the next scan which of them it is.
+    fn clusters(
+        &self,
+        groups: Vec<(IpAddr, Vec<Facts>)>,
+        index: &CandidateIndex<'_>,
+    ) -> Vec<(Vec<IpAddr>, Vec<Facts>)> {
         #[derive(PartialEq, Eq, PartialOrd, Ord)]
         enum Token {
             Id(Id<Device>),
             Serial(String),
             Mac(MacAddress),
+            Open(Id<Device>),
         }
         fn root(parent: &mut [usize], mut at: usize) -> usize {
             while parent[at] != at {
@@ -435,11 +457,15 @@ impl Reconciler {
         let mut parent: Vec<usize> = (0..groups.len()).collect();
         let mut owner: BTreeMap<Token, usize> = BTreeMap::new();
         for (at, (_, facts)) in groups.iter().enumerate() {
-            let tokens = facts
-                .iter()
-                .filter_map(|f| f.inventory_id.map(Token::Id))
+            let ids: BTreeSet<Id<Device>> = facts.iter().filter_map(|f| f.inventory_id).collect();
+            let macs = self.resolver.usable_macs(facts);
+            let open: Vec<Id<Device>> = index.serial_less(&ids, &macs);
+            let tokens = ids
+                .into_iter()
+                .map(Token::Id)
                 .chain(self.resolver.serial_keys(facts).into_iter().map(Token::Serial))
-                .chain(self.resolver.usable_macs(facts).into_iter().map(Token::Mac));
+                .chain(macs.into_iter().map(Token::Mac))
+                .chain(open.into_iter().map(Token::Open));
             for token in tokens {
                 let first = *owner.entry(token).or_insert(at);
                 let (a, b) = (root(&mut parent, first), root(&mut parent, at));
@@ -792,6 +818,16 @@ impl<'a> Lookup<'a> {
 
     fn component(&self, device: Id<Device>, id: Id<Component>) -> Option<&'a ComponentState> {
         self.device(device).and_then(|d| d.components.iter().find(|c| c.id == id))
+    }
+
+    /// The stored ports and disks with a MAC or disk serial key in `query`.
+    fn seen(&self, query: &SnapshotQuery) -> BTreeSet<Id<Component>> {
+        let keys =
+            query.macs.iter().map(|m| Key::Mac(*m)).chain(query.disk_serials.iter().cloned().map(Key::DiskSerial));
+        keys.filter_map(|k| self.global.get(&k))
+            .flatten()
+            .map(|&(d, c)| self.snapshot.devices[d].components[c].id)
+            .collect()
     }
 
     /// The first component with a global `key` on a device other than `not`.

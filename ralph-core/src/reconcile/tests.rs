@@ -164,8 +164,16 @@ proptest! {
     fn the_same_facts_twice_are_a_noop_the_second_time(
         snapshot in snapshot_strategy(),
         facts in prop::collection::vec(facts_strategy(4), 0..6),
+        eager in any::<bool>(),
     ) {
-        let reconciler = Reconciler::default();
+        // Eager: delete on the first miss, devices included.
+        let reconciler = if eager {
+            Reconciler::new(ReconcileConfig::default().with_merge(
+                MergeConfig::default().with_component_misses_before_delete(1).with_device_misses_before_delete(Some(1)),
+            ))
+        } else {
+            Reconciler::default()
+        };
         let mut snapshot = snapshot;
         let mut first = reconciler.plan(&snapshot, &scope(), &facts);
         snapshot.apply(&mut first, &mut ids());
