@@ -5,6 +5,8 @@
 //!    normalised serial, then the MAC set, with placeholder serials ([`SerialBlacklist`]) and
 //!    virtual or locally administered MACs ([`MacBlacklist`]) refused as evidence; the
 //!    management address is only a hint. Ambiguous evidence is a conflict, never a guess.
+//!    The [`Reconciler`] resolves addresses that share evidence (a BMC and its host) as one
+//!    machine, so a plan never changes how the next scan of the same facts resolves.
 //! 2. [`Reconciler`] merges each device's facts field by field: the highest-ranked source
 //!    wins, each value keeps its [`Provenance`], locked fields and higher-priority values are
 //!    kept and the losing values recorded as [`Suppressed`]. Components match by key (Ethernet
@@ -18,7 +20,12 @@
 //!    follows.
 //!
 //! Everything here is plain serde data keyed by [`Id`](crate::Id)s, so a store can persist
-//! provenance, plans (item by item) and checksums as they are.
+//! provenance, plans (item by item) and checksums as they are. A store's part, in order:
+//! load the devices [`Reconciler::snapshot_query`] names (plus those in the scan's networks)
+//! with their provenance into a [`Snapshot`]; [`Reconciler::plan`]; keep the plan's items as
+//! rows for review; apply them in `seq` order following [`Snapshot::apply`] (a failed item
+//! skips only the items whose `depends_on` names it), then the [`Bookkeeping`]; keep
+//! [`Plan::checksums`] to skip unchanged addresses next time.
 //!
 //! ```
 //! use ralph_core::reconcile::{Change, Facts, Field, Provenance, Reconciler, Scan, SequentialIds, Snapshot, Source};
