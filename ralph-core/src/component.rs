@@ -18,7 +18,9 @@ pub struct Component {
 }
 
 /// The kinds of component and their facts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Ordered (field by field) only so that reconciliation can break ties deterministically.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ComponentKind {
     /// A network port.
@@ -73,14 +75,19 @@ impl ComponentKind {
 impl Entity for Component {
     const NAME: &'static str = "component";
     fn validate(&self) -> Result<(), ValidationError> {
-        match &self.kind {
-            ComponentKind::Ethernet { label, .. } => label.as_deref().map_or(Ok(()), |l| check_len("label", l, 64)),
-            ComponentKind::Processor { model, .. } => model.as_deref().map_or(Ok(()), |m| check_len("model", m, 255)),
-            ComponentKind::Memory { .. } => Ok(()),
-            ComponentKind::Disk { mount_point, serial_number, .. } => {
-                required("mount_point", mount_point, 255)?;
-                serial_number.as_deref().map_or(Ok(()), |s| check_len("serial_number", s, 255))
-            }
+        validate_kind(&self.kind)
+    }
+}
+
+/// The rules of a component that do not involve its device (shared with reconciliation facts).
+pub(crate) fn validate_kind(kind: &ComponentKind) -> Result<(), ValidationError> {
+    match kind {
+        ComponentKind::Ethernet { label, .. } => label.as_deref().map_or(Ok(()), |l| check_len("label", l, 64)),
+        ComponentKind::Processor { model, .. } => model.as_deref().map_or(Ok(()), |m| check_len("model", m, 255)),
+        ComponentKind::Memory { .. } => Ok(()),
+        ComponentKind::Disk { mount_point, serial_number, .. } => {
+            required("mount_point", mount_point, 255)?;
+            serial_number.as_deref().map_or(Ok(()), |s| check_len("serial_number", s, 255))
         }
     }
 }

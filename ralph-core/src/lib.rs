@@ -5,6 +5,8 @@
 //! users, profiles and groups — with validating constructors and typed errors, the asset status
 //! lifecycle, and the traits the other ralph-rs crates plug into: [`AuthBackend`] and
 //! [`AuthChain`], the storage traits ([`Repository`], [`InventoryStore`], [`UserStore`]).
+//! [`reconcile`] turns what scans learnt about addresses into a plan of inventory changes:
+//! identity by inventory id, serial and MACs, per-field provenance, component moves.
 //!
 //! This crate has no database driver, no sockets and no async runtime of its own: it is pure
 //! and fast to test. Its default `tokio` feature only moves [`LocalBackend`]'s password hashing
@@ -39,6 +41,7 @@ mod location;
 mod mac;
 mod network;
 pub mod queue;
+pub mod reconcile;
 pub mod scan;
 mod secret;
 mod status;
