@@ -41,7 +41,7 @@
 //! ```
 //! # #[cfg(feature = "sqlite")]
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! use ralph_core::JobQueue;
+//! use ralph_core::{JobQueue, QueueAdmin};
 //! use ralph_store::queue::SqliteQueue;
 //!
 //! let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
