@@ -48,12 +48,13 @@ pub mod groups;
 mod hooks;
 mod mapping;
 pub mod query;
+mod realm;
 mod sync;
 
-pub use backend::{LdapBackend, Populated};
+pub use backend::{LdapBackend, OWNED_BY_ANOTHER_DIRECTORY, Populated};
 pub use config::{
-    FlagsByGroup, GroupType, LdapConfig, LdapConfigBuilder, NestedGroups, ProfileAttrMap, Scope, SearchSpec, TlsConfig,
-    TlsMode, UserAttrMap,
+    FlagsByGroup, GroupType, LdapConfig, LdapConfigBuilder, MirrorGroups, NestedGroups, ProfileAttrMap, Scope,
+    SearchSpec, TlsConfig, TlsMode, UserAttrMap,
 };
 pub use conn::Entry;
 pub use error::{Error, Result};
