@@ -207,13 +207,24 @@ impl<S: UserStore> LdapBackend<S> {
             }
             run.report.referrals_ignored = listing?;
         }
-        let Run { mut report, listed, ambiguous, refused, active_now, .. } = run;
+        let Run { mut report, listed, mut ambiguous, refused, active_now, .. } = run;
         report.pages = report.pages.max(1);
 
         // Users mirrored from an earlier page before a later one showed their username to be
         // held by several entries: a login refuses such a name, so neither may stay active.
-        if !ambiguous.is_empty() {
-            report.deactivated += inner.store.deactivate_users(&ambiguous).await?;
+        ambiguous.sort();
+        ambiguous.dedup();
+        let mut earlier: Vec<String> = Vec::new();
+        for name in ambiguous {
+            // Only this directory's: the earlier holder may have been refused, or met a local
+            // account or another directory's, which are none of this sync's business.
+            let owner = inner.store.get_user(&name).await?;
+            if owner.is_some_and(|u| u.value.source == UserSource::Ldap && u.value.directory == config.realm) {
+                earlier.push(name);
+            }
+        }
+        if !earlier.is_empty() {
+            report.deactivated += inner.store.deactivate_users(&earlier).await?;
         }
 
         // Who would be deactivated: refused users whose record is active, and (if
@@ -311,7 +322,7 @@ struct Run<'a, S> {
     /// Every username listed so far, lower-cased, with its spelling: a user still listed is
     /// never missing, and a name met twice is ambiguous.
     listed: HashMap<String, String>,
-    /// Users mirrored before a later page showed their name to be ambiguous.
+    /// Names listed before a later page showed them to be ambiguous (once per extra holder).
     ambiguous: Vec<String>,
     /// The mirrors that refuse this directory's users the group rules or the account state now
     /// refuse (only users in the store: nobody refused is created).

@@ -519,3 +519,19 @@ async fn serial_group_of_names_sync_from_the_rule_groups_gives_the_roles_a_login
     }
     assert!(backend.store().get_user("mallory").await.expect("store").is_none(), "denied user imported");
 }
+
+#[tokio::test]
+async fn a_username_held_in_two_pages_leaves_nobody_active_under_it() {
+    let Some(fx) = fixture() else { return };
+    let mut config = ralph_config(&fx);
+    // One entry per page: the twins (one username, two entries) come in different pages, so
+    // the first is mirrored before the second shows the name to be ambiguous.
+    config.page_size = 1;
+    config.user_filter =
+        Some(format!("(&(memberOf=cn=ralph-users,ou=groups,{b})(|(uid=twin)(cn=Twin Two)))", b = fx.base));
+    let backend = LdapBackend::new(config, store()).expect("backend");
+    let report = backend.sync().await.expect("sync");
+    assert_eq!((report.seen, report.pages, report.skipped, report.deactivated), (2, 2, 1, 1), "{report:?}");
+    let twin = backend.store().get_user("twin").await.expect("store").expect("mirrored from the first page");
+    assert!(!twin.value.is_active, "an ambiguous username left active: {twin:?}");
+}
