@@ -17,7 +17,13 @@ use crate::conn::{self, Connector, Entry, Pool, Role};
 use crate::groups::{self, Directory, GroupCache, LdapGroup};
 use crate::hooks::{Hooks, Operation};
 use crate::mapping::{self, GroupRules, NameSource, Verdict};
+use crate::realm::{self, Addressed};
 use crate::{Error, Result, TRACE_TARGET, dn, filter};
+
+/// The [`DenyReason::Policy`] text of a login refused because the store's account of that
+/// username is owned by another directory (see [`LdapConfig::realm`]): the same name in two
+/// directories is two people, never merged into one account.
+pub const OWNED_BY_ANOTHER_DIRECTORY: &str = "this username belongs to an account of another directory";
 
 /// An LDAP / Active Directory authentication backend.
 ///
@@ -52,6 +58,8 @@ pub(crate) struct Inner<S> {
     /// Where usernames come from, shared by logins and the sync so both store one spelling.
     pub(crate) names: NameSource,
     pub(crate) hooks: Hooks,
+    /// The backend's name in the chain.
+    name: String,
 }
 
 /// What [`LdapBackend::populate_user`] did.
@@ -113,6 +121,7 @@ impl<S: UserStore> LdapBackend<S> {
         if attrs.len() > 1 {
             attrs.retain(|a| a != "1.1");
         }
+        let config_name = config.realm.as_ref().map_or_else(|| "ldap".to_owned(), |realm| format!("ldap:{realm}"));
         Ok(Self {
             inner: Arc::new(Inner {
                 cache: GroupCache::new(config.cache_ttl()),
@@ -126,6 +135,7 @@ impl<S: UserStore> LdapBackend<S> {
                 attrs,
                 names,
                 hooks,
+                name: config_name,
             }),
         })
     }
@@ -160,7 +170,10 @@ impl<S: UserStore> LdapBackend<S> {
 
     async fn populate(&self, username: &str) -> Result<Populated> {
         let inner = &*self.inner;
-        let login = inner.hooks.login_name(inner.config.normalize_username, username);
+        let Addressed::Here(typed) = realm::address(&inner.config, username) else {
+            return Ok(Populated::NotFound);
+        };
+        let login = inner.hooks.login_name(inner.config.normalize_username, typed);
         if ralph_core::check_username(&login).is_err() {
             return Ok(Populated::NotFound);
         }
@@ -200,7 +213,11 @@ impl<S: UserStore> LdapBackend<S> {
             debug!(target: TRACE_TARGET, "empty password refused before any bind");
             return Ok(AuthOutcome::NotHandled);
         }
-        let login = inner.hooks.login_name(inner.config.normalize_username, &credentials.username);
+        let Addressed::Here(typed) = realm::address(&inner.config, &credentials.username) else {
+            debug!(target: TRACE_TARGET, "login qualified with another realm, not this directory's");
+            return Ok(AuthOutcome::NotHandled);
+        };
+        let login = inner.hooks.login_name(inner.config.normalize_username, typed);
         if ralph_core::check_username(&login).is_err() {
             debug!(target: TRACE_TARGET, "username is not valid, not looked up");
             return Ok(AuthOutcome::NotHandled);
@@ -371,15 +388,22 @@ impl<S: UserStore> Inner<S> {
             // The stored identity is the directory's: a hook fills fields, it does not rename.
             username.clone_into(&mut user.username);
         }
-        let mirror = UserMirror {
-            user: user.clone(),
-            profile: profile.clone(),
-            groups: self.config.mirror_groups.then(|| roles.clone()),
-            group_scope: Default::default(),
-        };
+        let mirror = mapping::mirror(&self.config, user.clone(), profile.clone(), &roles);
         // No process-local "already mirrored" shortcut: it cannot see another process's (or a
         // person's) writes. An unchanged mirror is a read in the store, not a write.
-        self.store.mirror_user(&mirror).await?;
+        match self.store.mirror_user(&mirror).await {
+            Ok(_) => {}
+            Err(e) if e.is_conflict() && self.owned_by_another_directory(username).await? => {
+                // The same username in two directories is two people: the store wrote nothing,
+                // and this directory's user is refused rather than merged into the other's.
+                debug!(target: TRACE_TARGET, username = %username, realm = ?self.config.realm,
+                    "username owned by another directory, refused");
+                return Ok(AuthOutcome::Denied(DenyReason::Policy(OWNED_BY_ANOTHER_DIRECTORY.into())));
+            }
+            // A local account of the same name: an error, as before, so that the chain's
+            // error policy decides whether the local backend gets its turn.
+            Err(e) => return Err(e.into()),
+        }
         if !user.is_active {
             debug!(target: TRACE_TARGET, username = %username, "user is not in the active group");
             return Ok(AuthOutcome::Denied(DenyReason::Inactive));
@@ -389,6 +413,13 @@ impl<S: UserStore> Inner<S> {
 }
 
 impl<S: UserStore> Inner<S> {
+    /// Whether the store's account of this name is an LDAP account of another directory.
+    async fn owned_by_another_directory(&self, username: &str) -> Result<bool> {
+        let existing = self.store.get_user(username).await?;
+        Ok(existing
+            .is_some_and(|u| u.value.source == ralph_core::UserSource::Ldap && u.value.directory != self.config.realm))
+    }
+
     /// For a user the group rules refuse (deny group, missing require group): an LDAP-owned
     /// record already in the store is rewritten inactive, without flags or roles. Nothing is
     /// created for a user never mirrored, and a local account of the same name is left alone.
@@ -397,7 +428,8 @@ impl<S: UserStore> Inner<S> {
         let Some(existing) = self.store.get_user(username).await? else {
             return Ok(false);
         };
-        if existing.value.source != ralph_core::UserSource::Ldap {
+        // A local account, or one another directory owns, is not this directory's to change.
+        if existing.value.source != ralph_core::UserSource::Ldap || existing.value.directory != self.config.realm {
             return Ok(false);
         }
         // The store compares: an already refused user costs one read and no write.
@@ -410,14 +442,15 @@ impl<S: UserStore> Inner<S> {
     }
 }
 
-/// The mirror of a user refused by the group rules: inactive, no flags, no roles.
-fn refused_mirror(config: &LdapConfig, entry: &Entry, username: &str) -> UserMirror {
-    UserMirror {
-        user: mapping::user(config, entry, username, &[], [false; 3]),
-        profile: mapping::profile(config, entry),
-        groups: config.mirror_groups.then(Vec::new),
-        group_scope: Default::default(),
-    }
+/// The mirror of a user refused by the group rules: inactive, no flags, no mirrored roles
+/// (groups outside the mirror's scope are kept).
+pub(crate) fn refused_mirror(config: &LdapConfig, entry: &Entry, username: &str) -> UserMirror {
+    mapping::mirror(
+        config,
+        mapping::user(config, entry, username, &[], [false; 3]),
+        mapping::profile(config, entry),
+        &[],
+    )
 }
 
 impl<S> Inner<S> {
@@ -608,7 +641,7 @@ impl<S> Inner<S> {
         Ok(self.rules.roles(groups))
     }
 
-    async fn use_matching_rule<D: Directory>(&self, dir: &D) -> Result<bool> {
+    pub(crate) async fn use_matching_rule<D: Directory>(&self, dir: &D) -> Result<bool> {
         match self.config.nested_groups {
             NestedGroups::MatchingRule => Ok(true),
             NestedGroups::Off | NestedGroups::Recursive => Ok(false),
@@ -643,8 +676,10 @@ impl<S> Directory for Inner<S> {
 
 #[async_trait]
 impl<S: UserStore> AuthBackend for LdapBackend<S> {
+    /// `ldap`, or `ldap:REALM` for a directory with a [`realm`](LdapConfig::realm), so a
+    /// chain's [`Login::backend`](ralph_core::auth::Login) says which directory accepted a login.
     fn name(&self) -> &str {
-        "ldap"
+        &self.inner.name
     }
 
     async fn authenticate(&self, credentials: &Credentials) -> Result<AuthOutcome, AuthError> {

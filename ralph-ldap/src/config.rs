@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ralph_core::{Group, Secret};
+use ralph_core::{Group, GroupScope, Secret};
 use serde::Deserialize;
 
 use crate::hooks::NormalizeUsername;
@@ -233,6 +233,46 @@ impl FlagsByGroup {
     }
 }
 
+/// `AUTH_LDAP_MIRROR_GROUPS`: `true`, `false`, or the list of role names to mirror.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+#[non_exhaustive]
+pub enum MirrorGroups {
+    /// Every role (`true`), or none (`false`).
+    All(bool),
+    /// Only these role names; the user's other groups are kept.
+    Only(Vec<String>),
+}
+
+impl Default for MirrorGroups {
+    fn default() -> Self {
+        Self::All(true)
+    }
+}
+
+impl From<bool> for MirrorGroups {
+    fn from(value: bool) -> Self {
+        Self::All(value)
+    }
+}
+
+impl MirrorGroups {
+    /// Mirror only these role names (django-auth-ldap's `MIRROR_GROUPS = [...]`).
+    pub fn only<I, S>(names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::Only(names.into_iter().map(Into::into).collect())
+    }
+
+    /// Whether any group is mirrored.
+    #[must_use]
+    pub fn is_on(&self) -> bool {
+        !matches!(self, Self::All(false))
+    }
+}
+
 /// The whole configuration. Load it with [`LdapConfig::from_toml_str`] /
 /// [`LdapConfig::from_toml_file`], or build it with [`LdapConfig::builder`].
 #[derive(Debug, Clone, Deserialize)]
@@ -241,6 +281,19 @@ impl FlagsByGroup {
 pub struct LdapConfig {
     /// `AUTH_LDAP_SERVER_URI`: `ldap://` or `ldaps://` URIs, tried in order (failover).
     pub server_uris: Vec<String>,
+    /// The directory's name (its realm or domain, such as `corp` or `corp.example`), for an
+    /// installation with several directories (no django-auth-ldap equivalent): users this
+    /// backend mirrors are owned by it (`User::directory`), a login `user@realm` or
+    /// `REALM\user` (any case) goes to this directory only and one naming another realm is
+    /// not handled here, and its sync deactivates only the users it owns. The same username
+    /// in two directories is never one account: the second directory's login is refused.
+    /// Not set: one unnamed directory, logins taken as typed.
+    #[serde(default)]
+    pub realm: Option<String>,
+    /// Other names a login may qualify this directory with, such as the NetBIOS name `CORP`
+    /// of `corp.example` (any case). Needs `realm`.
+    #[serde(default)]
+    pub realm_aliases: Vec<String>,
     /// `AUTH_LDAP_BIND_DN`: the service account; anonymous when absent. Needs
     /// `bind_password`: a DN bound without one is an unauthenticated bind, which servers
     /// (Active Directory among them) accept as anonymous.
@@ -333,9 +386,17 @@ pub struct LdapConfig {
     /// ignored; when empty, group names are used as they are.
     #[serde(default)]
     pub group_mapping: BTreeMap<String, String>,
-    /// `AUTH_LDAP_MIRROR_GROUPS`: store the user's roles as local groups.
-    #[serde(default = "yes")]
-    pub mirror_groups: bool,
+    /// `AUTH_LDAP_MIRROR_GROUPS`: store the user's roles as local groups. `true` (the default)
+    /// mirrors every role: the user's group list in the store becomes the mapped roles; `false`
+    /// leaves groups alone; a list of role names mirrors only those, and leaves the user's other
+    /// groups (given by hand in the inventory) as they are.
+    #[serde(default)]
+    pub mirror_groups: MirrorGroups,
+    /// `AUTH_LDAP_MIRROR_GROUPS_EXCEPT`: role names the mirror never adds or removes, so that
+    /// memberships given by hand in the inventory (`assets-buyer`, say) survive every login and
+    /// sync. Needs `mirror_groups = true` (as in django-auth-ldap, not with a list).
+    #[serde(default)]
+    pub mirror_groups_except: Vec<String>,
     /// `AUTH_LDAP_REQUIRE_GROUP`: a group DN, or a [`GroupQuery`] (`LDAPGroupQuery`), the
     /// user must match.
     #[serde(default)]
@@ -453,6 +514,8 @@ impl LdapConfig {
     {
         Self {
             server_uris: server_uris.into_iter().map(Into::into).collect(),
+            realm: None,
+            realm_aliases: Vec::new(),
             bind_dn: None,
             bind_password: None,
             allow_plaintext: false,
@@ -474,7 +537,8 @@ impl LdapConfig {
             nested_groups: NestedGroups::default(),
             max_group_depth: eight(),
             group_mapping: BTreeMap::new(),
-            mirror_groups: true,
+            mirror_groups: MirrorGroups::default(),
+            mirror_groups_except: Vec::new(),
             require_group: None,
             deny_group: None,
             flags_by_group: FlagsByGroup::default(),
@@ -598,6 +662,14 @@ impl LdapConfig {
         if let Some(dn) = &self.bind_dn {
             check_dn("bind_dn", dn)?;
         }
+        if let Some(realm) = &self.realm {
+            for name in std::iter::once(realm).chain(&self.realm_aliases) {
+                check_realm(name)?;
+            }
+        } else if !self.realm_aliases.is_empty() {
+            return bad("realm_aliases needs realm".into());
+        }
+        self.check_mirror_groups()?;
         match (&self.user_search, &self.user_dn_template) {
             (None, None) => return bad("set user_search or user_dn_template".into()),
             (Some(_), Some(_)) => return bad("set only one of user_search and user_dn_template".into()),
@@ -706,6 +778,43 @@ impl LdapConfig {
         Ok(())
     }
 
+    fn check_mirror_groups(&self) -> Result<(), Error> {
+        let names = match &self.mirror_groups {
+            MirrorGroups::Only(names) => names.as_slice(),
+            MirrorGroups::All(_) => &[],
+        };
+        for name in names.iter().chain(&self.mirror_groups_except) {
+            Group::new(name).map_err(|e| Error::Config(format!("mirror_groups role {name:?}: {e}")))?;
+        }
+        if !self.mirror_groups_except.is_empty() && self.mirror_groups != MirrorGroups::All(true) {
+            return Err(Error::Config(
+                "mirror_groups_except needs mirror_groups = true (a list of roles to mirror and a list of \
+                 roles not to mirror cannot both be set, as in django-auth-ldap)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Which of a user's groups a mirror replaces, or `None` when groups are not mirrored
+    /// (`mirror_groups = false`).
+    #[must_use]
+    pub fn group_scope(&self) -> Option<GroupScope> {
+        match &self.mirror_groups {
+            MirrorGroups::All(false) => None,
+            MirrorGroups::All(true) if self.mirror_groups_except.is_empty() => Some(GroupScope::All),
+            MirrorGroups::All(true) => Some(GroupScope::Except(self.mirror_groups_except.iter().cloned().collect())),
+            MirrorGroups::Only(names) => Some(GroupScope::Only(names.iter().cloned().collect())),
+        }
+    }
+
+    /// Whether `qualifier` (the `realm` of `user@realm`, the `REALM` of `REALM\user`) names this
+    /// directory: its realm or an alias, any case.
+    #[must_use]
+    pub fn is_realm(&self, qualifier: &str) -> bool {
+        self.realm.iter().chain(&self.realm_aliases).any(|name| name.eq_ignore_ascii_case(qualifier))
+    }
+
     /// The `ldap://` URIs to which passwords go in clear (no StartTLS, not loopback): empty
     /// unless plaintext was allowed explicitly, since [`LdapConfig::validate`] refuses them.
     pub(crate) fn plaintext_uris(&self) -> impl Iterator<Item = String> + '_ {
@@ -767,6 +876,19 @@ fn check_uri(uri: &str) -> Result<(), Error> {
         return Err(bad());
     }
     Ok(())
+}
+
+/// A realm is a domain-like name: not blank, at most 64 characters (the store's limit), and
+/// without the `@`, `\` or whitespace that would make `user@realm` / `REALM\user` ambiguous.
+fn check_realm(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= 64
+        && !name.chars().any(|c| c == '@' || c == '\\' || c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!("realm {name:?} must be a domain name (1-64 characters, no @, \\ or spaces)")))
+    }
 }
 
 fn check_dn(what: &str, value: &str) -> Result<(), Error> {
@@ -900,9 +1022,36 @@ impl LdapConfigBuilder {
         self
     }
 
-    /// Whether roles are stored as local groups.
-    pub fn mirror_groups(mut self, mirror: bool) -> Self {
-        self.0.mirror_groups = mirror;
+    /// Whether roles are stored as local groups: `true`, `false`, or [`MirrorGroups::only`]
+    /// a list of role names (see [`LdapConfig::mirror_groups`]).
+    pub fn mirror_groups(mut self, mirror: impl Into<MirrorGroups>) -> Self {
+        self.0.mirror_groups = mirror.into();
+        self
+    }
+
+    /// Role names the mirror leaves alone (see [`LdapConfig::mirror_groups_except`]).
+    pub fn mirror_groups_except<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.0.mirror_groups_except = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The directory's realm (see [`LdapConfig::realm`]).
+    pub fn realm(mut self, realm: impl Into<String>) -> Self {
+        self.0.realm = Some(realm.into());
+        self
+    }
+
+    /// Other names of the realm, such as a NetBIOS domain name (see [`LdapConfig::realm_aliases`]).
+    pub fn realm_aliases<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.0.realm_aliases = names.into_iter().map(Into::into).collect();
         self
     }
 
@@ -1145,6 +1294,33 @@ mod tests {
         assert!(matches!(&c.require_group, Some(GroupQuery::Any(items)) if items.len() == 2), "{:?}", c.require_group);
         assert!(c.check_account_state && !c.no_new_users && !c.bind_as_authenticating_user);
         assert_eq!(c.group_check_ttl_secs, 0);
+    }
+
+    #[test]
+    fn readme_migration_example_parses_two_directories() {
+        let readme = include_str!("../README.md");
+        let example = &readme[readme.find("## A migration example").expect("example section")..];
+        let example = &example[..example.find("\n## ").expect("section end")];
+        let blocks: Vec<&str> =
+            example.split("```toml\n").skip(1).map(|b| &b[..b.find("```").expect("block end")]).collect();
+        assert_eq!(blocks.len(), 2, "corp.toml and lab.toml");
+        let corp = LdapConfig::from_toml_str(blocks[0]).expect("corp.toml is valid");
+        let lab = LdapConfig::from_toml_str(blocks[1]).expect("lab.toml is valid");
+        assert_eq!((corp.realm.as_deref(), lab.realm.as_deref()), (Some("corp.example"), Some("lab.example")));
+        assert!(corp.is_realm("CORP") && !corp.is_realm("lab") && lab.is_realm("lab"));
+        // Ralph's block is all there.
+        assert_eq!(corp.group_mapping.len(), 6);
+        assert_eq!(corp.profile_attr_map.attributes().count(), 6);
+        assert_eq!(corp.group_type, GroupType::GroupOfNames);
+        // A boolean require group: any of [a DN, all of [a DN, not a DN]].
+        let Some(GroupQuery::Any(items)) = &corp.require_group else { panic!("{:?}", corp.require_group) };
+        assert!(matches!(&items[1], GroupQuery::All(inner) if matches!(inner[1], GroupQuery::Not(_))), "{items:?}");
+        // A mirror exception list.
+        let except: std::collections::BTreeSet<String> =
+            ["assets-buyer".to_owned(), "licences-admin".to_owned()].into();
+        assert_eq!(corp.group_scope(), Some(GroupScope::Except(except.clone())));
+        assert_eq!(lab.group_scope(), Some(GroupScope::Except(except)));
+        assert_eq!(lab.server_uris.len(), 2);
     }
 
     #[test]

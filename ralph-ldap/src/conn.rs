@@ -437,38 +437,57 @@ fn finish_search(result: ldap3::LdapResult, found: Found) -> Result<Found> {
     }
 }
 
-/// An RFC 2696 paged search: every page is fetched, entries are handed to `each` as they
-/// arrive. Fails if the search does not complete (a size limit, a broken connection), so the
-/// caller never treats a partial listing as complete.
-pub(crate) async fn paged_search(
-    ldap: &mut Ldap,
-    op_timeout: Duration,
-    page_size: i32,
-    search: (&str, ldap3::Scope, &str),
-    attrs: Vec<String>,
-    mut each: impl FnMut(Entry),
-) -> Result<usize> {
-    let (base, scope, filter) = search;
-    let mut stream = ldap
-        .with_timeout(op_timeout)
-        .streaming_search_with(PagedResults::new(page_size), base, scope, filter, attrs)
-        .await
-        .map_err(|e| Error::from_ldap("paged search", e))?;
-    let mut referrals = 0;
-    loop {
-        match stream.next().await {
-            Ok(Some(item)) if item.is_ref() => referrals += 1,
-            Ok(Some(item)) if item.is_intermediate() => {}
-            Ok(Some(item)) => each(parse_entry(item)?),
-            Ok(None) => break,
-            Err(e) => return Err(Error::from_ldap("paged search", e)),
+/// An RFC 2696 paged search read a batch at a time. ldap3's paged-results adapter asks for the
+/// next page only once the current one has been read, so what is held at any time is about one
+/// page, however large the listing. Referrals are counted and skipped, never chased.
+pub(crate) struct PagedSearch {
+    stream: ldap3::SearchStream<'static, String, Vec<String>>,
+    referrals: usize,
+    done: bool,
+}
+
+impl PagedSearch {
+    /// Starts the search on `ldap` (a service connection) with pages of `page_size`.
+    pub(crate) async fn start(
+        ldap: &mut Ldap,
+        op_timeout: Duration,
+        page_size: i32,
+        search: (&str, ldap3::Scope, &str),
+        attrs: Vec<String>,
+    ) -> Result<Self> {
+        let (base, scope, filter) = search;
+        let stream = ldap
+            .with_timeout(op_timeout)
+            .streaming_search_with(PagedResults::new(page_size), base, scope, filter, attrs)
+            .await
+            .map_err(|e| Error::from_ldap("paged search", e))?;
+        Ok(Self { stream, referrals: 0, done: false })
+    }
+
+    /// The next (at most) `max` entries; empty once the listing is over.
+    pub(crate) async fn next_batch(&mut self, max: usize) -> Result<Vec<Entry>> {
+        let mut batch = Vec::with_capacity(max.min(4096));
+        while !self.done && batch.len() < max {
+            match self.stream.next().await {
+                Ok(Some(item)) if item.is_ref() => self.referrals += 1,
+                Ok(Some(item)) if item.is_intermediate() => {}
+                Ok(Some(item)) => batch.push(parse_entry(item)?),
+                Ok(None) => self.done = true,
+                Err(e) => return Err(Error::from_ldap("paged search", e)),
+            }
         }
+        Ok(batch)
     }
-    let result = stream.finish().await;
-    if result.rc != 0 {
-        return Err(Error::Result { op: "paged search", rc: result.rc, text: result.text });
+
+    /// Ends the search: the number of continuation references skipped, or the error the server
+    /// ended it with (a search cut short is an error, never a complete listing).
+    pub(crate) async fn finish(mut self) -> Result<usize> {
+        let result = self.stream.finish().await;
+        if result.rc != 0 {
+            return Err(Error::Result { op: "paged search", rc: result.rc, text: result.text });
+        }
+        Ok(self.referrals)
     }
-    Ok(referrals)
 }
 
 #[cfg(all(test, feature = "rustls"))]

@@ -41,7 +41,7 @@ impl LdapGroup {
     /// A group from a search result: named by the attribute when the server returned it, else
     /// as [`LdapGroup::from_dn`]. The DN must parse either way: a name does not make an
     /// unreadable DN comparable with the deny group.
-    fn from_entry(entry: &crate::conn::Entry, name_attr: &str) -> Result<Self> {
+    pub(crate) fn from_entry(entry: &crate::conn::Entry, name_attr: &str) -> Result<Self> {
         let mut group = Self::from_dn(&entry.dn, name_attr)?;
         if let Some(name) = entry.first(name_attr) {
             group.name = Some(name.to_owned());
@@ -105,6 +105,18 @@ pub(crate) trait Directory {
         filter: &str,
         attrs: &[&str],
     ) -> Result<Vec<crate::conn::Entry>>;
+
+    /// A search about a group rather than a user (its parents, its name): the same answer for
+    /// every user, so the bulk sync remembers it for the run. Searches by default.
+    async fn group_search(
+        &self,
+        base: &str,
+        scope: ldap3::Scope,
+        filter: &str,
+        attrs: &[&str],
+    ) -> Result<Vec<crate::conn::Entry>> {
+        self.search(base, scope, filter, attrs).await
+    }
 }
 
 /// Resolves a user's groups per the configuration: every group found, named or not (the
@@ -194,7 +206,7 @@ async fn parents_of<D: Directory>(config: &LdapConfig, directory: &D, group_dn: 
     match config.group_type {
         GroupType::MemberOf => {
             let attr = config.member_of_attr.as_str();
-            let entries = directory.search(group_dn, ldap3::Scope::Base, "(objectClass=*)", &[attr]).await?;
+            let entries = directory.group_search(group_dn, ldap3::Scope::Base, "(objectClass=*)", &[attr]).await?;
             entries.iter().flat_map(|e| e.values(attr)).map(|parent| LdapGroup::from_dn(parent, name_attr)).collect()
         }
         GroupType::GroupOfNames => {
@@ -202,7 +214,7 @@ async fn parents_of<D: Directory>(config: &LdapConfig, directory: &D, group_dn: 
                 config.group_search.as_ref().ok_or_else(|| Error::Config("group type needs group_search".into()))?;
             let item = format!("({}={})", config.group_member_attr, filter::escape(group_dn));
             let f = filter::and(&[&search.filter, &item]);
-            let entries = directory.search(&search.base, search.scope.into(), &f, &[name_attr]).await?;
+            let entries = directory.group_search(&search.base, search.scope.into(), &f, &[name_attr]).await?;
             entries.iter().map(|e| LdapGroup::from_entry(e, name_attr)).collect()
         }
         GroupType::Posix => Ok(Vec::new()),
@@ -215,7 +227,7 @@ async fn parents_of<D: Directory>(config: &LdapConfig, directory: &D, group_dn: 
 pub(crate) async fn name_all<D: Directory>(config: &LdapConfig, directory: &D, groups: &mut [LdapGroup]) -> Result<()> {
     let name_attr = config.group_name_attr.as_str();
     for group in groups.iter_mut().filter(|g| g.name.is_none()) {
-        let entries = directory.search(&group.dn, ldap3::Scope::Base, "(objectClass=*)", &[name_attr]).await?;
+        let entries = directory.group_search(&group.dn, ldap3::Scope::Base, "(objectClass=*)", &[name_attr]).await?;
         let name = entries.iter().find_map(|e| e.first(name_attr)).map(str::to_owned);
         if name.is_none() {
             debug!(target: TRACE_TARGET, group = %group.dn, "group name not readable");

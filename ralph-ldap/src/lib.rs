@@ -4,8 +4,9 @@
 //! equivalent of the django-auth-ldap setup Ralph documents, with the security details done
 //! once, properly.
 //!
-//! A login goes: empty password refused → login name normalised ([`Hooks`],
-//! `normalize_username`) → user search (RFC 4515-escaped, ANDed with the user filter) on a
+//! A login goes: empty password refused → a `user@realm` / `REALM\user` qualifier read
+//! (with several directories, each with its `realm`: a login naming another one is not
+//! handled) → login name normalised ([`Hooks`], `normalize_username`) → user search (RFC 4515-escaped, ANDed with the user filter) on a
 //! pooled service-account connection → bind as the user on a bind-only connection (or, with
 //! `bind_as_authenticating_user`, bind first and read the entry and groups as the user) →
 //! account state (AD `userAccountControl` and friends, ppolicy locks) → `no_new_users` →
@@ -48,12 +49,13 @@ pub mod groups;
 mod hooks;
 mod mapping;
 pub mod query;
+mod realm;
 mod sync;
 
-pub use backend::{LdapBackend, Populated};
+pub use backend::{LdapBackend, OWNED_BY_ANOTHER_DIRECTORY, Populated};
 pub use config::{
-    FlagsByGroup, GroupType, LdapConfig, LdapConfigBuilder, NestedGroups, ProfileAttrMap, Scope, SearchSpec, TlsConfig,
-    TlsMode, UserAttrMap,
+    FlagsByGroup, GroupType, LdapConfig, LdapConfigBuilder, MirrorGroups, NestedGroups, ProfileAttrMap, Scope,
+    SearchSpec, TlsConfig, TlsMode, UserAttrMap,
 };
 pub use conn::Entry;
 pub use error::{Error, Result};

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use ralph_core::store::UserMirror;
 use ralph_core::{CountryCode, Group, Profile, User, UserSource, apply_role_flags};
 use tracing::debug;
 
@@ -196,13 +197,21 @@ pub(crate) fn user(config: &LdapConfig, entry: &Entry, username: &str, roles: &[
         is_staff: false,
         is_superuser: false,
         source: UserSource::Ldap,
-        directory: None,
+        directory: config.realm.clone(),
     };
     apply_role_flags(&mut user, roles);
     user.is_active |= flags[0];
     user.is_staff |= flags[1];
     user.is_superuser |= flags[2];
     user
+}
+
+/// The mirror of a mapped user: groups within the configured scope (`mirror_groups`,
+/// `mirror_groups_except`), or left alone when groups are not mirrored.
+pub(crate) fn mirror(config: &LdapConfig, user: User, profile: Option<Profile>, roles: &[Group]) -> UserMirror {
+    let scope = config.group_scope();
+    let groups = scope.is_some().then(|| roles.to_vec());
+    UserMirror { user, profile, groups, group_scope: scope.unwrap_or_default() }
 }
 
 /// Builds the profile from the profile attribute map: `manager` DN → display name, `country`

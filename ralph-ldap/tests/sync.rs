@@ -361,3 +361,177 @@ async fn a_require_group_nobody_is_in_deactivates_nobody_unless_forced() {
     assert_eq!((report.refused, report.deactivated, report.over_deactivation_limit), (3, 3, false), "{report:?}");
     assert_eq!(active(&backend, &names).await, 0);
 }
+
+/// A store that counts the calls a sync makes, around the in-memory store.
+#[derive(Clone, Default)]
+struct Counting {
+    inner: MemoryStore,
+    calls: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, usize>>>,
+}
+
+impl Counting {
+    fn count(&self, call: &'static str) {
+        *self.calls.lock().expect("lock").entry(call).or_default() += 1;
+    }
+
+    fn take(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        std::mem::take(&mut *self.calls.lock().expect("lock"))
+    }
+}
+
+#[async_trait::async_trait]
+impl UserStore for Counting {
+    async fn create_user(&self, user: &User) -> Result<ralph_core::Id<User>, ralph_core::StoreError> {
+        self.count("create_user");
+        self.inner.create_user(user).await
+    }
+    async fn get_user(&self, username: &str) -> Result<Option<ralph_core::Record<User>>, ralph_core::StoreError> {
+        self.count("get_user");
+        self.inner.get_user(username).await
+    }
+    async fn update_user(&self, user: &User) -> Result<(), ralph_core::StoreError> {
+        self.count("update_user");
+        self.inner.update_user(user).await
+    }
+    async fn delete_user(&self, username: &str) -> Result<(), ralph_core::StoreError> {
+        self.count("delete_user");
+        self.inner.delete_user(username).await
+    }
+    async fn list_users(
+        &self,
+        source: Option<UserSource>,
+    ) -> Result<Vec<ralph_core::Record<User>>, ralph_core::StoreError> {
+        self.count("list_users");
+        self.inner.list_users(source).await
+    }
+    async fn password_hash(&self, username: &str) -> Result<Option<String>, ralph_core::StoreError> {
+        self.inner.password_hash(username).await
+    }
+    async fn set_password_hash(&self, username: &str, hash: Option<&str>) -> Result<(), ralph_core::StoreError> {
+        self.inner.set_password_hash(username, hash).await
+    }
+    async fn get_profile(&self, username: &str) -> Result<Option<ralph_core::Profile>, ralph_core::StoreError> {
+        self.count("get_profile");
+        self.inner.get_profile(username).await
+    }
+    async fn set_profile(&self, username: &str, profile: &ralph_core::Profile) -> Result<(), ralph_core::StoreError> {
+        self.count("set_profile");
+        self.inner.set_profile(username, profile).await
+    }
+    async fn user_groups(&self, username: &str) -> Result<Vec<ralph_core::Group>, ralph_core::StoreError> {
+        self.count("user_groups");
+        self.inner.user_groups(username).await
+    }
+    async fn set_user_groups(
+        &self,
+        username: &str,
+        groups: &[ralph_core::Group],
+    ) -> Result<(), ralph_core::StoreError> {
+        self.count("set_user_groups");
+        self.inner.set_user_groups(username, groups).await
+    }
+    async fn mirror_user(&self, mirror: &UserMirror) -> Result<ralph_core::Mirrored, ralph_core::StoreError> {
+        self.count("mirror_user");
+        self.inner.mirror_user(mirror).await
+    }
+    async fn mirror_users(
+        &self,
+        mirrors: &[UserMirror],
+    ) -> Result<Vec<Result<ralph_core::Mirrored, ralph_core::StoreError>>, ralph_core::StoreError> {
+        self.count("mirror_users");
+        self.inner.mirror_users(mirrors).await
+    }
+    async fn deactivate_users(&self, usernames: &[String]) -> Result<u64, ralph_core::StoreError> {
+        self.count("deactivate_users");
+        self.inner.deactivate_users(usernames).await
+    }
+}
+
+// serial_: the referral tests add referrals under the base, which make a sync skip deactivation.
+#[tokio::test]
+async fn serial_sync_mirrors_a_page_at_a_time_and_reports_progress() {
+    let Some(fx) = fixture() else { return };
+    let store = Counting::default();
+    let mut config = ralph_config(&fx);
+    config.page_size = 400;
+    let backend = LdapBackend::new(config, store.clone()).expect("backend");
+
+    let (captured, guard) = Captured::start();
+    let report = backend.sync().await.expect("sync");
+    drop(guard);
+    let pages = report.seen.div_ceil(400);
+    assert_eq!(report.pages, pages, "{report:?}");
+    assert_eq!(report.created, report.seen - report.skipped, "{report:?}");
+    assert!(report.users_per_sec > 0 && report.elapsed_ms > 0, "{report:?}");
+    // One store call per page, one list at the start; nothing per user.
+    let calls = store.take();
+    assert_eq!(calls.get("mirror_users").copied(), Some(pages), "{calls:?}");
+    assert_eq!(calls.get("list_users").copied(), Some(1), "{calls:?}");
+    for per_user in ["mirror_user", "get_user", "get_profile", "user_groups", "set_user_groups", "update_user"] {
+        assert_eq!(calls.get(per_user), None, "{per_user} called: {calls:?}");
+    }
+    // A progress event per page, with the rate.
+    let text = captured.text();
+    assert_eq!(text.matches("LDAP sync page mirrored").count(), pages, "{text}");
+    assert!(text.contains("users_per_sec="), "{text}");
+
+    // A second run finds every user unchanged and writes nothing.
+    let again = backend.sync().await.expect("second sync");
+    assert_eq!((again.created, again.updated, again.deactivated), (0, 0, 0), "{again:?}");
+    assert_eq!(again.unchanged, again.seen - again.skipped, "{again:?}");
+    let calls = store.take();
+    assert_eq!(calls.get("mirror_users").copied(), Some(pages), "{calls:?}");
+}
+
+// serial_: the referral tests add referrals under the base, which make a sync skip deactivation.
+#[tokio::test]
+async fn serial_group_of_names_sync_from_the_rule_groups_gives_the_roles_a_login_gives() {
+    let Some(fx) = fixture() else { return };
+    let toml = format!(
+        "{}\n[group_search]\nbase = \"ou=groups,{}\"\nfilter = \"(objectClass=groupOfNames)\"\n",
+        common::ralph_toml(&fx).replace("group_type = \"member_of\"", "group_type = \"group_of_names\""),
+        fx.base
+    );
+    let config = ralph_ldap::LdapConfig::from_toml_str(&toml).expect("group_of_names config");
+    let backend = LdapBackend::new(config.clone(), store()).expect("backend");
+    let report = backend.sync().await.expect("sync");
+    assert_eq!(report.skipped, 3, "mallory (deny group) and the twins: {report:?}");
+
+    // The sync's roles are a login's roles, nested groups included.
+    let login = LdapBackend::new(config, store()).expect("backend");
+    for (user, roles) in [
+        ("alice", &["active", "assets-buyer", "staff"][..]),
+        ("bob", &["active", "superuser"]),
+        ("carol", &["active", "assets-staff"]),
+        ("bulk00001", &["active"]),
+        ("bulk04000", &[]),
+    ] {
+        let synced: Vec<String> =
+            backend.store().user_groups(user).await.expect("store").iter().map(|g| g.as_str().to_owned()).collect();
+        assert_eq!(synced, roles, "{user} after the sync");
+        if !user.starts_with("bulk") {
+            let password = format!("{user}-pw");
+            let outcome = login.authenticate(&Credentials::new(user, password.as_str())).await.expect("login");
+            let AuthOutcome::Authenticated(identity) = outcome else { panic!("{user}: {outcome:?}") };
+            let logged: Vec<&str> = identity.groups.iter().map(|g| g.as_str()).collect();
+            assert_eq!(logged, roles, "{user} at login");
+        }
+    }
+    assert!(backend.store().get_user("mallory").await.expect("store").is_none(), "denied user imported");
+}
+
+#[tokio::test]
+async fn a_username_held_in_two_pages_leaves_nobody_active_under_it() {
+    let Some(fx) = fixture() else { return };
+    let mut config = ralph_config(&fx);
+    // One entry per page: the twins (one username, two entries) come in different pages, so
+    // the first is mirrored before the second shows the name to be ambiguous.
+    config.page_size = 1;
+    config.user_filter =
+        Some(format!("(&(memberOf=cn=ralph-users,ou=groups,{b})(|(uid=twin)(cn=Twin Two)))", b = fx.base));
+    let backend = LdapBackend::new(config, store()).expect("backend");
+    let report = backend.sync().await.expect("sync");
+    assert_eq!((report.seen, report.pages, report.skipped, report.deactivated), (2, 2, 1, 1), "{report:?}");
+    let twin = backend.store().get_user("twin").await.expect("store").expect("mirrored from the first page");
+    assert!(!twin.value.is_active, "an ambiguous username left active: {twin:?}");
+}

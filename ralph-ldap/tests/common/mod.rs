@@ -51,6 +51,28 @@ pub fn fixture() -> Option<Fixture> {
     })
 }
 
+/// The second, independent directory (`RALPH_TEST_LDAP2_*`, from
+/// scripts/services/slapd2/up.sh): the same people under the same base, other passwords for
+/// the service and admin accounts, no bulk users. `None` (a printed skip; a failure under
+/// CI=true) when it is not running.
+pub fn fixture2() -> Option<Fixture> {
+    let url = ralph_testkit::service("RALPH_TEST_LDAP2_URL")?;
+    Some(Fixture {
+        url,
+        ldaps_url: var("RALPH_TEST_LDAP2_LDAPS_URL"),
+        ca: var("RALPH_TEST_LDAP2_CA"),
+        other_ca: var("RALPH_TEST_LDAP2_OTHER_CA"),
+        base: var("RALPH_TEST_LDAP2_BASE"),
+        bind_dn: var("RALPH_TEST_LDAP2_BIND_DN"),
+        bind_password: var("RALPH_TEST_LDAP2_BIND_PASSWORD"),
+        admin_dn: var("RALPH_TEST_LDAP2_ADMIN_DN"),
+        admin_password: var("RALPH_TEST_LDAP2_ADMIN_PASSWORD"),
+        bulk_users: var("RALPH_TEST_LDAP2_BULK_USERS").parse().unwrap_or(0),
+        pid_file: var("RALPH_TEST_LDAP2_PID_FILE"),
+        restart: var("RALPH_TEST_LDAP2_RESTART"),
+    })
+}
+
 /// Ralph's settings from the issue, pointed at the fixture (memberOf groups, mapping,
 /// nested groups by recursion, the ralph-users user filter).
 pub fn ralph_toml(fx: &Fixture) -> String {
