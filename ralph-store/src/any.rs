@@ -210,6 +210,12 @@ impl UserStore for AnyStore {
     async fn mirror_user(&self, mirror: &UserMirror) -> Result<ralph_core::Mirrored, StoreError> {
         dispatch!(self, s => s.mirror_user(mirror).await)
     }
+    async fn mirror_users(
+        &self,
+        mirrors: &[UserMirror],
+    ) -> Result<Vec<Result<ralph_core::Mirrored, StoreError>>, StoreError> {
+        dispatch!(self, s => s.mirror_users(mirrors).await)
+    }
     async fn deactivate_users(&self, usernames: &[String]) -> Result<u64, StoreError> {
         dispatch!(self, s => s.deactivate_users(usernames).await)
     }

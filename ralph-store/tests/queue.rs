@@ -8,13 +8,112 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ralph_core::{FailOutcome, JobQueue, QueueAdmin, RetryPolicy};
+use ralph_core::{FailOutcome, JobQueue, JobState, QueueAdmin, RetryPolicy, WorkerBeat};
 
 fn payloads(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{{\"n\":{i},\"name\":\"Zażółć gęślą jaźń 🚀 {i}\"}}")).collect()
 }
 
 const LEASE: Duration = Duration::from_secs(30);
+
+/// Now, to the microsecond (what every backend keeps).
+fn micros_now() -> chrono::DateTime<Utc> {
+    chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now")
+}
+
+/// The operator's calls: list by state, retry and discard (pending and dead jobs only, of the
+/// named queue only), pause and resume, purge by age, worker heartbeats.
+async fn admin_lists_retries_discards_pauses_and_purges<Q: JobQueue + QueueAdmin>(q: &Q) {
+    let ids = q.enqueue("admin", &payloads(4)).await.expect("enqueue");
+    let pending = q.list_jobs("admin", JobState::Pending, 10).await.expect("list");
+    assert_eq!(pending.iter().map(|j| j.id).collect::<Vec<_>>(), ids, "oldest first");
+    assert_eq!(q.list_jobs("admin", JobState::Pending, 2).await.expect("list").len(), 2, "limit");
+    assert!(q.list_jobs("other", JobState::Pending, 10).await.expect("list").is_empty());
+
+    let first = q.claim("admin", 1, LEASE, "worker-a").await.expect("claim").remove(0);
+    let once = RetryPolicy { max_attempts: 1, ..RetryPolicy::default() };
+    assert_eq!(q.fail(&first, "boom", &once).await.expect("fail"), FailOutcome::Dead);
+    let dead = q.list_jobs("admin", JobState::Dead, 10).await.expect("dead");
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].id, dead[0].attempts), (first.id, 1));
+    assert_eq!((dead[0].worker.as_deref(), dead[0].last_error.as_deref()), (Some("worker-a"), Some("boom")));
+    assert!(dead[0].finished_at.is_some());
+
+    let running = q.claim("admin", 1, LEASE, "worker-b").await.expect("claim").remove(0);
+    assert_eq!(q.retry_jobs("admin", &[running.id]).await.expect("retry"), 0, "a running job is its worker's");
+    assert_eq!(q.discard_jobs("admin", &[running.id]).await.expect("discard"), 0);
+    assert_eq!(q.retry_jobs("other", &[first.id]).await.expect("retry"), 0, "only jobs of the named queue");
+    assert_eq!(q.retry_jobs("admin", &[first.id]).await.expect("retry"), 1);
+    let again = q.list_jobs("admin", JobState::Pending, 10).await.expect("list");
+    let retried = again.iter().find(|j| j.id == first.id).expect("dead job is pending again");
+    assert_eq!(retried.attempts, 0, "a fresh attempt count");
+    assert_eq!(q.discard_jobs("admin", &[ids[3]]).await.expect("discard"), 1);
+    assert_eq!(q.discard_jobs("admin", &[ids[3]]).await.expect("discard again"), 0);
+    assert_eq!(q.stats("admin").await.expect("stats").pending, 2);
+
+    q.set_paused("admin", true).await.expect("pause");
+    q.set_paused("idle", true).await.expect("pause a queue without jobs");
+    assert!(q.claim("admin", 10, LEASE, "w").await.expect("claim").is_empty(), "a paused queue hands out nothing");
+    assert!(q.stats("admin").await.expect("stats").paused);
+    let all = q.all_stats().await.expect("all");
+    let paused: Vec<(&str, bool)> = all.iter().map(|s| (s.queue.as_str(), s.paused)).collect();
+    assert_eq!(paused, [("admin", true), ("idle", true)]);
+    q.set_paused("admin", false).await.expect("resume");
+    assert!(!q.stats("admin").await.expect("stats").paused);
+    assert_eq!(q.claim("admin", 10, LEASE, "w").await.expect("claim").len(), 2);
+    assert!(q.set_paused(" ", true).await.is_err_and(|e| e.is_invalid()));
+
+    assert!(q.ack(&running).await.expect("ack"));
+    let done_dead = q.claim("admin", 0, LEASE, "w").await.expect("nothing");
+    assert!(done_dead.is_empty());
+    assert_eq!(q.purge(Duration::from_secs(3600), Duration::from_secs(3600)).await.expect("purge"), 0, "too young");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(q.purge(Duration::ZERO, Duration::ZERO).await.expect("purge"), 1, "the done job");
+    assert_eq!(q.stats("admin").await.expect("stats").done, 0);
+
+    let started = micros_now() - chrono::Duration::hours(1);
+    let mut beat = WorkerBeat {
+        name: "worker-a".into(),
+        host: "scanner-1".into(),
+        pid: 4242,
+        queues: vec!["admin".into(), "discovery.dc1".into()],
+        current_jobs: vec![running.id],
+        started_at: started,
+        last_seen: chrono::DateTime::UNIX_EPOCH,
+    };
+    q.heartbeat(&beat).await.expect("first beat");
+    let workers = q.workers().await.expect("workers");
+    assert_eq!(workers.len(), 1);
+    assert_eq!(
+        (&workers[0].queues, &workers[0].current_jobs, workers[0].started_at),
+        (&beat.queues, &beat.current_jobs, started)
+    );
+    assert!(workers[0].last_seen > Utc::now() - chrono::Duration::minutes(1), "the store's clock, not ours");
+    beat.current_jobs.clear();
+    q.heartbeat(&beat).await.expect("second beat");
+    let workers = q.workers().await.expect("workers");
+    assert_eq!((workers.len(), workers[0].current_jobs.len()), (1, 0), "one row per worker, updated");
+    assert!(q.heartbeat(&WorkerBeat { name: " ".into(), ..beat }).await.is_err_and(|e| e.is_invalid()));
+}
+
+/// A job whose worker dies on every attempt is dead-lettered once its lease expired after the
+/// last allowed attempt (`q` allows two), instead of being claimed for ever.
+async fn spent_leases_are_dead_lettered<Q: JobQueue + QueueAdmin>(q: &Q) {
+    let short = Duration::from_millis(50);
+    q.enqueue("poison", &payloads(1)).await.expect("enqueue");
+    for attempt in 1..=2 {
+        let jobs = q.claim("poison", 1, short, "dies").await.expect("claim");
+        assert_eq!(jobs.len(), 1, "attempt {attempt}");
+        assert_eq!(jobs[0].attempts, attempt);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    assert!(q.claim("poison", 1, LEASE, "lives").await.expect("claim").is_empty(), "out of attempts");
+    let dead = q.list_jobs("poison", JobState::Dead, 10).await.expect("dead");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].last_error.as_deref(), Some("lease expired 2 times"));
+    let stats = q.stats("poison").await.expect("stats");
+    assert_eq!((stats.dead, stats.running, stats.expired, stats.pending), (1, 0, 0, 0));
+}
 
 async fn claim_ack_and_stats<Q: JobQueue + QueueAdmin>(q: &Q) {
     let ids = q.enqueue("discovery.dc1", &payloads(3)).await.expect("enqueue");
@@ -217,6 +316,26 @@ mod sqlite {
         bad_input(&q).await;
     }
     #[tokio::test]
+    async fn sqlite_admin() {
+        let (q, _dir) = queue().await;
+        admin_lists_retries_discards_pauses_and_purges(&q).await;
+    }
+    #[tokio::test]
+    async fn sqlite_spent_leases_are_dead_lettered() {
+        let (q, _dir) = queue().await;
+        spent_leases_are_dead_lettered(&q.with_job_policy(RetryPolicy { max_attempts: 2, ..RetryPolicy::default() }))
+            .await;
+    }
+    #[tokio::test]
+    async fn memory_admin() {
+        admin_lists_retries_discards_pauses_and_purges(&ralph_core::testing::MemoryStore::new()).await;
+    }
+    #[tokio::test]
+    async fn memory_spent_leases_are_dead_lettered() {
+        let policy = RetryPolicy { max_attempts: 2, ..RetryPolicy::default() };
+        spent_leases_are_dead_lettered(&ralph_core::testing::MemoryStore::new().with_job_policy(policy)).await;
+    }
+    #[tokio::test]
     async fn sqlite_many_jobs_in_one_batch() {
         let (q, _dir) = queue().await;
         many_jobs_in_one_batch(&q).await;
@@ -259,6 +378,10 @@ mod postgres {
     pg_test!(pg_batch_ack, "qacks", |q| batch_ack(&q));
     pg_test!(pg_bad_input, "qbad", |q| bad_input(&q));
     pg_test!(pg_many_jobs_in_one_batch, "qbulk", |q| many_jobs_in_one_batch(&q));
+    pg_test!(pg_admin, "qadmin", |q| admin_lists_retries_discards_pauses_and_purges(&q));
+    pg_test!(pg_spent_leases_are_dead_lettered, "qspent", |q| spent_leases_are_dead_lettered(
+        &q.clone().with_job_policy(RetryPolicy { max_attempts: 2, ..RetryPolicy::default() })
+    ));
 }
 
 #[cfg(feature = "mysql")]
@@ -288,6 +411,10 @@ mod mysql {
     my_test!(mysql_batch_ack, "qacks", |q| batch_ack(&q));
     my_test!(mysql_bad_input, "qbad", |q| bad_input(&q));
     my_test!(mysql_many_jobs_in_one_batch, "qbulk", |q| many_jobs_in_one_batch(&q));
+    my_test!(mysql_admin, "qadmin", |q| admin_lists_retries_discards_pauses_and_purges(&q));
+    my_test!(mysql_spent_leases_are_dead_lettered, "qspent", |q| spent_leases_are_dead_lettered(
+        &q.clone().with_job_policy(RetryPolicy { max_attempts: 2, ..RetryPolicy::default() })
+    ));
 
     /// With `auto_increment_increment = 3` (as on Galera), the ids enqueue returns are the rows'
     /// ids, both from `INSERT ... RETURNING` and from `LAST_INSERT_ID()`, and each acks its job.
