@@ -250,6 +250,7 @@ pub trait QueueAdmin: Send + Sync {
     async fn all_stats(&self) -> Result<Vec<QueueStats>, StoreError>;
 
     /// Returns jobs of `queue` whose lease expired to the pending state; returns how many.
+    /// Those out of attempts (see [`RetryPolicy::max_attempts`]) are dead-lettered instead.
     async fn reclaim_expired(&self, queue: &str) -> Result<u64, StoreError>;
 
     /// Up to `limit` (at most [`MAX_LIST`]) jobs of `queue` in `state`, oldest first.

@@ -5,7 +5,9 @@ mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use ralph_discovery::{HostState, HttpProbe, ScanConfig, Scanner};
+use std::time::Duration;
+
+use ralph_discovery::{HostState, HttpProbe, ProbeTimeouts, ScanConfig, Scanner};
 use tokio::io::AsyncWriteExt;
 
 const ENDPOINTS: u16 = 5_000;
@@ -32,12 +34,21 @@ async fn serial_sweep_of_5000_loopback_endpoints_leaves_no_time_wait() {
     };
     let before = ralph_testkit::time_wait(ours);
 
-    let config =
-        ScanConfig::default().ports(vec![port]).icmp(false).http(Some(HttpProbe::http([port]))).max_sockets(2048);
+    // Generous timeouts: this test counts TIME_WAIT, and the suite runs it beside CPU-heavy
+    // tests (argon2 logins) on two cores, where a 2 s HTTP read once ran out.
+    let timeouts = ProbeTimeouts { connect: Duration::from_secs(10), read: Duration::from_secs(20), ..Default::default() };
+    let config = ScanConfig::default()
+        .ports(vec![port])
+        .icmp(false)
+        .http(Some(HttpProbe::http([port])))
+        .max_sockets(2048)
+        .timeouts(timeouts);
     let (hosts, summary) = Scanner::new(config).scan(targets.clone()).await.expect("scan");
     assert_eq!(hosts.len(), usize::from(ENDPOINTS));
-    assert!(hosts.iter().all(|h| h.state == HostState::Up && h.open_ports == [port]));
-    assert!(hosts.iter().all(|h| h.http_family.as_deref() == Some("Apache")), "HTTP answered by every endpoint");
+    let down: Vec<_> = hosts.iter().filter(|h| !(h.state == HostState::Up && h.open_ports == [port])).collect();
+    assert!(down.is_empty(), "{} endpoints not up with the port open, first: {:?}", down.len(), down.first());
+    let mute = hosts.iter().filter(|h| h.http_family.as_deref() != Some("Apache")).count();
+    assert_eq!(mute, 0, "HTTP answered by every endpoint ({mute} did not; summary {summary:?})");
     assert!(summary.attempts >= 2 * u64::from(ENDPOINTS), "a TCP and an HTTP connection per endpoint");
     assert_eq!(ralph_testkit::time_wait(ours), before, "the engine left sockets in TIME_WAIT");
 

@@ -113,6 +113,19 @@ fn stats<'a>(queue: &str, rows: impl Iterator<Item = &'a JobRow>, now: DateTime<
     stats
 }
 
+/// Dead-letters the jobs of `queue` whose lease expired after their last allowed attempt.
+fn dead_letter_spent(state: &mut super::State, queue: &str, now: DateTime<Utc>) {
+    let max_attempts = state.job_policy.unwrap_or_default().max_attempts;
+    for row in state.jobs.values_mut() {
+        if row.queue == queue && row.state == JobState::Running && row.due_at <= now && row.attempts >= max_attempts {
+            row.state = JobState::Dead;
+            row.lease_token = None;
+            row.last_error = Some(format!("lease expired {} times", row.attempts));
+            row.finished_at = Some(now);
+        }
+    }
+}
+
 #[async_trait]
 impl JobQueue for MemoryStore {
     async fn enqueue(&self, queue: &str, payloads: &[String]) -> Result<Vec<Id<Job>>, StoreError> {
@@ -152,17 +165,7 @@ impl JobQueue for MemoryStore {
         if state.paused.contains(queue) {
             return Ok(Vec::new());
         }
-        // A job whose lease expired after its last allowed attempt is dead-lettered.
-        let max_attempts = state.job_policy.unwrap_or_default().max_attempts;
-        for row in state.jobs.values_mut() {
-            if row.queue == queue && row.state == JobState::Running && row.due_at <= now && row.attempts >= max_attempts
-            {
-                row.state = JobState::Dead;
-                row.lease_token = None;
-                row.last_error = Some(format!("lease expired {} times", row.attempts));
-                row.finished_at = Some(now);
-            }
-        }
+        dead_letter_spent(&mut state, queue, now);
         // Pending jobs that are due and running jobs whose lease ran out, in `due_at` order.
         let mut due: Vec<(DateTime<Utc>, i64)> = state
             .jobs
@@ -256,6 +259,7 @@ impl QueueAdmin for MemoryStore {
     async fn reclaim_expired(&self, queue: &str) -> Result<u64, StoreError> {
         let now = now();
         let mut state = self.lock();
+        dead_letter_spent(&mut state, queue, now);
         let mut reclaimed = 0;
         for row in state.jobs.values_mut() {
             if row.queue == queue && row.state == JobState::Running && row.due_at <= now {

@@ -25,7 +25,7 @@ pub async fn http_listener(addr: SocketAddr, server: &'static str) -> SocketAddr
             let Ok((mut stream, _)) = listener.accept().await else { continue };
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
-                let read = tokio::time::timeout(std::time::Duration::from_secs(1), stream.read(&mut buf)).await;
+                let read = tokio::time::timeout(std::time::Duration::from_secs(20), stream.read(&mut buf)).await;
                 if matches!(read, Ok(Ok(n)) if n > 0) {
                     let response = format!("HTTP/1.0 200 OK\r\nServer: {server}\r\nContent-Length: 2\r\n\r\nok");
                     let _ = stream.write_all(response.as_bytes()).await;

@@ -114,7 +114,9 @@ pub trait Dialect: sqlx::Database {
     fn push_age_micros(qb: &mut QueryBuilder<Self>, column: &str);
 
     /// Claims up to `limit` due jobs of `queue` for `lease` (pending first, then expired
-    /// leases), marking them running under a fresh token; returns them unsorted.
+    /// leases with attempts left), marking them running under a fresh token; returns them
+    /// unsorted. Nothing while the queue is paused. One round trip where the database allows
+    /// (the filter is [`claimable`]).
     #[doc(hidden)]
     async fn claim(
         pool: &sqlx::Pool<Self>,
@@ -122,6 +124,7 @@ pub trait Dialect: sqlx::Database {
         limit: i64,
         lease: Duration,
         worker: &str,
+        max_attempts: u32,
     ) -> Result<Vec<Job>, StoreError>;
 
     /// Records one round of observations (every address at most once) in `tx`.
@@ -132,4 +135,16 @@ pub trait Dialect: sqlx::Database {
         dead_ping_limit: u32,
         server: ServerTraits,
     ) -> Result<RecordSummary, StoreError>;
+}
+
+/// The part of a job claim's `WHERE` every dialect shares, on an unaliased `queue_jobs`: the
+/// queue is not paused, and an expired lease is claimed again only while it has attempts left
+/// (a spent one is dead-lettered instead, see `sql::queue`). The subquery is a plain read even
+/// under `FOR UPDATE`: it locks no `queue_settings` row (checked on MariaDB; MySQL documents
+/// the same), so pausing never waits for a claim.
+pub(crate) fn claimable(max_attempts: u32) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM queue_settings s WHERE s.queue = queue_jobs.queue AND s.paused = TRUE) \
+         AND (queue_jobs.state = 'pending' OR queue_jobs.attempts < {max_attempts})"
+    )
 }

@@ -13,7 +13,7 @@ use sqlx::migrate::MigrateError;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlQueryResult, MySqlTypeInfo, MySqlValueRef};
 use sqlx::{Decode, Encode, FromRow, MySql, QueryBuilder, Type, encode::IsNull};
 
-use super::{Backend, Dialect, ObservationRow, ServerTraits, Stamp};
+use super::{Backend, Dialect, ObservationRow, ServerTraits, Stamp, claimable};
 use crate::PoolConfig;
 use crate::schema_check::ServerInfo;
 use crate::sql::queue::{corrupt, micros, new_token};
@@ -183,7 +183,9 @@ impl Dialect for MySql {
         limit: i64,
         lease: Duration,
         worker: &str,
+        max_attempts: u32,
     ) -> Result<Vec<Job>, StoreError> {
+        let filter = claimable(max_attempts);
         let mut tx = pool
             .begin_with("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION")
             .await
@@ -200,7 +202,9 @@ impl Dialect for MySql {
                 .push_bind(queue)
                 .push(" AND state = ")
                 .push_bind(state)
-                .push(" AND due_at <= UTC_TIMESTAMP(6) ORDER BY due_at, id LIMIT ")
+                .push(" AND due_at <= UTC_TIMESTAMP(6) AND ")
+                .push(&filter)
+                .push(" ORDER BY due_at, id LIMIT ")
                 .push_bind(left)
                 .push(" FOR UPDATE SKIP LOCKED");
             picked.extend(qb.build_query_as::<Picked>().fetch_all(&mut *tx).await.map_err(err("job"))?);

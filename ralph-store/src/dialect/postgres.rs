@@ -11,7 +11,7 @@ use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArgumentBuffer, PgConnectOptions, PgPool, PgQueryResult, PgTypeInfo, PgValueRef};
 use sqlx::{Decode, Encode, FromRow, Postgres, QueryBuilder, Type, encode::IsNull};
 
-use super::{Backend, Dialect, ObservationRow, ServerTraits, Stamp};
+use super::{Backend, Dialect, ObservationRow, ServerTraits, Stamp, claimable};
 use crate::PoolConfig;
 use crate::sql::queue::{JobRow, micros, new_token};
 use crate::sql::scan::{INSERT_COLUMNS, set_clause};
@@ -116,7 +116,9 @@ impl Dialect for Postgres {
         limit: i64,
         lease: Duration,
         worker: &str,
+        max_attempts: u32,
     ) -> Result<Vec<Job>, StoreError> {
+        let filter = claimable(max_attempts);
         let mut qb = QueryBuilder::new("WITH picked AS MATERIALIZED (");
         for (n, state) in ["pending", "running"].into_iter().enumerate() {
             qb.push(if n == 0 {
@@ -127,7 +129,9 @@ impl Dialect for Postgres {
             qb.push_bind(queue)
                 .push(" AND state = ")
                 .push_bind(state)
-                .push(" AND due_at <= now() ORDER BY due_at, id LIMIT ")
+                .push(" AND due_at <= now() AND ")
+                .push(&filter)
+                .push(" ORDER BY due_at, id LIMIT ")
                 .push_bind(limit)
                 .push(" FOR UPDATE SKIP LOCKED) t)");
         }

@@ -14,7 +14,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Decode, Encode, QueryBuilder, Sqlite, Type, encode::IsNull};
 
-use super::{Backend, Dialect, ObservationRow, ServerTraits, Stamp};
+use super::{Backend, Dialect, ObservationRow, ServerTraits, Stamp, claimable};
 use crate::PoolConfig;
 use crate::sql::queue::{JobRow, micros, new_token};
 use crate::sql::scan::{record_values, set_clause};
@@ -128,6 +128,7 @@ impl Dialect for Sqlite {
         limit: i64,
         lease: Duration,
         worker: &str,
+        max_attempts: u32,
     ) -> Result<Vec<Job>, StoreError> {
         let now = now_micros();
         let mut qb =
@@ -141,6 +142,8 @@ impl Dialect for Sqlite {
             .push_bind(queue)
             .push(" AND state IN ('pending', 'running') AND due_at <= ")
             .push_bind(now)
+            .push(" AND ")
+            .push(claimable(max_attempts))
             .push(" ORDER BY due_at, id LIMIT ")
             .push_bind(limit)
             .push(") RETURNING id, queue, payload, attempts, lease_token, due_at, enqueued_at");

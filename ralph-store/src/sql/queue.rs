@@ -259,14 +259,6 @@ where
         Ok(touched)
     }
 
-    /// Whether claims of `queue` are paused.
-    async fn is_paused(&self, queue: &str) -> Result<bool, StoreError> {
-        let mut qb = QueryBuilder::new("SELECT paused FROM queue_settings WHERE queue = ");
-        qb.push_bind(Some(queue));
-        let paused = qb.build_query_scalar::<bool>().fetch_optional(self.pool()).await.map_err(err(JOB))?;
-        Ok(paused.unwrap_or(false))
-    }
-
     /// Dead-letters the jobs of `queue` whose lease expired after their last allowed attempt
     /// (their worker died every time), so they are not claimed again.
     async fn dead_letter_spent(&self, queue: &str) -> Result<(), StoreError> {
@@ -383,12 +375,16 @@ where
             return Ok(Vec::new());
         }
         check_queue(queue)?;
-        if self.is_paused(queue).await? {
-            return Ok(Vec::new());
-        }
-        self.retrying(JOB, || self.dead_letter_spent(queue)).await?;
         let limit = claim_limit(max);
-        let mut jobs = self.retrying(JOB, || DB::claim(self.pool(), queue, limit, lease, worker)).await?;
+        let max_attempts = self.job_policy().max_attempts;
+        let mut jobs =
+            self.retrying(JOB, || DB::claim(self.pool(), queue, limit, lease, worker, max_attempts)).await?;
+        if jobs.len() < max {
+            // The claim passes over spent leases; with the due jobs drained (the only time a
+            // spent one would have been next), dead-letter them so they show as dead, not
+            // running. A busy queue pays nothing for it.
+            self.retrying(JOB, || self.dead_letter_spent(queue)).await?;
+        }
         jobs.sort_unstable_by_key(|j| j.id);
         tracing::debug!(target: TRACE_TARGET, queue, worker, jobs = jobs.len(), "claimed");
         Ok(jobs)
@@ -491,6 +487,8 @@ where
     for<'q> Stamp: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
 {
     async fn reclaim_expired(&self, queue: &str) -> Result<u64, StoreError> {
+        // Spent leases go to the dead letters, not back to pending for one attempt too many.
+        self.retrying(JOB, || self.dead_letter_spent(queue)).await?;
         self.retrying(JOB, || async {
             let mut qb = QueryBuilder::new("UPDATE queue_jobs SET state = 'pending', lease_token = NULL, due_at = ");
             DB::push_now(&mut qb);
