@@ -14,4 +14,6 @@ CREATE TABLE IF NOT EXISTS queue_workers (
     started_at   INTEGER NOT NULL,
     last_seen    INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS queue_jobs_finished ON queue_jobs (state, finished_at);
+-- Partial: only finished jobs (done, dead) have `finished_at`, so enqueues and claims, the hot
+-- path, never touch this index; purge's `finished_at < ?` implies the predicate.
+CREATE INDEX IF NOT EXISTS queue_jobs_finished ON queue_jobs (state, finished_at) WHERE finished_at IS NOT NULL;
