@@ -23,6 +23,7 @@
 //! multi-threaded one to race for real. `ralph-store`'s own `tests/conformance.rs` runs every
 //! function here on SQLite, PostgreSQL and MariaDB.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
@@ -615,8 +616,6 @@ pub async fn mirror_reports_what_changed<S: UserStore>(s: &S) {
     assert_eq!(s.mirror_user(&spelled).await.expect("spelled").change, MirrorChange::Unchanged);
 }
 
-/// 48 concurrent first logins (16 of one user, 32 of users of their own, all sharing groups) on
-/// the caller's tokio runtime: every mirror succeeds, exactly one creation per user, every user
 fn names(groups: &[Group]) -> Vec<&str> {
     groups.iter().map(Group::as_str).collect()
 }
@@ -721,6 +720,59 @@ pub async fn mirror_users_reports_each<S: UserStore>(s: &S) {
     assert!(s.mirror_users(&[]).await.expect("empty page").is_empty());
 }
 
+/// A first import: pages of new users (profiles, groups, a name twice in a page) synced by 6
+/// tasks over overlapping pages while 14 logins of some of the same users race them. Every
+/// mirror succeeds, each user is created exactly once (by a page or by a login), and every
+/// user ends with its profile and exactly its groups. Needs a multi-threaded runtime.
+pub async fn racing_bulk_imports<S: UserStore + Clone + 'static>(s: &S) {
+    let mirror = |i: usize| {
+        let mut m = ldap_mirror(&format!("bulk-{i:03}"), &groups(&["active", &format!("team-{}", i % 7)]));
+        m.profile = Some(Profile { department: Some(format!("dept {i}")), ..m.profile.expect("profile") });
+        m
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..6 {
+        // Pages of 40 starting 20 apart over 140 users: most are in two pages; page 0 names one
+        // twice.
+        let mut page: Vec<UserMirror> = (t * 20..t * 20 + 40).map(mirror).collect();
+        if t == 0 {
+            page.push(mirror(5));
+        }
+        let store = s.clone();
+        tasks.spawn(async move { store.mirror_users(&page).await.expect("page") });
+    }
+    for i in (0..140).step_by(10) {
+        let store = s.clone();
+        let login = mirror(i);
+        tasks.spawn(async move { vec![store.mirror_user(&login).await] });
+    }
+    let mut created: BTreeMap<String, usize> = BTreeMap::new();
+    while let Some(results) = tasks.join_next().await {
+        for result in results.expect("task") {
+            let done = result.unwrap_or_else(|e| panic!("a racing mirror failed: {e:?}"));
+            assert_ne!(done.change, MirrorChange::Updated, "nothing differs between the racers");
+            if done.change == MirrorChange::Created {
+                let user = s.list_users(Some(UserSource::Ldap)).await.expect("list");
+                let name = user.iter().find(|u| u.id == done.id).expect("the created user").value.username.clone();
+                *created.entry(name).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(created.len(), 140, "every user created");
+    assert!(created.values().all(|n| *n == 1), "each exactly once: {created:?}");
+    for i in 0..140 {
+        let m = mirror(i);
+        let name = &m.user.username;
+        assert_eq!(s.get_user(name).await.expect("read").expect("stored").value, m.user, "{name}");
+        assert_eq!(s.get_profile(name).await.expect("profile"), m.profile, "{name}");
+        let mut want = m.groups.clone().expect("groups");
+        want.sort();
+        assert_eq!(s.user_groups(name).await.expect("groups"), want, "{name}");
+    }
+}
+
+/// 48 concurrent first logins (16 of one user, 32 of users of their own, all sharing groups) on
+/// the caller's tokio runtime: every mirror succeeds, exactly one creation per user, every user
 /// ends with all the groups. Needs a multi-threaded runtime to race for real.
 pub async fn racing_first_mirrors<S: UserStore + Clone + 'static>(s: &S) {
     let shared = groups(&["active", "staff", "assets-buyer"]);

@@ -58,6 +58,7 @@ macro_rules! suite {
                 mirror_keeps_directories_apart,
                 mirror_users_reports_each,
                 racing_first_mirrors,
+                racing_bulk_imports,
                 model_shape_is_fixed_while_in_use,
                 utf8_round_trips_byte_for_byte,
                 racing_placements_never_overlap,
@@ -130,6 +131,7 @@ mod memory {
         mirror_keeps_directories_apart,
         mirror_users_reports_each,
         racing_first_mirrors,
+        racing_bulk_imports,
         utf8_users_round_trip,
     );
 }

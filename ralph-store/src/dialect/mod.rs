@@ -58,6 +58,9 @@ pub trait Dialect: sqlx::Database {
     /// other readers).
     #[doc(hidden)]
     const FOR_SHARE: &'static str;
+    /// The most bind parameters one statement may carry.
+    #[doc(hidden)]
+    const MAX_PARAMETERS: usize;
     /// `INSERT` that silently skips a row whose unique key exists: the statement's head.
     #[doc(hidden)]
     const INSERT_IGNORE: &'static str;

@@ -66,6 +66,7 @@ struct Picked {
 impl Dialect for MySql {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const FOR_SHARE: &'static str = " LOCK IN SHARE MODE";
+    const MAX_PARAMETERS: usize = 65_535;
     const INSERT_IGNORE: &'static str = "INSERT IGNORE INTO";
 
     fn ignore_conflict(_key: &str) -> String {

@@ -53,6 +53,7 @@ struct Counts {
 impl Dialect for Postgres {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const FOR_SHARE: &'static str = " FOR SHARE";
+    const MAX_PARAMETERS: usize = 65_535;
     const INSERT_IGNORE: &'static str = "INSERT INTO";
 
     fn ignore_conflict(key: &str) -> String {

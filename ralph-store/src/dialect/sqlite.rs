@@ -53,6 +53,7 @@ impl<'r> Decode<'r, Sqlite> for Stamp {
 impl Dialect for Sqlite {
     const FOR_UPDATE: &'static str = "";
     const FOR_SHARE: &'static str = "";
+    const MAX_PARAMETERS: usize = 32_766;
     const INSERT_IGNORE: &'static str = "INSERT INTO";
 
     fn ignore_conflict(key: &str) -> String {

@@ -37,10 +37,12 @@ use crate::store::{SqlStore, TRACE_TARGET, commit};
 
 const ENTITY: &str = "IP address";
 
-/// Observation rows per statement on the `VALUES` path: nine parameters a row, under SQLite's
-/// 32,766.
+/// Observation rows per statement on the `VALUES` path: nine parameters a row, within the
+/// database's limit on parameters per statement.
 #[cfg(any(feature = "sqlite", feature = "mysql"))]
-pub(crate) const VALUES_CHUNK: usize = 32_766 / 9;
+fn values_chunk<DB: Backend>() -> usize {
+    DB::MAX_PARAMETERS / 9
+}
 
 /// The largest `dead_ping_count` the model holds (`u32`); the SQL saturates there like
 /// `apply_observation`'s `saturating_add`.
@@ -221,7 +223,7 @@ where
     for<'q> String: Decode<'q, DB> + Type<DB>,
 {
     let mut summary = RecordSummary::default();
-    for chunk in round.chunks(VALUES_CHUNK) {
+    for chunk in round.chunks(values_chunk::<DB>()) {
         let mut qb = QueryBuilder::new("SELECT ip_key, is_buried, scan_checksum FROM ip_addresses WHERE ip_key IN (");
         push_list(&mut qb, chunk.iter().map(|r| Some(r.key.as_str())));
         qb.push(")");

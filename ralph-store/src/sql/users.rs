@@ -119,61 +119,69 @@ fn not_found(username: &str) -> StoreError {
     StoreError::NotFound { entity: USER, key: username.to_owned() }
 }
 
-/// Pushes the user's columns (all but `id`) as `(c1, c2, ...) VALUES (?, ?, ...)`.
-fn push_user_insert<DB>(qb: &mut QueryBuilder<DB>, user: &User)
+/// Pushes the users' columns (all but `id`) as `(c1, c2, ...) VALUES (?, ?, ...), (...)`.
+fn push_user_insert<'u, DB>(qb: &mut QueryBuilder<DB>, users: impl IntoIterator<Item = &'u User>)
 where
     DB: Backend,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     for<'q> bool: Encode<'q, DB> + Type<DB>,
 {
-    qb.push("(username, first_name, last_name, email, is_active, is_staff, is_superuser, source, directory) VALUES (");
-    let mut values = qb.separated(", ");
-    values
-        .push_bind(Some(user.username.as_str()))
-        .push_bind(Some(user.first_name.as_str()))
-        .push_bind(Some(user.last_name.as_str()))
-        .push_bind(user.email.as_deref())
-        .push_bind(user.is_active)
-        .push_bind(user.is_staff)
-        .push_bind(user.is_superuser)
-        .push_bind(Some(user.source.as_str()))
-        .push_bind(user.directory.as_deref());
-    qb.push(")");
+    qb.push("(username, first_name, last_name, email, is_active, is_staff, is_superuser, source, directory) ");
+    qb.push_values(users, |mut values, user| {
+        values
+            .push_bind(Some(user.username.as_str()))
+            .push_bind(Some(user.first_name.as_str()))
+            .push_bind(Some(user.last_name.as_str()))
+            .push_bind(user.email.as_deref())
+            .push_bind(user.is_active)
+            .push_bind(user.is_staff)
+            .push_bind(user.is_superuser)
+            .push_bind(Some(user.source.as_str()))
+            .push_bind(user.directory.as_deref());
+    });
 }
 
-/// Pushes the profile's columns as `(user_id, c1, ...) VALUES (?, ?, ...)` or `c1 = ?, ...`.
-fn push_profile<DB>(qb: &mut QueryBuilder<DB>, id: Option<i64>, profile: &Profile)
-where
-    DB: Backend,
-    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-{
-    let fields = [
+/// The profile's columns and values.
+fn profile_fields(profile: &Profile) -> [(&'static str, Option<&str>); 6] {
+    [
         ("company", profile.company.as_deref()),
         ("manager", profile.manager.as_deref()),
         ("department", profile.department.as_deref()),
         ("employee_id", profile.employee_id.as_deref()),
         ("location", profile.location.as_deref()),
         ("country", profile.country.map(|c| c.as_str())),
-    ];
-    match id {
-        Some(id) => {
-            qb.push("(user_id");
-            for (name, _) in fields {
-                qb.push(", ").push(name);
-            }
-            qb.push(") VALUES (").push_bind(Some(id));
-            for (_, value) in fields {
-                qb.push(", ").push_bind(value);
-            }
-            qb.push(")");
+    ]
+}
+
+/// Pushes profiles of users as `(user_id, c1, ...) VALUES (?, ?, ...), (...)`.
+fn push_profile_insert<'p, DB>(qb: &mut QueryBuilder<DB>, profiles: impl IntoIterator<Item = (i64, &'p Profile)>)
+where
+    DB: Backend,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+{
+    qb.push("(user_id");
+    for (name, _) in profile_fields(&Profile::default()) {
+        qb.push(", ").push(name);
+    }
+    qb.push(") ");
+    qb.push_values(profiles, |mut values, (id, profile)| {
+        values.push_bind(Some(id));
+        for (_, value) in profile_fields(profile) {
+            values.push_bind(value);
         }
-        None => {
-            let mut set = qb.separated(", ");
-            for (name, value) in fields {
-                set.push(name).push_unseparated(" = ").push_bind_unseparated(value);
-            }
-        }
+    });
+}
+
+/// Pushes the profile's columns as `c1 = ?, ...`.
+fn push_profile_update<DB>(qb: &mut QueryBuilder<DB>, profile: &Profile)
+where
+    DB: Backend,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+{
+    let mut set = qb.separated(", ");
+    for (name, value) in profile_fields(profile) {
+        set.push(name).push_unseparated(" = ").push_bind_unseparated(value);
     }
 }
 
@@ -299,11 +307,11 @@ where
         let mut qb;
         if exists {
             qb = QueryBuilder::new("UPDATE profiles SET ");
-            push_profile(&mut qb, None, profile);
+            push_profile_update(&mut qb, profile);
             qb.push(" WHERE user_id = ").push_bind(Some(id));
         } else {
             qb = QueryBuilder::new("INSERT INTO profiles ");
-            push_profile(&mut qb, Some(id), profile);
+            push_profile_insert(&mut qb, [(id, profile)]);
         }
         qb.build().execute(&mut *conn).await.map(drop).map_err(err(PROFILE))
     }
@@ -435,6 +443,113 @@ where
         Ok(stored)
     }
 
+    /// Creates users none of whom is stored yet (a directory's first import), with their
+    /// profiles and groups, in one transaction of a few multi-row statements. `Ok(None)`, with
+    /// nothing written, when the page does not fit that path: one of the users was created
+    /// meanwhile (a racing login or sync; the unique index tells), or a group name matched a
+    /// stored group only through the collation (`Admins` for `admins` on MySQL). The caller
+    /// then takes [`UserStore::mirror_user`]'s path for each, which handles both.
+    async fn create_mirrors(&self, new: &[(&UserMirror, Option<Profile>)]) -> Result<Option<Vec<i64>>, StoreError> {
+        let names: Vec<&str> = new.iter().map(|(m, _)| m.user.username.as_str()).collect();
+        // Each user's groups: a new user has none to keep, so the mirror's (scoped) list.
+        let wanted: Vec<BTreeSet<String>> =
+            new.iter().map(|(m, _)| m.resulting_groups(std::iter::empty()).unwrap_or_default()).collect();
+        let all_groups: BTreeSet<&str> = wanted.iter().flatten().map(String::as_str).collect();
+        self.retrying(USER, || async {
+            let mut tx = self.begin(USER).await?;
+            let mut inserted = 0;
+            for chunk in new.chunks(NAMES_CHUNK) {
+                let mut qb = QueryBuilder::new(DB::INSERT_IGNORE);
+                qb.push(" users ");
+                push_user_insert(&mut qb, chunk.iter().map(|(m, _)| &m.user));
+                qb.push(DB::ignore_conflict("username"));
+                inserted += DB::rows_affected(&qb.build().execute(&mut *tx).await.map_err(err(USER))?);
+            }
+            if inserted != u64::try_from(new.len()).unwrap_or(u64::MAX) {
+                return Ok(None); // dropping `tx` rolls back
+            }
+            let mut ids = BTreeMap::new();
+            for chunk in names.chunks(NAMES_CHUNK) {
+                let mut qb = QueryBuilder::new("SELECT id, username AS name FROM users WHERE username IN (");
+                push_list(&mut qb, chunk.iter().map(|n| Some(*n)));
+                qb.push(")");
+                let rows = qb.build_query_as::<GroupRow>().fetch_all(&mut *tx).await.map_err(err(USER))?;
+                ids.extend(rows.into_iter().map(|r| (r.name, r.id)));
+            }
+            let Some(ids) = names.iter().map(|n| ids.get(*n).copied()).collect::<Option<Vec<i64>>>() else {
+                return Ok(None);
+            };
+            let profiles: Vec<(i64, &Profile)> =
+                ids.iter().zip(new).filter_map(|(id, (_, p))| p.as_ref().map(|p| (*id, p))).collect();
+            for chunk in profiles.chunks(NAMES_CHUNK) {
+                let mut qb = QueryBuilder::new("INSERT INTO profiles ");
+                push_profile_insert(&mut qb, chunk.iter().copied());
+                qb.build().execute(&mut *tx).await.map_err(err(PROFILE))?;
+            }
+            let Some(group_ids) = Self::group_ids_by_name(&mut tx, &all_groups).await? else {
+                return Ok(None);
+            };
+            let memberships: BTreeSet<(i64, i64)> = ids
+                .iter()
+                .zip(&wanted)
+                .flat_map(|(id, groups)| groups.iter().filter_map(|g| group_ids.get(g.as_str())).map(|g| (*id, *g)))
+                .collect();
+            let memberships: Vec<(i64, i64)> = memberships.into_iter().collect();
+            for chunk in memberships.chunks(NAMES_CHUNK) {
+                let mut qb = QueryBuilder::new("INSERT INTO user_groups (user_id, group_id) ");
+                qb.push_values(chunk, |mut row, (user, group)| {
+                    row.push_bind(Some(*user)).push_bind(Some(*group));
+                });
+                qb.build().execute(&mut *tx).await.map_err(err(GROUP))?;
+            }
+            commit(tx, USER).await?;
+            Ok(Some(ids))
+        })
+        .await
+    }
+
+    /// The ids of the groups named `names` by their exact name, creating the missing ones
+    /// (insert-or-ignore, many a statement); `None` when a name matched a stored group only
+    /// through the collation.
+    async fn group_ids_by_name<'n>(
+        conn: &mut DB::Connection,
+        names: &BTreeSet<&'n str>,
+    ) -> Result<Option<BTreeMap<&'n str, i64>>, StoreError> {
+        let mut ids = BTreeMap::new();
+        let chunks: Vec<BTreeSet<&str>> = names
+            .iter()
+            .copied()
+            .collect::<Vec<_>>()
+            .chunks(NAMES_CHUNK)
+            .map(|c| c.iter().copied().collect())
+            .collect();
+        for chunk in &chunks {
+            let found = Self::find_groups(conn, chunk, "").await?;
+            let known: BTreeSet<&str> = found.iter().map(|g| g.name.as_str()).collect();
+            let missing: Vec<&str> = chunk.iter().copied().filter(|n| !known.contains(n)).collect();
+            let mut rows = found;
+            if !missing.is_empty() {
+                let mut qb = QueryBuilder::new(DB::INSERT_IGNORE);
+                qb.push(" auth_groups (name) ");
+                qb.push_values(&missing, |mut row, name| {
+                    row.push_bind(Some(*name));
+                });
+                qb.push(DB::ignore_conflict("name"));
+                qb.build().execute(&mut *conn).await.map_err(err(GROUP))?;
+                // A locking read (see `group_ids`).
+                let missing: BTreeSet<&str> = missing.into_iter().collect();
+                rows.extend(Self::find_groups(conn, &missing, DB::FOR_SHARE).await?);
+            }
+            for name in chunk {
+                match rows.iter().find(|g| g.name == *name) {
+                    Some(g) => ids.insert(*name, g.id),
+                    None => return Ok(None),
+                };
+            }
+        }
+        Ok(Some(ids))
+    }
+
     /// One attempt of [`UserStore::mirror_user`]'s write path, in one transaction.
     ///
     /// A new user's row is inserted-or-ignored first, so racing first logins of one user meet
@@ -458,7 +573,7 @@ where
         if id.is_none() {
             let mut qb = QueryBuilder::new(DB::INSERT_IGNORE);
             qb.push(" users ");
-            push_user_insert(&mut qb, user);
+            push_user_insert(&mut qb, [user]);
             qb.push(DB::ignore_conflict("username"));
             let done = qb.build().execute(&mut *tx).await.map_err(err(USER))?;
             created = DB::rows_affected(&done) == 1;
@@ -524,7 +639,7 @@ where
                 return Err(StoreError::Conflict { entity: USER, constraint: "username".into() });
             }
             let mut qb = QueryBuilder::new("INSERT INTO users ");
-            push_user_insert(&mut qb, user);
+            push_user_insert(&mut qb, [user]);
             let id = DB::insert_id(&mut tx, qb).await.map_err(err(USER))?;
             commit(tx, USER).await?;
             debug!(target: TRACE_TARGET, entity = USER, id, "inserted");
@@ -697,7 +812,8 @@ where
     }
 
     /// One read finds the page's stored users (chunked under the bind-parameter limits); the
-    /// unchanged ones are answered from it, and only the others go through
+    /// unchanged ones are answered from it, the new ones are created together in one
+    /// transaction (a first import), and only the others go through
     /// [`UserStore::mirror_user`]'s write path.
     async fn mirror_users(&self, mirrors: &[UserMirror]) -> Result<Vec<Result<Mirrored, StoreError>>, StoreError> {
         let mut stored = BTreeMap::new();
@@ -707,8 +823,38 @@ where
             stored.extend(Self::stored_mirrors(&mut conn, UserKey::Names(&names)).await?);
         }
         drop(conn);
+        // Users not stored yet, valid, first of their name in the page: created together.
+        let mut seen = BTreeSet::new();
+        let mut new = Vec::new();
+        for (n, mirror) in mirrors.iter().enumerate() {
+            let name = mirror.user.username.as_str();
+            if stored.contains_key(name) || !seen.insert(name) || mirror.user.validate().is_err() {
+                continue;
+            }
+            if let Ok(profile) = mirror.profile.clone().map(Profile::normalised).transpose() {
+                new.push((n, (mirror, profile)));
+            }
+        }
+        let mut created: BTreeMap<usize, i64> = BTreeMap::new();
+        if !new.is_empty() {
+            let batch: Vec<(&UserMirror, Option<Profile>)> = new.iter().map(|(_, m)| m.clone()).collect();
+            match self.create_mirrors(&batch).await {
+                Ok(Some(ids)) => created.extend(new.iter().map(|(n, _)| *n).zip(ids)),
+                // Raced or collation-folded: each goes through `mirror_user` below.
+                Ok(None) => {}
+                // An error here is retried one by one, so that it stays with its user.
+                Err(e) => debug!(target: TRACE_TARGET, error = %e, "bulk creation failed; mirroring one by one"),
+            }
+            if !created.is_empty() {
+                debug!(target: TRACE_TARGET, users = created.len(), "users created in bulk");
+            }
+        }
         let mut results = Vec::with_capacity(mirrors.len());
-        for mirror in mirrors {
+        for (n, mirror) in mirrors.iter().enumerate() {
+            if let Some(id) = created.get(&n) {
+                results.push(Ok(Mirrored { id: Id::new(*id), change: MirrorChange::Created }));
+                continue;
+            }
             let unchanged = stored.get(&mirror.user.username).and_then(|s| {
                 let profile = mirror.profile.clone().map(Profile::normalised).transpose().ok()?;
                 (mirror.user.validate().is_ok() && s.refusal(mirror).is_none() && s.matches(mirror, profile.as_ref()))
