@@ -14,7 +14,8 @@ use ralph_core::{
     ScanResultStore,
 };
 use ralph_discovery::{
-    CancellationToken, RateConfig, ScanConfig, ScanJob, Scanner, Worker, WorkerConfig, enqueue_addresses, enqueue_network,
+    CancellationToken, RateConfig, ScanConfig, ScanJob, Scanner, Worker, WorkerConfig, enqueue_addresses,
+    enqueue_network,
 };
 use ralph_store::{PgStore, SqliteStore};
 

@@ -49,9 +49,10 @@ pub use probe::{
     ProbeTimeouts, SYS_DESCR, SYS_NAME, Scheme, SnmpFacts, SnmpProbe, Stage, SystemConnector, TcpConnectProbe,
     http_family,
 };
+pub use target::{Addresses, DEFAULT_MAX_ADDRESSES, Targets, dedup_addresses};
 /// The token [`Worker::run`] drains and stops on (re-exported from `tokio-util`).
 pub use tokio_util::sync::CancellationToken;
-pub use target::{Addresses, DEFAULT_MAX_ADDRESSES, Targets, dedup_addresses};
 pub use worker::{
-    ScanJob, Worker, WorkerConfig, WorkerStats, enqueue_addresses, enqueue_environment, enqueue_network, enqueue_targets,
+    ScanJob, Worker, WorkerConfig, WorkerStats, enqueue_addresses, enqueue_environment, enqueue_network,
+    enqueue_targets,
 };

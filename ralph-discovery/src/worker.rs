@@ -309,16 +309,7 @@ where
             .and_then(|h| h.into_string().ok())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "unknown".to_owned());
-        Self {
-            shared: Arc::new(Shared {
-                jobs,
-                store,
-                scanner,
-                config,
-                host,
-                current: Mutex::new(BTreeSet::new()),
-            }),
-        }
+        Self { shared: Arc::new(Shared { jobs, store, scanner, config, host, current: Mutex::new(BTreeSet::new()) }) }
     }
 
     /// The configuration.
@@ -496,11 +487,8 @@ where
                 report.stats.jobs_failed += 1;
                 tracing::warn!(target: TRACE, job = %job.id, error = %e, "scan job failed");
                 // Bad input fails the same way every time: dead-letter it at once.
-                let policy = if e.is_input() {
-                    RetryPolicy { max_attempts: 1, ..self.config.retry }
-                } else {
-                    self.config.retry
-                };
+                let policy =
+                    if e.is_input() { RetryPolicy { max_attempts: 1, ..self.config.retry } } else { self.config.retry };
                 let reason = error_chain(&e);
                 let outcome: std::result::Result<FailOutcome, Abort> =
                     with_store!(self, job, lease, report, self.jobs.fail(&job, &reason, &policy));
@@ -508,7 +496,9 @@ where
                     Ok(FailOutcome::Dead) => {
                         tracing::warn!(target: TRACE, job = %job.id, reason, "job dead-lettered");
                     }
-                    Ok(FailOutcome::Retry { at }) => tracing::debug!(target: TRACE, job = %job.id, %at, "job will be retried"),
+                    Ok(FailOutcome::Retry { at }) => {
+                        tracing::debug!(target: TRACE, job = %job.id, %at, "job will be retried");
+                    }
                     Ok(FailOutcome::LeaseLost) | Err(Abort::LeaseLost) => {
                         report.stats.leases_lost += 1;
                         tracing::warn!(target: TRACE, job = %job.id, "lease lost before the failure was recorded");

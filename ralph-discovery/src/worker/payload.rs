@@ -105,12 +105,10 @@ impl ScanJob {
     pub fn bounds(&self) -> Result<Vec<(IpAddr, IpAddr)>> {
         let mut v4: Option<Span> = None;
         let mut v6: Option<Span> = None;
-        let spans = self.targets.iter().map(|t| span(t.trim(), true)).chain(
-            self.addresses.iter().map(|a| {
-                let v = ip_to_u128(*a);
-                Ok(Span { start: v, end: v })
-            }),
-        );
+        let spans = self.targets.iter().map(|t| span(t.trim(), true)).chain(self.addresses.iter().map(|a| {
+            let v = ip_to_u128(*a);
+            Ok(Span { start: v, end: v })
+        }));
         for s in spans {
             let s = s?;
             let slot = if u128_to_ip(s.start).is_ipv4() { &mut v4 } else { &mut v6 };
@@ -362,7 +360,10 @@ mod tests {
         let jobs = jobs_over(spans, &excl, 4);
         let all: Vec<String> = jobs.iter().flat_map(list).collect();
         // Numeric order with IPv4 mapped into ::ffff:0:0/96: ::1 first.
-        assert_eq!(all, ["::1", "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6", "10.0.0.7", "10.0.0.9"]);
+        assert_eq!(
+            all,
+            ["::1", "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6", "10.0.0.7", "10.0.0.9"]
+        );
         assert_eq!(jobs.len(), 4);
         assert_eq!(jobs[1].exclude, Vec::<String>::new());
         assert_eq!(jobs[2].exclude, ["10.0.0.8"]);
@@ -372,7 +373,10 @@ mod tests {
     fn old_payloads_are_read_and_bad_ones_are_typed_errors() {
         let old = ScanJob::parse(r#"{"addresses":["127.0.0.1","127.0.0.2"]}"#).expect("old format");
         assert_eq!(list(&old), ["127.0.0.1", "127.0.0.2"]);
-        assert_eq!(old.bounds().expect("bounds"), [("127.0.0.1".parse().expect("ip"), "127.0.0.2".parse().expect("ip"))]);
+        assert_eq!(
+            old.bounds().expect("bounds"),
+            [("127.0.0.1".parse().expect("ip"), "127.0.0.2".parse().expect("ip"))]
+        );
         assert!(matches!(ScanJob::parse("[1,2]"), Err(Error::Payload(_))));
         assert!(matches!(ScanJob::parse(r#"{"targets":"10.0.0.1"}"#), Err(Error::Payload(_))));
         assert!(matches!(ScanJob::new(["10.0.0.1/24"]).resolve(), Err(Error::Target { .. })));
