@@ -1,6 +1,8 @@
-//! A worker on the in-memory reference store (`ralph_core::testing`): graceful shutdown mid-job.
-//! A worker process killed mid-job, whose job another process picks up, needs a shared SQL
-//! queue and is tested in `examples/tests/discovery_store.rs`.
+//! A worker on the in-memory reference store (`ralph_core::testing`): graceful shutdown
+//! mid-job, job slots that do not wait for each other, bad payloads dead-lettered, heartbeats,
+//! several queues. Worker processes, stolen leases, poison jobs and killed database
+//! connections need a shared SQL store: `examples/tests/discovery_workers.rs` and
+//! `examples/tests/discovery_store.rs`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -176,4 +178,28 @@ async fn heartbeats_name_the_worker_and_its_current_jobs() {
     let last = store.workers().await.expect("workers").into_iter().find(|w| w.name == "beating-worker").expect("beat");
     assert!(last.current_jobs.is_empty(), "the last beat after the drain holds no job: {last:?}");
     assert!(last.last_seen >= beat.last_seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_serves_several_queues() {
+    let store = Arc::new(MemoryStore::new());
+    let (first, second) = ("discovery.first", "discovery.second");
+    enqueue_addresses(&*store, first, addresses(7, 4), 2).await.expect("first");
+    enqueue_addresses(&*store, second, addresses(8, 4), 2).await.expect("second");
+    let config = WorkerConfig::new(first).queue(second).poll_interval(Duration::from_millis(20));
+    let worker = Worker::new(Arc::clone(&store), Arc::clone(&store), slow_scanner(), config);
+    let token = CancellationToken::new();
+    let run = tokio::spawn({
+        let token = token.clone();
+        async move { worker.run(token).await }
+    });
+    let drained =
+        eventually(Duration::from_secs(5), async || idle(&*store, first).await && idle(&*store, second).await).await;
+    token.cancel();
+    let stats = run.await.expect("join").expect("worker");
+    assert!(drained, "{:?} {:?}", store.stats(first).await, store.stats(second).await);
+    assert_eq!((stats.jobs_done, stats.hosts), (4, 8), "{stats:?}");
+    for queue in [first, second] {
+        assert_eq!(store.stats(queue).await.expect("stats").done, 2, "{queue}");
+    }
 }
