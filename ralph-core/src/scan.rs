@@ -109,6 +109,12 @@ pub trait ScanResultStore: Send + Sync {
         observations: &[Observation],
         dead_ping_limit: u32,
     ) -> Result<RecordSummary, StoreError>;
+
+    /// The buried addresses from `first` to `last` (both included), ascending: what a scan of
+    /// that range skips. Only addresses of `first`'s family are returned; an empty range
+    /// (`last` before `first`) holds none. The SQL stores answer with one indexed range query,
+    /// so a worker about to sweep a /8 reads its few buried rows, not every row of the network.
+    async fn buried_between(&self, first: IpAddr, last: IpAddr) -> Result<Vec<IpAddr>, StoreError>;
 }
 
 #[cfg(test)]

@@ -50,4 +50,9 @@ pub use probe::{
     http_family,
 };
 pub use target::{Addresses, DEFAULT_MAX_ADDRESSES, Targets, dedup_addresses};
-pub use worker::{ScanJob, Worker, WorkerConfig, WorkerStats, enqueue_addresses, enqueue_environment, enqueue_network};
+/// The token [`Worker::run`] drains and stops on (re-exported from `tokio-util`).
+pub use tokio_util::sync::CancellationToken;
+pub use worker::{
+    ScanJob, Worker, WorkerConfig, WorkerStats, enqueue_addresses, enqueue_environment, enqueue_network,
+    enqueue_targets,
+};

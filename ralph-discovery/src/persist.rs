@@ -65,6 +65,32 @@ impl<S: ScanResultStore + ?Sized> BatchRecorder<S> {
         Ok(())
     }
 
+    /// Adds a host's observation without recording anything (hosts in the unknown state are
+    /// skipped): for callers that check something (a job's lease, say) before each write.
+    pub fn add(&mut self, result: &HostResult) {
+        if let Some(o) = result.observation() {
+            self.pending.push(o);
+        }
+    }
+
+    /// Observations waiting to be recorded.
+    #[must_use]
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether the pending observations fill a batch.
+    #[must_use]
+    pub fn is_full(&self) -> bool {
+        self.pending.len() >= self.batch
+    }
+
+    /// Drops the pending observations unrecorded (a worker whose lease was lost must not
+    /// write what it found).
+    pub fn discard(&mut self) {
+        self.pending.clear();
+    }
+
     /// Records whatever is pending.
     ///
     /// # Errors

@@ -1,95 +1,42 @@
-//! Scan jobs on the environment queues, and the [`Worker`] that claims, runs and acks them.
+//! Scan jobs on the environment queues, and the [`Worker`]: a supervised pool of job slots that
+//! claims, runs, records and acks them.
 
-use std::collections::HashSet;
+mod payload;
+
+use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ralph_core::{
-    Id, InventoryStore, Job, JobQueue, Network, NetworkEnvironment, Repository, RetryPolicy, ScanResultStore,
-};
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::{DateTime, Utc};
+use ralph_core::{FailOutcome, Id, Job, JobQueue, QueueAdmin, RetryPolicy, ScanResultStore, WorkerBeat};
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::{BatchRecorder, Error, Result, Scanner, Targets};
+pub use self::payload::{ScanJob, enqueue_addresses, enqueue_environment, enqueue_network, enqueue_targets};
+use crate::{BatchRecorder, Error, Result, Scanner};
 
-/// The payload of a scan job: a group of addresses.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScanJob {
-    /// The addresses to scan.
-    pub addresses: Vec<IpAddr>,
-}
+const TRACE: &str = "ralph::discovery";
 
-/// Enqueues `addresses` onto `queue` in jobs of at most `group` addresses; returns the ids.
-///
-/// # Errors
-/// The queue's error.
-pub async fn enqueue_addresses<Q: JobQueue + ?Sized>(
-    jobs: &Q,
-    queue: &str,
-    addresses: impl IntoIterator<Item = IpAddr>,
-    group: usize,
-) -> Result<Vec<Id<Job>>> {
-    let addresses: Vec<IpAddr> = addresses.into_iter().collect();
-    let payloads: Vec<String> = addresses
-        .chunks(group.max(1))
-        .map(|c| serde_json::to_string(&ScanJob { addresses: c.to_vec() }).map_err(Error::Payload))
-        .collect::<Result<_>>()?;
-    if payloads.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok(jobs.enqueue(queue, &payloads).await?)
-}
-
-/// Enqueues a scan of one network (buried addresses skipped) onto its environment's queue.
-///
-/// # Errors
-/// [`Error::Config`] when the network has no environment; store and queue errors.
-pub async fn enqueue_network<S, Q>(store: &S, jobs: &Q, network: Id<Network>, group: usize) -> Result<Vec<Id<Job>>>
-where
-    S: InventoryStore + ?Sized,
-    Q: JobQueue + ?Sized,
-{
-    let net = Repository::<Network>::get(store, network).await?;
-    let env =
-        net.value.environment.ok_or_else(|| Error::Config(format!("network {} has no environment", net.value.name)))?;
-    let env = Repository::<NetworkEnvironment>::get(store, env).await?;
-    let targets = Targets::new().with_network_of(store, &net.value).await?;
-    enqueue_addresses(jobs, &env.value.queue, targets.addresses(), group).await
-}
-
-/// Enqueues scans of every network of an environment onto its queue.
-///
-/// # Errors
-/// Store and queue errors.
-pub async fn enqueue_environment<S, Q>(
-    store: &S,
-    jobs: &Q,
-    environment: Id<NetworkEnvironment>,
-    group: usize,
-) -> Result<Vec<Id<Job>>>
-where
-    S: InventoryStore + ?Sized,
-    Q: JobQueue + ?Sized,
-{
-    let env = Repository::<NetworkEnvironment>::get(store, environment).await?;
-    let targets = Targets::from_environment(store, environment).await?;
-    enqueue_addresses(jobs, &env.value.queue, targets.addresses(), group).await
-}
-
-/// How a worker runs. Build it by value: `WorkerConfig::new("scans").concurrency(4).batch(1000)`.
+/// How a worker runs. Build it by value:
+/// `WorkerConfig::new("scans").queue("scans.lab").concurrency(4).batch(1000)`.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct WorkerConfig {
-    /// The queue to take jobs from.
-    pub queue: String,
-    /// This worker's name (in the queue's lease records).
+    /// The queues to take jobs from, served in turn.
+    pub queues: Vec<String>,
+    /// This worker's name: in the queue's lease records and its heartbeat row (unique per
+    /// worker: two workers with one name overwrite each other's heartbeat).
     pub name: String,
-    /// Jobs run at the same time.
+    /// Job slots: jobs run at the same time, each on its own clone of the [`Scanner`].
     pub concurrency: usize,
-    /// Lease per claim; extended while a job runs.
+    /// Lease per claim; a lease keeper extends it every third of it while the job runs.
     pub lease: Duration,
-    /// Wait between empty polls.
+    /// Wait between polls that found no job.
     pub poll_interval: Duration,
     /// Observations per store call.
     pub batch: usize,
@@ -97,14 +44,23 @@ pub struct WorkerConfig {
     pub dead_ping_limit: u32,
     /// Retry policy for failing jobs.
     pub retry: RetryPolicy,
+    /// How often the worker writes its heartbeat ([`QueueAdmin::heartbeat`]).
+    pub heartbeat_interval: Duration,
+    /// First wait after a store error (claim, record, extend, ack, fail, heartbeat); doubles,
+    /// with jitter, up to [`WorkerConfig::store_retry_max`]. Store errors never end
+    /// [`Worker::run`].
+    pub store_retry_min: Duration,
+    /// Longest wait between store retries.
+    pub store_retry_max: Duration,
 }
 
 impl WorkerConfig {
-    /// Defaults for `queue`: 2 jobs at a time, 60 s lease, 500-row batches.
+    /// Defaults for `queue`: 2 job slots, 60 s lease, 500-row batches, a heartbeat every
+    /// 10 s, store retries from 100 ms to 5 s.
     #[must_use]
     pub fn new(queue: impl Into<String>) -> Self {
         Self {
-            queue: queue.into(),
+            queues: vec![queue.into()],
             name: format!("discovery-{}", std::process::id()),
             concurrency: 2,
             lease: Duration::from_secs(60),
@@ -112,7 +68,17 @@ impl WorkerConfig {
             batch: crate::DEFAULT_BATCH,
             dead_ping_limit: ralph_core::scan::DEFAULT_DEAD_PING_LIMIT,
             retry: RetryPolicy::default(),
+            heartbeat_interval: Duration::from_secs(10),
+            store_retry_min: Duration::from_millis(100),
+            store_retry_max: Duration::from_secs(5),
         }
+    }
+
+    /// Serves one more queue.
+    #[must_use]
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queues.push(queue.into());
+        self
     }
 
     /// Sets [`WorkerConfig::name`].
@@ -163,6 +129,67 @@ impl WorkerConfig {
         self.retry = retry;
         self
     }
+
+    /// Sets [`WorkerConfig::heartbeat_interval`].
+    #[must_use]
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// Sets [`WorkerConfig::store_retry_min`] and [`WorkerConfig::store_retry_max`].
+    #[must_use]
+    pub fn store_retry(mut self, min: Duration, max: Duration) -> Self {
+        self.store_retry_min = min;
+        self.store_retry_max = max;
+        self
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.queues.is_empty() {
+            return Err(Error::Config("a worker needs at least one queue".to_owned()));
+        }
+        if self.lease < Duration::from_millis(30) {
+            return Err(Error::Config(format!("worker lease {:?} is shorter than 30 ms", self.lease)));
+        }
+        if self.heartbeat_interval.is_zero() || self.poll_interval.is_zero() {
+            return Err(Error::Config("worker heartbeat and poll intervals must not be zero".to_owned()));
+        }
+        Ok(())
+    }
+
+    fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
+        ExponentialBuilder::default()
+            .with_min_delay(self.store_retry_min)
+            .with_max_delay(self.store_retry_max.max(self.store_retry_min))
+            .without_max_times()
+            .with_jitter()
+            .build()
+    }
+}
+
+/// Runs a store call (an expression, evaluated afresh per attempt) until it succeeds,
+/// retrying errors with back-off while the job's lease lasts; once the lease has run out the
+/// job is given up with [`Abort::LeaseLost`] (another worker may hold it). A macro rather than
+/// a function over an async closure: such closures' futures are not provably `Send`.
+macro_rules! with_store {
+    ($shared:expr, $job:expr, $lease:expr, $report:expr, $call:expr) => {{
+        let mut backoff = $shared.config.backoff();
+        loop {
+            if $lease.expired() {
+                break Err(Abort::LeaseLost);
+            }
+            match $call.await {
+                Ok(v) => break Ok(v),
+                Err(e) => {
+                    $report.stats.store_errors += 1;
+                    let wait = backoff.next().unwrap_or($shared.config.store_retry_max);
+                    tracing::warn!(target: TRACE, job = %$job.id, error = %e, retry_in_ms = wait.as_millis(), "store call failed; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }};
 }
 
 /// What a worker did.
@@ -176,133 +203,451 @@ pub struct WorkerStats {
     pub hosts: u64,
     /// Jobs cut short by shutdown whose unscanned rest was enqueued again.
     pub requeued: u64,
+    /// Jobs given up because their lease was lost (taken by another worker, or it ran out
+    /// while the store could not be reached); what they found was not recorded.
+    pub leases_lost: u64,
+    /// Store calls that failed and were retried.
+    pub store_errors: u64,
 }
 
-/// Claims scan jobs, runs them with bounded concurrency, records results in batches and acks.
-/// On shutdown it stops claiming, stops admitting new hosts, lets probes in flight finish,
-/// records what they found, and re-enqueues the unscanned rest of each job before acking it.
+impl WorkerStats {
+    fn add(&mut self, other: &Self) {
+        self.jobs_done += other.jobs_done;
+        self.jobs_failed += other.jobs_failed;
+        self.hosts += other.hosts;
+        self.requeued += other.requeued;
+        self.leases_lost += other.leases_lost;
+        self.store_errors += other.store_errors;
+    }
+}
+
+/// A supervised discovery worker: a pool of [`WorkerConfig::concurrency`] job slots over one
+/// [`Scanner`], serving one or more queues.
+///
+/// - A slot takes a new job as soon as its job ends: a slow job does not idle the others.
+/// - Jobs carry target expressions ([`ScanJob`]), expanded lazily; buried addresses are left
+///   out with one store query per job ([`ScanResultStore::buried_between`]).
+/// - Store errors (claim, record, extend, ack, fail, heartbeat) are logged and retried with
+///   back-off; they never end [`Worker::run`].
+/// - A lease keeper extends each job's lease. When the lease is lost (another worker holds
+///   the job, or it ran out while the store was unreachable), the job's scan is cancelled at
+///   once and nothing more of it is recorded; each batch is written only after the lease was
+///   confirmed, and `ack`/`fail` results are checked.
+/// - A job whose payload is bad is dead-lettered with the reason, and the worker goes on.
+/// - On shutdown it stops claiming, stops admitting new hosts, lets probes in flight finish,
+///   records what they found and re-enqueues the unscanned rest of each job before acking it:
+///   nothing is lost.
+/// - Every [`WorkerConfig::heartbeat_interval`] it writes a [`WorkerBeat`] (name, host, pid,
+///   queues, current jobs, start, last seen), readable with [`QueueAdmin::workers`].
 #[derive(Debug)]
 pub struct Worker<Q: ?Sized, S: ?Sized> {
+    shared: Arc<Shared<Q, S>>,
+}
+
+#[derive(Debug)]
+struct Shared<Q: ?Sized, S: ?Sized> {
     jobs: Arc<Q>,
     store: Arc<S>,
     scanner: Scanner,
     config: WorkerConfig,
+    host: String,
+    current: Mutex<BTreeSet<Id<Job>>>,
 }
 
-enum JobEnd {
-    Done(u64),
-    Requeued(u64),
+/// How one job ended, for the statistics.
+#[derive(Debug, Default)]
+struct JobReport {
+    stats: WorkerStats,
+}
+
+/// Removes a job from the worker's current set when its slot ends, however it ends.
+struct Running<'a> {
+    current: &'a Mutex<BTreeSet<Id<Job>>>,
+    id: Id<Job>,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+    }
+}
+
+/// The lease as the worker knows it: when it runs out at the latest (measured from before
+/// the claim or the last successful extension, so never later than the store's).
+struct Lease {
+    until: Instant,
+    length: Duration,
+}
+
+impl Lease {
+    fn renewed(&mut self, asked_at: Instant) {
+        self.until = asked_at + self.length;
+    }
+
+    fn expired(&self) -> bool {
+        Instant::now() >= self.until
+    }
+}
+
+/// Why a job stopped early.
+enum Abort {
+    /// The lease is gone: stop, record nothing, do not ack.
+    LeaseLost,
 }
 
 impl<Q, S> Worker<Q, S>
 where
-    Q: JobQueue + ?Sized + 'static,
+    Q: JobQueue + QueueAdmin + ?Sized + 'static,
     S: ScanResultStore + ?Sized + 'static,
 {
-    /// A worker.
+    /// A worker: `jobs` is the queue, `store` records results, `scanner` is cloned per slot
+    /// (its clones share one configuration and, with it, the process's scan resources).
     #[must_use]
     pub fn new(jobs: Arc<Q>, store: Arc<S>, scanner: Scanner, config: WorkerConfig) -> Self {
-        Self { jobs, store, scanner, config }
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unknown".to_owned());
+        Self { shared: Arc::new(Shared { jobs, store, scanner, config, host, current: Mutex::new(BTreeSet::new()) }) }
     }
 
-    /// Runs until `shutdown` turns true, then drains and returns.
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &WorkerConfig {
+        &self.shared.config
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains (jobs in flight are stopped, what they
+    /// found is recorded, their unscanned rest re-enqueued) and returns.
     ///
     /// # Errors
-    /// Queue errors while claiming (job-level failures are reported to the queue instead).
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<WorkerStats> {
+    /// [`Error::Config`] for a configuration that cannot run (no queue, a lease under 30 ms,
+    /// zero intervals, a name or host the heartbeat refuses), before anything is claimed.
+    /// Store errors are retried, never returned.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<WorkerStats> {
+        let shared = &self.shared;
+        let config = &shared.config;
+        config.check()?;
+        let started_at = Utc::now();
+        shared.beat(started_at).validate().map_err(|e| Error::Config(format!("worker heartbeat: {e}")))?;
+        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let mut tasks: JoinSet<JobReport> = JoinSet::new();
         let mut stats = WorkerStats::default();
+        let beats_done = CancellationToken::new();
+        let beats = tokio::spawn(Arc::clone(shared).heartbeats(started_at, beats_done.clone()));
+        let mut backoff = config.backoff();
+        let mut next_queue = 0usize;
+        tracing::info!(target: TRACE, worker = %config.name, queues = ?config.queues, slots = config.concurrency.max(1), "worker started");
         loop {
-            if *shutdown.borrow() {
+            while let Some(done) = tasks.try_join_next() {
+                fold(&mut stats, done);
+            }
+            if shutdown.is_cancelled() {
                 break;
             }
-            let claimed = self
-                .jobs
-                .claim(&self.config.queue, self.config.concurrency.max(1), self.config.lease, &self.config.name)
-                .await?;
-            if claimed.is_empty() {
+            let free = slots.available_permits();
+            if free == 0 {
                 tokio::select! {
-                    () = tokio::time::sleep(self.config.poll_interval) => {}
-                    _ = shutdown.changed() => {}
+                    Some(done) = tasks.join_next() => fold(&mut stats, done),
+                    () = shutdown.cancelled() => {}
                 }
                 continue;
             }
-            let outcomes =
-                futures::future::join_all(claimed.iter().map(|job| self.run_job(job, shutdown.clone()))).await;
-            for (job, outcome) in claimed.iter().zip(outcomes) {
+            let (claimed, failed) = shared.claim(free, next_queue, &mut stats).await;
+            next_queue = next_queue.wrapping_add(1);
+            let got = !claimed.is_empty();
+            for (job, asked_at) in claimed {
+                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                    // Cannot happen: at most `free` jobs were claimed. Leave it to its lease.
+                    tracing::error!(target: TRACE, job = %job.id, "no free slot for a claimed job");
+                    continue;
+                };
+                shared.current.lock().unwrap_or_else(PoisonError::into_inner).insert(job.id);
+                let lease = Lease { until: asked_at + config.lease, length: config.lease };
+                tasks.spawn(Arc::clone(shared).run_job(job, lease, permit, shutdown.clone()));
+            }
+            if failed && !got {
+                let wait = backoff.next().unwrap_or(config.store_retry_max);
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.cancelled() => {}
+                }
+                continue;
+            }
+            if !failed {
+                backoff = config.backoff();
+            }
+            if !got {
+                tokio::select! {
+                    () = tokio::time::sleep(config.poll_interval) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            }
+        }
+        // Drain: every job sees the cancelled token, stops admitting hosts, records and
+        // re-enqueues its rest.
+        while let Some(done) = tasks.join_next().await {
+            fold(&mut stats, done);
+        }
+        beats_done.cancel();
+        if let Ok(errors) = beats.await {
+            stats.store_errors += errors;
+        }
+        tracing::info!(target: TRACE, worker = %config.name, ?stats, "worker stopped");
+        Ok(stats)
+    }
+}
+
+fn fold(stats: &mut WorkerStats, done: std::result::Result<JobReport, tokio::task::JoinError>) {
+    match done {
+        Ok(report) => stats.add(&report.stats),
+        // The job's lease runs out and the queue hands it out again (or dead-letters it).
+        Err(e) => tracing::error!(target: TRACE, error = %e, "a job task panicked"),
+    }
+}
+
+impl<Q, S> Shared<Q, S>
+where
+    Q: JobQueue + QueueAdmin + ?Sized + 'static,
+    S: ScanResultStore + ?Sized + 'static,
+{
+    fn beat(&self, started_at: DateTime<Utc>) -> WorkerBeat {
+        WorkerBeat {
+            name: self.config.name.clone(),
+            host: self.host.clone(),
+            pid: std::process::id(),
+            queues: self.config.queues.clone(),
+            current_jobs: self.current.lock().unwrap_or_else(PoisonError::into_inner).iter().copied().collect(),
+            started_at,
+            last_seen: Utc::now(),
+        }
+    }
+
+    /// Writes a heartbeat every interval until `done`, then a last one (no current jobs);
+    /// returns how many failed.
+    async fn heartbeats(self: Arc<Self>, started_at: DateTime<Utc>, done: CancellationToken) -> u64 {
+        let mut errors = 0;
+        loop {
+            if let Err(e) = self.jobs.heartbeat(&self.beat(started_at)).await {
+                errors += 1;
+                tracing::warn!(target: TRACE, worker = %self.config.name, error = %e, "heartbeat failed; retrying");
+            }
+            if done.is_cancelled() {
+                return errors;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.config.heartbeat_interval) => {}
+                () = done.cancelled() => {}
+            }
+        }
+    }
+
+    /// Claims up to `free` jobs from the queues in turn, starting at `first`. Returns the jobs
+    /// with the instant before their claim, and whether a claim failed.
+    async fn claim(&self, free: usize, first: usize, stats: &mut WorkerStats) -> (Vec<(Job, Instant)>, bool) {
+        let queues = &self.config.queues;
+        let mut claimed = Vec::new();
+        for i in 0..queues.len() {
+            let want = free - claimed.len();
+            if want == 0 {
+                break;
+            }
+            let queue = &queues[(first + i) % queues.len()];
+            let asked_at = Instant::now();
+            match self.jobs.claim(queue, want, self.config.lease, &self.config.name).await {
+                Ok(jobs) => claimed.extend(jobs.into_iter().map(|j| (j, asked_at))),
+                Err(e) => {
+                    stats.store_errors += 1;
+                    tracing::warn!(target: TRACE, queue, error = %e, "claim failed; retrying after a back-off");
+                    return (claimed, true);
+                }
+            }
+        }
+        (claimed, false)
+    }
+
+    async fn run_job(
+        self: Arc<Self>,
+        job: Job,
+        mut lease: Lease,
+        _slot: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) -> JobReport {
+        let _running = Running { current: &self.current, id: job.id };
+        let mut report = JobReport::default();
+        tracing::debug!(target: TRACE, job = %job.id, queue = %job.queue, attempt = job.attempts, "job started");
+        match self.scan_job(&job, &mut lease, &shutdown, &mut report).await {
+            Ok(()) => {}
+            Err(JobError::Abort(Abort::LeaseLost)) => {
+                report.stats.leases_lost += 1;
+                tracing::warn!(target: TRACE, job = %job.id, "lease lost: the job's scan was cancelled and its results not recorded");
+            }
+            Err(JobError::Failed(e)) => {
+                report.stats.jobs_failed += 1;
+                tracing::warn!(target: TRACE, job = %job.id, error = %e, "scan job failed");
+                // Bad input fails the same way every time: dead-letter it at once.
+                let policy =
+                    if e.is_input() { RetryPolicy { max_attempts: 1, ..self.config.retry } } else { self.config.retry };
+                let reason = error_chain(&e);
+                let outcome: std::result::Result<FailOutcome, Abort> =
+                    with_store!(self, job, lease, report, self.jobs.fail(&job, &reason, &policy));
                 match outcome {
-                    Ok(JobEnd::Done(hosts)) => {
-                        stats.jobs_done += 1;
-                        stats.hosts += hosts;
+                    Ok(FailOutcome::Dead) => {
+                        tracing::warn!(target: TRACE, job = %job.id, reason, "job dead-lettered");
                     }
-                    Ok(JobEnd::Requeued(hosts)) => {
-                        stats.requeued += 1;
-                        stats.hosts += hosts;
+                    Ok(FailOutcome::Retry { at }) => {
+                        tracing::debug!(target: TRACE, job = %job.id, %at, "job will be retried");
                     }
-                    Err(e) => {
-                        stats.jobs_failed += 1;
-                        tracing::warn!(target: "ralph::discovery", job = %job.id, error = %e, "scan job failed");
-                        let policy = if e.is_input() {
-                            RetryPolicy { max_attempts: 1, ..self.config.retry }
-                        } else {
-                            self.config.retry
-                        };
-                        self.jobs.fail(job, &e.to_string(), &policy).await?;
+                    Ok(FailOutcome::LeaseLost) | Err(Abort::LeaseLost) => {
+                        report.stats.leases_lost += 1;
+                        tracing::warn!(target: TRACE, job = %job.id, "lease lost before the failure was recorded");
                     }
                 }
             }
         }
-        tracing::info!(target: "ralph::discovery", ?stats, "worker stopped");
-        Ok(stats)
+        report
     }
 
-    async fn run_job(&self, job: &Job, mut shutdown: watch::Receiver<bool>) -> Result<JobEnd> {
-        let payload: ScanJob = serde_json::from_str(&job.payload).map_err(Error::Payload)?;
-        tracing::debug!(target: "ralph::discovery", job = %job.id, addresses = payload.addresses.len(), "job started");
-        let mut handle = self.scanner.start(payload.addresses.clone());
+    /// Extends the lease (retrying store errors while it lasts).
+    async fn keep_lease(&self, job: &Job, lease: &mut Lease, report: &mut JobReport) -> std::result::Result<(), Abort> {
+        let length = self.config.lease;
+        let mut asked_at = Instant::now();
+        let held: bool = with_store!(self, job, lease, report, {
+            asked_at = Instant::now();
+            self.jobs.extend_lease(job, length)
+        })?;
+        if !held {
+            return Err(Abort::LeaseLost);
+        }
+        lease.renewed(asked_at);
+        Ok(())
+    }
+
+    /// Records the pending observations, after confirming the lease.
+    async fn record(
+        &self,
+        job: &Job,
+        lease: &mut Lease,
+        recorder: &mut BatchRecorder<S>,
+        report: &mut JobReport,
+    ) -> std::result::Result<(), JobError> {
+        if recorder.pending() == 0 {
+            return Ok(());
+        }
+        loop {
+            self.keep_lease(job, lease, report).await?;
+            match recorder.flush().await {
+                Ok(_) => return Ok(()),
+                // A bad observation is refused whole, every time: fail the job.
+                Err(Error::Store(e)) if e.is_invalid() => {
+                    recorder.discard();
+                    return Err(JobError::Failed(Error::Store(e)));
+                }
+                Err(e) => {
+                    report.stats.store_errors += 1;
+                    let wait = self.config.store_retry_min.max(Duration::from_millis(10));
+                    tracing::warn!(target: TRACE, job = %job.id, error = %e, "recording failed; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn scan_job(
+        &self,
+        job: &Job,
+        lease: &mut Lease,
+        shutdown: &CancellationToken,
+        report: &mut JobReport,
+    ) -> std::result::Result<(), JobError> {
+        let payload = ScanJob::parse(&job.payload).map_err(JobError::Failed)?;
+        let mut targets = payload.resolve().map_err(JobError::Failed)?;
+        for (first, last) in payload.bounds().map_err(JobError::Failed)? {
+            let buried: Vec<IpAddr> = with_store!(self, job, lease, report, self.store.buried_between(first, last))?;
+            targets = targets.exclude_addresses(buried);
+        }
+        let mut handle = self.scanner.start(targets.addresses());
         let mut recorder = BatchRecorder::new(Arc::clone(&self.store))
             .batch(self.config.batch)
             .dead_ping_limit(self.config.dead_ping_limit);
-        let mut done = HashSet::new();
-        let mut lease = tokio::time::interval((self.config.lease / 3).max(crate::engine::MIN_TICK));
-        lease.tick().await;
-        let mut stopping = *shutdown.borrow();
-        if stopping {
-            handle.stop();
-        }
+        let mut done: Vec<IpAddr> = Vec::new();
+        let mut keeper = tokio::time::interval((self.config.lease / 3).max(Duration::from_millis(10)));
+        keeper.tick().await;
+        let mut stopping = false;
         loop {
             tokio::select! {
                 r = handle.results.recv() => match r {
                     Some(result) => {
-                        done.insert(result.address);
-                        recorder.push(&result).await?;
+                        done.push(result.address);
+                        recorder.add(&result);
+                        if recorder.is_full() {
+                            self.record(job, lease, &mut recorder, report).await?;
+                        }
                     }
                     None => break,
                 },
-                _ = lease.tick() => {
-                    if !self.jobs.extend_lease(job, self.config.lease).await? {
-                        tracing::warn!(target: "ralph::discovery", job = %job.id, "lease lost; another worker owns the job");
-                    }
-                }
-                changed = shutdown.changed(), if !stopping => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        stopping = true;
-                        handle.stop();
-                    }
+                _ = keeper.tick() => self.keep_lease(job, lease, report).await?,
+                () = shutdown.cancelled(), if !stopping => {
+                    stopping = true;
+                    handle.stop();
                 }
             }
         }
-        let summary = handle.finish().await?;
-        recorder.flush().await?;
-        let hosts = done.len() as u64;
+        // Dropping the handle on an early return (`?` above) stops the scan at once; hosts in
+        // flight are discarded with the recorder's pending observations.
+        let summary = handle.finish().await.map_err(JobError::Failed)?;
+        self.record(job, lease, &mut recorder, report).await?;
+        report.stats.hosts += done.len() as u64;
         if summary.stopped {
-            let rest: Vec<IpAddr> = payload.addresses.into_iter().filter(|a| !done.contains(a)).collect();
-            if !rest.is_empty() {
-                enqueue_addresses(&*self.jobs, &job.queue, rest, usize::MAX).await?;
+            let rest = payload::remainder(&payload, done);
+            if rest.resolve().is_ok_and(|t| !t.is_empty()) {
+                let text = rest.to_payload().map_err(JobError::Failed)?;
+                self.keep_lease(job, lease, report).await?;
+                let queue = job.queue.clone();
+                let _ids: Vec<Id<Job>> =
+                    with_store!(self, job, lease, report, self.jobs.enqueue(&queue, std::slice::from_ref(&text)))?;
             }
-            self.jobs.ack(job).await?;
-            return Ok(JobEnd::Requeued(hosts));
+            report.stats.requeued += 1;
+        } else {
+            report.stats.jobs_done += 1;
         }
-        self.jobs.ack(job).await?;
-        Ok(JobEnd::Done(hosts))
+        let held: bool = with_store!(self, job, lease, report, self.jobs.ack(job))?;
+        if !held {
+            // Recorded while the lease held (each batch checked it); another worker took the
+            // job since and will scan it again.
+            tracing::warn!(target: TRACE, job = %job.id, "lease lost at ack");
+            report.stats.jobs_done = 0;
+            report.stats.requeued = 0;
+            return Err(JobError::Abort(Abort::LeaseLost));
+        }
+        tracing::debug!(target: TRACE, job = %job.id, hosts = report.stats.hosts, stopped = summary.stopped, "job done");
+        Ok(())
     }
+}
+
+/// Why a job did not end normally.
+enum JobError {
+    /// The lease is gone.
+    Abort(Abort),
+    /// The job failed: reported to the queue.
+    Failed(Error),
+}
+
+impl From<Abort> for JobError {
+    fn from(a: Abort) -> Self {
+        Self::Abort(a)
+    }
+}
+
+/// An error and its sources on one line, for the job's `last_error`.
+fn error_chain(e: &Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

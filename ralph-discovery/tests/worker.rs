@@ -1,6 +1,8 @@
-//! A worker on the in-memory reference store (`ralph_core::testing`): graceful shutdown mid-job.
-//! A worker process killed mid-job, whose job another process picks up, needs a shared SQL
-//! queue and is tested in `examples/tests/discovery_store.rs`.
+//! A worker on the in-memory reference store (`ralph_core::testing`): graceful shutdown
+//! mid-job, job slots that do not wait for each other, bad payloads dead-lettered, heartbeats,
+//! several queues. Worker processes, stolen leases, poison jobs and killed database
+//! connections need a shared SQL store: `examples/tests/discovery_workers.rs` and
+//! `examples/tests/discovery_store.rs`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -8,9 +10,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use ralph_core::testing::MemoryStore;
-use ralph_core::{IpAddress, JobQueue, QueueAdmin, ScanResultStore};
-use ralph_discovery::{RateConfig, ScanConfig, Scanner, Worker, WorkerConfig, enqueue_addresses};
-use tokio::sync::watch;
+use ralph_core::{IpAddress, JobQueue, JobState, QueueAdmin, ScanResultStore};
+use ralph_discovery::{CancellationToken, RateConfig, ScanConfig, Scanner, Worker, WorkerConfig, enqueue_addresses};
 
 /// A slow scanner: loopback addresses reset (alive, port closed) at 25 probe starts per second.
 fn slow_scanner() -> Scanner {
@@ -37,22 +38,20 @@ where
     Q: JobQueue + QueueAdmin + 'static,
     S: ScanResultStore + 'static,
 {
-    let mut config = WorkerConfig::new(queue);
-    config.lease = lease;
-    config.poll_interval = Duration::from_millis(100);
-    config.batch = 7;
+    let config = WorkerConfig::new(queue).lease(lease).poll_interval(Duration::from_millis(100)).batch(7);
     let worker = Worker::new(Arc::clone(&jobs), store, slow_scanner(), config);
-    let (tx, rx) = watch::channel(false);
+    let token = CancellationToken::new();
+    let tx = token.clone();
     let watcher = {
         let (jobs, queue) = (Arc::clone(&jobs), queue.to_owned());
         tokio::spawn(async move {
             while !idle(&*jobs, &queue).await {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tx.send_replace(true);
+            tx.cancel();
         })
     };
-    let stats = worker.run(rx).await.expect("worker");
+    let stats = worker.run(token).await.expect("worker");
     watcher.await.expect("watcher");
     stats
 }
@@ -66,10 +65,11 @@ async fn graceful_shutdown_persists_what_was_found_and_requeues_the_rest() {
     let start = Utc::now();
 
     let worker = Worker::new(Arc::clone(&store), Arc::clone(&store), slow_scanner(), WorkerConfig::new(queue));
-    let (tx, rx) = watch::channel(false);
-    let run = tokio::spawn(async move { worker.run(rx).await });
+    let token = CancellationToken::new();
+    let tx = token.clone();
+    let run = tokio::spawn(async move { worker.run(token).await });
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    tx.send_replace(true);
+    tx.cancel();
     let stats = run.await.expect("join").expect("worker");
     assert_eq!(stats.requeued, 1, "{stats:?}");
     assert!(stats.hosts > 0 && stats.hosts < 60, "stopped mid-job: {stats:?}");
@@ -88,5 +88,118 @@ async fn graceful_shutdown_persists_what_was_found_and_requeues_the_rest() {
     for ip in &targets {
         let row = find_ip(&store, *ip).expect("every target recorded");
         assert!(row.last_seen >= Some(start));
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `within` passes; returns whether it held.
+async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_job_does_not_idle_the_other_slots() {
+    let store = Arc::new(MemoryStore::new());
+    let queue = "discovery.slots";
+    // One job of 60 hosts (2.4 s at 25 probe starts a second), then five of one host each.
+    enqueue_addresses(&*store, queue, addresses(3, 60), 100).await.expect("slow job");
+    for i in 1..=5u8 {
+        enqueue_addresses(&*store, queue, [IpAddr::from([127, 88, 4, i])], 1).await.expect("quick job");
+    }
+    let config = WorkerConfig::new(queue).concurrency(2).poll_interval(Duration::from_millis(20));
+    let worker = Worker::new(Arc::clone(&store), Arc::clone(&store), slow_scanner(), config);
+    let token = CancellationToken::new();
+    let run = tokio::spawn({
+        let token = token.clone();
+        async move { worker.run(token).await }
+    });
+    // The second slot works through the quick jobs while the first still scans the slow one.
+    let quick_done = eventually(Duration::from_millis(1500), async || {
+        let s = store.stats(queue).await.expect("stats");
+        s.done == 5 && s.running == 1
+    })
+    .await;
+    token.cancel();
+    let stats = run.await.expect("join").expect("worker");
+    assert!(quick_done, "quick jobs waited for the slow one: {:?}", store.stats(queue).await);
+    assert_eq!((stats.jobs_done, stats.requeued), (5, 1), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_payloads_are_dead_lettered_with_the_reason_and_the_worker_goes_on() {
+    let store = Arc::new(MemoryStore::new());
+    let queue = "discovery.bad";
+    let bad = ["{not json".to_owned(), r#"{"targets":["127.0.0.300"]}"#.to_owned(), r#"{"shards":[1]}"#.to_owned()];
+    store.enqueue(queue, &bad).await.expect("bad jobs");
+    enqueue_addresses(&*store, queue, addresses(5, 3), 10).await.expect("good job");
+    let stats = drain(Arc::clone(&store), Arc::clone(&store), queue, Duration::from_secs(30)).await;
+    assert_eq!((stats.jobs_failed, stats.jobs_done, stats.hosts), (3, 1, 3), "{stats:?}");
+    let dead = store.list_jobs(queue, JobState::Dead, 10).await.expect("dead");
+    assert_eq!(dead.len(), 3, "dead-lettered at the first attempt");
+    let reasons: Vec<String> = dead.iter().map(|j| j.last_error.clone().unwrap_or_default()).collect();
+    for expected in ["invalid job payload: key must be a string", "127.0.0.300", "unknown field `shards`"] {
+        assert!(reasons.iter().any(|r| r.contains(expected)), "{expected:?} in {reasons:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_name_the_worker_and_its_current_jobs() {
+    let store = Arc::new(MemoryStore::new());
+    let queue = "discovery.beat";
+    let ids = enqueue_addresses(&*store, queue, addresses(6, 40), 100).await.expect("enqueue");
+    let config = WorkerConfig::new(queue)
+        .queue("discovery.beat.other")
+        .name("beating-worker")
+        .heartbeat_interval(Duration::from_millis(50));
+    let worker = Worker::new(Arc::clone(&store), Arc::clone(&store), slow_scanner(), config);
+    let token = CancellationToken::new();
+    let run = tokio::spawn({
+        let token = token.clone();
+        async move { worker.run(token).await }
+    });
+    let seen = eventually(Duration::from_secs(2), async || {
+        store.workers().await.expect("workers").iter().any(|w| w.name == "beating-worker" && w.current_jobs == ids)
+    })
+    .await;
+    let beat = store.workers().await.expect("workers").into_iter().find(|w| w.name == "beating-worker");
+    token.cancel();
+    run.await.expect("join").expect("worker");
+    assert!(seen, "no heartbeat with the running job: {beat:?}");
+    let beat = beat.expect("beat");
+    assert_eq!(beat.pid, std::process::id());
+    assert_eq!(beat.queues, [queue, "discovery.beat.other"]);
+    assert!(!beat.host.is_empty());
+    let last = store.workers().await.expect("workers").into_iter().find(|w| w.name == "beating-worker").expect("beat");
+    assert!(last.current_jobs.is_empty(), "the last beat after the drain holds no job: {last:?}");
+    assert!(last.last_seen >= beat.last_seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_serves_several_queues() {
+    let store = Arc::new(MemoryStore::new());
+    let (first, second) = ("discovery.first", "discovery.second");
+    enqueue_addresses(&*store, first, addresses(7, 4), 2).await.expect("first");
+    enqueue_addresses(&*store, second, addresses(8, 4), 2).await.expect("second");
+    let config = WorkerConfig::new(first).queue(second).poll_interval(Duration::from_millis(20));
+    let worker = Worker::new(Arc::clone(&store), Arc::clone(&store), slow_scanner(), config);
+    let token = CancellationToken::new();
+    let run = tokio::spawn({
+        let token = token.clone();
+        async move { worker.run(token).await }
+    });
+    let drained =
+        eventually(Duration::from_secs(5), async || idle(&*store, first).await && idle(&*store, second).await).await;
+    token.cancel();
+    let stats = run.await.expect("join").expect("worker");
+    assert!(drained, "{:?} {:?}", store.stats(first).await, store.stats(second).await);
+    assert_eq!((stats.jobs_done, stats.hosts), (4, 8), "{stats:?}");
+    for queue in [first, second] {
+        assert_eq!(store.stats(queue).await.expect("stats").done, 2, "{queue}");
     }
 }

@@ -286,4 +286,7 @@ impl ScanResultStore for AnyStore {
     ) -> Result<RecordSummary, StoreError> {
         dispatch!(self, s => s.record_observations(observations, dead_ping_limit).await)
     }
+    async fn buried_between(&self, first: IpAddr, last: IpAddr) -> Result<Vec<IpAddr>, StoreError> {
+        dispatch!(self, s => s.buried_between(first, last).await)
+    }
 }

@@ -30,8 +30,8 @@ use chrono::{DateTime, Utc};
 use ralph_core::{
     AssetStatus, Component, ComponentKind, DataCenter, Device, DeviceModel, DeviceType, Group, GroupScope,
     HostnameTemplate, Id, InventoryStore, IpAddress, IpStatus, MacAddress, MirrorChange, Network, NetworkEnvironment,
-    Orientation, Placement, Profile, Rack, Repository, Secret, ServerRoom, SnmpVersion, StoreError, TransitionGraph,
-    User, UserMirror, UserSource, UserStore, ValidationError,
+    Orientation, Placement, Profile, Rack, Repository, ScanResultStore, Secret, ServerRoom, SnmpVersion, StoreError,
+    TransitionGraph, User, UserMirror, UserSource, UserStore, ValidationError,
 };
 
 type Counts = [usize; 9];
@@ -396,6 +396,40 @@ pub async fn address_ranges_skip_buried<S: InventoryStore>(s: &S) {
     assert_eq!(range("0.0.0.0/0", false).await.len(), 5);
     // A duplicate address is a conflict.
     assert!(s.create(&IpAddress::new(ip("10.0.0.1"))).await.expect_err("dup").is_conflict());
+}
+
+/// [`ScanResultStore::buried_between`] returns the buried addresses of a range, both ends
+/// included, in address order, one family only; `plant` stores an address row as given (the
+/// trait itself cannot bury an address).
+pub async fn buried_between_ranges<S: ScanResultStore + ?Sized>(s: &S, plant: impl AsyncFn(IpAddress)) {
+    for (addr, buried) in [
+        ("10.0.0.1", true),
+        ("10.0.0.2", false),
+        ("10.0.0.3", true),
+        ("10.0.0.255", true),
+        ("10.0.1.0", true),
+        ("9.255.255.255", true),
+        ("2001:db8::1", true),
+        ("2001:db8::2", false),
+        ("10.0.0.9", true),
+    ] {
+        let mut record = IpAddress::new(ip(addr));
+        record.is_buried = buried;
+        plant(record).await;
+    }
+    let between = async |a: &str, b: &str| -> Vec<String> {
+        s.buried_between(ip(a), ip(b)).await.expect("buried").into_iter().map(|a| a.to_string()).collect()
+    };
+    assert_eq!(
+        between("10.0.0.1", "10.0.0.255").await,
+        ["10.0.0.1", "10.0.0.3", "10.0.0.9", "10.0.0.255"],
+        "ends included, numeric order"
+    );
+    assert_eq!(between("10.0.0.2", "10.0.0.254").await, ["10.0.0.3", "10.0.0.9"]);
+    assert_eq!(between("10.0.0.2", "10.0.0.2").await, Vec::<String>::new(), "not buried");
+    assert_eq!(between("10.0.0.3", "10.0.0.1").await, Vec::<String>::new(), "an empty range");
+    assert_eq!(between("0.0.0.0", "255.255.255.255").await.len(), 6, "every IPv4 one");
+    assert_eq!(between("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff").await, ["2001:db8::1"], "no IPv4 in IPv6");
 }
 
 /// The whole [`UserStore`]: create (duplicate → conflict, invalid → invalid), update, password

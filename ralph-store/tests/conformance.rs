@@ -40,6 +40,14 @@ async fn corrupt_rows_are_reported<S: InventoryStore + Raw>(s: &S) {
     assert!(matches!(s.find_data_center("dc-corrupt").await, Err(StoreError::Corrupt { .. })));
 }
 
+/// [`buried_between_ranges`] with the address rows planted through the inventory.
+async fn buried_between_ranges<S: InventoryStore + ralph_core::ScanResultStore>(s: &S) {
+    ralph_store::conformance::buried_between_ranges(s, async |record: ralph_core::IpAddress| {
+        s.create(&record).await.expect("plant address");
+    })
+    .await;
+}
+
 /// Declares one test per suite function for a backend; `$open` makes a fresh store.
 macro_rules! suite {
     ($backend:ident, $open:ident, $var:expr) => {
@@ -50,6 +58,7 @@ macro_rules! suite {
                 blank_serials_do_not_collide,
                 smallest_containing_network,
                 address_ranges_skip_buried,
+                buried_between_ranges,
                 users_profiles_groups,
                 usernames_match_exactly,
                 mirror_keeps_local_accounts,
@@ -134,4 +143,13 @@ mod memory {
         racing_bulk_imports,
         utf8_users_round_trip,
     );
+
+    #[tokio::test]
+    async fn buried_between_ranges() {
+        let store = MemoryStore::new();
+        ralph_store::conformance::buried_between_ranges(&store, async |record: ralph_core::IpAddress| {
+            store.insert_ip_address(&record).expect("plant address");
+        })
+        .await;
+    }
 }

@@ -1,5 +1,7 @@
 //! [`ScanResultStore`] on [`MemoryStore`]: [`apply_observation`] on the stored address rows.
 
+use std::net::IpAddr;
+
 use async_trait::async_trait;
 
 use super::MemoryStore;
@@ -62,6 +64,22 @@ impl ScanResultStore for MemoryStore {
             }
         }
         Ok(summary)
+    }
+
+    async fn buried_between(&self, first: IpAddr, last: IpAddr) -> Result<Vec<IpAddr>, StoreError> {
+        let (lo, hi) = (ip_to_u128(first), ip_to_u128(last));
+        if lo > hi {
+            return Ok(Vec::new());
+        }
+        let state = self.lock();
+        // The index is ordered by `ip_to_u128`, as the SQL stores order by `ip_key`.
+        Ok(state
+            .ip_index
+            .range(lo..=hi)
+            .filter_map(|(_, id)| state.ips.get(id))
+            .filter(|r| r.is_buried && r.address.is_ipv4() == first.is_ipv4())
+            .map(|r| r.address)
+            .collect())
     }
 }
 

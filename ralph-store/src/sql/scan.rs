@@ -23,15 +23,18 @@
 //! read and the write stays untouched; under such a race only the returned counts can be off.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use ralph_core::{Observation, RecordSummary, ScanResultStore, StoreError, ValidationError, ip_key};
-#[cfg(any(feature = "sqlite", feature = "mysql"))]
+use ralph_core::{
+    Observation, RecordSummary, ScanResultStore, StoreError, ValidationError, ip_key, ip_to_u128, parse_ip,
+};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
 
+use super::err;
 #[cfg(any(feature = "sqlite", feature = "mysql"))]
-use super::{err, push_list};
+use super::push_list;
 use crate::dialect::Backend;
 use crate::store::{SqlStore, TRACE_TARGET, commit};
 
@@ -261,8 +264,23 @@ fn prepare(observations: &[Observation]) -> Result<Vec<ObservationRow<'_>>, Stor
     observations.iter().map(ObservationRow::new).collect()
 }
 
+/// One buried address row.
+#[derive(FromRow)]
+struct BuriedRow {
+    address: String,
+}
+
 #[async_trait]
-impl<DB: Backend> ScanResultStore for SqlStore<DB> {
+impl<DB> ScanResultStore for SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+{
     async fn record_observations(
         &self,
         observations: &[Observation],
@@ -295,6 +313,33 @@ impl<DB: Backend> ScanResultStore for SqlStore<DB> {
             "recorded scan observations"
         );
         Ok(summary)
+    }
+
+    async fn buried_between(&self, first: IpAddr, last: IpAddr) -> Result<Vec<IpAddr>, StoreError> {
+        if ip_to_u128(first) > ip_to_u128(last) {
+            return Ok(Vec::new());
+        }
+        let (lo, hi) = (ip_key(first), ip_key(last));
+        // One range scan of the unique `ip_key` index; buried rows are few, so the filter on
+        // `is_buried` costs nothing worth an index of its own.
+        let mut qb = QueryBuilder::new("SELECT address FROM ip_addresses WHERE ip_key >= ");
+        qb.push_bind(Some(lo.as_str()))
+            .push(" AND ip_key <= ")
+            .push_bind(Some(hi.as_str()))
+            .push(" AND is_buried = ")
+            .push_bind(true)
+            .push(" ORDER BY ip_key");
+        let rows = qb.build_query_as::<BuriedRow>().fetch_all(self.pool()).await.map_err(err(ENTITY))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let ip = parse_ip(&row.address)
+                .map_err(|e| StoreError::Corrupt { entity: ENTITY, detail: format!("address: {e}") })?;
+            // IPv4 keys live inside ::ffff:0:0/96, so an IPv6 range may span them.
+            if ip.is_ipv4() == first.is_ipv4() {
+                out.push(ip);
+            }
+        }
+        Ok(out)
     }
 }
 
