@@ -8,8 +8,11 @@
 # sweep creates real neighbour (ARP) entries. Only addresses inside this namespace are probed.
 #
 # Several runs can coexist (two checkouts testing at once): each takes the first free slot N
-# (namespace ralphlabN, interfaces rlabNh/rlabNn, addresses 10.213.(32N).0/19) and records it in
+# (namespace ralphlabN, interfaces rlabNh/rlabNn, addresses 198.18.(32N).0/19) and records it in
 # $RALPH_TEST_RUN_DIR, so down.sh removes its own lab only.
+#
+# Every address lives in 198.18.0.0/15, the range RFC 2544 sets aside for benchmarking: it is
+# never routed on the internet, so the lab can shadow no real route of the host.
 # Prints only `export RALPH_TEST_...` lines on stdout; logs go to stderr.
 set -euo pipefail
 
@@ -30,7 +33,7 @@ bash "$HERE/down.sh" >&2 || true
 SLOT=""
 for n in 0 1 2 3 4 5 6 7; do
     if ! ip link show "rlab${n}h" > /dev/null 2>&1 && ! ip netns list 2>/dev/null | grep -qw "ralphlab$n" \
-        && [ -z "$(ip -4 -o addr show to "10.213.$((n * 32)).0/19" 2>/dev/null)" ]; then
+        && [ -z "$(ip -4 -o addr show to "198.18.$((n * 32)).0/19" 2>/dev/null)" ]; then
         SLOT=$n
         break
     fi
@@ -42,10 +45,10 @@ NS="ralphlab$SLOT"
 HOST_IF="rlab${SLOT}h"
 NS_IF="rlab${SLOT}n"
 BASE=$((SLOT * 32))
-LAB_CIDR="10.213.$BASE.0/20"
-DEAD_CIDR="10.213.$((BASE + 16)).0/24"
-HOST_ADDR="10.213.$((BASE + 31)).254/19"
-NS_ADDR="10.213.$((BASE + 31)).253/19"
+LAB_CIDR="198.18.$BASE.0/20"
+DEAD_CIDR="198.18.$((BASE + 16)).0/24"
+HOST_ADDR="198.18.$((BASE + 31)).254/19"
+NS_ADDR="198.18.$((BASE + 31)).253/19"
 OPEN_PORT=80
 CLOSED_PORT=81
 
@@ -69,7 +72,7 @@ PY="$(command -v python3)"
 ip netns exec "$NS" "$PY" "$HERE/listener.py" "$OPEN_PORT" > "$RUN_DIR/netlab-listener.log" 2>&1 &
 echo $! > "$RUN_DIR/netlab-listener.pid"
 
-FIRST="10.213.$BASE.1"
+FIRST="198.18.$BASE.1"
 for _ in $(seq 1 50); do
     if ip netns exec "$NS" "$PY" -c "import socket; socket.create_connection(('$FIRST', $OPEN_PORT), 0.2).close()" 2>/dev/null; then
         break
