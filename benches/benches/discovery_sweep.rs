@@ -65,7 +65,8 @@ fn table_fulls() -> u64 {
 
 async fn port_sweep() {
     println!("== TCP connect sweep of 127.0.0.1 ports 1-65535");
-    let scanner = Scanner::new(ScanConfig::default().ports((1..=65535).collect()).icmp(false).http(None));
+    let scanner = Scanner::new(ScanConfig::default().ports((1..=65535).collect()).icmp(false).http(None))
+        .expect("valid scan config");
     let mut ours = Vec::new();
     let mut open = BTreeSet::new();
     let tw_before = time_wait_loopback();
@@ -133,7 +134,8 @@ async fn lab_sweep() {
     };
     let targets = Targets::parse(&cidr).expect("cidr");
     let total = targets.len() as usize;
-    let scanner = Scanner::new(ScanConfig::default().ports(vec![80]).icmp(false).http(None));
+    let scanner =
+        Scanner::new(ScanConfig::default().ports(vec![80]).icmp(false).http(None)).expect("valid scan config");
     let mut ours = Vec::new();
     for _ in 0..3 {
         flush_lab_neighbours(&iface);
@@ -199,7 +201,8 @@ async fn slash16_sweep() {
     let port = listener.local_addr().expect("addr").port();
     let targets = Targets::parse("127.0.0.0/16").expect("cidr");
     let total = targets.len() as f64;
-    let scanner = Scanner::new(ScanConfig::default().ports(vec![port]).icmp(false).http(None));
+    let scanner =
+        Scanner::new(ScanConfig::default().ports(vec![port]).icmp(false).http(None)).expect("valid scan config");
     let (hosts, summary) = scanner.scan(targets.addresses()).await.expect("scan");
     let answered = hosts.iter().filter(|h| h.state == HostState::Up).count();
     println!(

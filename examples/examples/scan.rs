@@ -140,7 +140,11 @@ async fn main() -> ExitCode {
         config = config.snmp(Some(SnmpProbe::new(args.communities.clone())));
     }
     let total = targets.len() as u64;
-    let mut handle = Scanner::new(config).start(targets.addresses());
+    let scanner = match Scanner::new(config) {
+        Ok(scanner) => scanner,
+        Err(e) => return usage(&format!("{e}")),
+    };
+    let mut handle = scanner.start(targets.addresses());
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} hosts {msg} [{elapsed_precise}, eta {eta}]")

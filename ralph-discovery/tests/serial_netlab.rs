@@ -32,6 +32,8 @@ async fn settle(iface: &str) {
 }
 
 async fn sweep(lab: &Lab, targets: Vec<IpAddr>, neighbour: NeighbourConfig) {
+    let slots_dir = tempfile::tempdir().expect("tempdir");
+    let neighbour = NeighbourConfig { slot_file: common::slot_config(&slots_dir).slot_file, ..neighbour };
     settle(&lab.iface).await;
     let limits = NeighbourLimits::read(false);
     lab.check(&targets);
@@ -39,7 +41,7 @@ async fn sweep(lab: &Lab, targets: Vec<IpAddr>, neighbour: NeighbourConfig) {
     assert!(total > u128::from(limits.gc_thresh3), "the sweep must be larger than the neighbour table");
     let before = NeighbourStats::read(false).expect("arp_cache");
     let config = ScanConfig::default().ports(vec![lab.open, lab.closed]).icmp(false).http(None).neighbour(neighbour);
-    let (hosts, summary) = Scanner::new(config).scan(targets).await.expect("scan");
+    let (hosts, summary) = Scanner::new(config).expect("valid scan config").scan(targets).await.expect("scan");
     let after = NeighbourStats::read(false).expect("arp_cache");
     let false_down: Vec<IpAddr> = hosts.iter().filter(|h| h.state != HostState::Up).map(|h| h.address).collect();
     assert_eq!(hosts.len() as u128, total);
@@ -90,7 +92,7 @@ async fn serial_lab_hosts_that_do_not_exist_are_down() {
         .icmp(false)
         .http(None)
         .timeouts(ralph_discovery::ProbeTimeouts { connect: Duration::from_secs(4), retries: 0, ..Default::default() });
-    let (hosts, summary) = Scanner::new(config).scan(targets).await.expect("scan");
+    let (hosts, summary) = Scanner::new(config).expect("valid scan config").scan(targets).await.expect("scan");
     assert_eq!(hosts.len(), 6);
     assert!(hosts.iter().all(|h| h.state == HostState::Down), "{hosts:?}");
     assert_eq!(summary.down, 6);
@@ -132,12 +134,14 @@ async fn serial_release_deletes_only_entries_the_scan_created_of_both_families()
     for (ip, nud) in before {
         add(ip, nud);
     }
-    let guard = NeighbourGuard::new(NeighbourConfig::default());
+    let slots_dir = tempfile::tempdir().expect("tempdir");
+    let guard = NeighbourGuard::new(&common::slot_config(&slots_dir)).expect("guard");
     assert!(guard.deletes_entries(), "root: entries are deleted");
+    let scope = guard.scope();
     let targets = [v4[0], v4[1], v4[2], v4[3], v4[4], v6[0], v6[1], v6[2], v6[3]];
     let mut slots = Vec::new();
     for t in targets {
-        slots.push(guard.admit(t).await.expect("on-link through the lab"));
+        slots.push(scope.admit(t).await.expect("on-link through the lab"));
     }
     // During the scan: entries the scan created (v4[2], v6[2]), and ones an administrator
     // made static meanwhile (v4[3] PERMANENT, v4[4] NOARP, v6[3] PERMANENT).
@@ -146,7 +150,7 @@ async fn serial_release_deletes_only_entries_the_scan_created_of_both_families()
         add(ip, nud);
     }
     for slot in slots {
-        guard.release(slot).await;
+        scope.release(slot).await;
     }
     let lines = neigh_lines(&lab.iface);
     let present = |ip: IpAddr| lines.iter().any(|l| l.split_whitespace().next() == Some(&ip.to_string()));
@@ -156,7 +160,8 @@ async fn serial_release_deletes_only_entries_the_scan_created_of_both_families()
     for gone in [v4[2], v6[2]] {
         assert!(!present(gone), "{gone} was created by the scan and must be deleted: {lines:?}");
     }
-    assert_eq!(guard.deleted(), 2);
+    assert_eq!(scope.deleted(), 2);
+    assert_eq!(guard.in_use(), 0, "every slot given back");
     for t in targets {
         let family = if t.is_ipv6() { "-6" } else { "-4" };
         let _ =

@@ -36,14 +36,15 @@ async fn serial_sweep_of_5000_loopback_endpoints_leaves_no_time_wait() {
 
     // Generous timeouts: this test counts TIME_WAIT, and the suite runs it beside CPU-heavy
     // tests (argon2 logins) on two cores, where a 2 s HTTP read once ran out.
-    let timeouts = ProbeTimeouts { connect: Duration::from_secs(10), read: Duration::from_secs(20), ..Default::default() };
+    let timeouts =
+        ProbeTimeouts { connect: Duration::from_secs(10), read: Duration::from_secs(20), ..Default::default() };
     let config = ScanConfig::default()
         .ports(vec![port])
         .icmp(false)
         .http(Some(HttpProbe::http([port])))
         .max_sockets(2048)
         .timeouts(timeouts);
-    let (hosts, summary) = Scanner::new(config).scan(targets.clone()).await.expect("scan");
+    let (hosts, summary) = Scanner::new(config).expect("valid scan config").scan(targets.clone()).await.expect("scan");
     assert_eq!(hosts.len(), usize::from(ENDPOINTS));
     let down: Vec<_> = hosts.iter().filter(|h| !(h.state == HostState::Up && h.open_ports == [port])).collect();
     assert!(down.is_empty(), "{} endpoints not up with the port open, first: {:?}", down.len(), down.first());
