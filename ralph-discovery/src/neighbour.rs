@@ -235,6 +235,9 @@ struct GuardInner {
     delete: bool,
     /// Opened at the first on-link admission (inside the runtime).
     netlink: OnceCell<Option<rtnetlink::Handle>>,
+    /// The kernel runs one dump at a time per netlink socket (EBUSY otherwise): scopes
+    /// starting together take their snapshots in turn.
+    dump: tokio::sync::Mutex<()>,
     live: std::sync::Mutex<LiveCount>,
     warned: AtomicBool,
     deleted: AtomicU64,
@@ -380,6 +383,7 @@ impl NeighbourGuard {
                 hold: config.hold.unwrap_or_else(default_hold),
                 delete,
                 netlink: OnceCell::new(),
+                dump: tokio::sync::Mutex::new(()),
                 live: std::sync::Mutex::new(LiveCount::default()),
                 warned: AtomicBool::new(false),
                 deleted: AtomicU64::new(0),
@@ -517,7 +521,12 @@ impl NeighbourScope {
         if let Some(handle) = g.netlink().await {
             // Before the first on-link probe: remember what the table holds, so that no entry the
             // scan did not create is ever deleted.
-            self.preexisting.get_or_init(|| existing_neighbours(handle)).await;
+            self.preexisting
+                .get_or_init(|| async {
+                    let _turn = g.inner.dump.lock().await;
+                    existing_neighbours(handle).await
+                })
+                .await;
         }
         let sem = if v6 { &g.inner.v6 } else { &g.inner.v4 };
         let permit = Arc::clone(sem).acquire_owned().await.ok()?;

@@ -169,3 +169,106 @@ async fn serial_release_deletes_only_entries_the_scan_created_of_both_families()
     }
     ip(&["-6", "addr", "del", v6_net, "dev", &lab.iface]);
 }
+
+/// Every host of `hosts` up with the lab's open port open and its closed port closed.
+fn wrong_hosts(lab: &Lab, hosts: &[ralph_discovery::HostResult]) -> Vec<IpAddr> {
+    hosts
+        .iter()
+        .filter(|h| h.state != HostState::Up || h.open_ports != [lab.open] || h.closed_ports != [lab.closed])
+        .map(|h| h.address)
+        .collect()
+}
+
+const HALF_CHILD_ENV: &str = "RALPH_LAB_HALF_CHILD";
+
+/// The child's half of the two-process sweep: scans half `k` of the lab's /20 with the default
+/// settings and the slot file given, and prints what it found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of serial_two_processes_sweep_one_20_together_within_the_neighbour_table"]
+async fn serial_lab_half_child() {
+    let spec = std::env::var(HALF_CHILD_ENV).expect("run by the parent test");
+    let (k, path) = spec.split_once(' ').expect("K PATH");
+    let k: usize = k.parse().expect("half");
+    let lab = lab().expect("the parent saw the lab");
+    let all = lab.hosts(&lab.cidr, 4094);
+    let half: Vec<IpAddr> = all.chunks(all.len() / 2).nth(k).expect("half").to_vec();
+    let neighbour =
+        NeighbourConfig { slot_file: ralph_discovery::SlotFile::Path(path.into()), ..NeighbourConfig::default() };
+    let config = ScanConfig::default().ports(vec![lab.open, lab.closed]).icmp(false).http(None).neighbour(neighbour);
+    let scanner = Scanner::new(config).expect("valid scan config");
+    let (hosts, summary) = scanner.scan(half.clone()).await.expect("scan");
+    let out = serde_json::json!({
+        "targets": half.len(),
+        "hosts": hosts.len(),
+        "wrong": wrong_hosts(&lab, &hosts).len(),
+        "elapsed_secs": summary.elapsed_secs,
+        "neighbour_budget": scanner.resources().neighbour().budget(false),
+    });
+    println!("RESULT {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_two_processes_sweep_one_20_together_within_the_neighbour_table() {
+    let Some(lab) = lab() else { return };
+    settle(&lab.iface).await;
+    let slots = tempfile::tempdir().expect("tempdir");
+    let path = slots.path().join("neighbour-slots");
+    let before = NeighbourStats::read(false).expect("arp_cache");
+    let exe = std::env::current_exe().expect("exe");
+    // Two scanner processes at once, each on one half of the /20 (2,047 hosts each, both more
+    // than the table holds), sharing only the host-wide slot file.
+    let children = (0..2).map(|k| {
+        tokio::process::Command::new(&exe)
+            .args(["serial_lab_half_child", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env(HALF_CHILD_ENV, format!("{k} {}", path.display()))
+            .output()
+    });
+    let outputs = futures::future::join_all(children).await;
+    let after = NeighbourStats::read(false).expect("arp_cache");
+    let mut covered = 0;
+    for output in outputs {
+        let output = output.expect("run child");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+        let line = stdout.lines().find_map(|l| l.split_once("RESULT ").map(|(_, r)| r)).expect("a result");
+        let r: serde_json::Value = serde_json::from_str(line).expect("json");
+        eprintln!("half: {r}");
+        assert_eq!(r["hosts"], r["targets"], "{r}");
+        assert_eq!(r["wrong"], 0, "{r}");
+        covered += r["hosts"].as_u64().expect("count");
+    }
+    assert_eq!(covered, 4094, "the two halves cover the /20");
+    assert_eq!(after.table_fulls, before.table_fulls, "neighbour table overflowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_four_concurrent_scans_of_one_process_sweep_one_20_within_the_neighbour_table() {
+    let Some(lab) = lab() else { return };
+    settle(&lab.iface).await;
+    let slots = tempfile::tempdir().expect("tempdir");
+    let config = ScanConfig::default()
+        .ports(vec![lab.open, lab.closed])
+        .icmp(false)
+        .http(None)
+        .neighbour(common::slot_config(&slots));
+    let scanner = Scanner::new(config).expect("valid scan config");
+    let all = lab.hosts(&lab.cidr, 4094);
+    let before = NeighbourStats::read(false).expect("arp_cache");
+    // Four scans at once (as four worker jobs would run), a quarter of the /20 each: every one
+    // larger than the free table alone would allow.
+    let scans = all.chunks(all.len().div_ceil(4)).map(|quarter| {
+        let (scanner, quarter) = (scanner.clone(), quarter.to_vec());
+        tokio::spawn(async move { scanner.scan(quarter).await })
+    });
+    let mut hosts = Vec::new();
+    for scan in futures::future::join_all(scans).await {
+        hosts.extend(scan.expect("task").expect("scan").0);
+    }
+    let after = NeighbourStats::read(false).expect("arp_cache");
+    assert_eq!(hosts.len(), 4094);
+    let wrong = wrong_hosts(&lab, &hosts);
+    assert!(wrong.is_empty(), "{} hosts wrong, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    assert_eq!(after.table_fulls, before.table_fulls, "neighbour table overflowed");
+    assert_eq!(scanner.resources().neighbour().in_use(), 0, "every slot given back");
+    assert_eq!(scanner.resources().sockets().in_use(), 0);
+}

@@ -4,6 +4,7 @@
 # Creates a namespace and a veth pair. The namespace holds a whole /20 locally
 # (`ip route add local ... dev lo`), so every one of its 4,094 host addresses answers ARP and
 # accepts on the lab port; the next /24 is blackholed inside the namespace (hosts that are down).
+# The first lab also answers for all of 198.19.0.0/16 (RALPH_TEST_NETLAB_WIDE_CIDR, benchmarks).
 # The host side of the veth holds the /19 around them, so the /20 is on-link from the host and a
 # sweep creates real neighbour (ARP) entries. Only addresses inside this namespace are probed.
 #
@@ -64,6 +65,19 @@ ip netns exec "$NS" ip link set "$NS_IF" up
 ip netns exec "$NS" ip route add local "$LAB_CIDR" dev lo
 # Hosts that are down: routed into the namespace's blackhole, nothing answers ARP for them.
 ip netns exec "$NS" ip route add blackhole "$DEAD_CIDR"
+# The wide lab for the /16 benchmark: 198.19.0.0/16 (65,534 hosts) answers inside the namespace
+# of the first lab that finds it free. The host side holds an address in it (so the whole /16
+# is on-link there); inside the namespace a /32 route sends replies to that address back out
+# over the veth instead of to the namespace's own AnyIP range.
+WIDE_CIDR="198.19.0.0/16"
+WIDE_HOST="198.19.255.254"
+WIDE=""
+if [ -z "$(ip -4 -o addr show to "$WIDE_CIDR" 2>/dev/null)" ]; then
+    ip addr add "$WIDE_HOST/16" dev "$HOST_IF"
+    ip netns exec "$NS" ip route add local "$WIDE_CIDR" dev lo
+    ip netns exec "$NS" ip route add "$WIDE_HOST/32" dev "$NS_IF"
+    WIDE=$WIDE_CIDR
+fi
 # Accept many concurrent connections inside the namespace.
 ip netns exec "$NS" sysctl -qw net.core.somaxconn=8192 >&2 || true
 ip netns exec "$NS" sysctl -qw net.ipv4.tcp_max_syn_backlog=8192 >&2 || true
@@ -79,7 +93,7 @@ for _ in $(seq 1 50); do
     fi
     sleep 0.1
 done
-log "lab up: $LAB_CIDR in namespace $NS via $HOST_IF (down hosts: $DEAD_CIDR)"
+log "lab up: $LAB_CIDR in namespace $NS via $HOST_IF (down hosts: $DEAD_CIDR, wide: ${WIDE:-none})"
 
 echo "export RALPH_TEST_NETLAB_CIDR=$LAB_CIDR"
 echo "export RALPH_TEST_NETLAB_DEAD_CIDR=$DEAD_CIDR"
@@ -87,3 +101,6 @@ echo "export RALPH_TEST_NETLAB_OPEN_PORT=$OPEN_PORT"
 echo "export RALPH_TEST_NETLAB_CLOSED_PORT=$CLOSED_PORT"
 echo "export RALPH_TEST_NETLAB_IFACE=$HOST_IF"
 echo "export RALPH_TEST_NETLAB_NS=$NS"
+if [ -n "$WIDE" ]; then
+    echo "export RALPH_TEST_NETLAB_WIDE_CIDR=$WIDE"
+fi
