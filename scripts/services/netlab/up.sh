@@ -79,8 +79,10 @@ if [ -z "$(ip -4 -o addr show to "$WIDE_CIDR" 2>/dev/null)" ]; then
     WIDE=$WIDE_CIDR
 fi
 # Accept many concurrent connections inside the namespace.
-ip netns exec "$NS" sysctl -qw net.core.somaxconn=8192 >&2 || true
-ip netns exec "$NS" sysctl -qw net.ipv4.tcp_max_syn_backlog=8192 >&2 || true
+# The accept queue holds a whole /16 sweep, so a listener slower than the sweep (one Python
+# process on a busy machine) drops no handshake.
+ip netns exec "$NS" sysctl -qw net.core.somaxconn=65535 >&2 || true
+ip netns exec "$NS" sysctl -qw net.ipv4.tcp_max_syn_backlog=65535 >&2 || true
 
 PY="$(command -v python3)"
 ip netns exec "$NS" "$PY" "$HERE/listener.py" "$OPEN_PORT" > "$RUN_DIR/netlab-listener.log" 2>&1 &
