@@ -294,3 +294,55 @@ async fn serial_four_concurrent_scans_of_one_process_sweep_one_20_within_the_nei
     assert_eq!(scanner.resources().neighbour().in_use(), 0, "every slot given back");
     assert_eq!(scanner.resources().sockets().in_use(), 0);
 }
+
+/// A host app's probe that panics on every seventh host.
+#[derive(Debug)]
+struct PanicsOnSomeHosts;
+
+#[async_trait::async_trait]
+impl ralph_discovery::Probe for PanicsOnSomeHosts {
+    fn name(&self) -> &str {
+        "panicky"
+    }
+    fn stage(&self) -> ralph_discovery::Stage {
+        ralph_discovery::Stage::Alive
+    }
+    async fn probe(&self, target: IpAddr, _ctx: &ralph_discovery::ProbeContext) -> ralph_discovery::ProbeReport {
+        let IpAddr::V4(v4) = target else { return ralph_discovery::ProbeReport::default() };
+        assert!(u32::from(v4) % 7 != 0, "host app bug at {target}");
+        ralph_discovery::ProbeReport::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_a_panicking_probe_gives_its_neighbour_slot_back() {
+    let Some(lab) = lab() else { return };
+    settle(&lab.iface).await;
+    let slots = tempfile::tempdir().expect("tempdir");
+    let config = ScanConfig::default()
+        .ports(vec![lab.open, lab.closed])
+        .icmp(false)
+        .http(None)
+        .neighbour(common::slot_config(&slots))
+        .probe(std::sync::Arc::new(PanicsOnSomeHosts));
+    let scanner = Scanner::new(config).expect("valid scan config");
+    let targets = lab.hosts(&lab.cidr, 4094);
+    let before = NeighbourStats::read(false).expect("arp_cache");
+    let (hosts, _) = tokio::time::timeout(Duration::from_secs(120), scanner.scan(targets))
+        .await
+        .expect("the scan ends")
+        .expect("scan");
+    let after = NeighbourStats::read(false).expect("arp_cache");
+    assert_eq!(hosts.len(), 4094);
+    let wrong = wrong_hosts(&lab, &hosts);
+    assert!(wrong.is_empty(), "{} hosts wrong, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    for h in &hosts {
+        let IpAddr::V4(v4) = h.address else { unreachable!() };
+        assert_eq!(h.errors.iter().any(|e| e.contains("probe panicked")), u32::from(v4) % 7 == 0, "{h:?}");
+    }
+    assert_eq!(after.table_fulls, before.table_fulls, "neighbour table overflowed");
+    let guard = scanner.resources().neighbour();
+    assert_eq!(guard.in_use(), 0, "every neighbour slot given back, the panicked hosts' too");
+    assert_eq!(guard.host_slots(false).expect("slot file").held(), 0, "and every host-wide slot");
+    assert!(lab_entries(&lab.iface) < 64, "the panicked hosts' entries were deleted too: {}", lab_entries(&lab.iface));
+}
