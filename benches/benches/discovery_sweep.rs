@@ -4,10 +4,14 @@
 //!    agree; TIME_WAIT left on 127.0.0.1 counted after ours);
 //! 2. the 4,094-host on-link namespace lab (scripts/services/netlab, started here when not
 //!    running; needs root) vs `nmap -sT -Pn -p80 -T4`, with correctness of both;
-//! 3. a 127.0.0.0/16 single-port host sweep vs a naive concurrent connect loop.
+//! 3. the lab's wide /16 (198.19.0.0/16, 65,534 on-link hosts, port 80) at the kernel's
+//!    neighbour thresholds, swept by one process and, separately, split over two processes
+//!    sharing the host-wide neighbour budget (this binary re-executed), with correctness and
+//!    `table_fulls`, next to `nmap -sT -Pn -p80 -T4` on a /20 of it (per-host ratio);
+//! 4. a 127.0.0.0/16 single-port host sweep vs a naive concurrent connect loop.
 //!
-//! `cargo bench -p ralph-benches --bench discovery_sweep`. nmap is installed from Debian's
-//! packages when missing.
+//! `cargo bench -p ralph-benches --bench discovery_sweep`; `RALPH_BENCH_ONLY=wide` runs only
+//! part 3. nmap is installed from Debian's packages when missing.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -65,7 +69,8 @@ fn table_fulls() -> u64 {
 
 async fn port_sweep() {
     println!("== TCP connect sweep of 127.0.0.1 ports 1-65535");
-    let scanner = Scanner::new(ScanConfig::default().ports((1..=65535).collect()).icmp(false).http(None));
+    let scanner = Scanner::new(ScanConfig::default().ports((1..=65535).collect()).icmp(false).http(None))
+        .expect("valid scan config");
     let mut ours = Vec::new();
     let mut open = BTreeSet::new();
     let tw_before = time_wait_loopback();
@@ -100,17 +105,18 @@ async fn port_sweep() {
     println!("TIME_WAIT on 127.0.0.1 before/after our 3 sweeps (196,605 connects): {tw_before} / {tw_after}");
 }
 
-/// The lab's CIDR and host-side interface, and whether this run started it.
-fn lab_up() -> Option<(String, String, bool)> {
+/// The lab's CIDR, host-side interface, wide /16 (when this lab has it), and whether this run
+/// started it.
+fn lab_up() -> Option<(String, String, Option<String>, bool)> {
     if let (Ok(cidr), Ok(iface)) = (std::env::var("RALPH_TEST_NETLAB_CIDR"), std::env::var("RALPH_TEST_NETLAB_IFACE")) {
-        return Some((cidr, iface, false));
+        return Some((cidr, iface, std::env::var("RALPH_TEST_NETLAB_WIDE_CIDR").ok(), false));
     }
     // up.sh takes a free lab slot, so a lab another run uses is left alone.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services/netlab/up.sh");
     let out = Command::new("bash").arg(&root).env("RALPH_TEST_RUN_DIR", "/tmp/ralph-bench-netlab").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let var = |name: &str| text.lines().find_map(|l| l.strip_prefix(&format!("export {name}=")).map(str::to_owned));
-    Some((var("RALPH_TEST_NETLAB_CIDR")?, var("RALPH_TEST_NETLAB_IFACE")?, true))
+    Some((var("RALPH_TEST_NETLAB_CIDR")?, var("RALPH_TEST_NETLAB_IFACE")?, var("RALPH_TEST_NETLAB_WIDE_CIDR"), true))
 }
 
 fn lab_down() {
@@ -127,13 +133,14 @@ async fn lab_sweep() {
         "== 4,094-host on-link lab sweep (port 80), gc_thresh3 = {}",
         ralph_discovery::neighbour::NeighbourLimits::read(false).gc_thresh3
     );
-    let Some((cidr, iface, started)) = lab_up() else {
+    let Some((cidr, iface, _, started)) = lab_up() else {
         println!("skipped: the namespace lab needs root (scripts/services/netlab/up.sh)");
         return;
     };
     let targets = Targets::parse(&cidr).expect("cidr");
     let total = targets.len() as usize;
-    let scanner = Scanner::new(ScanConfig::default().ports(vec![80]).icmp(false).http(None));
+    let scanner =
+        Scanner::new(ScanConfig::default().ports(vec![80]).icmp(false).http(None)).expect("valid scan config");
     let mut ours = Vec::new();
     for _ in 0..3 {
         flush_lab_neighbours(&iface);
@@ -193,13 +200,112 @@ async fn lab_sweep() {
     }
 }
 
+const WIDE_CHILD_ENV: &str = "RALPH_BENCH_WIDE_CHILD";
+
+/// One process's share of the wide sweep: `K N CIDR SLOTS` scans part K of N of CIDR.
+/// Returns (seconds, hosts, correct).
+async fn wide_part(k: usize, n: usize, cidr: &str, slots: &str) -> (f64, usize, usize) {
+    let all: Vec<IpAddr> = Targets::parse(cidr).expect("cidr").addresses().collect();
+    let part: Vec<IpAddr> = all.chunks(all.len().div_ceil(n)).nth(k).expect("part").to_vec();
+    let neighbour = ralph_discovery::NeighbourConfig {
+        slot_file: ralph_discovery::SlotFile::Path(slots.into()),
+        ..ralph_discovery::NeighbourConfig::default()
+    };
+    let config = ScanConfig::default().ports(vec![80]).icmp(false).http(None).neighbour(neighbour);
+    let scanner = Scanner::new(config).expect("valid scan config");
+    let (hosts, summary) = scanner.scan(part).await.expect("scan");
+    // The host's own address in the range answers too (port 80 closed there): up either way.
+    let correct = hosts.iter().filter(|h| h.state == HostState::Up).count();
+    (summary.elapsed_secs, hosts.len(), correct)
+}
+
+async fn wide_sweep() {
+    let gc3 = ralph_discovery::neighbour::NeighbourLimits::read(false).gc_thresh3;
+    println!("== wide lab: /16 of on-link hosts (port 80), gc_thresh3 = {gc3}");
+    let Some((_, iface, wide, started)) = lab_up() else {
+        println!("skipped: the namespace lab needs root (scripts/services/netlab/up.sh)");
+        return;
+    };
+    let Some(wide) = wide.filter(|w| !w.is_empty()) else {
+        println!("skipped: no wide lab (RALPH_TEST_NETLAB_WIDE_CIDR; another lab holds 198.19.0.0/16?)");
+        if started {
+            lab_down();
+        }
+        return;
+    };
+    let total = Targets::parse(&wide).expect("cidr").len() as usize;
+    let slots = tempfile::tempdir().expect("tempdir");
+    let slot_path = slots.path().join("neighbour-slots");
+    let slot_path = slot_path.to_str().expect("utf-8 path");
+    let mut one_warm = f64::NAN;
+    for run in ["cold", "warm"] {
+        flush_lab_neighbours(&iface);
+        let fulls = table_fulls();
+        let (secs, hosts, correct) = wide_part(0, 1, &wide, slot_path).await;
+        one_warm = secs;
+        println!(
+            "  one process ({run}): {secs:.3} s, {:.0} hosts/s, {correct}/{hosts} of {total} correct, table_fulls +{}",
+            total as f64 / secs,
+            table_fulls() - fulls
+        );
+    }
+    for run in ["cold", "warm"] {
+        flush_lab_neighbours(&iface);
+        let fulls = table_fulls();
+        let exe = std::env::current_exe().expect("exe");
+        let start = Instant::now();
+        let children: Vec<_> = (0..2)
+            .map(|k| {
+                Command::new(&exe)
+                    .env(WIDE_CHILD_ENV, format!("{k} 2 {wide} {slot_path}"))
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawn")
+            })
+            .collect();
+        let mut parts = Vec::new();
+        for child in children {
+            let out = child.wait_with_output().expect("child");
+            parts.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+        }
+        let wall = start.elapsed().as_secs_f64();
+        let correct: usize = parts.iter().filter_map(|p| p.split_whitespace().nth(2)?.parse::<usize>().ok()).sum();
+        println!(
+            "  two processes ({run}): {wall:.3} s wall (process start included), parts [secs hosts correct] {parts:?}, \
+             {correct}/{total} correct, table_fulls +{}",
+            table_fulls() - fulls
+        );
+    }
+    // nmap on a /20 of it (a /16 takes nmap too long), per host.
+    let first20 = format!("{}/20", wide.split('/').next().expect("address"));
+    flush_lab_neighbours(&iface);
+    let fulls = table_fulls();
+    let (secs, open) = nmap(&["-sT", "-Pn", "-p80", "-T4", &first20]);
+    let nmap_us = secs / 4096.0 * 1e6;
+    let ours_us = one_warm / total as f64 * 1e6;
+    println!(
+        "  nmap -sT -Pn -p80 -T4 on {first20}: {secs:.3} s, {}/4096 reported open, table_fulls +{}, {nmap_us:.1} us/host",
+        open.len(),
+        table_fulls() - fulls
+    );
+    println!(
+        "  per host: ours {ours_us:.2} us (one process, /16, warm) vs nmap {nmap_us:.1} us: {:.0}x",
+        nmap_us / ours_us
+    );
+    flush_lab_neighbours(&iface);
+    if started {
+        lab_down();
+    }
+}
+
 async fn slash16_sweep() {
     println!("== 127.0.0.0/16 single-port host sweep");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let targets = Targets::parse("127.0.0.0/16").expect("cidr");
     let total = targets.len() as f64;
-    let scanner = Scanner::new(ScanConfig::default().ports(vec![port]).icmp(false).http(None));
+    let scanner =
+        Scanner::new(ScanConfig::default().ports(vec![port]).icmp(false).http(None)).expect("valid scan config");
     let (hosts, summary) = scanner.scan(targets.addresses()).await.expect("scan");
     let answered = hosts.iter().filter(|h| h.state == HostState::Up).count();
     println!(
@@ -237,14 +343,27 @@ async fn slash16_sweep() {
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    if let Ok(spec) = std::env::var(WIDE_CHILD_ENV) {
+        let f: Vec<&str> = spec.split_whitespace().collect();
+        let (k, n) = (f[0].parse().expect("k"), f[1].parse().expect("n"));
+        let (secs, hosts, correct) = rt.block_on(wide_part(k, n, f[2], f[3]));
+        println!("{secs:.3} {hosts} {correct}");
+        return;
+    }
     let have_nmap = ensure_nmap();
+    let only_wide = std::env::var("RALPH_BENCH_ONLY").is_ok_and(|v| v == "wide");
     rt.block_on(async {
-        if have_nmap {
+        if !have_nmap {
+            println!("nmap missing and could not be installed: nmap comparisons skipped");
+        } else if only_wide {
+            wide_sweep().await;
+        } else {
             port_sweep().await;
             lab_sweep().await;
-        } else {
-            println!("nmap missing and could not be installed: nmap comparisons skipped");
+            wide_sweep().await;
         }
-        slash16_sweep().await;
+        if !only_wide {
+            slash16_sweep().await;
+        }
     });
 }

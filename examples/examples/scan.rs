@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example scan -- 127.0.0.1 --ports 1-65535
-//! cargo run --release --example scan -- 10.213.0.0/20 --ports 80 --json > hosts.jsonl
+//! cargo run --release --example scan -- 198.18.0.0/20 --ports 80 --json > hosts.jsonl
 //! cargo run --release --example scan -- 127.0.0.0/24 --exclude 127.0.0.1 --store sqlite://scan.db?mode=rwc
 //! ```
 //!
@@ -15,7 +15,7 @@
 //! users cannot read (unlike the command line, which `ps` shows to everyone):
 //!
 //! ```text
-//! RALPH_SNMP_COMMUNITIES='first,second' cargo run --release --example scan -- 10.213.0.0/20
+//! RALPH_SNMP_COMMUNITIES='first,second' cargo run --release --example scan -- 198.18.0.0/20
 //! ```
 //!
 //! `--snmp COMMUNITY` (repeatable) still works but puts the community on the command line;
@@ -140,7 +140,11 @@ async fn main() -> ExitCode {
         config = config.snmp(Some(SnmpProbe::new(args.communities.clone())));
     }
     let total = targets.len() as u64;
-    let mut handle = Scanner::new(config).start(targets.addresses());
+    let scanner = match Scanner::new(config) {
+        Ok(scanner) => scanner,
+        Err(e) => return usage(&format!("{e}")),
+    };
+    let mut handle = scanner.start(targets.addresses());
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} hosts {msg} [{elapsed_precise}, eta {eta}]")

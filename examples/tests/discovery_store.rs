@@ -67,6 +67,7 @@ async fn network_scans_are_enqueued_on_the_environment_queue_without_buried_addr
 fn slow_scanner() -> Scanner {
     let rate = RateConfig::default().initial(25.0).min(1.0).max(25.0).increase_per_sec(0.0);
     Scanner::new(ScanConfig::default().ports(vec![9]).icmp(false).http(None).rate(rate).pace_loopback(true))
+        .expect("valid scan config")
 }
 
 fn addresses(third: u8, n: u8) -> Vec<IpAddr> {

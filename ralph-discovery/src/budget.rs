@@ -109,6 +109,12 @@ impl SocketBudget {
         self.inner.capacity.load(Ordering::Relaxed)
     }
 
+    /// Permits free now (the bound less what is held, once a shrink has been paid off).
+    #[must_use]
+    pub fn available(&self) -> usize {
+        self.inner.semaphore.available_permits()
+    }
+
     /// Sockets open now.
     #[must_use]
     pub fn in_use(&self) -> usize {

@@ -13,13 +13,16 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::budget::{DEFAULT_FD_RESERVE, SocketBudget, socket_budget};
-use crate::neighbour::{NeighbourConfig, NeighbourGuard, NeighbourStats};
-use crate::pacing::{Pacer, RateConfig};
+use futures::FutureExt as _;
+
+use crate::budget::DEFAULT_FD_RESERVE;
+use crate::neighbour::{NeighbourConfig, NeighbourScope, NeighbourStats};
+use crate::pacing::RateConfig;
 use crate::probe::{
     Connector, HttpProbe, IcmpProbe, Probe, ProbeContext, ProbeCounters, ProbeReport, ProbeTimeouts, SnmpFacts,
     SnmpProbe, Stage, SystemConnector, TcpConnectProbe,
 };
+use crate::resources::ScanResources;
 use crate::{Error, Result};
 
 /// Parses a port list such as `22,80,8000-8010`.
@@ -52,8 +55,12 @@ pub fn parse_ports(input: &str) -> Result<Vec<u16>> {
 pub struct ScanConfig {
     /// TCP ports whose answer (accept or reset) proves a host up.
     pub ports: Vec<u16>,
-    /// Whether to ping (ICMP echo, TCP fallback).
+    /// Whether to ping (ICMP echo).
     pub icmp: bool,
+    /// TCP ports the ICMP probe connects to when the process may open no ICMP socket. Empty by
+    /// default: then only [`ScanConfig::ports`] decide, and no port is probed that was not
+    /// asked for.
+    pub icmp_fallback_ports: Vec<u16>,
     /// The HTTP family probe for alive hosts.
     pub http: Option<HttpProbe>,
     /// The SNMP probe for alive hosts.
@@ -84,6 +91,7 @@ impl Default for ScanConfig {
         Self {
             ports: vec![22, 80, 443],
             icmp: true,
+            icmp_fallback_ports: Vec::new(),
             http: Some(HttpProbe::default()),
             snmp: None,
             extra_probes: Vec::new(),
@@ -110,6 +118,12 @@ impl ScanConfig {
     #[must_use]
     pub fn icmp(mut self, on: bool) -> Self {
         self.icmp = on;
+        self
+    }
+    /// Sets the ports the ICMP probe falls back to without ICMP permission (default none).
+    #[must_use]
+    pub fn icmp_fallback_ports(mut self, ports: Vec<u16>) -> Self {
+        self.icmp_fallback_ports = ports;
         self
     }
     /// Sets (or with `None` disables) the HTTP family probe.
@@ -179,13 +193,34 @@ impl ScanConfig {
         self
     }
 
+    /// Checks every setting: no port 0, at least one socket, and the rate, timeouts and
+    /// neighbour settings ([`RateConfig::validate`], [`ProbeTimeouts::validate`],
+    /// [`NeighbourConfig::validate`]).
+    ///
+    /// # Errors
+    /// [`Error::Setting`] naming the first bad value.
+    pub fn validate(&self) -> Result<()> {
+        if self.ports.contains(&0) {
+            return Err(Error::setting("ports", &self.ports, "port 0 cannot be probed"));
+        }
+        if self.icmp_fallback_ports.contains(&0) {
+            return Err(Error::setting("icmp_fallback_ports", &self.icmp_fallback_ports, "port 0 cannot be probed"));
+        }
+        if self.max_sockets == 0 {
+            return Err(Error::setting("max_sockets", 0, "must be at least 1"));
+        }
+        self.rate.validate()?;
+        self.timeouts.validate()?;
+        self.neighbour.validate()
+    }
+
     fn probes(&self) -> Vec<Arc<dyn Probe>> {
         let mut probes: Vec<Arc<dyn Probe>> = Vec::new();
         if !self.ports.is_empty() {
             probes.push(Arc::new(TcpConnectProbe::new(self.ports.clone())));
         }
         if self.icmp {
-            probes.push(Arc::new(IcmpProbe::default()));
+            probes.push(Arc::new(IcmpProbe::default().with_fallback_ports(self.icmp_fallback_ports.clone())));
         }
         if let Some(http) = &self.http {
             probes.push(Arc::new(http.clone()));
@@ -379,15 +414,15 @@ pub struct ScanSummary {
     pub congestion_errors: u64,
     /// EMFILE/ENFILE seen (all requeued).
     pub fd_errors: u64,
-    /// Socket budget at the start.
+    /// Socket budget at the start (shared with the other scans of the [`ScanResources`]).
     pub socket_budget_start: usize,
     /// Socket budget at the end.
     pub socket_budget_end: usize,
-    /// Times the rate was halved.
+    /// Times the shared rate was halved while the scan ran (by any scan sharing the pacer).
     pub rate_halvings: u64,
     /// The rate at the start.
     pub initial_rate: f64,
-    /// The lowest rate reached.
+    /// The lowest rate seen while the scan ran.
     pub min_rate: f64,
     /// Neighbour entries the scan deleted.
     pub neighbour_entries_deleted: u64,
@@ -455,24 +490,46 @@ struct HostCounters {
     unknown: AtomicU64,
 }
 
-/// The scan engine. Cheap to clone; one instance can run many scans one after another
-/// (each scan gets fresh budgets).
+/// The scan engine. Cheap to clone; one instance can run many scans, one after another or at
+/// once, and all of them (and its clones, and every worker job run with it) share one
+/// [`ScanResources`]: one socket budget, one pacer, one neighbour budget.
 #[derive(Debug, Clone)]
 pub struct Scanner {
     config: Arc<ScanConfig>,
+    resources: Arc<ScanResources>,
 }
 
 impl Scanner {
-    /// A scanner with this configuration.
-    #[must_use]
-    pub fn new(config: ScanConfig) -> Self {
-        Self { config: Arc::new(config) }
+    /// A scanner with this configuration and its own [`ScanResources`] (sized by it).
+    ///
+    /// # Errors
+    /// [`Error::Setting`] for a bad configuration ([`ScanConfig::validate`]); [`Error::Io`]
+    /// when an explicit neighbour slot file cannot be opened.
+    pub fn new(config: ScanConfig) -> Result<Self> {
+        let resources = Arc::new(ScanResources::new(&config)?);
+        Ok(Self { config: Arc::new(config), resources })
+    }
+
+    /// A scanner with this configuration drawing from `resources` shared with other scanners
+    /// (the budget, rate and neighbour settings of `config` are then those of `resources`).
+    ///
+    /// # Errors
+    /// [`Error::Setting`] for a bad configuration.
+    pub fn with_resources(config: ScanConfig, resources: Arc<ScanResources>) -> Result<Self> {
+        config.validate()?;
+        Ok(Self { config: Arc::new(config), resources })
     }
 
     /// The configuration.
     #[must_use]
     pub fn config(&self) -> &ScanConfig {
         &self.config
+    }
+
+    /// The shared budgets.
+    #[must_use]
+    pub fn resources(&self) -> &Arc<ScanResources> {
+        &self.resources
     }
 
     /// Starts scanning `targets` (in order; host-major). Call inside a tokio runtime.
@@ -490,8 +547,8 @@ impl Scanner {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (progress_tx, progress_rx) =
             watch::channel(Progress { total, queued: total.unwrap_or(0), ..Progress::default() });
-        let config = Arc::clone(&self.config);
-        let task = tokio::spawn(run(config, targets, total, tx, stop_rx, progress_tx));
+        let (config, resources) = (Arc::clone(&self.config), Arc::clone(&self.resources));
+        let task = tokio::spawn(run(config, resources, targets, total, tx, stop_rx, progress_tx));
         ScanHandle { results: rx, progress: progress_rx, stop: stop_tx, task: Some(task) }
     }
 
@@ -511,9 +568,52 @@ impl Scanner {
 struct Shared {
     probes: Vec<Arc<dyn Probe>>,
     ctx: ProbeContext,
-    neighbour: NeighbourGuard,
+    neighbour: NeighbourScope,
     hosts: HostCounters,
     host_done: tokio::sync::Notify,
+    /// The lowest rate seen during this scan, as `f64` bits (positive floats order as their bits).
+    min_rate: AtomicU64,
+}
+
+/// A host in flight: counted until dropped, however its task ends (a panic included).
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.hosts.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.hosts.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.host_done.notify_one();
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a non-text panic")
+}
+
+/// Runs one probe; a panic is caught and becomes this target's error (whatever the probe held,
+/// sockets included, is released as the unwinding drops it).
+async fn run_probe(probe: &Arc<dyn Probe>, ip: IpAddr, ctx: &ProbeContext) -> ProbeReport {
+    match std::panic::AssertUnwindSafe(probe.probe(ip, ctx)).catch_unwind().await {
+        Ok(report) => report,
+        Err(payload) => {
+            let message = panic_message(payload.as_ref());
+            tracing::warn!(target: "ralph::discovery", probe = probe.name(), address = %ip, panic = message, "probe panicked");
+            ProbeReport {
+                errors: vec![format!("{}: probe panicked: {message}", probe.name())],
+                ..ProbeReport::default()
+            }
+        }
+    }
 }
 
 /// Hosts allowed in flight however low the rate.
@@ -523,7 +623,7 @@ async fn probe_host(ip: IpAddr, shared: &Shared) -> HostResult {
     let mut result = HostResult::new(ip);
     let alive_probes: Vec<&Arc<dyn Probe>> = shared.probes.iter().filter(|p| p.stage() == Stage::Alive).collect();
     let fact_probes: Vec<&Arc<dyn Probe>> = shared.probes.iter().filter(|p| p.stage() == Stage::Facts).collect();
-    let reports = futures::future::join_all(alive_probes.iter().map(|p| p.probe(ip, &shared.ctx))).await;
+    let reports = futures::future::join_all(alive_probes.iter().map(|p| run_probe(p, ip, &shared.ctx))).await;
     let mut up = false;
     let mut asked = alive_probes.is_empty();
     let mut errors = false;
@@ -537,7 +637,7 @@ async fn probe_host(ip: IpAddr, shared: &Shared) -> HostResult {
     }
     if up || alive_probes.is_empty() {
         for probe in fact_probes {
-            let report = probe.probe(ip, &shared.ctx).await;
+            let report = run_probe(probe, ip, &shared.ctx).await;
             up |= report.alive == Some(true);
             result.merge(report);
         }
@@ -547,12 +647,25 @@ async fn probe_host(ip: IpAddr, shared: &Shared) -> HostResult {
     } else if asked && !errors {
         HostState::Down
     } else {
+        if !errors && result.errors.is_empty() {
+            result
+                .errors
+                .push("no probe could tell whether the host is up (no ICMP permission and no TCP ports?)".into());
+        }
         HostState::Unknown
     };
     result.open_ports.sort_unstable();
     result.closed_ports.sort_unstable();
     result.seen_at = Utc::now();
     result
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn wait_stop(mut stop: watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        // The handle is gone without saying stop (it always does): nothing to wait for.
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Kernel counters whose rise means packets are being dropped locally: a full neighbour
@@ -573,6 +686,8 @@ fn snapshot(shared: &Shared, total: Option<u64>, start: Instant, finished: bool)
     let h = &shared.hosts;
     let done = h.done.load(Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
+    let rate = shared.ctx.pacer.rate();
+    shared.min_rate.fetch_min(rate.to_bits(), Ordering::Relaxed);
     Progress {
         total,
         queued: total.map_or(0, |t| t.saturating_sub(h.started.load(Ordering::Relaxed))),
@@ -581,12 +696,12 @@ fn snapshot(shared: &Shared, total: Option<u64>, start: Instant, finished: bool)
         up: h.up.load(Ordering::Relaxed),
         down: h.down.load(Ordering::Relaxed),
         errors: h.unknown.load(Ordering::Relaxed),
-        rate_limit: shared.ctx.pacer.rate(),
+        rate_limit: rate,
         hosts_per_sec: if elapsed > 0.0 { done as f64 / elapsed } else { 0.0 },
         socket_budget: shared.ctx.budget.capacity(),
         sockets_in_use: shared.ctx.budget.in_use(),
-        neighbour_budget: shared.neighbour.budget(false),
-        neighbour_in_use: shared.neighbour.in_use(),
+        neighbour_budget: shared.neighbour.guard().budget(false),
+        neighbour_in_use: shared.neighbour.guard().in_use(),
         elapsed_secs: elapsed,
         finished,
     }
@@ -631,6 +746,7 @@ async fn control_loop(
 
 async fn run<I>(
     config: Arc<ScanConfig>,
+    resources: Arc<ScanResources>,
     targets: I,
     total: Option<u64>,
     tx: mpsc::Sender<HostResult>,
@@ -641,26 +757,28 @@ where
     I: Iterator<Item = IpAddr> + Send + 'static,
 {
     let start = Instant::now();
-    let budget = socket_budget(config.max_sockets, config.fd_reserve);
+    let budget = resources.sockets().capacity();
     let fulls_before = NeighbourStats::read(false).map_or(0, |s| s.table_fulls);
-    let pacer = Arc::new(Pacer::new(config.rate));
-    let initial_rate = pacer.rate();
+    let pacer = resources.pacer_arc();
+    let (initial_rate, halvings_before) = (pacer.rate(), pacer.decreases());
     let shared = Arc::new(Shared {
         probes: config.probes(),
         ctx: ProbeContext {
-            budget: SocketBudget::new(budget),
+            budget: resources.sockets().clone(),
             pacer,
             connector: Arc::clone(&config.connector),
             counters: Arc::new(ProbeCounters::default()),
             timeouts: config.timeouts,
             pace_loopback: config.pace_loopback,
         },
-        neighbour: NeighbourGuard::new(config.neighbour),
+        neighbour: resources.neighbour().scope(),
         hosts: HostCounters::default(),
         host_done: tokio::sync::Notify::new(),
+        min_rate: AtomicU64::new(initial_rate.to_bits()),
     });
-    tracing::info!(target: "ralph::discovery", total, socket_budget = budget, neighbour_budget = shared.neighbour.budget(false),
-        deletes_neighbours = shared.neighbour.deletes_entries(), "scan started");
+    let guard = shared.neighbour.guard();
+    tracing::info!(target: "ralph::discovery", total, socket_budget = budget, neighbour_budget = guard.budget(false),
+        deletes_neighbours = guard.deletes_entries(), host_wide_neighbours = guard.host_slots(false).is_some(), "scan started");
     let control =
         tokio::spawn(control_loop(Arc::clone(&shared), total, start, progress.clone(), config.progress_interval));
     let mut tasks = JoinSet::new();
@@ -673,7 +791,9 @@ where
                 stopped = true;
                 break;
             }
-            let window = ((shared.ctx.pacer.rate() / 2.0) as usize).max(MIN_HOST_WINDOW).min(budget.max(1));
+            let window = ((shared.ctx.pacer.rate() / 2.0) as usize)
+                .max(MIN_HOST_WINDOW)
+                .min(shared.ctx.budget.capacity().max(1));
             if shared.hosts.in_flight.load(Ordering::Acquire) < window as u64 {
                 break;
             }
@@ -685,9 +805,15 @@ where
         if stopped {
             break;
         }
-        let slot = shared.neighbour.admit(ip).await;
+        // Stop waiting for a neighbour slot too, or a stop would wait for the table to drain.
+        let slot = tokio::select! {
+            slot = shared.neighbour.admit(ip) => slot,
+            () = wait_stop(stop.clone()) => { stopped = true; break; }
+        };
         shared.hosts.started.fetch_add(1, Ordering::Relaxed);
-        shared.hosts.in_flight.fetch_add(1, Ordering::AcqRel);
+        // Both are released however the task ends: the slot (held for the kernel's hold time when
+        // not given back) and the in-flight count are guards.
+        let in_flight = InFlight::new(&shared);
         let (shared, tx) = (Arc::clone(&shared), tx.clone());
         tasks.spawn(async move {
             let result = probe_host(ip, &shared).await;
@@ -700,9 +826,8 @@ where
                 HostState::Down => h.down.fetch_add(1, Ordering::Relaxed),
                 HostState::Unknown => h.unknown.fetch_add(1, Ordering::Relaxed),
             };
-            h.in_flight.fetch_sub(1, Ordering::AcqRel);
             h.done.fetch_add(1, Ordering::Relaxed);
-            shared.host_done.notify_one();
+            drop(in_flight);
             tracing::trace!(target: "ralph::discovery", address = %result.address, state = ?result.state, "host done");
             // A dropped receiver only means nobody wants the result any more.
             let _ = tx.send(result).await;
@@ -729,9 +854,9 @@ where
         fd_errors: c.fd_errors.load(Ordering::Relaxed),
         socket_budget_start: budget,
         socket_budget_end: shared.ctx.budget.capacity(),
-        rate_halvings: shared.ctx.pacer.decreases(),
+        rate_halvings: shared.ctx.pacer.decreases().saturating_sub(halvings_before),
         initial_rate,
-        min_rate: shared.ctx.pacer.min_rate_seen(),
+        min_rate: f64::from_bits(shared.min_rate.load(Ordering::Relaxed)),
         neighbour_entries_deleted: shared.neighbour.deleted(),
         table_fulls_delta: NeighbourStats::read(false).map_or(0, |s| s.table_fulls).saturating_sub(fulls_before),
         stopped,

@@ -39,6 +39,16 @@ pub enum Error {
     /// Bad configuration.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A configuration value out of its range (a zero rate, `min` above `max`, a zero timeout).
+    #[error("invalid setting {setting} = {value}: {reason}")]
+    Setting {
+        /// The setting, as `rate.min` or `timeouts.connect`.
+        setting: &'static str,
+        /// The value given.
+        value: String,
+        /// What it must be.
+        reason: &'static str,
+    },
     /// A job payload that is not a scan job.
     #[error("invalid job payload")]
     Payload(#[source] serde_json::Error),
@@ -57,6 +67,10 @@ pub enum Error {
 }
 
 impl Error {
+    pub(crate) fn setting(setting: &'static str, value: impl std::fmt::Debug, reason: &'static str) -> Self {
+        Self::Setting { setting, value: format!("{value:?}"), reason }
+    }
+
     pub(crate) fn target(input: &str, reason: impl Into<String>) -> Self {
         Self::Target { input: input.to_owned(), reason: reason.into() }
     }
@@ -66,7 +80,12 @@ impl Error {
     pub fn is_input(&self) -> bool {
         matches!(
             self,
-            Self::Target { .. } | Self::TooLarge { .. } | Self::Ports { .. } | Self::Config(_) | Self::Payload(_)
+            Self::Target { .. }
+                | Self::TooLarge { .. }
+                | Self::Ports { .. }
+                | Self::Config(_)
+                | Self::Setting { .. }
+                | Self::Payload(_)
         )
     }
 }

@@ -13,6 +13,9 @@ use netlink_packet_route::AddressFamily;
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
+use crate::slots::{HostSlot, HostSlots};
+use crate::{Error, Result};
+
 /// How long a finished host's entry keeps its slot when entries cannot be deleted: the kernel
 /// only collects an entry that holds no timer (so not REACHABLE, which lasts up to 1.5 x
 /// `base_reachable_time`) and has not been updated for 5 s. Derived from the interfaces'
@@ -146,26 +149,21 @@ pub fn local_subnets() -> Vec<LocalSubnet> {
     out
 }
 
-/// Decides which targets are on-link and paces them through the neighbour table.
-#[derive(Debug)]
-pub struct NeighbourGuard {
-    subnets: Vec<LocalSubnet>,
-    v4: Arc<Semaphore>,
-    v6: Arc<Semaphore>,
-    budget_v4: usize,
-    budget_v6: usize,
-    hold: Duration,
-    netlink: Option<rtnetlink::Handle>,
-    /// Entries (interface, address) present before the first on-link host was admitted, of both
-    /// families; `None` when the table could not be read, in which case nothing is deleted.
-    preexisting: OnceCell<Option<HashSet<(u32, IpAddr)>>>,
-    warned: AtomicBool,
-    deleted: AtomicU64,
-    delete_errors: AtomicU64,
+/// Where the host-wide neighbour slots are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SlotFile {
+    /// [`crate::slots::default_slot_path`]; when it cannot be opened the budget is this
+    /// process's only (with a warning).
+    #[default]
+    Default,
+    /// This file; failing to open it is an error.
+    Path(std::path::PathBuf),
+    /// No host-wide budget: only this process's.
+    Off,
 }
 
 /// Settings of the neighbour guard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NeighbourConfig {
     /// Entries of headroom left for the rest of the host (default: an eighth of `gc_thresh3`,
     /// at least 32).
@@ -177,68 +175,228 @@ pub struct NeighbourConfig {
     /// How long a slot stays taken after its host when entries are not deleted (default:
     /// [`default_hold`]).
     pub hold: Option<Duration>,
+    /// The host-wide budget shared by every process on the machine (default:
+    /// [`SlotFile::Default`]).
+    pub slot_file: SlotFile,
 }
 
 impl Default for NeighbourConfig {
     fn default() -> Self {
-        Self { reserve: None, budget: None, delete_entries: true, hold: None }
+        Self { reserve: None, budget: None, delete_entries: true, hold: None, slot_file: SlotFile::Default }
     }
 }
 
-/// A host's place in the neighbour table; give it back with [`NeighbourGuard::release`].
+impl NeighbourConfig {
+    /// Checks the ranges: an explicit budget must be at least 1, an explicit slot file a
+    /// non-empty path.
+    ///
+    /// # Errors
+    /// [`Error::Setting`] naming the bad value.
+    pub fn validate(&self) -> Result<()> {
+        if self.budget == Some(0) {
+            return Err(Error::setting("neighbour.budget", 0, "must be at least 1"));
+        }
+        if matches!(&self.slot_file, SlotFile::Path(p) if p.as_os_str().is_empty()) {
+            return Err(Error::setting("neighbour.slot_file", "", "must be a path"));
+        }
+        Ok(())
+    }
+}
+
+/// Slot numbers of IPv6 neighbours in the slot file start here (IPv4 ones at 0).
+const V6_SLOT_BASE: u64 = 1 << 32;
+
+/// How often admission re-reads the live entry count.
+const RECHECK_EVERY: Duration = Duration::from_millis(2);
+
+/// Decides which targets are on-link and paces them through the neighbour table: a budget per
+/// process (shared by every scan of a [`crate::ScanResources`]) and, through a slot file, one
+/// per host, re-checked against the live entry count.
+///
+/// Cheap to clone: clones share the budget.
+#[derive(Debug, Clone)]
+pub struct NeighbourGuard {
+    inner: Arc<GuardInner>,
+}
+
+#[derive(Debug)]
+struct GuardInner {
+    subnets: Vec<LocalSubnet>,
+    v4: Arc<Semaphore>,
+    v6: Arc<Semaphore>,
+    budget_v4: usize,
+    budget_v6: usize,
+    /// The most entries admission lets the table reach, per family.
+    ceiling_v4: u64,
+    ceiling_v6: u64,
+    host_v4: Option<HostSlots>,
+    host_v6: Option<HostSlots>,
+    hold: Duration,
+    delete: bool,
+    /// Opened at the first on-link admission (inside the runtime).
+    netlink: OnceCell<Option<rtnetlink::Handle>>,
+    /// The kernel runs one dump at a time per netlink socket (EBUSY otherwise): scopes
+    /// starting together take their snapshots in turn.
+    dump: tokio::sync::Mutex<()>,
+    live: std::sync::Mutex<LiveCount>,
+    warned: AtomicBool,
+    deleted: AtomicU64,
+    delete_errors: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct LiveCount {
+    read_at: Option<std::time::Instant>,
+    v4: u64,
+    v6: u64,
+}
+
+/// A host's place in the neighbour table; give it back with [`NeighbourScope::release`]. Dropped
+/// without that (a cancelled scan), its slots are held as if entries were not deleted.
 #[derive(Debug)]
 pub struct NeighbourSlot {
-    permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
+    host: Option<HostSlot>,
+    hold: Duration,
     ip: IpAddr,
     ifindex: u32,
 }
 
+impl NeighbourSlot {
+    /// The address admitted.
+    #[must_use]
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// Frees the slots now.
+    fn free(&mut self) {
+        self.permit.take();
+        self.host.take();
+    }
+
+    /// Frees the slots once the kernel may have collected the entry.
+    fn free_after_hold(&mut self) {
+        let (permit, host, hold) = (self.permit.take(), self.host.take(), self.hold);
+        if permit.is_none() && host.is_none() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(hold).await;
+                    drop((permit, host));
+                });
+            }
+            // No runtime left to wait in: the process is ending, its slots go anyway.
+            Err(_) => drop((permit, host)),
+        }
+    }
+}
+
+impl Drop for NeighbourSlot {
+    fn drop(&mut self) {
+        self.free_after_hold();
+    }
+}
+
 fn budget_for(limits: NeighbourLimits, stats: Option<NeighbourStats>, reserve: Option<u64>) -> usize {
-    let reserve = reserve.unwrap_or_else(|| (limits.gc_thresh3 / 8).max(32));
+    let reserve = reserve_of(limits, reserve);
     let used = stats.map_or(0, |s| s.entries);
     let free = limits.gc_thresh3.saturating_sub(used).saturating_sub(reserve).max(1);
     usize::try_from(free).unwrap_or(usize::MAX)
 }
 
-impl NeighbourGuard {
-    /// Reads the local subnets, thresholds and entry counts; opens a netlink socket when
-    /// entries can be deleted. Call inside a tokio runtime.
-    #[must_use]
-    pub fn new(config: NeighbourConfig) -> Self {
-        let budget_v4 = config
-            .budget
-            .unwrap_or_else(|| budget_for(NeighbourLimits::read(false), NeighbourStats::read(false), config.reserve));
-        let budget_v6 = config
-            .budget
-            .unwrap_or_else(|| budget_for(NeighbourLimits::read(true), NeighbourStats::read(true), config.reserve));
-        let netlink = if config.delete_entries && has_net_admin() {
-            match rtnetlink::new_connection() {
-                Ok((conn, handle, _)) => {
-                    tokio::spawn(conn);
-                    Some(handle)
-                }
-                Err(error) => {
-                    tracing::warn!(target: "ralph::discovery", %error, "netlink unavailable; neighbour entries will not be deleted");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        tracing::debug!(target: "ralph::discovery", budget_v4, budget_v6, delete = netlink.is_some(), "neighbour guard");
-        Self {
-            subnets: local_subnets(),
-            v4: Arc::new(Semaphore::new(budget_v4)),
-            v6: Arc::new(Semaphore::new(budget_v6)),
-            budget_v4,
-            budget_v6,
-            hold: config.hold.unwrap_or_else(default_hold),
-            netlink,
-            preexisting: OnceCell::new(),
-            warned: AtomicBool::new(false),
-            deleted: AtomicU64::new(0),
-            delete_errors: AtomicU64::new(0),
+fn reserve_of(limits: NeighbourLimits, reserve: Option<u64>) -> u64 {
+    reserve.unwrap_or_else(|| (limits.gc_thresh3 / 8).max(32))
+}
+
+/// The host-wide pool of one family: the table's size less the reserve (what every process
+/// sharing the file may hold together, independent of what is in the table now).
+fn host_total(limits: NeighbourLimits, reserve: Option<u64>, explicit: Option<usize>) -> u64 {
+    explicit.map_or_else(
+        || limits.gc_thresh3.saturating_sub(reserve_of(limits, reserve)).max(1),
+        |b| u64::try_from(b).unwrap_or(u64::MAX),
+    )
+}
+
+fn open_host_slots(config: &NeighbourConfig, v4: u64, v6: u64) -> Result<(Option<HostSlots>, Option<HostSlots>)> {
+    let (path, required) = match &config.slot_file {
+        SlotFile::Off => return Ok((None, None)),
+        SlotFile::Default => (crate::slots::default_slot_path(), false),
+        SlotFile::Path(p) => (p.clone(), true),
+    };
+    let opened = HostSlots::open(&path, 0, v4).and_then(|a| Ok((a, HostSlots::open(&path, V6_SLOT_BASE, v6)?)));
+    match opened {
+        Ok((a, b)) => Ok((Some(a), Some(b))),
+        Err(source) if required => Err(Error::Io { what: "opening the neighbour slot file", source }),
+        Err(error) => {
+            tracing::warn!(target: "ralph::discovery", %error, path = %path.display(),
+                "host-wide neighbour slot file unavailable: the neighbour budget is this process's only");
+            Ok((None, None))
         }
+    }
+}
+
+impl NeighbourGuard {
+    /// Reads the local subnets, thresholds and entry counts and opens the slot file. Netlink
+    /// (for deleting entries) is opened at the first on-link admission, so this needs no runtime.
+    ///
+    /// # Errors
+    /// [`Error::Setting`] for a bad configuration; [`Error::Io`] when an explicit slot file
+    /// cannot be opened.
+    pub fn new(config: &NeighbourConfig) -> Result<Self> {
+        config.validate()?;
+        let (limits_v4, limits_v6) = (NeighbourLimits::read(false), NeighbourLimits::read(true));
+        let host_v4 = host_total(limits_v4, config.reserve, config.budget);
+        let host_v6 = host_total(limits_v6, config.reserve, config.budget);
+        let (host_slots_v4, host_slots_v6) = open_host_slots(config, host_v4, host_v6)?;
+        let delete = config.delete_entries && has_net_admin();
+        // With the host-wide pool and entries deleted after use (so the live count can be
+        // re-checked at each admission), the process may use the whole pool. Otherwise its budget
+        // is what is free now, as the entries it leaves behind are only collected later.
+        let local = |limits, v6, host: u64, shared: bool| {
+            if config.budget.is_some() || (shared && delete) {
+                usize::try_from(host).unwrap_or(usize::MAX)
+            } else {
+                budget_for(limits, NeighbourStats::read(v6), config.reserve)
+            }
+        };
+        let budget_v4 = local(limits_v4, false, host_v4, host_slots_v4.is_some());
+        let budget_v6 = local(limits_v6, true, host_v6, host_slots_v6.is_some());
+        // Half the reserve stays free whoever else fills the table.
+        let ceiling =
+            |limits: NeighbourLimits| limits.gc_thresh3.saturating_sub(reserve_of(limits, config.reserve) / 2);
+        tracing::debug!(target: "ralph::discovery", budget_v4, budget_v6, delete,
+            host_wide = host_slots_v4.is_some(), "neighbour guard");
+        Ok(Self {
+            inner: Arc::new(GuardInner {
+                subnets: local_subnets(),
+                v4: Arc::new(Semaphore::new(budget_v4)),
+                v6: Arc::new(Semaphore::new(budget_v6)),
+                budget_v4,
+                budget_v6,
+                ceiling_v4: ceiling(limits_v4),
+                ceiling_v6: ceiling(limits_v6),
+                host_v4: host_slots_v4,
+                host_v6: host_slots_v6,
+                hold: config.hold.unwrap_or_else(default_hold),
+                delete,
+                netlink: OnceCell::new(),
+                dump: tokio::sync::Mutex::new(()),
+                live: std::sync::Mutex::new(LiveCount::default()),
+                warned: AtomicBool::new(false),
+                deleted: AtomicU64::new(0),
+                delete_errors: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// A scope for one scan: it remembers which entries existed before the scan's first
+    /// on-link host, so it never deletes an entry it did not create.
+    #[must_use]
+    pub fn scope(&self) -> NeighbourScope {
+        NeighbourScope { guard: self.clone(), preexisting: OnceCell::new(), deleted: AtomicU64::new(0) }
     }
 
     /// The interface through which `ip` is on-link, or `None` for loopback, local and
@@ -248,77 +406,175 @@ impl NeighbourGuard {
         if ip.is_loopback() {
             return None;
         }
-        if self.subnets.iter().any(|s| s.local == ip) {
+        let subnets = &self.inner.subnets;
+        if subnets.iter().any(|s| s.local == ip) {
             return None;
         }
-        self.subnets.iter().filter(|s| s.network.contains(ip)).max_by_key(|s| s.network.prefix()).map(|s| s.ifindex)
+        subnets.iter().filter(|s| s.network.contains(ip)).max_by_key(|s| s.network.prefix()).map(|s| s.ifindex)
     }
 
-    /// The budget of concurrently held on-link hosts for the family of `ip`.
+    /// This process's budget of concurrently held on-link hosts for one family.
     #[must_use]
     pub fn budget(&self, v6: bool) -> usize {
-        if v6 { self.budget_v6 } else { self.budget_v4 }
+        if v6 { self.inner.budget_v6 } else { self.inner.budget_v4 }
     }
 
-    /// On-link hosts admitted now (IPv4 + IPv6).
+    /// On-link hosts admitted now by this process (IPv4 + IPv6).
     #[must_use]
     pub fn in_use(&self) -> usize {
-        (self.budget_v4 - self.v4.available_permits()) + (self.budget_v6 - self.v6.available_permits())
+        let i = &self.inner;
+        (i.budget_v4 - i.v4.available_permits()) + (i.budget_v6 - i.v6.available_permits())
     }
 
-    /// Whether entries are deleted after use (CAP_NET_ADMIN and netlink available).
+    /// The host-wide pool of one family, when the slot file is in use.
+    #[must_use]
+    pub fn host_slots(&self, v6: bool) -> Option<&HostSlots> {
+        if v6 { self.inner.host_v6.as_ref() } else { self.inner.host_v4.as_ref() }
+    }
+
+    /// Whether entries are deleted after use (asked for, and CAP_NET_ADMIN held).
     #[must_use]
     pub fn deletes_entries(&self) -> bool {
-        self.netlink.is_some()
+        self.inner.delete
     }
 
-    /// Entries deleted so far.
+    /// Entries deleted so far, by every scope.
+    #[must_use]
+    pub fn deleted(&self) -> u64 {
+        self.inner.deleted.load(Ordering::Relaxed)
+    }
+
+    async fn netlink(&self) -> Option<&rtnetlink::Handle> {
+        if !self.inner.delete {
+            return None;
+        }
+        self.inner
+            .netlink
+            .get_or_init(|| async {
+                match rtnetlink::new_connection() {
+                    Ok((conn, handle, _)) => {
+                        tokio::spawn(conn);
+                        Some(handle)
+                    }
+                    Err(error) => {
+                        tracing::warn!(target: "ralph::discovery", %error, "netlink unavailable; neighbour entries will not be deleted");
+                        None
+                    }
+                }
+            })
+            .await
+            .as_ref()
+    }
+
+    /// Whether the live table has room for one more entry of the family (re-read every few ms).
+    fn room(&self, v6: bool) -> bool {
+        let i = &self.inner;
+        let mut live = i.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        if live.read_at.is_none_or(|t| now.duration_since(t) >= RECHECK_EVERY) {
+            live.v4 = NeighbourStats::read(false).map_or(0, |s| s.entries);
+            live.v6 = NeighbourStats::read(true).map_or(0, |s| s.entries);
+            live.read_at = Some(now);
+        }
+        if v6 { live.v6 < i.ceiling_v6 } else { live.v4 < i.ceiling_v4 }
+    }
+}
+
+/// The neighbour guard as one scan uses it: admission, release and the entries it deleted.
+#[derive(Debug)]
+pub struct NeighbourScope {
+    guard: NeighbourGuard,
+    /// Entries (interface, address) present before the first on-link host was admitted, of both
+    /// families; `None` when the table could not be read, in which case nothing is deleted.
+    preexisting: OnceCell<Option<HashSet<(u32, IpAddr)>>>,
+    deleted: AtomicU64,
+}
+
+impl NeighbourScope {
+    /// The guard.
+    #[must_use]
+    pub fn guard(&self) -> &NeighbourGuard {
+        &self.guard
+    }
+
+    /// Entries this scope deleted.
     #[must_use]
     pub fn deleted(&self) -> u64 {
         self.deleted.load(Ordering::Relaxed)
     }
 
-    /// Waits for room for `ip` when it is on-link; `None` (immediately) otherwise.
+    /// Waits for room for `ip` when it is on-link (this process's budget, the host-wide slot,
+    /// and the live table below its ceiling when entries are deleted); `None` (immediately)
+    /// otherwise.
     pub async fn admit(&self, ip: IpAddr) -> Option<NeighbourSlot> {
-        let ifindex = self.on_link(ip)?;
-        if self.netlink.is_none() && !self.warned.swap(true, Ordering::Relaxed) {
+        let g = &self.guard;
+        let ifindex = g.on_link(ip)?;
+        let v6 = ip.is_ipv6();
+        if !g.inner.delete && !g.inner.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 target: "ralph::discovery",
-                budget = self.budget(ip.is_ipv6()),
+                budget = g.budget(v6),
                 "on-link targets are paced by the neighbour-table budget; grant CAP_NET_ADMIN so entries are \
                  deleted after use, or raise net.ipv4.neigh.default.gc_thresh3 (and gc_thresh2) to scan faster"
             );
         }
-        if let Some(handle) = &self.netlink {
+        if let Some(handle) = g.netlink().await {
             // Before the first on-link probe: remember what the table holds, so that no entry the
             // scan did not create is ever deleted.
-            self.preexisting.get_or_init(|| existing_neighbours(handle)).await;
+            self.preexisting
+                .get_or_init(|| async {
+                    let _turn = g.inner.dump.lock().await;
+                    existing_neighbours(handle).await
+                })
+                .await;
         }
-        let sem = if ip.is_ipv6() { &self.v6 } else { &self.v4 };
+        let sem = if v6 { &g.inner.v6 } else { &g.inner.v4 };
         let permit = Arc::clone(sem).acquire_owned().await.ok()?;
-        Some(NeighbourSlot { permit, ip, ifindex })
+        let host = match g.host_slots(v6) {
+            Some(slots) => match slots.acquire().await {
+                Ok(slot) => Some(slot),
+                Err(error) => {
+                    tracing::warn!(target: "ralph::discovery", %error, "host-wide neighbour slot unavailable");
+                    None
+                }
+            },
+            None => None,
+        };
+        // Entries left by others (or not yet collected) count too: with entries deleted after
+        // use, the table must stay below its ceiling whoever filled it.
+        if g.inner.delete {
+            let mut wait = Duration::from_millis(1);
+            while !g.room(v6) {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(20));
+            }
+        }
+        Some(NeighbourSlot { permit: Some(permit), host, hold: g.inner.hold, ip, ifindex })
     }
 
     /// Gives a slot back once all probes of its host are done: deletes the entry (when the scan
     /// created it, it is neither PERMANENT nor NOARP, and deleting is possible) and frees the
     /// slot, or else keeps the slot taken until the kernel may collect the entry.
-    pub async fn release(&self, slot: NeighbourSlot) {
+    pub async fn release(&self, mut slot: NeighbourSlot) {
+        let g = &self.guard;
         let preexisting = self.preexisting.get().and_then(Option::as_ref);
-        if let (Some(handle), Some(preexisting)) = (&self.netlink, preexisting) {
+        let handle = if g.inner.delete { g.inner.netlink.get().and_then(Option::as_ref) } else { None };
+        if let (Some(handle), Some(preexisting)) = (handle, preexisting) {
             if preexisting.contains(&(slot.ifindex, slot.ip)) {
-                drop(slot.permit);
+                slot.free();
                 return;
             }
             match delete_created_neighbour(handle, slot.ip, slot.ifindex).await {
                 Ok(deleted) => {
                     if deleted {
                         self.deleted.fetch_add(1, Ordering::Relaxed);
+                        g.inner.deleted.fetch_add(1, Ordering::Relaxed);
                     }
-                    drop(slot.permit);
+                    slot.free();
                     return;
                 }
                 Err(error) => {
-                    let n = self.delete_errors.fetch_add(1, Ordering::Relaxed);
+                    let n = g.inner.delete_errors.fetch_add(1, Ordering::Relaxed);
                     if n == 0 {
                         tracing::debug!(target: "ralph::discovery", %error, "neighbour delete failed");
                     }
@@ -326,11 +582,7 @@ impl NeighbourGuard {
                 }
             }
         }
-        let hold = self.hold;
-        tokio::spawn(async move {
-            tokio::time::sleep(hold).await;
-            drop(slot.permit);
-        });
+        slot.free_after_hold();
     }
 }
 
@@ -454,14 +706,32 @@ mod tests {
         assert_eq!(budget_for(l, Some(full), None), 1);
     }
 
+    #[test]
+    fn bad_neighbour_configs_are_typed_errors() {
+        let zero = NeighbourConfig { budget: Some(0), ..NeighbourConfig::default() };
+        assert!(matches!(NeighbourGuard::new(&zero), Err(Error::Setting { setting: "neighbour.budget", .. })));
+        let empty = NeighbourConfig { slot_file: SlotFile::Path("".into()), ..NeighbourConfig::default() };
+        assert!(matches!(NeighbourGuard::new(&empty), Err(Error::Setting { setting: "neighbour.slot_file", .. })));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f");
+        std::fs::write(&file, "").expect("file");
+        let unopenable =
+            NeighbourConfig { slot_file: SlotFile::Path(file.join("below-a-file")), ..NeighbourConfig::default() };
+        assert!(matches!(NeighbourGuard::new(&unopenable), Err(Error::Io { .. })), "an explicit slot file must open");
+    }
+
     #[tokio::test]
     async fn loopback_and_local_addresses_cost_nothing() {
-        let g = NeighbourGuard::new(NeighbourConfig::default());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config =
+            NeighbourConfig { slot_file: SlotFile::Path(dir.path().join("slots")), ..NeighbourConfig::default() };
+        let g = NeighbourGuard::new(&config).expect("guard");
         assert!(g.on_link("127.0.0.1".parse().expect("ip")).is_none());
         assert!(g.on_link("::1".parse().expect("ip")).is_none());
         for s in local_subnets() {
             assert!(g.on_link(s.local).is_none());
         }
-        assert!(g.admit("127.0.0.9".parse().expect("ip")).await.is_none());
+        assert!(g.scope().admit("127.0.0.9".parse().expect("ip")).await.is_none());
+        assert_eq!(g.in_use(), 0);
     }
 }

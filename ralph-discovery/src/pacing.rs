@@ -4,6 +4,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::{Error, Result};
+
 /// Rate-control settings. Build it by value from the defaults:
 ///
 /// ```
@@ -15,7 +17,16 @@ use std::time::{Duration, Instant};
 /// ```
 ///
 /// The rates are probe starts per second and must be finite; `min` must be positive and not
-/// above `max` ([`Pacer::new`] panics otherwise).
+/// above `max`, `initial` positive and `increase_per_sec` not negative: [`RateConfig::validate`]
+/// (called by [`Pacer::new`] and [`crate::Scanner::new`]) returns [`crate::Error::Setting`]
+/// otherwise.
+///
+/// ```
+/// use ralph_discovery::RateConfig;
+///
+/// assert!(RateConfig::default().min(100.0).max(10.0).validate().is_err());
+/// assert!(RateConfig::default().initial(0.0).validate().is_err());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct RateConfig {
@@ -52,8 +63,7 @@ impl RateConfig {
         self
     }
 
-    /// Sets [`RateConfig::min`], the floor: positive, finite and not above `max`
-    /// ([`Pacer::new`] panics when `min > max` or either is NaN).
+    /// Sets [`RateConfig::min`], the floor: positive, finite and not above `max`.
     #[must_use]
     pub fn min(mut self, rate: f64) -> Self {
         self.min = rate;
@@ -80,6 +90,35 @@ impl RateConfig {
         self.cooldown = cooldown;
         self
     }
+
+    /// Checks the ranges: every rate finite, `initial` and `min` positive, `min <= max`,
+    /// `increase_per_sec >= 0`.
+    ///
+    /// # Errors
+    /// [`Error::Setting`] naming the first bad value.
+    pub fn validate(&self) -> Result<()> {
+        let positive = |setting, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::setting(setting, v, "must be finite and positive"))
+            }
+        };
+        positive("rate.initial", self.initial)?;
+        positive("rate.min", self.min)?;
+        positive("rate.max", self.max)?;
+        if self.min > self.max {
+            return Err(Error::setting("rate.min", self.min, "must not be above rate.max"));
+        }
+        if !(self.increase_per_sec.is_finite() && self.increase_per_sec >= 0.0) {
+            return Err(Error::setting(
+                "rate.increase_per_sec",
+                self.increase_per_sec,
+                "must be finite and not negative",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A token-bucket pacer whose rate follows AIMD.
@@ -100,9 +139,17 @@ struct PacerState {
 }
 
 impl Pacer {
-    /// A pacer starting at `config.initial`.
-    #[must_use]
-    pub fn new(config: RateConfig) -> Self {
+    /// A pacer starting at `config.initial` (clamped into `min..=max`).
+    ///
+    /// # Errors
+    /// [`Error::Setting`] when the configuration is out of range ([`RateConfig::validate`]).
+    pub fn new(config: RateConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self::from_valid(config))
+    }
+
+    /// A pacer from a configuration already validated.
+    pub(crate) fn from_valid(config: RateConfig) -> Self {
         let rate = config.initial.clamp(config.min, config.max);
         Self {
             config,
@@ -194,16 +241,40 @@ mod tests {
             min: 100.0,
             cooldown: Duration::from_secs(60),
             ..RateConfig::default()
-        });
+        })
+        .expect("valid");
         assert!(p.congestion("test"));
         assert!(!p.congestion("test"), "second signal inside the cooldown is ignored");
         assert!((p.rate() - 500.0).abs() < 1.0);
         let p =
-            Pacer::new(RateConfig { initial: 150.0, min: 100.0, cooldown: Duration::ZERO, ..RateConfig::default() });
+            Pacer::new(RateConfig { initial: 150.0, min: 100.0, cooldown: Duration::ZERO, ..RateConfig::default() })
+                .expect("valid");
         p.congestion("a");
         p.congestion("b");
         assert!((p.rate() - 100.0).abs() < 1e-9);
         assert_eq!(p.decreases(), 2);
+    }
+
+    #[test]
+    fn bad_rates_are_typed_errors_not_panics() {
+        let d = RateConfig::default();
+        for (bad, setting) in [
+            (d.min(100.0).max(10.0), "rate.min"),
+            (d.min(0.0), "rate.min"),
+            (d.min(f64::NAN), "rate.min"),
+            (d.max(0.0).min(0.0), "rate.min"),
+            (d.max(f64::INFINITY), "rate.max"),
+            (d.initial(0.0), "rate.initial"),
+            (d.initial(-5.0), "rate.initial"),
+            (d.increase_per_sec(-1.0), "rate.increase_per_sec"),
+            (d.increase_per_sec(f64::NAN), "rate.increase_per_sec"),
+        ] {
+            match Pacer::new(bad) {
+                Err(Error::Setting { setting: s, .. }) => assert_eq!(s, setting, "{bad:?}"),
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+        assert!(Pacer::new(d.min(10.0).max(10.0).initial(1e9)).is_ok(), "initial is clamped, min == max is fine");
     }
 
     #[tokio::test]
@@ -214,7 +285,8 @@ mod tests {
             max: 200.0,
             increase_per_sec: 0.0,
             ..RateConfig::default()
-        });
+        })
+        .expect("valid");
         let start = Instant::now();
         for _ in 0..41 {
             p.ready().await;

@@ -27,7 +27,7 @@ async fn tcp_sweep_reports_open_and_closed_ports_of_real_listeners() {
     let closed: Vec<u16> = (0..20).map(|_| common::closed_port()).collect();
     let mut ports: Vec<u16> = open.iter().chain(&closed).copied().collect();
     ports.sort_unstable();
-    let scanner = Scanner::new(ScanConfig::default().ports(ports).icmp(false).http(None));
+    let scanner = Scanner::new(ScanConfig::default().ports(ports).icmp(false).http(None)).expect("valid scan config");
     let (hosts, summary) = scanner.scan([LOCALHOST]).await.expect("scan");
     assert_eq!(hosts.len(), 1);
     let host = &hosts[0];
@@ -50,7 +50,7 @@ async fn http_family_is_read_from_the_server_header() {
             .ports(vec![addr.port()])
             .icmp(false)
             .http(Some(HttpProbe::http([common::closed_port(), addr.port()])));
-        let (hosts, _) = Scanner::new(config).scan([addr.ip()]).await.expect("scan");
+        let (hosts, _) = Scanner::new(config).expect("valid scan config").scan([addr.ip()]).await.expect("scan");
         assert_eq!(hosts[0].http_family.as_deref(), Some(family), "{addr}");
         assert!(hosts[0].observation().expect("observation").http_family.is_some());
     }
@@ -73,7 +73,7 @@ async fn loopback_sweep_tells_open_from_closed_and_progress_reaches_the_end() {
     let open = common::http_listener("127.0.0.5:0".parse().expect("addr"), "x").await;
     let targets = Targets::parse("127.0.0.1-127.0.0.40").expect("targets");
     let config = ScanConfig::default().ports(vec![open.port()]).icmp(false).http(None);
-    let handle = Scanner::new(config).start(targets.addresses());
+    let handle = Scanner::new(config).expect("valid scan config").start(targets.addresses());
     let progress = handle.progress.clone();
     let (hosts, summary) = handle.collect().await.expect("scan");
     assert_eq!(hosts.len(), 40);
@@ -110,7 +110,7 @@ impl Probe for PortFact {
 async fn host_app_probes_add_facts_to_alive_hosts() {
     let l = common::http_listener("127.0.0.1:0".parse().expect("addr"), "x").await;
     let config = ScanConfig::default().ports(vec![l.port()]).icmp(false).http(None).probe(Arc::new(PortFact(l.port())));
-    let (hosts, _) = Scanner::new(config).scan([LOCALHOST]).await.expect("scan");
+    let (hosts, _) = Scanner::new(config).expect("valid scan config").scan([LOCALHOST]).await.expect("scan");
     assert_eq!(hosts[0].facts.get("custom").map(String::as_str), Some(format!("port {} open", l.port()).as_str()));
     let before = hosts[0].checksum();
     let mut changed = hosts[0].clone();
@@ -165,7 +165,7 @@ async fn enobufs_storm_halves_the_rate_and_every_target_is_still_probed() {
         .rate(rate)
         .pace_loopback(true)
         .connector(storm.clone());
-    let (hosts, summary) = Scanner::new(config).scan(targets.clone()).await.expect("scan");
+    let (hosts, summary) = Scanner::new(config).expect("valid scan config").scan(targets.clone()).await.expect("scan");
     assert_eq!(storm.injected.load(Ordering::SeqCst), 400);
     assert_eq!(hosts.len(), targets.len(), "no target dropped");
     assert!(hosts.iter().all(|h| h.state == HostState::Up && h.open_ports == [port]), "every target probed correctly");
@@ -249,7 +249,7 @@ async fn dropping_the_handle_stops_the_scan() {
         ScanConfig::default().ports(vec![common::closed_port()]).icmp(false).http(None).rate(rate).pace_loopback(true);
     // A zero period must not panic (the timer is clamped to 1 ms).
     config.progress_interval = Duration::ZERO;
-    let handle = Scanner::new(config).start(targets.addresses());
+    let handle = Scanner::new(config).expect("valid scan config").start(targets.addresses());
     let mut progress = handle.progress.clone();
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(handle);

@@ -32,6 +32,8 @@ async fn settle(iface: &str) {
 }
 
 async fn sweep(lab: &Lab, targets: Vec<IpAddr>, neighbour: NeighbourConfig) {
+    let slots_dir = tempfile::tempdir().expect("tempdir");
+    let neighbour = NeighbourConfig { slot_file: common::slot_config(&slots_dir).slot_file, ..neighbour };
     settle(&lab.iface).await;
     let limits = NeighbourLimits::read(false);
     lab.check(&targets);
@@ -39,7 +41,7 @@ async fn sweep(lab: &Lab, targets: Vec<IpAddr>, neighbour: NeighbourConfig) {
     assert!(total > u128::from(limits.gc_thresh3), "the sweep must be larger than the neighbour table");
     let before = NeighbourStats::read(false).expect("arp_cache");
     let config = ScanConfig::default().ports(vec![lab.open, lab.closed]).icmp(false).http(None).neighbour(neighbour);
-    let (hosts, summary) = Scanner::new(config).scan(targets).await.expect("scan");
+    let (hosts, summary) = Scanner::new(config).expect("valid scan config").scan(targets).await.expect("scan");
     let after = NeighbourStats::read(false).expect("arp_cache");
     let false_down: Vec<IpAddr> = hosts.iter().filter(|h| h.state != HostState::Up).map(|h| h.address).collect();
     assert_eq!(hosts.len() as u128, total);
@@ -90,7 +92,7 @@ async fn serial_lab_hosts_that_do_not_exist_are_down() {
         .icmp(false)
         .http(None)
         .timeouts(ralph_discovery::ProbeTimeouts { connect: Duration::from_secs(4), retries: 0, ..Default::default() });
-    let (hosts, summary) = Scanner::new(config).scan(targets).await.expect("scan");
+    let (hosts, summary) = Scanner::new(config).expect("valid scan config").scan(targets).await.expect("scan");
     assert_eq!(hosts.len(), 6);
     assert!(hosts.iter().all(|h| h.state == HostState::Down), "{hosts:?}");
     assert_eq!(summary.down, 6);
@@ -132,12 +134,14 @@ async fn serial_release_deletes_only_entries_the_scan_created_of_both_families()
     for (ip, nud) in before {
         add(ip, nud);
     }
-    let guard = NeighbourGuard::new(NeighbourConfig::default());
+    let slots_dir = tempfile::tempdir().expect("tempdir");
+    let guard = NeighbourGuard::new(&common::slot_config(&slots_dir)).expect("guard");
     assert!(guard.deletes_entries(), "root: entries are deleted");
+    let scope = guard.scope();
     let targets = [v4[0], v4[1], v4[2], v4[3], v4[4], v6[0], v6[1], v6[2], v6[3]];
     let mut slots = Vec::new();
     for t in targets {
-        slots.push(guard.admit(t).await.expect("on-link through the lab"));
+        slots.push(scope.admit(t).await.expect("on-link through the lab"));
     }
     // During the scan: entries the scan created (v4[2], v6[2]), and ones an administrator
     // made static meanwhile (v4[3] PERMANENT, v4[4] NOARP, v6[3] PERMANENT).
@@ -146,7 +150,7 @@ async fn serial_release_deletes_only_entries_the_scan_created_of_both_families()
         add(ip, nud);
     }
     for slot in slots {
-        guard.release(slot).await;
+        scope.release(slot).await;
     }
     let lines = neigh_lines(&lab.iface);
     let present = |ip: IpAddr| lines.iter().any(|l| l.split_whitespace().next() == Some(&ip.to_string()));
@@ -156,11 +160,189 @@ async fn serial_release_deletes_only_entries_the_scan_created_of_both_families()
     for gone in [v4[2], v6[2]] {
         assert!(!present(gone), "{gone} was created by the scan and must be deleted: {lines:?}");
     }
-    assert_eq!(guard.deleted(), 2);
+    assert_eq!(scope.deleted(), 2);
+    assert_eq!(guard.in_use(), 0, "every slot given back");
     for t in targets {
         let family = if t.is_ipv6() { "-6" } else { "-4" };
         let _ =
             std::process::Command::new("ip").args([family, "neigh", "del", &t.to_string(), "dev", &lab.iface]).status();
     }
     ip(&["-6", "addr", "del", v6_net, "dev", &lab.iface]);
+}
+
+/// Every host of `hosts` up with the lab's open port open and its closed port closed.
+fn wrong_hosts(lab: &Lab, hosts: &[ralph_discovery::HostResult]) -> Vec<IpAddr> {
+    hosts
+        .iter()
+        .filter(|h| h.state != HostState::Up || h.open_ports != [lab.open] || h.closed_ports != [lab.closed])
+        .map(|h| h.address)
+        .collect()
+}
+
+const HALF_CHILD_ENV: &str = "RALPH_LAB_HALF_CHILD";
+
+/// The child's half of the two-process sweeps: `K N DELETE PATH` scans half `K` of the lab's
+/// first `N` hosts with the default settings (entries deleted or not) and the slot file given,
+/// and prints what it found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of the serial_two_processes_* tests"]
+async fn serial_lab_half_child() {
+    let spec = std::env::var(HALF_CHILD_ENV).expect("run by the parent test");
+    let f: Vec<&str> = spec.splitn(4, ' ').collect();
+    let (k, n, delete, path): (usize, usize, bool, &str) =
+        (f[0].parse().expect("half"), f[1].parse().expect("count"), f[2] == "delete", f[3]);
+    let lab = lab().expect("the parent saw the lab");
+    let all = lab.hosts(&lab.cidr, n);
+    let half: Vec<IpAddr> = all.chunks(n.div_ceil(2)).nth(k).expect("half").to_vec();
+    let neighbour = NeighbourConfig {
+        slot_file: ralph_discovery::SlotFile::Path(path.into()),
+        delete_entries: delete,
+        ..NeighbourConfig::default()
+    };
+    let config = ScanConfig::default().ports(vec![lab.open, lab.closed]).icmp(false).http(None).neighbour(neighbour);
+    let scanner = Scanner::new(config).expect("valid scan config");
+    let (hosts, summary) = scanner.scan(half.clone()).await.expect("scan");
+    let out = serde_json::json!({
+        "targets": half.len(),
+        "hosts": hosts.len(),
+        "wrong": wrong_hosts(&lab, &hosts).len(),
+        "elapsed_secs": summary.elapsed_secs,
+        "neighbour_budget": scanner.resources().neighbour().budget(false),
+    });
+    println!("RESULT {out}");
+}
+
+/// Runs two child scanner processes at once, each on one half of the lab's first `n` hosts,
+/// sharing only a host-wide slot file; checks every host and that the table never overflowed.
+async fn two_processes(lab: &Lab, n: usize, delete: bool) {
+    settle(&lab.iface).await;
+    let slots = tempfile::tempdir().expect("tempdir");
+    let path = slots.path().join("neighbour-slots");
+    let before = NeighbourStats::read(false).expect("arp_cache");
+    let exe = std::env::current_exe().expect("exe");
+    let mode = if delete { "delete" } else { "keep" };
+    let children = (0..2).map(|k| {
+        tokio::process::Command::new(&exe)
+            .args(["serial_lab_half_child", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env(HALF_CHILD_ENV, format!("{k} {n} {mode} {}", path.display()))
+            .output()
+    });
+    let outputs = futures::future::join_all(children).await;
+    let after = NeighbourStats::read(false).expect("arp_cache");
+    let mut covered = 0;
+    for output in outputs {
+        let output = output.expect("run child");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+        let line = stdout.lines().find_map(|l| l.split_once("RESULT ").map(|(_, r)| r)).expect("a result");
+        let r: serde_json::Value = serde_json::from_str(line).expect("json");
+        eprintln!("half ({mode}): {r}");
+        assert_eq!(r["hosts"], r["targets"], "{r}");
+        assert_eq!(r["wrong"], 0, "{r}");
+        covered += r["hosts"].as_u64().expect("count");
+    }
+    assert_eq!(covered, n as u64, "the two halves cover the range");
+    assert_eq!(after.table_fulls, before.table_fulls, "neighbour table overflowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_two_processes_sweep_one_20_together_within_the_neighbour_table() {
+    let Some(lab) = lab() else { return };
+    // 2,047 hosts each, both more than the table holds: before, two processes overflowed it
+    // (table_fulls +765), each sizing itself to the whole free table.
+    two_processes(&lab, 4094, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_two_processes_that_keep_their_entries_share_the_host_wide_budget() {
+    let Some(lab) = lab() else { return };
+    // Without CAP_NET_ADMIN's deletes there is no live re-check to lean on: only the slot file
+    // keeps two processes of 750 hosts each (each within the free table alone, 1,500 together
+    // beyond it) from overflowing the table. The second round waits out the hold (~51 s).
+    two_processes(&lab, 1500, false).await;
+    let _ = std::process::Command::new("ip").args(["neigh", "flush", "dev", &lab.iface]).status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_four_concurrent_scans_of_one_process_sweep_one_20_within_the_neighbour_table() {
+    let Some(lab) = lab() else { return };
+    settle(&lab.iface).await;
+    let slots = tempfile::tempdir().expect("tempdir");
+    let config = ScanConfig::default()
+        .ports(vec![lab.open, lab.closed])
+        .icmp(false)
+        .http(None)
+        .neighbour(common::slot_config(&slots));
+    let scanner = Scanner::new(config).expect("valid scan config");
+    let all = lab.hosts(&lab.cidr, 4094);
+    let before = NeighbourStats::read(false).expect("arp_cache");
+    // Four scans at once (as four worker jobs would run), a quarter of the /20 each: every one
+    // larger than the free table alone would allow.
+    let scans = all.chunks(all.len().div_ceil(4)).map(|quarter| {
+        let (scanner, quarter) = (scanner.clone(), quarter.to_vec());
+        tokio::spawn(async move { scanner.scan(quarter).await })
+    });
+    let mut hosts = Vec::new();
+    for scan in futures::future::join_all(scans).await {
+        hosts.extend(scan.expect("task").expect("scan").0);
+    }
+    let after = NeighbourStats::read(false).expect("arp_cache");
+    assert_eq!(hosts.len(), 4094);
+    let wrong = wrong_hosts(&lab, &hosts);
+    assert!(wrong.is_empty(), "{} hosts wrong, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    assert_eq!(after.table_fulls, before.table_fulls, "neighbour table overflowed");
+    assert_eq!(scanner.resources().neighbour().in_use(), 0, "every slot given back");
+    assert_eq!(scanner.resources().sockets().in_use(), 0);
+}
+
+/// A host app's probe that panics on every seventh host.
+#[derive(Debug)]
+struct PanicsOnSomeHosts;
+
+#[async_trait::async_trait]
+impl ralph_discovery::Probe for PanicsOnSomeHosts {
+    fn name(&self) -> &str {
+        "panicky"
+    }
+    fn stage(&self) -> ralph_discovery::Stage {
+        ralph_discovery::Stage::Alive
+    }
+    async fn probe(&self, target: IpAddr, _ctx: &ralph_discovery::ProbeContext) -> ralph_discovery::ProbeReport {
+        let IpAddr::V4(v4) = target else { return ralph_discovery::ProbeReport::default() };
+        assert!(u32::from(v4) % 7 != 0, "host app bug at {target}");
+        ralph_discovery::ProbeReport::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_a_panicking_probe_gives_its_neighbour_slot_back() {
+    let Some(lab) = lab() else { return };
+    settle(&lab.iface).await;
+    let slots = tempfile::tempdir().expect("tempdir");
+    let config = ScanConfig::default()
+        .ports(vec![lab.open, lab.closed])
+        .icmp(false)
+        .http(None)
+        .neighbour(common::slot_config(&slots))
+        .probe(std::sync::Arc::new(PanicsOnSomeHosts));
+    let scanner = Scanner::new(config).expect("valid scan config");
+    let targets = lab.hosts(&lab.cidr, 4094);
+    let before = NeighbourStats::read(false).expect("arp_cache");
+    let (hosts, _) = tokio::time::timeout(Duration::from_secs(120), scanner.scan(targets))
+        .await
+        .expect("the scan ends")
+        .expect("scan");
+    let after = NeighbourStats::read(false).expect("arp_cache");
+    assert_eq!(hosts.len(), 4094);
+    let wrong = wrong_hosts(&lab, &hosts);
+    assert!(wrong.is_empty(), "{} hosts wrong, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    for h in &hosts {
+        let IpAddr::V4(v4) = h.address else { unreachable!() };
+        assert_eq!(h.errors.iter().any(|e| e.contains("probe panicked")), u32::from(v4) % 7 == 0, "{h:?}");
+    }
+    assert_eq!(after.table_fulls, before.table_fulls, "neighbour table overflowed");
+    let guard = scanner.resources().neighbour();
+    assert_eq!(guard.in_use(), 0, "every neighbour slot given back, the panicked hosts' too");
+    assert_eq!(guard.host_slots(false).expect("slot file").held(), 0, "and every host-wide slot");
+    assert!(lab_entries(&lab.iface) < 64, "the panicked hosts' entries were deleted too: {}", lab_entries(&lab.iface));
 }

@@ -59,7 +59,8 @@ async fn serial_rlimit_child() {
     setrlimit(Resource::RLIMIT_NOFILE, 128, hard).expect("setrlimit 128");
     let ports = ralph_discovery::parse_ports(&ports).expect("ports");
     let config = ScanConfig::default().ports(ports).icmp(false).http(None).probe(std::sync::Arc::new(FdHog));
-    let (hosts, summary) = Scanner::new(config).scan([IpAddr::V4(Ipv4Addr::LOCALHOST)]).await.expect("scan");
+    let (hosts, summary) =
+        Scanner::new(config).expect("valid scan config").scan([IpAddr::V4(Ipv4Addr::LOCALHOST)]).await.expect("scan");
     let host = &hosts[0];
     let out = serde_json::json!({
         "state": format!("{:?}", host.state),
@@ -154,7 +155,7 @@ async fn serial_rlimit_lab_child() {
         .http(None)
         .timeouts(timeouts)
         .connector(std::sync::Arc::new(HogThenConnect { inner: ralph_discovery::SystemConnector::default() }));
-    let (results, summary) = Scanner::new(config).scan(hosts).await.expect("scan");
+    let (results, summary) = Scanner::new(config).expect("valid scan config").scan(hosts).await.expect("scan");
     let out = serde_json::json!({
         "hosts": results.len(),
         "up": results.iter().filter(|h| h.state == HostState::Up).count(),

@@ -44,7 +44,7 @@ async fn serial_sweep_of_5000_loopback_endpoints_leaves_no_time_wait() {
         .http(Some(HttpProbe::http([port])))
         .max_sockets(2048)
         .timeouts(timeouts);
-    let (hosts, summary) = Scanner::new(config).scan(targets.clone()).await.expect("scan");
+    let (hosts, summary) = Scanner::new(config).expect("valid scan config").scan(targets.clone()).await.expect("scan");
     assert_eq!(hosts.len(), usize::from(ENDPOINTS));
     let down: Vec<_> = hosts.iter().filter(|h| !(h.state == HostState::Up && h.open_ports == [port])).collect();
     assert!(down.is_empty(), "{} endpoints not up with the port open, first: {:?}", down.len(), down.first());

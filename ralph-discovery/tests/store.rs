@@ -38,7 +38,7 @@ async fn autoscan_rules_produce_the_right_rows() {
     let config = ScanConfig::default().ports(vec![port]).icmp(false).http(Some(HttpProbe::http([port]))).timeouts(
         ralph_discovery::ProbeTimeouts { connect: std::time::Duration::from_secs(4), retries: 0, ..Default::default() },
     );
-    let scanner = Scanner::new(config);
+    let scanner = Scanner::new(config).expect("valid scan config");
 
     for round in 1..=2u32 {
         let (hosts, _) = scanner.scan(targets.clone()).await.expect("scan");

@@ -17,6 +17,7 @@ use ralph_discovery::{CancellationToken, RateConfig, ScanConfig, Scanner, Worker
 fn slow_scanner() -> Scanner {
     let rate = RateConfig::default().initial(25.0).min(1.0).max(25.0).increase_per_sec(0.0);
     Scanner::new(ScanConfig::default().ports(vec![9]).icmp(false).http(None).rate(rate).pace_loopback(true))
+        .expect("valid scan config")
 }
 
 fn addresses(third: u8, n: u8) -> Vec<IpAddr> {

@@ -1,9 +1,10 @@
 //! ICMP echo probe: unprivileged datagram ICMP where `ping_group_range` allows it, raw ICMP
-//! with CAP_NET_RAW, else a TCP connect to fallback ports (as nmap does unprivileged).
+//! with CAP_NET_RAW, else a TCP connect to the fallback ports the caller set (none by default:
+//! no port is probed that was not asked for).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
 use async_trait::async_trait;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -12,17 +13,35 @@ use tokio::net::UdpSocket;
 use super::{Probe, ProbeContext, ProbeReport, Stage, TcpConnectProbe};
 
 static SEQUENCE: AtomicU16 = AtomicU16::new(1);
+static WARNED: AtomicBool = AtomicBool::new(false);
 
-/// ICMP echo with a TCP fallback.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// ICMP echo, with an optional TCP fallback.
+///
+/// When the process may open no ICMP socket (no CAP_NET_RAW and a `ping_group_range` that
+/// leaves it out), the probe connects to [`IcmpProbe::fallback_ports`] instead. The list is
+/// empty by default, so nothing but what the caller asked for is probed: the probe then reports
+/// that it cannot tell (`alive: None`) and the scan's TCP ports decide. In a scan the list is
+/// [`crate::ScanConfig::icmp_fallback_ports`].
+///
+/// ```
+/// use ralph_discovery::IcmpProbe;
+///
+/// assert!(IcmpProbe::default().fallback_ports.is_empty());
+/// let probe = IcmpProbe::default().with_fallback_ports(vec![443]);
+/// assert_eq!(probe.fallback_ports, [443]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IcmpProbe {
-    /// Ports tried by TCP when no ICMP socket can be opened.
+    /// Ports tried by TCP when no ICMP socket can be opened (default: none).
     pub fallback_ports: Vec<u16>,
 }
 
-impl Default for IcmpProbe {
-    fn default() -> Self {
-        Self { fallback_ports: vec![80, 443, 22] }
+impl IcmpProbe {
+    /// Sets the TCP ports tried when no ICMP socket can be opened.
+    #[must_use]
+    pub fn with_fallback_ports(mut self, ports: Vec<u16>) -> Self {
+        self.fallback_ports = ports;
+        self
     }
 }
 
@@ -136,7 +155,15 @@ impl Probe for IcmpProbe {
         match ping(target, ctx).await {
             Ok(alive) => ProbeReport { alive, ..ProbeReport::default() },
             Err(e) if matches!(e.raw_os_error(), Some(nix::libc::EACCES | nix::libc::EPERM)) => {
-                tracing::debug!(target: "ralph::discovery", "no ICMP socket allowed; falling back to TCP connect");
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(target: "ralph::discovery", fallback_ports = ?self.fallback_ports,
+                        "no ICMP socket allowed (grant CAP_NET_RAW or widen net.ipv4.ping_group_range); \
+                         ICMP answers only through the fallback ports");
+                }
+                if self.fallback_ports.is_empty() {
+                    // Cannot tell, and no local failure of this target either: other probes decide.
+                    return ProbeReport::default();
+                }
                 TcpConnectProbe::new(self.fallback_ports.clone()).probe(target, ctx).await
             }
             Err(e) => ProbeReport { errors: vec![format!("icmp: {e}")], ..ProbeReport::default() },

@@ -257,6 +257,23 @@ pub struct ProbeTimeouts {
     pub backoff: Duration,
 }
 
+impl ProbeTimeouts {
+    /// Checks the ranges: the connect and read timeouts must be non-zero (a zero timeout would
+    /// call every host down without asking it).
+    ///
+    /// # Errors
+    /// [`crate::Error::Setting`] naming the bad value.
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.connect.is_zero() {
+            return Err(crate::Error::setting("timeouts.connect", self.connect, "must be above zero"));
+        }
+        if self.read.is_zero() {
+            return Err(crate::Error::setting("timeouts.read", self.read, "must be above zero"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for ProbeTimeouts {
     fn default() -> Self {
         Self {
@@ -331,7 +348,7 @@ impl ProbeContext {
     pub fn standalone(budget: usize) -> Self {
         Self {
             budget: SocketBudget::new(budget),
-            pacer: Arc::new(Pacer::new(crate::RateConfig::default())),
+            pacer: Arc::new(Pacer::from_valid(crate::RateConfig::default())),
             connector: Arc::new(SystemConnector::default()),
             counters: Arc::new(ProbeCounters::default()),
             timeouts: ProbeTimeouts::default(),

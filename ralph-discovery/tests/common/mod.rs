@@ -36,6 +36,15 @@ pub async fn http_listener(addr: SocketAddr, server: &'static str) -> SocketAddr
     local
 }
 
+/// The default neighbour settings with the host-wide slot file in `dir` (tests never touch
+/// the machine's own slot file).
+pub fn slot_config(dir: &tempfile::TempDir) -> ralph_discovery::NeighbourConfig {
+    ralph_discovery::NeighbourConfig {
+        slot_file: ralph_discovery::SlotFile::Path(dir.path().join("neighbour-slots")),
+        ..ralph_discovery::NeighbourConfig::default()
+    }
+}
+
 /// A port on 127.0.0.1 with nothing listening (bound, then closed).
 pub fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -5,6 +5,7 @@ Answers each connection with a short HTTP response carrying a `Server` header, t
 Usage: listener.py PORT [PORT...]
 """
 import asyncio
+import socket
 import sys
 
 RESPONSE = b"HTTP/1.0 200 OK\r\nServer: Apache/2.4 (lab)\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
@@ -25,8 +26,21 @@ async def handle(reader, writer):
         writer.close()
 
 
+def listening_socket(port):
+    # TCP_DEFER_ACCEPT: a connection reaches the accept queue (and this process) only once the
+    # client sends data. A probe that connects and resets never does, so a sweep of a whole /16
+    # is answered by the kernel alone and a slow listener drops no handshake.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 2)
+    sock.bind(("0.0.0.0", port))
+    sock.listen(65535)
+    sock.setblocking(False)
+    return sock
+
+
 async def main(ports):
-    servers = [await asyncio.start_server(handle, "0.0.0.0", p, backlog=4096, reuse_address=True) for p in ports]
+    servers = [await asyncio.start_server(handle, sock=listening_socket(p)) for p in ports]
     await asyncio.gather(*(s.serve_forever() for s in servers))
 
 
