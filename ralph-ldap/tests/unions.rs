@@ -203,3 +203,76 @@ async fn a_group_search_union_finds_groups_in_both_ous() {
     assert!(!store.get_user("conny").await.expect("store").expect("kept").value.is_active);
     assert_eq!(login(&denied, "conny", "conny-pw").await, AuthOutcome::Denied(DenyReason::DeniedGroup));
 }
+
+#[tokio::test]
+async fn binding_as_the_user_reads_the_entry_back_through_the_union() {
+    if fixture().is_none() {
+        return;
+    }
+    let slapd = PrivateSlapd::start();
+    let fx = slapd.fixture();
+    // No service account: the user binds with the templated DN and reads their entry back with
+    // the union, where two searches return it.
+    let mut c = config_with(&fx, &union_toml(&fx));
+    c.bind_dn = None;
+    c.bind_password = None;
+    c.bind_as_authenticating_user = true;
+    c.bind_name_template = Some(format!("uid=%(user)s,ou=contractors,{}", fx.base));
+    c.validate().expect("valid");
+    let b = LdapBackend::new(c, store()).expect("backend");
+    let conny = identity(login(&b, "conny", "conny-pw").await);
+    assert_eq!(conny.user.username, "conny");
+    assert_eq!(login(&b, "conny", "wrong").await, AuthOutcome::NotHandled);
+    assert_eq!(login(&b, "exty", "exty-pw").await, AuthOutcome::NotHandled, "no such DN under the template");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_tasks_log_in_through_a_union_at_once() {
+    if fixture().is_none() {
+        return;
+    }
+    let slapd = PrivateSlapd::start();
+    let fx = slapd.fixture();
+    // Three OUs (the account-state one too, with the expiring policy as the default): the
+    // union's searches and the first, concurrent, reads of the policy.
+    let adstate =
+        format!("\n[[user_search]]\nbase = \"{}\"\nfilter = \"(sAMAccountName=%(user)s)\"\n", ou(&fx, "adstate"));
+    let mut c = config_with(&fx, &format!("{}{adstate}", union_toml(&fx)));
+    c.ppolicy_default = Some(format!("cn=expiring,ou=policies,{}", fx.base));
+    let store = store();
+    let b = LdapBackend::new(c, store.clone()).expect("backend");
+    let cases: [(&str, Option<DenyReason>); 6] = [
+        ("alice", None),
+        ("conny", None),
+        ("cora", None),
+        ("pp-fresh", None),
+        ("pp-expired", Some(DenyReason::PasswordExpired)),
+        ("pp-aged", Some(DenyReason::PasswordExpired)),
+    ];
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let b = b.clone();
+            let (user, expect) = cases[i % cases.len()].clone();
+            tokio::spawn(async move {
+                let outcome = login(&b, user, &format!("{user}-pw")).await;
+                (user, expect, outcome)
+            })
+        })
+        .chain((0..6).map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move { ("exty", None, login(&b, "exty", "exty-pw").await) })
+        }))
+        .collect();
+    for task in tasks {
+        let (user, expect, outcome) = task.await.expect("task");
+        match (user, expect, outcome) {
+            ("exty", _, outcome) => assert_eq!(outcome, AuthOutcome::NotHandled, "exty"),
+            (user, None, AuthOutcome::Authenticated(identity)) => assert_eq!(identity.user.username, user),
+            (user, Some(reason), outcome) => assert_eq!(outcome, AuthOutcome::Denied(reason), "{user}"),
+            (user, None, outcome) => panic!("{user}: {outcome:?}"),
+        }
+    }
+    for user in ["alice", "conny", "cora", "pp-fresh"] {
+        assert!(store.get_user(user).await.expect("store").expect("mirrored").value.is_active, "{user}");
+    }
+}
