@@ -392,7 +392,8 @@ impl<S: UserStore> Inner<S> {
                 }
                 entries.first().and_then(account::max_age_of)
             }
-            Err(Error::Result { rc: 10 | 32, .. }) => {
+            // A referral, noSuchObject, insufficientAccessRights.
+            Err(Error::Result { rc: 10 | 32 | 50, .. }) => {
                 warn!(target: TRACE_TARGET, policy = %policy, "password policy not found, its pwdMaxAge ignored");
                 None
             }

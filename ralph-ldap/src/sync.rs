@@ -33,7 +33,8 @@ mod index;
 /// What a sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SyncReport {
-    /// Entries the paged search returned.
+    /// Entries the paged search returned (an entry two searches of a user search union both
+    /// return counts once).
     pub seen: usize,
     /// Users created.
     pub created: usize,
