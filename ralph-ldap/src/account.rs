@@ -2,7 +2,7 @@
 //! `userAccountControl`, `lockoutTime`, `accountExpires`, `pwdLastSet`, and OpenLDAP's password
 //! policy overlay (`pwdAccountLockedTime`; `pwdChangedTime` against the policy's `pwdMaxAge`).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ralph_core::DenyReason;
 use tracing::warn;
@@ -131,7 +131,7 @@ pub(crate) fn has_password_age(entry: &Entry) -> bool {
 /// that cannot be read).
 #[derive(Debug)]
 pub(crate) struct PolicyCache {
-    entries: moka::sync::Cache<String, (Instant, Option<Duration>)>,
+    entries: moka::sync::Cache<String, Option<Duration>>,
 }
 
 impl Default for PolicyCache {
@@ -147,11 +147,11 @@ impl PolicyCache {
     const CAPACITY: u64 = 1024;
 
     pub(crate) fn get(&self, policy_key: &str) -> Option<Option<Duration>> {
-        self.entries.get(policy_key).map(|(_, max_age)| max_age)
+        self.entries.get(policy_key)
     }
 
     pub(crate) fn put(&self, policy_key: String, max_age: Option<Duration>) {
-        self.entries.insert(policy_key, (Instant::now(), max_age));
+        self.entries.insert(policy_key, max_age);
     }
 }
 

@@ -581,6 +581,22 @@ async fn ppolicy_password_expiry_refuses_with_password_expired() {
     );
     // A user's own policy wins over the default.
     identity(login(&with_default, "pp-fresh", "pp-fresh-pw").await);
+    // The policy is read once and kept a while: a backend that read it still goes by it after
+    // it changed; a new backend reads the new one.
+    let mut admin = common::admin(&fx).await;
+    let no_expiry = vec![ldap3::Mod::Replace("pwdMaxAge", std::collections::HashSet::from(["0"]))];
+    admin.modify(&expiring, no_expiry).await.expect("modify").success().expect("pwdMaxAge 0");
+    assert_eq!(
+        login(&with_default, "pp-aged", "pp-aged-pw").await.expect("decided"),
+        AuthOutcome::Denied(DenyReason::PasswordExpired),
+        "policy read again at once"
+    );
+    let mut reread = with_default.config().clone();
+    reread.check_account_state = true;
+    let reread = LdapBackend::new(reread, store.clone()).expect("backend");
+    identity(login(&reread, "pp-aged", "pp-aged-pw").await);
+    let back = vec![ldap3::Mod::Replace("pwdMaxAge", std::collections::HashSet::from(["2592000"]))];
+    admin.modify(&expiring, back).await.expect("modify").success().expect("pwdMaxAge back");
     // An expired password is not a closed account: the record stays active.
     assert!(store.get_user("pp-aged").await.expect("store").expect("mirrored").value.is_active);
     assert!(store.get_user("pp-expired").await.expect("store").is_none(), "never admitted");
