@@ -2,7 +2,7 @@
 //! mirrors users, profiles and roles through a [`UserStore`].
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use deadpool::managed::Object;
@@ -52,6 +52,8 @@ pub(crate) struct Inner<S> {
     binds: Pool,
     op_timeout: std::time::Duration,
     pub(crate) cache: GroupCache,
+    /// ppolicy policies' `pwdMaxAge`, read once per few minutes.
+    policies: account::PolicyCache,
     pub(crate) rules: GroupRules,
     is_ad: OnceCell<bool>,
     pub(crate) attrs: Vec<String>,
@@ -125,6 +127,7 @@ impl<S: UserStore> LdapBackend<S> {
         Ok(Self {
             inner: Arc::new(Inner {
                 cache: GroupCache::new(config.cache_ttl()),
+                policies: account::PolicyCache::default(),
                 op_timeout: config.operation_timeout(),
                 config,
                 store,
@@ -182,7 +185,7 @@ impl<S: UserStore> LdapBackend<S> {
         };
         // No bind here: only a closed account (disabled, expired) refuses; a lock or an
         // expired password is the user's to sort out at their next login.
-        if let Some(refusal @ Refusal::Closed(_)) = inner.state_refusal(&entry, true) {
+        if let Some(refusal @ Refusal::Closed(_)) = inner.state_refusal(&entry, true, None) {
             let AuthOutcome::Denied(reason) = inner.refuse(&entry, &username, refusal).await? else {
                 return Ok(Populated::NotFound);
             };
@@ -237,7 +240,8 @@ impl<S: UserStore> LdapBackend<S> {
         let bound = inner.bind_as(&entry.dn, &credentials.password).await?.is_some();
         // The state is looked at after the bind was tried, whatever its outcome: the
         // directory refuses most of these binds itself, and the reason is what a user needs.
-        if let Some(refusal) = inner.state_refusal(&entry, bound) {
+        let max_age = inner.password_max_age(inner, &entry).await?;
+        if let Some(refusal) = inner.state_refusal(&entry, bound, max_age) {
             return inner.refuse(&entry, &username, refusal).await;
         }
         if !bound {
@@ -269,13 +273,17 @@ impl<S: UserStore> LdapBackend<S> {
         // A UPN is no DN: the entry is found with the user search. Otherwise the entry is the
         // DN just bound to, read back (through the user filter) as the user.
         let entries = if inner.config.bind_name_template.is_some() {
-            let search = inner
+            let union = inner
                 .config
                 .user_search
                 .as_ref()
                 .ok_or_else(|| Error::Config("bind_name_template needs user_search".into()))?;
-            let f = inner.user_search_filter(search, login);
-            as_user.search(&search.base, search.scope.into(), &f, &inner.attr_refs()).await?
+            let mut merged = Merged::default();
+            for search in union {
+                let f = inner.user_search_filter(search, login);
+                merged.extend(as_user.search(&search.base, search.scope.into(), &f, &inner.attr_refs()).await?);
+            }
+            merged.into_entries()
         } else {
             let f = filter::and(&[inner.config.user_filter.as_deref().unwrap_or_default()]);
             as_user.search(&bind_name, ldap3::Scope::Base, &f, &inner.attr_refs()).await?
@@ -285,7 +293,8 @@ impl<S: UserStore> LdapBackend<S> {
             Lookup::NotFound => return Ok(AuthOutcome::NotHandled),
         };
         // Read after the bind (nothing could be read before it): a refused bind never gets here.
-        if let Some(refusal) = inner.state_refusal(&entry, true) {
+        let max_age = inner.password_max_age(&as_user, &entry).await?;
+        if let Some(refusal) = inner.state_refusal(&entry, true, max_age) {
             return inner.refuse(&entry, &username, refusal).await;
         }
         inner.admit(&as_user, &entry, &username).await
@@ -307,6 +316,29 @@ impl Directory for AsUser {
     }
 }
 
+/// The entries of a union's searches, one per DN (normalised), in the order first found: an
+/// entry two searches both return is one entry, as django-auth-ldap's `LDAPSearchUnion` merges
+/// its results by DN.
+#[derive(Default)]
+pub(crate) struct Merged {
+    entries: Vec<Entry>,
+    seen: std::collections::HashSet<String>,
+}
+
+impl Merged {
+    pub(crate) fn extend(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            if self.seen.insert(dn::normalize(&entry.dn)) {
+                self.entries.push(entry);
+            }
+        }
+    }
+
+    pub(crate) fn into_entries(self) -> Vec<Entry> {
+        self.entries
+    }
+}
+
 /// Group lookups fail closed: a base that refers elsewhere or does not exist is an error.
 fn fail_closed(found: conn::Found, base: &str) -> Result<Vec<Entry>> {
     if found.referred {
@@ -322,17 +354,53 @@ impl<S: UserStore> Inner<S> {
     /// The account state that refuses this login, when `check_account_state` is on: a closed
     /// account or an expired password always; a lock only when the directory refused the bind
     /// (`bound` false), since one that accepted it has ended the lock.
-    pub(crate) fn state_refusal(&self, entry: &Entry, bound: bool) -> Option<Refusal> {
+    /// `max_age` is the ppolicy `pwdMaxAge` that applies to the entry
+    /// ([`Inner::password_max_age`]).
+    pub(crate) fn state_refusal(&self, entry: &Entry, bound: bool, max_age: Option<Duration>) -> Option<Refusal> {
         if !self.config.check_account_state {
             return None;
         }
-        match account::refusal(entry, SystemTime::now())? {
+        match account::refusal(entry, SystemTime::now(), max_age)? {
             Refusal::Locked if bound => {
                 debug!(target: TRACE_TARGET, dn = %entry.dn, "lock attributes set, but the directory accepted the bind");
                 None
             }
             refusal => Some(refusal),
         }
+    }
+
+    /// The `pwdMaxAge` of the ppolicy policy that applies to `entry` (its `pwdPolicySubentry`,
+    /// else `ppolicy_default`), read through `dir` and cached for a few minutes; `None` when the
+    /// state is not checked, the entry has no `pwdChangedTime`, no policy applies, or it has
+    /// no maximum age. A policy that cannot be read (missing, hidden, a referral) counts as no
+    /// maximum age, with a warning: the directory enforces it on the bind anyway.
+    pub(crate) async fn password_max_age<D: Directory>(&self, dir: &D, entry: &Entry) -> Result<Option<Duration>> {
+        if !self.config.check_account_state || !account::has_password_age(entry) {
+            return Ok(None);
+        }
+        let Some(policy) = entry.first(account::PWD_POLICY_SUBENTRY).or(self.config.ppolicy_default.as_deref()) else {
+            return Ok(None);
+        };
+        let key = dn::normalize(policy);
+        if let Some(max_age) = self.policies.get(&key) {
+            return Ok(max_age);
+        }
+        let max_age = match dir.search(policy, ldap3::Scope::Base, "(objectClass=*)", &[account::PWD_MAX_AGE]).await {
+            Ok(entries) => {
+                if entries.is_empty() {
+                    warn!(target: TRACE_TARGET, policy = %policy, "password policy not readable, its pwdMaxAge ignored");
+                }
+                entries.first().and_then(account::max_age_of)
+            }
+            // A referral, noSuchObject, insufficientAccessRights.
+            Err(Error::Result { rc: 10 | 32 | 50, .. }) => {
+                warn!(target: TRACE_TARGET, policy = %policy, "password policy not found, its pwdMaxAge ignored");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        self.policies.put(key, max_age);
+        Ok(max_age)
     }
 
     /// Refuses for the account state; a closed account's LDAP-owned record is made inactive.
@@ -504,9 +572,18 @@ impl<S> Inner<S> {
     pub(crate) async fn lookup(&self, login: &str) -> Result<Lookup> {
         let attrs = self.attr_refs();
         let user_filter = self.config.user_filter.as_deref().unwrap_or_default();
-        let entries = if let Some(search) = &self.config.user_search {
-            let f = self.user_search_filter(search, login);
-            self.service_search(&search.base, search.scope.into(), &f, &attrs).await?.entries
+        let entries = if let Some(union) = &self.config.user_search {
+            // The searches of a union run side by side, each on its own pooled connection.
+            let searches = union.iter().map(|search| {
+                let f = self.user_search_filter(search, login);
+                let attrs = &attrs;
+                async move { self.service_search(&search.base, search.scope.into(), &f, attrs).await }
+            });
+            let mut merged = Merged::default();
+            for found in futures::future::try_join_all(searches).await? {
+                merged.extend(found.entries);
+            }
+            merged.into_entries()
         } else if let Some(template) = &self.config.user_dn_template {
             let user_dn = filter::fill(template, &dn::escape_value(login));
             let f = filter::and(&[user_filter]);
@@ -587,7 +664,7 @@ impl<S> Inner<S> {
 
     /// A bind as an entry that does not exist, for timing only; its outcome is ignored.
     async fn dummy_bind(&self, password: &Secret) {
-        let base = self.config.user_search.as_ref().map_or("", |s| s.base.as_str());
+        let base = self.config.user_search.as_ref().and_then(crate::SearchUnion::first).map_or("", |s| s.base.as_str());
         let dn = if base.is_empty() {
             "cn=ralph-ldap-no-such-user".to_owned()
         } else {

@@ -57,6 +57,108 @@ impl SearchSpec {
     }
 }
 
+/// One search (`LDAPSearch`) or a union of several (`LDAPSearchUnion`), for the user search
+/// and the group search: several OUs, or several domains of one forest. Every search of a
+/// union is run and the entries merged, one per DN (compared normalised): a login finds its
+/// user when the searches together return exactly one entry, as with a single search.
+///
+/// In TOML, one search is a table (`[user_search]`) and a union a list of them
+/// (`user_search = [{ base = "...", filter = "..." }, ...]` or `[[user_search]]` tables).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchUnion(Vec<SearchSpec>);
+
+impl SearchUnion {
+    /// A union of `searches` (an empty one is refused by [`LdapConfig::validate`]).
+    pub fn new(searches: impl IntoIterator<Item = SearchSpec>) -> Self {
+        Self(searches.into_iter().collect())
+    }
+
+    /// The searches, in the order they were written.
+    #[must_use]
+    pub fn searches(&self) -> &[SearchSpec] {
+        &self.0
+    }
+
+    /// The searches, in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, SearchSpec> {
+        self.0.iter()
+    }
+
+    /// The first search: the only one unless this is a union.
+    #[must_use]
+    pub fn first(&self) -> Option<&SearchSpec> {
+        self.0.first()
+    }
+
+    /// Whether this is a union of more than one search.
+    #[must_use]
+    pub fn is_union(&self) -> bool {
+        self.0.len() > 1
+    }
+
+    /// Whether some search of the union can return an entry at `entry_dn`, other than the
+    /// search at `except` (by position): only then may two searches return the same entry.
+    pub(crate) fn other_covers(&self, entry_dn: &str, except: usize) -> bool {
+        self.0.iter().enumerate().any(|(i, s)| i != except && s.covers(entry_dn))
+    }
+}
+
+impl From<SearchSpec> for SearchUnion {
+    fn from(search: SearchSpec) -> Self {
+        Self(vec![search])
+    }
+}
+
+impl<'a> IntoIterator for &'a SearchUnion {
+    type Item = &'a SearchSpec;
+    type IntoIter = std::slice::Iter<'a, SearchSpec>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<'de> Deserialize<'de> for SearchUnion {
+    /// A table is one search, an array a union. Written by hand rather than as an untagged
+    /// enum, so that a mistake inside a search (an unknown key, a missing filter) is reported
+    /// as such, not as "matched no variant".
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SearchUnion;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a search table { base, scope, filter } or an array of them")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SearchUnion, A::Error> {
+                SearchSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(SearchUnion::from)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<SearchUnion, A::Error> {
+                Vec::<SearchSpec>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(SearchUnion)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl SearchSpec {
+    /// Whether this search can return an entry at `entry_dn`: it lies within the base at the
+    /// search's scope. A DN that does not parse is taken as covered (the careful answer).
+    pub(crate) fn covers(&self, entry_dn: &str) -> bool {
+        let (Ok(entry), Ok(base)) = (dn::Dn::parse(entry_dn), dn::Dn::parse(&self.base)) else { return true };
+        let Some(extra) = entry.0.len().checked_sub(base.0.len()) else { return false };
+        let under = dn::Dn(entry.0[extra..].to_vec()).normalized() == base.normalized();
+        under
+            && match self.scope {
+                Scope::Base => extra == 0,
+                Scope::OneLevel => extra == 1,
+                Scope::Subtree => true,
+            }
+    }
+}
+
 /// Where group membership comes from (`AUTH_LDAP_GROUP_TYPE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -312,8 +414,10 @@ pub struct LdapConfig {
     #[serde(default = "three")]
     pub protocol_version: u8,
     /// `AUTH_LDAP_USER_SEARCH`: where and how to find a user; the filter holds the placeholder.
+    /// One search, or a union of several (`LDAPSearchUnion`, see [`SearchUnion`]): a login
+    /// needs exactly one entry from all of them together, and the sync lists them all.
     #[serde(default)]
-    pub user_search: Option<SearchSpec>,
+    pub user_search: Option<SearchUnion>,
     /// `AUTH_LDAP_USER_DN_TEMPLATE`, e.g. `uid=%(user)s,ou=people,dc=example,dc=com`: used
     /// instead of a search when set.
     #[serde(default)]
@@ -373,9 +477,10 @@ pub struct LdapConfig {
     #[serde(default = "member_of")]
     pub member_of_attr: String,
     /// `AUTH_LDAP_GROUP_SEARCH`: where groups live (required for the group-search types and
-    /// for the matching-rule nesting).
+    /// for the matching-rule nesting). One search, or a union of several (`LDAPSearchUnion`,
+    /// see [`SearchUnion`]): every group lookup runs each and merges the groups found.
     #[serde(default)]
-    pub group_search: Option<SearchSpec>,
+    pub group_search: Option<SearchUnion>,
     /// `AUTH_LDAP_FIND_GROUP_PERMS`-style nesting.
     #[serde(default)]
     pub nested_groups: NestedGroups,
@@ -411,13 +516,23 @@ pub struct LdapConfig {
     /// equivalent): Active Directory's `userAccountControl` (0x2 disabled, 0x10 locked out,
     /// 0x800000 password expired), `lockoutTime` > 0, `accountExpires` passed (a Windows
     /// FILETIME; 0 and 9223372036854775807 mean never) and `pwdLastSet` = 0 (must change), and
-    /// OpenLDAP's ppolicy `pwdAccountLockedTime`. Each refuses a login with its own
+    /// OpenLDAP's ppolicy `pwdAccountLockedTime` and `pwdChangedTime` older than the policy's
+    /// `pwdMaxAge` (see [`LdapConfig::ppolicy_default`]). Each refuses a login with its own
     /// [`DenyReason`](ralph_core::DenyReason) (`AccountDisabled`, `AccountLocked`,
     /// `AccountExpired`, `PasswordExpired`), after the bind was tried; a lock only counts when
     /// the directory refused the bind (AD leaves `lockoutTime` set after the lock has ended).
     /// Disabled and expired accounts are made inactive in the store, by logins and the sync.
     #[serde(default = "yes")]
     pub check_account_state: bool,
+    /// The DN of the ppolicy overlay's default policy (`ppolicy_default` in slapd.conf,
+    /// `olcPPolicyDefault`), for OpenLDAP: with `check_account_state`, a user's password has
+    /// expired when its `pwdChangedTime` is older than the `pwdMaxAge` of the policy that
+    /// applies, the user's `pwdPolicySubentry` or else this one. Policy entries are read with
+    /// the service account (as the user under `bind_as_authenticating_user`) and kept for five
+    /// minutes. Not set: only users with a `pwdPolicySubentry` are checked. No django-auth-ldap
+    /// equivalent.
+    #[serde(default)]
+    pub ppolicy_default: Option<String>,
     /// `AUTH_LDAP_NO_NEW_USERS`: only users already in the store may log in (default false);
     /// others are refused with [`DenyReason::NotProvisioned`](ralph_core::DenyReason), and the
     /// bulk sync updates existing users without creating any.
@@ -543,6 +658,7 @@ impl LdapConfig {
             deny_group: None,
             flags_by_group: FlagsByGroup::default(),
             check_account_state: true,
+            ppolicy_default: None,
             no_new_users: false,
             cache_ttl_secs: cache_ttl(),
             group_check_ttl_secs: 0,
@@ -662,6 +778,9 @@ impl LdapConfig {
         if let Some(dn) = &self.bind_dn {
             check_dn("bind_dn", dn)?;
         }
+        if let Some(dn) = &self.ppolicy_default {
+            check_dn("ppolicy_default", dn)?;
+        }
         if let Some(realm) = &self.realm {
             for name in std::iter::once(realm).chain(&self.realm_aliases) {
                 check_realm(name)?;
@@ -673,13 +792,18 @@ impl LdapConfig {
         match (&self.user_search, &self.user_dn_template) {
             (None, None) => return bad("set user_search or user_dn_template".into()),
             (Some(_), Some(_)) => return bad("set only one of user_search and user_dn_template".into()),
-            (Some(search), None) => {
-                check_dn("user_search.base", &search.base)?;
-                if !filter::has_placeholder(&search.filter) {
-                    return bad("user_search.filter has no %(user)s or {user} placeholder".into());
+            (Some(union), None) => {
+                if union.searches().is_empty() {
+                    return bad("user_search is an empty list".into());
                 }
-                filter::check(&filter::fill(&search.filter, "x"))
-                    .map_err(|e| Error::Config(format!("user_search: {e}")))?;
+                for search in union {
+                    check_dn("user_search.base", &search.base)?;
+                    if !filter::has_placeholder(&search.filter) {
+                        return bad("user_search.filter has no %(user)s or {user} placeholder".into());
+                    }
+                    filter::check(&filter::fill(&search.filter, "x"))
+                        .map_err(|e| Error::Config(format!("user_search: {e}")))?;
+                }
             }
             (None, Some(template)) => {
                 if !filter::has_placeholder(template) {
@@ -705,9 +829,14 @@ impl LdapConfig {
         if let Some(f) = &self.user_filter {
             filter::check(f).map_err(|e| Error::Config(format!("user_filter: {e}")))?;
         }
-        if let Some(search) = &self.group_search {
-            check_dn("group_search.base", &search.base)?;
-            filter::check(&search.filter).map_err(|e| Error::Config(format!("group_search: {e}")))?;
+        if let Some(union) = &self.group_search {
+            if union.searches().is_empty() {
+                return bad("group_search is an empty list".into());
+            }
+            for search in union {
+                check_dn("group_search.base", &search.base)?;
+                filter::check(&search.filter).map_err(|e| Error::Config(format!("group_search: {e}")))?;
+            }
         }
         if self.group_type != GroupType::MemberOf && self.group_search.is_none() {
             return bad(format!("group_type {:?} needs group_search", self.group_type));
@@ -924,7 +1053,13 @@ impl LdapConfigBuilder {
 
     /// The user search.
     pub fn user_search(mut self, base: impl Into<String>, scope: Scope, filter: impl Into<String>) -> Self {
-        self.0.user_search = Some(SearchSpec::new(base, scope, filter));
+        self.0.user_search = Some(SearchSpec::new(base, scope, filter).into());
+        self
+    }
+
+    /// A union of user searches (`LDAPSearchUnion`, see [`SearchUnion`]), instead of one.
+    pub fn user_search_union(mut self, searches: impl IntoIterator<Item = SearchSpec>) -> Self {
+        self.0.user_search = Some(SearchUnion::new(searches));
         self
     }
 
@@ -1006,7 +1141,13 @@ impl LdapConfigBuilder {
 
     /// The group search.
     pub fn group_search(mut self, base: impl Into<String>, scope: Scope, filter: impl Into<String>) -> Self {
-        self.0.group_search = Some(SearchSpec::new(base, scope, filter));
+        self.0.group_search = Some(SearchSpec::new(base, scope, filter).into());
+        self
+    }
+
+    /// A union of group searches (`LDAPSearchUnion`, see [`SearchUnion`]), instead of one.
+    pub fn group_search_union(mut self, searches: impl IntoIterator<Item = SearchSpec>) -> Self {
+        self.0.group_search = Some(SearchUnion::new(searches));
         self
     }
 
@@ -1076,6 +1217,12 @@ impl LdapConfigBuilder {
     /// Whether the account state is read (see [`LdapConfig::check_account_state`]).
     pub fn check_account_state(mut self, check: bool) -> Self {
         self.0.check_account_state = check;
+        self
+    }
+
+    /// The ppolicy overlay's default policy DN (see [`LdapConfig::ppolicy_default`]).
+    pub fn ppolicy_default(mut self, policy_dn: impl Into<String>) -> Self {
+        self.0.ppolicy_default = Some(policy_dn.into());
         self
     }
 
@@ -1286,7 +1433,7 @@ mod tests {
         assert_eq!(c.group_mapping.len(), 6);
         assert_eq!(c.group_type, GroupType::GroupOfNames);
         assert_eq!(
-            c.user_search.as_ref().map(|s| s.filter.as_str()),
+            c.user_search.as_ref().and_then(SearchUnion::first).map(|s| s.filter.as_str()),
             Some("(&(objectClass=*)(sAMAccountName=%(user)s))")
         );
         assert_eq!(c.profile_attr_map.attributes().count(), 6);
@@ -1321,6 +1468,86 @@ mod tests {
         assert_eq!(corp.group_scope(), Some(GroupScope::Except(except.clone())));
         assert_eq!(lab.group_scope(), Some(GroupScope::Except(except)));
         assert_eq!(lab.server_uris.len(), 2);
+    }
+
+    #[test]
+    fn searches_are_one_table_or_a_union_in_either_list_form() {
+        let top = "server_uris = [\"ldaps://h\"]";
+        let (a, b) = (
+            "{ base = \"ou=a,dc=x\", filter = \"(uid=%(user)s)\" }",
+            "{ base = \"ou=b,dc=x\", scope = \"one_level\", filter = \"(uid=%(user)s)\" }",
+        );
+        let table = LdapConfig::from_toml_str(&format!(
+            "{top}\n[user_search]\nbase = \"ou=a,dc=x\"\nfilter = \"(uid=%(user)s)\"\n"
+        ))
+        .expect("table");
+        let one = table.user_search.expect("set");
+        assert!(!one.is_union());
+        assert_eq!(one.searches(), [SearchSpec::new("ou=a,dc=x", Scope::Subtree, "(uid=%(user)s)")]);
+        let inline = LdapConfig::from_toml_str(&format!(
+            "{top}\nuser_search = [{a}, {b}]\ngroup_search = [{{ base = \"ou=g1,dc=x\", filter = \"(objectClass=*)\" }}, {{ base = \"ou=g2,dc=x\", filter = \"(objectClass=*)\" }}]\n"
+        ))
+        .expect("inline array");
+        let tables = LdapConfig::from_toml_str(&format!(
+            "{top}\n[[user_search]]\nbase = \"ou=a,dc=x\"\nfilter = \"(uid=%(user)s)\"\n\
+             [[user_search]]\nbase = \"ou=b,dc=x\"\nscope = \"one_level\"\nfilter = \"(uid=%(user)s)\"\n"
+        ))
+        .expect("array of tables");
+        let union = inline.user_search.clone().expect("set");
+        assert!(union.is_union());
+        assert_eq!(Some(union.clone()), tables.user_search);
+        assert_eq!(union.searches()[1].scope, Scope::OneLevel);
+        assert_eq!(inline.group_search.as_ref().map(|g| g.searches().len()), Some(2));
+        let built = LdapConfig::builder(["ldaps://h"])
+            .user_search_union([
+                SearchSpec::new("ou=a,dc=x", Scope::Subtree, "(uid=%(user)s)"),
+                SearchSpec::new("ou=b,dc=x", Scope::OneLevel, "(uid=%(user)s)"),
+            ])
+            .build()
+            .expect("valid");
+        assert_eq!(built.user_search, Some(union));
+
+        // Every member is validated, and a mistake inside one is named as such.
+        let bad = |text: &str, expect: &str| {
+            let err = LdapConfig::from_toml_str(&format!("{top}\n{text}\n")).expect_err(text);
+            assert!(err.to_string().contains(expect), "{text}: {err}");
+        };
+        bad(&format!("user_search = [{a}, {{ base = \"ou=b,dc=x\", filter = \"(uid=bob)\" }}]"), "placeholder");
+        bad(
+            &format!("user_search = [{a}, {{ base = \"not a dn\", filter = \"(uid=%(user)s)\" }}]"),
+            "user_search.base",
+        );
+        bad(
+            &format!("user_search = [{a}, {{ base = \"ou=b,dc=x\", filter = \"(uid=%(user)s)\", bogus = 1 }}]"),
+            "bogus",
+        );
+        bad("user_search = []", "empty list");
+        bad(&format!("user_search = {a}\ngroup_search = []"), "group_search is an empty list");
+        bad(
+            &format!("user_search = {a}\ngroup_search = [{{ base = \"ou=g,dc=x\", filter = \"(&(a=1)\" }}]"),
+            "group_search",
+        );
+        bad("user_search = \"ou=a,dc=x\"", "search table");
+    }
+
+    #[test]
+    fn a_search_covers_its_base_at_its_scope() {
+        let at = |scope| SearchSpec::new("ou=a,dc=x", scope, "(x=1)");
+        for (scope, dn, covered) in [
+            (Scope::Subtree, "uid=u,ou=sub,OU=A,dc=x", true),
+            (Scope::Subtree, "ou=a,dc=x", true),
+            (Scope::Subtree, "uid=u,ou=b,dc=x", false),
+            (Scope::Subtree, "dc=x", false),
+            (Scope::OneLevel, "uid=u,ou=a,dc=x", true),
+            (Scope::OneLevel, "uid=u,ou=sub,ou=a,dc=x", false),
+            (Scope::Base, "ou=a,dc=x", true),
+            (Scope::Base, "uid=u,ou=a,dc=x", false),
+        ] {
+            assert_eq!(at(scope).covers(dn), covered, "{scope:?} {dn}");
+        }
+        let union = SearchUnion::new([at(Scope::Subtree), SearchSpec::new("ou=b,dc=x", Scope::Subtree, "(x=1)")]);
+        assert!(!union.other_covers("uid=u,ou=a,dc=x", 0), "only its own search lists it");
+        assert!(union.other_covers("uid=u,ou=a,dc=x", 1));
     }
 
     #[test]

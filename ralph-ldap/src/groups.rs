@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
-use crate::config::{GroupType, LdapConfig, NestedGroups};
+use crate::config::{GroupType, LdapConfig, NestedGroups, SearchUnion};
 use crate::{Error, Result, TRACE_TARGET, dn, filter};
 
 /// Active Directory's `LDAP_MATCHING_RULE_IN_CHAIN`.
@@ -139,15 +139,14 @@ pub(crate) async fn resolve<D: Directory>(
     let name_attr = config.group_name_attr.as_str();
     let nested = config.nested_groups != NestedGroups::Off && config.group_type != GroupType::Posix;
     if nested && use_matching_rule {
-        let search =
+        let union =
             config.group_search.as_ref().ok_or_else(|| Error::Config("matching rule needs group_search".into()))?;
         let member = match config.group_type {
             GroupType::GroupOfNames | GroupType::MemberOf => config.group_member_attr.as_str(),
             GroupType::Posix => "memberUid",
         };
-        let f = filter::and(&[&search.filter, &format!("({member}:{IN_CHAIN_RULE}:={})", filter::escape(user_dn))]);
-        let entries = directory.search(&search.base, search.scope.into(), &f, &[name_attr]).await?;
-        return entries.iter().map(|e| LdapGroup::from_entry(e, name_attr)).collect();
+        let item = format!("({member}:{IN_CHAIN_RULE}:={})", filter::escape(user_dn));
+        return search_groups(directory, union, &item, name_attr, false).await;
     }
 
     // Direct groups first.
@@ -159,7 +158,7 @@ pub(crate) async fn resolve<D: Directory>(
             }
         }
         GroupType::GroupOfNames | GroupType::Posix => {
-            let search =
+            let union =
                 config.group_search.as_ref().ok_or_else(|| Error::Config("group type needs group_search".into()))?;
             let item = if config.group_type == GroupType::Posix {
                 let member_uid = format!("(memberUid={})", filter::escape(username));
@@ -170,11 +169,7 @@ pub(crate) async fn resolve<D: Directory>(
             } else {
                 format!("({}={})", config.group_member_attr, filter::escape(user_dn))
             };
-            let f = filter::and(&[&search.filter, &item]);
-            let entries = directory.search(&search.base, search.scope.into(), &f, &[name_attr]).await?;
-            for entry in &entries {
-                groups.push(LdapGroup::from_entry(entry, name_attr)?);
-            }
+            groups = search_groups(directory, union, &item, name_attr, false).await?;
         }
     }
     if !nested {
@@ -210,15 +205,43 @@ async fn parents_of<D: Directory>(config: &LdapConfig, directory: &D, group_dn: 
             entries.iter().flat_map(|e| e.values(attr)).map(|parent| LdapGroup::from_dn(parent, name_attr)).collect()
         }
         GroupType::GroupOfNames => {
-            let search =
+            let union =
                 config.group_search.as_ref().ok_or_else(|| Error::Config("group type needs group_search".into()))?;
             let item = format!("({}={})", config.group_member_attr, filter::escape(group_dn));
-            let f = filter::and(&[&search.filter, &item]);
-            let entries = directory.group_search(&search.base, search.scope.into(), &f, &[name_attr]).await?;
-            entries.iter().map(|e| LdapGroup::from_entry(e, name_attr)).collect()
+            search_groups(directory, union, &item, name_attr, true).await
         }
         GroupType::Posix => Ok(Vec::new()),
     }
+}
+
+/// The groups every search of the group search union finds with `item` ANDed into its filter,
+/// one per DN (normalised). `about_group` says the search depends on a group, not on the user
+/// (a group's parents), so the sync may remember it for the run.
+async fn search_groups<D: Directory>(
+    directory: &D,
+    union: &SearchUnion,
+    item: &str,
+    name_attr: &str,
+    about_group: bool,
+) -> Result<Vec<LdapGroup>> {
+    let mut groups = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    for search in union {
+        let f = filter::and(&[&search.filter, item]);
+        let (base, scope, attrs) = (search.base.as_str(), search.scope.into(), &[name_attr]);
+        let entries = if about_group {
+            directory.group_search(base, scope, &f, attrs).await?
+        } else {
+            directory.search(base, scope, &f, attrs).await?
+        };
+        for entry in &entries {
+            let group = LdapGroup::from_entry(entry, name_attr)?;
+            if seen.insert(dn::normalize(&group.dn)) {
+                groups.push(group);
+            }
+        }
+    }
+    Ok(groups)
 }
 
 /// Names every group not named yet by reading its `group_name_attr`; only needed when group

@@ -55,7 +55,7 @@ mod sync;
 pub use backend::{LdapBackend, OWNED_BY_ANOTHER_DIRECTORY, Populated};
 pub use config::{
     FlagsByGroup, GroupType, LdapConfig, LdapConfigBuilder, MirrorGroups, NestedGroups, ProfileAttrMap, Scope,
-    SearchSpec, TlsConfig, TlsMode, UserAttrMap,
+    SearchSpec, SearchUnion, TlsConfig, TlsMode, UserAttrMap,
 };
 pub use conn::Entry;
 pub use error::{Error, Result};

@@ -128,12 +128,34 @@ impl NameSource {
         if let Some(attr) = &config.username_attr {
             return Self::Attr(attr.clone());
         }
-        if let Some(search) = &config.user_search {
-            let template = filter::parenthesize(&search.filter);
-            let used = filter::PlaceholderUse::of(&template);
-            return match used.single_attr() {
-                Some(attr) => Self::Attr(attr.to_owned()),
-                None => Self::Rdn(used.attrs.into_iter().map(str::to_owned).collect()),
+        if let Some(union) = &config.user_search {
+            // A union names its users by one attribute only when every search compares the
+            // login with that same single attribute; otherwise the RDN, with every attribute
+            // any search compares the login with.
+            let mut single: Option<Option<String>> = None;
+            let mut attrs: Vec<String> = Vec::new();
+            for search in union {
+                let template = filter::parenthesize(&search.filter);
+                let used = filter::PlaceholderUse::of(&template);
+                let this = used.single_attr().map(str::to_owned);
+                single = match single {
+                    None => Some(this),
+                    Some(before)
+                        if before.as_deref().map(str::to_lowercase) == this.as_deref().map(str::to_lowercase) =>
+                    {
+                        Some(before)
+                    }
+                    Some(_) => Some(None),
+                };
+                for attr in used.attrs {
+                    if !attrs.iter().any(|a| a.eq_ignore_ascii_case(attr)) {
+                        attrs.push(attr.to_owned());
+                    }
+                }
+            }
+            return match single.flatten() {
+                Some(attr) => Self::Attr(attr),
+                None => Self::Rdn(attrs),
             };
         }
         match config.user_dn_template.as_deref().and_then(dn::template_attr) {
@@ -362,7 +384,8 @@ mod tests {
     #[test]
     fn a_filter_comparing_several_attributes_names_users_by_rdn() {
         let mut c = config();
-        c.user_search = Some(crate::SearchSpec::new("dc=x", crate::Scope::Subtree, "(|(mail=%(user)s)(uid=%(user)s))"));
+        c.user_search =
+            Some(crate::SearchSpec::new("dc=x", crate::Scope::Subtree, "(|(mail=%(user)s)(uid=%(user)s))").into());
         let names = NameSource::new(&c);
         assert_eq!(names, NameSource::Rdn(vec!["mail".into(), "uid".into()]));
         assert!(user_attributes(&c, &names).iter().any(|a| a == "mail"), "mail is not asked for");
@@ -372,8 +395,25 @@ mod tests {
             assert!(names.carries(&e, login), "{login}");
         }
         assert!(!names.carries(&e, "bob"));
-        c.user_search = Some(crate::SearchSpec::new("dc=x", crate::Scope::Subtree, "(|(uid=%(user)s)(uid={user}))"));
+        c.user_search =
+            Some(crate::SearchSpec::new("dc=x", crate::Scope::Subtree, "(|(uid=%(user)s)(uid={user}))").into());
         assert_eq!(NameSource::new(&c), NameSource::Rdn(vec!["uid".into()]), "one comparison only");
+    }
+
+    #[test]
+    fn a_union_names_users_by_the_attribute_all_its_searches_compare() {
+        let mut c = config();
+        let search = |base: &str, f: &str| crate::SearchSpec::new(base, crate::Scope::Subtree, f);
+        c.user_search = Some(crate::SearchUnion::new([
+            search("ou=a,dc=x", "(uid=%(user)s)"),
+            search("ou=b,dc=x", "(&(objectClass=person)(UID={user}))"),
+        ]));
+        assert_eq!(NameSource::new(&c), NameSource::Attr("uid".into()));
+        c.user_search = Some(crate::SearchUnion::new([
+            search("ou=a,dc=x", "(uid=%(user)s)"),
+            search("ou=b,dc=x", "(sAMAccountName=%(user)s)"),
+        ]));
+        assert_eq!(NameSource::new(&c), NameSource::Rdn(vec!["uid".into(), "sAMAccountName".into()]));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! kept for the whole run is one name per listed user and the store's list of this directory's
 //! users, for the deactivations.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
@@ -22,17 +22,19 @@ use tracing::{info, warn};
 
 use crate::account::{self, Refusal};
 use crate::backend::{Inner, LdapBackend, refused_mirror};
+use crate::config::SearchUnion;
 use crate::conn::{Entry, PagedSearch};
 use crate::groups::{self, Directory, LdapGroup};
 use crate::mapping::{self, Verdict};
-use crate::{Error, Result, TRACE_TARGET, filter};
+use crate::{Error, Result, TRACE_TARGET, dn, filter};
 
 mod index;
 
 /// What a sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SyncReport {
-    /// Entries the paged search returned.
+    /// Entries the paged search returned (an entry two searches of a user search union both
+    /// return counts once).
     pub seen: usize,
     /// Users created.
     pub created: usize,
@@ -108,8 +110,9 @@ impl SyncOptions {
 }
 
 impl<S: UserStore> LdapBackend<S> {
-    /// Imports every user matching the user search (placeholder replaced by `*`) and the user
-    /// filter with an RFC 2696 paged search, creating or updating users, profiles and groups
+    /// Imports every user matching the user search (placeholder replaced by `*`; each search
+    /// of a union in turn, an entry two of them return imported once) and the user filter with
+    /// an RFC 2696 paged search, creating or updating users, profiles and groups
     /// a page at a time; then deactivates this directory's users (those it owns, see
     /// [`LdapConfig::realm`](crate::LdapConfig::realm)) that the group rules refuse and, if
     /// `deactivate_missing` is on, those not seen. Each page is reported as a `tracing` event
@@ -144,11 +147,10 @@ impl<S: UserStore> LdapBackend<S> {
         let inner = self.inner();
         let config = &inner.config;
         let started = Instant::now();
-        let search = config
+        let union = config
             .user_search
             .as_ref()
             .ok_or_else(|| Error::Config("the sync needs user_search (a DN template cannot list users)".into()))?;
-        let f = filter::and(&[&filter::fill(&search.filter, "*"), config.user_filter.as_deref().unwrap_or_default()]);
         let page_size = i32::try_from(config.page_size).map_err(|_| Error::Config("page_size too large".into()))?;
 
         // This directory's users in the store, read once: who exists (no_new_users, refused
@@ -173,6 +175,7 @@ impl<S: UserStore> LdapBackend<S> {
             index: None,
             report: SyncReport::default(),
             listed: HashMap::new(),
+            overlap: HashSet::new(),
             ambiguous: Vec::new(),
             refused: Vec::new(),
             started,
@@ -181,23 +184,33 @@ impl<S: UserStore> LdapBackend<S> {
         run.index = index::MemberIndex::build(inner, run.use_rule).await?;
         {
             let mut ldap = inner.service_connection().await?;
+            // A union's searches are listed one after the other, on the one connection.
             let listing = async {
-                let mut pages = PagedSearch::start(
-                    &mut ldap,
-                    inner.op_timeout(),
-                    page_size,
-                    (&search.base, search.scope.into(), &f),
-                    inner.attrs.clone(),
-                )
-                .await?;
-                loop {
-                    let batch = pages.next_batch(config.page_size as usize).await?;
-                    if batch.is_empty() {
-                        break;
+                let mut referrals = 0;
+                for (at, search) in union.iter().enumerate() {
+                    let user_filter = config.user_filter.as_deref().unwrap_or_default();
+                    let f = filter::and(&[&filter::fill(&search.filter, "*"), user_filter]);
+                    let mut pages = PagedSearch::start(
+                        &mut ldap,
+                        inner.op_timeout(),
+                        page_size,
+                        (&search.base, search.scope.into(), &f),
+                        inner.attrs.clone(),
+                    )
+                    .await?;
+                    loop {
+                        let batch = pages.next_batch(config.page_size as usize).await?;
+                        if batch.is_empty() {
+                            break;
+                        }
+                        let batch = run.first_listed(batch, union, at);
+                        if !batch.is_empty() {
+                            run.page(batch).await?;
+                        }
                     }
-                    run.page(batch).await?;
+                    referrals += pages.finish().await?;
                 }
-                pages.finish().await
+                Ok::<_, Error>(referrals)
             }
             .await;
             if let Err(e) = &listing
@@ -322,6 +335,10 @@ struct Run<'a, S> {
     /// Every username listed so far, lower-cased, with its spelling: a user still listed is
     /// never missing, and a name met twice is ambiguous.
     listed: HashMap<String, String>,
+    /// The DNs (normalised) listed so far that another search of a user search union could
+    /// list again (its base and scope cover them): an entry two searches return is one user,
+    /// listed once. Empty for one search, or a union of disjoint bases.
+    overlap: HashSet<String>,
     /// Names listed before a later page showed them to be ambiguous (once per extra holder).
     ambiguous: Vec<String>,
     /// The mirrors that refuse this directory's users the group rules or the account state now
@@ -331,6 +348,14 @@ struct Run<'a, S> {
 }
 
 impl<S: UserStore> Run<'_, S> {
+    /// The entries of a page of search `at` of the union that no other search listed before.
+    fn first_listed(&mut self, mut batch: Vec<Entry>, union: &SearchUnion, at: usize) -> Vec<Entry> {
+        if union.is_union() {
+            batch.retain(|entry| !union.other_covers(&entry.dn, at) || self.overlap.insert(dn::normalize(&entry.dn)));
+        }
+        batch
+    }
+
     /// Mirrors one page of the listing.
     async fn page(&mut self, batch: Vec<Entry>) -> Result<()> {
         let inner = self.inner;
@@ -436,7 +461,8 @@ impl<S: UserStore> Run<'_, S> {
                 this.refused.push(refused_mirror(config, entry, username));
             }
         };
-        if config.check_account_state && matches!(account::refusal(entry, SystemTime::now()), Some(Refusal::Closed(_)))
+        if config.check_account_state
+            && matches!(account::refusal(entry, SystemTime::now(), None), Some(Refusal::Closed(_)))
         {
             // Disabled or expired: deactivated with the users the group rules refuse.
             refuse(self);

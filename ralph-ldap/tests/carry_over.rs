@@ -291,11 +291,14 @@ async fn posix_primary_group_through_gid_number() {
     let mut c = common::ralph_config(&fx);
     c.user_filter = None;
     c.group_type = ralph_ldap::GroupType::Posix;
-    c.group_search = Some(ralph_ldap::SearchSpec::new(
-        format!("ou=posix,{}", fx.base),
-        ralph_ldap::Scope::OneLevel,
-        "(objectClass=posixGroup)",
-    ));
+    c.group_search = Some(
+        ralph_ldap::SearchSpec::new(
+            format!("ou=posix,{}", fx.base),
+            ralph_ldap::Scope::OneLevel,
+            "(objectClass=posixGroup)",
+        )
+        .into(),
+    );
     c.group_mapping.clear();
     c.group_mapping.insert(group_dn, "active".into());
     c.group_mapping.insert(format!("cn=posix-staff,ou=posix,{}", fx.base), "staff".into());
@@ -461,11 +464,14 @@ async fn group_checks_are_never_older_than_group_check_ttl() {
 fn adstate_backend(fx: &Fixture, store: &MemoryStore, check: bool) -> LdapBackend<MemoryStore> {
     let mut c = common::ralph_config(fx);
     c.user_filter = None;
-    c.user_search = Some(ralph_ldap::SearchSpec::new(
-        format!("ou=adstate,{}", fx.base),
-        ralph_ldap::Scope::Subtree,
-        "(sAMAccountName=%(user)s)",
-    ));
+    c.user_search = Some(
+        ralph_ldap::SearchSpec::new(
+            format!("ou=adstate,{}", fx.base),
+            ralph_ldap::Scope::Subtree,
+            "(sAMAccountName=%(user)s)",
+        )
+        .into(),
+    );
     c.flags_by_group.is_active = Some(!ralph_ldap::GroupQuery::from(g(fx, "_gr_ralph_banned")));
     c.check_account_state = check;
     c.max_deactivate_percent = 100;
@@ -528,6 +534,94 @@ async fn account_state_refuses_with_its_own_reason() {
         assert!(!fresh.get_user(user).await.expect("store").expect("kept").value.is_active, "{user}");
     }
     assert!(fresh.get_user("ad-pwexpired").await.expect("store").expect("kept").value.is_active);
+}
+
+#[tokio::test]
+async fn ppolicy_password_expiry_refuses_with_password_expired() {
+    // pwdChangedTime and the expiring policy are in this worktree's fixture: a slapd of our own.
+    if fixture().is_none() {
+        return;
+    }
+    let slapd = common::PrivateSlapd::start();
+    let fx = slapd.fixture();
+    let store = store();
+    let unchecked = adstate_backend(&fx, &store, false);
+    let checked = adstate_backend(&fx, &store, true);
+    let expiring = format!("cn=expiring,ou=policies,{}", fx.base);
+
+    // slapd refuses pp-expired's bind (its own policy's pwdMaxAge has passed): without the
+    // state that is only a refused password; with it, the reason.
+    assert_eq!(login(&unchecked, "pp-expired", "pp-expired-pw").await.expect("decided"), AuthOutcome::NotHandled);
+    assert_eq!(
+        login(&checked, "pp-expired", "pp-expired-pw").await.expect("decided"),
+        AuthOutcome::Denied(DenyReason::PasswordExpired)
+    );
+    // A wrong password says nothing more than a right one would.
+    assert_eq!(
+        login(&checked, "pp-expired", "wrong").await.expect("decided"),
+        AuthOutcome::Denied(DenyReason::PasswordExpired)
+    );
+    // Changed a minute ago under the same policy: in good standing.
+    identity(login(&checked, "pp-fresh", "pp-fresh-pw").await);
+    // An old password under the default policy, which has no maximum age unless the client is
+    // told which policy the overlay's default is.
+    identity(login(&checked, "pp-aged", "pp-aged-pw").await);
+    let mut with_default = common::ralph_config(&fx);
+    with_default.user_filter = None;
+    with_default.user_search = Some(
+        ralph_ldap::SearchSpec::new(format!("ou=adstate,{}", fx.base), ralph_ldap::Scope::Subtree, "(uid=%(user)s)")
+            .into(),
+    );
+    with_default.flags_by_group.is_active = Some(!ralph_ldap::GroupQuery::from(g(&fx, "_gr_ralph_banned")));
+    with_default.ppolicy_default = Some(expiring.clone());
+    let with_default = LdapBackend::new(with_default, store.clone()).expect("backend");
+    assert_eq!(
+        login(&with_default, "pp-aged", "pp-aged-pw").await.expect("decided"),
+        AuthOutcome::Denied(DenyReason::PasswordExpired)
+    );
+    // A user's own policy wins over the default.
+    identity(login(&with_default, "pp-fresh", "pp-fresh-pw").await);
+    // The policy is read once and kept a while: a backend that read it still goes by it after
+    // it changed; a new backend reads the new one.
+    let mut admin = common::admin(&fx).await;
+    let no_expiry = vec![ldap3::Mod::Replace("pwdMaxAge", std::collections::HashSet::from(["0"]))];
+    admin.modify(&expiring, no_expiry).await.expect("modify").success().expect("pwdMaxAge 0");
+    assert_eq!(
+        login(&with_default, "pp-aged", "pp-aged-pw").await.expect("decided"),
+        AuthOutcome::Denied(DenyReason::PasswordExpired),
+        "policy read again at once"
+    );
+    let mut reread = with_default.config().clone();
+    reread.check_account_state = true;
+    let reread = LdapBackend::new(reread, store.clone()).expect("backend");
+    identity(login(&reread, "pp-aged", "pp-aged-pw").await);
+    let back = vec![ldap3::Mod::Replace("pwdMaxAge", std::collections::HashSet::from(["2592000"]))];
+    admin.modify(&expiring, back).await.expect("modify").success().expect("pwdMaxAge back");
+    // An expired password is not a closed account: the record stays active.
+    assert!(store.get_user("pp-aged").await.expect("store").expect("mirrored").value.is_active);
+    assert!(store.get_user("pp-expired").await.expect("store").is_none(), "never admitted");
+
+    // The sync treats it as Active Directory's expired password: imported, kept active.
+    let fresh = MemoryStore::new();
+    let report = adstate_backend(&fx, &fresh, true).sync().await.expect("sync");
+    assert_eq!(report.refused, 0, "{report:?}");
+    for user in ["pp-expired", "pp-aged", "pp-fresh"] {
+        assert!(fresh.get_user(user).await.expect("store").expect("imported").value.is_active, "{user}");
+    }
+
+    // The builder and TOML carry the default policy; a DN that is not one is refused.
+    let built = LdapConfig::builder([fx.url.as_str()])
+        .user_search(&fx.base, ralph_ldap::Scope::Subtree, "(uid=%(user)s)")
+        .ppolicy_default(expiring.as_str())
+        .build()
+        .expect("valid");
+    assert_eq!(built.ppolicy_default.as_deref(), Some(expiring.as_str()));
+    let loaded =
+        LdapConfig::from_toml_str(&format!("ppolicy_default = \"{expiring}\"\n{}", ralph_toml(&fx))).expect("valid");
+    assert_eq!(loaded.ppolicy_default, Some(expiring));
+    let err =
+        LdapConfig::from_toml_str(&format!("ppolicy_default = \"no dn\"\n{}", ralph_toml(&fx))).expect_err("not a DN");
+    assert!(err.to_string().contains("ppolicy_default"), "{err}");
 }
 
 /// A host app's composition, through the public API only: settings from TOML (a boolean

@@ -95,8 +95,9 @@ async fn group_cycles_terminate() {
         c.group_mapping.clear();
         c.flags_by_group.is_active = Some(format!("cn=_gr_ralph,ou=groups,{}", fx.base).into());
         c.group_type = group_type;
-        c.group_search =
-            Some(SearchSpec::new(format!("ou=groups,{}", fx.base), Scope::Subtree, "(objectClass=groupOfNames)"));
+        c.group_search = Some(
+            SearchSpec::new(format!("ou=groups,{}", fx.base), Scope::Subtree, "(objectClass=groupOfNames)").into(),
+        );
         let b = backend(c);
         let id = identity(login(&b, "cycler", "cycler-pw").await);
         let r = roles(&id);
@@ -110,7 +111,7 @@ async fn group_of_names_search_with_nesting_matches_member_of() {
     let Some(fx) = fixture() else { return };
     let mut c = ralph_config(&fx);
     c.group_type = GroupType::GroupOfNames;
-    c.group_search = Some(SearchSpec::new(&fx.base, Scope::Subtree, "(objectClass=groupOfNames)"));
+    c.group_search = Some(SearchSpec::new(&fx.base, Scope::Subtree, "(objectClass=groupOfNames)").into());
     c.nested_groups = NestedGroups::Auto; // slapd is not AD: recursion
     let b = backend(c);
     assert_eq!(roles(&identity(login(&b, "carol", "carol-pw").await)), ["active", "assets-staff"]);
@@ -123,7 +124,7 @@ async fn posix_groups_by_member_uid() {
     let mut c = ralph_config(&fx);
     c.group_type = GroupType::Posix;
     c.group_search =
-        Some(SearchSpec::new(format!("ou=posix,{}", fx.base), Scope::OneLevel, "(objectClass=posixGroup)"));
+        Some(SearchSpec::new(format!("ou=posix,{}", fx.base), Scope::OneLevel, "(objectClass=posixGroup)").into());
     c.group_mapping.clear();
     c.group_mapping.insert(format!("cn=ralph-posix,ou=posix,{}", fx.base), "active".into());
     c.group_mapping.insert(format!("cn=posix-staff,ou=posix,{}", fx.base), "staff".into());
@@ -295,7 +296,7 @@ async fn serial_referrals_are_not_chased_and_fail_closed_for_groups() {
     // Groups behind a referral cannot be read: the login is refused (fail closed).
     let mut c = ralph_config(&fx);
     c.group_type = GroupType::GroupOfNames;
-    c.group_search = Some(SearchSpec::new(&referral, Scope::Subtree, "(objectClass=groupOfNames)"));
+    c.group_search = Some(SearchSpec::new(&referral, Scope::Subtree, "(objectClass=groupOfNames)").into());
     let b2 = backend(c);
     let outcome = login(&b2, "alice", "alice-pw").await;
     common::delete(&mut admin, &[&referral]).await;
@@ -390,7 +391,8 @@ impl Drop for Scratch {
 /// The group-search configurations of the deny tests: group_of_names over `ou=groups`, with
 /// and without nesting; and member_of.
 fn group_types(mut c: LdapConfig, base: &str) -> Vec<(&'static str, LdapConfig)> {
-    c.group_search = Some(SearchSpec::new(format!("ou=groups,{base}"), Scope::Subtree, "(objectClass=groupOfNames)"));
+    c.group_search =
+        Some(SearchSpec::new(format!("ou=groups,{base}"), Scope::Subtree, "(objectClass=groupOfNames)").into());
     let mut out = Vec::new();
     for (what, group_type, nested) in [
         ("group_of_names", GroupType::GroupOfNames, NestedGroups::Off),
@@ -529,11 +531,10 @@ async fn a_filter_comparing_several_attributes_logs_in_through_each() {
     // names the user, so the username is the RDN value, whichever one was typed.
     let mut c = ralph_config(&fx);
     c.username_attr = None;
-    c.user_search = Some(ralph_ldap::SearchSpec::new(
-        fx.base.clone(),
-        ralph_ldap::Scope::Subtree,
-        "(|(mail=%(user)s)(uid=%(user)s))",
-    ));
+    c.user_search = Some(
+        ralph_ldap::SearchSpec::new(fx.base.clone(), ralph_ldap::Scope::Subtree, "(|(mail=%(user)s)(uid=%(user)s))")
+            .into(),
+    );
     let b = backend(c);
     for typed in ["alice", "ALICE", "alice@ralph.test", "Alice@Ralph.Test"] {
         assert_eq!(identity(login(&b, typed, "alice-pw").await).user.username, "alice", "{typed}");
@@ -706,7 +707,7 @@ async fn auto_nesting_avoids_the_ad_rule_on_openldap() {
     let Some(fx) = fixture() else { return };
     let mut c = ralph_config(&fx);
     c.group_type = GroupType::GroupOfNames;
-    c.group_search = Some(SearchSpec::new(&fx.base, Scope::Subtree, "(objectClass=groupOfNames)"));
+    c.group_search = Some(SearchSpec::new(&fx.base, Scope::Subtree, "(objectClass=groupOfNames)").into());
     // Forced, the in-chain rule is unknown to slapd and silently matches nothing, so carol
     // would lose every group; `auto` sees from the root DSE that this is not AD and recurses.
     c.nested_groups = NestedGroups::MatchingRule;
@@ -724,8 +725,9 @@ async fn missing_group_search_base_fails_closed() {
     // (which would let mallory past the deny group).
     let mut c = ralph_config(&fx);
     c.group_type = GroupType::GroupOfNames;
-    c.group_search =
-        Some(SearchSpec::new(format!("ou=no-such-groups,{}", fx.base), Scope::Subtree, "(objectClass=groupOfNames)"));
+    c.group_search = Some(
+        SearchSpec::new(format!("ou=no-such-groups,{}", fx.base), Scope::Subtree, "(objectClass=groupOfNames)").into(),
+    );
     let b = backend(c);
     for (user, pw) in [("mallory", "mallory-pw"), ("alice", "alice-pw")] {
         let outcome = login(&b, user, pw).await;
@@ -744,8 +746,9 @@ async fn missing_group_search_base_fails_closed() {
 
     // A user search base that does not exist still means "no such user".
     let mut c = ralph_config(&fx);
-    c.user_search =
-        Some(SearchSpec::new(format!("ou=no-such-people,{}", fx.base), Scope::Subtree, "(sAMAccountName=%(user)s)"));
+    c.user_search = Some(
+        SearchSpec::new(format!("ou=no-such-people,{}", fx.base), Scope::Subtree, "(sAMAccountName=%(user)s)").into(),
+    );
     let b = backend(c);
     assert_eq!(login(&b, "alice", "alice-pw").await.expect("decided"), AuthOutcome::NotHandled);
 }

@@ -154,11 +154,14 @@ async fn sync_with_a_missing_group_search_base_fails_closed() {
     let mut config = ralph_config(&fx);
     config.user_filter = Some(format!("(memberOf=cn=_gr_ralph_banned,ou=groups,{})", fx.base));
     config.group_type = ralph_ldap::GroupType::GroupOfNames;
-    config.group_search = Some(ralph_ldap::SearchSpec::new(
-        format!("ou=no-such-groups,{}", fx.base),
-        ralph_ldap::Scope::Subtree,
-        "(objectClass=groupOfNames)",
-    ));
+    config.group_search = Some(
+        ralph_ldap::SearchSpec::new(
+            format!("ou=no-such-groups,{}", fx.base),
+            ralph_ldap::Scope::Subtree,
+            "(objectClass=groupOfNames)",
+        )
+        .into(),
+    );
     let backend = LdapBackend::new(config, store).expect("backend");
     let err = backend.sync().await.expect_err("groups cannot be read");
     assert!(err.to_string().contains("32"), "{err}");

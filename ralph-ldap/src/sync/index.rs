@@ -6,7 +6,7 @@
 use std::collections::{HashSet, VecDeque};
 
 use crate::backend::Inner;
-use crate::config::{GroupType, LdapConfig, NestedGroups, Scope, SearchSpec};
+use crate::config::{GroupType, LdapConfig, NestedGroups, SearchUnion};
 use crate::conn::{Entry, PagedSearch};
 use crate::groups::LdapGroup;
 use crate::{Error, Result, dn};
@@ -22,13 +22,13 @@ impl MemberIndex {
     /// rule the server resolves each user in one search anyway).
     pub(super) async fn build<S>(inner: &Inner<S>, use_matching_rule: bool) -> Result<Option<Self>> {
         let config = &inner.config;
-        let Some(search) = &config.group_search else { return Ok(None) };
+        let Some(union) = &config.group_search else { return Ok(None) };
         if config.group_type != GroupType::GroupOfNames || config.group_mapping.is_empty() || use_matching_rule {
             return Ok(None);
         }
         let nested = config.nested_groups != NestedGroups::Off;
         // Every group DN the group search finds: a member that is one of them is a nested group.
-        let all_groups = if nested { list_groups(inner, search).await? } else { HashSet::new() };
+        let all_groups = if nested { list_groups(inner, union).await? } else { HashSet::new() };
         let member_attr = config.group_member_attr.as_str();
         let attrs = [member_attr, config.group_name_attr.as_str()];
         let mut groups = Vec::new();
@@ -36,10 +36,10 @@ impl MemberIndex {
         for rule_dn in rule_dns(config) {
             let key = dn::normalize(rule_dn);
             // A group outside the group search would never be found by a user's group search.
-            if !indexed.insert(key.clone()) || !in_scope(rule_dn, search) {
+            if !indexed.insert(key.clone()) {
                 continue;
             }
-            let Some(top) = read_group(inner, search, rule_dn, &attrs).await? else { continue };
+            let Some(top) = read_group(inner, union, rule_dn, &attrs).await? else { continue };
             let mut members: HashSet<String> = HashSet::new();
             let mut visited: HashSet<String> = HashSet::from([key]);
             let mut queue: VecDeque<(Entry, usize)> = VecDeque::from([(top.clone(), 1)]);
@@ -50,7 +50,7 @@ impl MemberIndex {
                         && depth < config.max_group_depth
                         && all_groups.contains(&member_key)
                         && visited.insert(member_key.clone())
-                        && let Some(inner_group) = read_group(inner, search, member, &attrs).await?
+                        && let Some(inner_group) = read_group(inner, union, member, &attrs).await?
                     {
                         queue.push_back((inner_group, depth + 1));
                     }
@@ -76,53 +76,50 @@ fn rule_dns(config: &LdapConfig) -> Vec<&str> {
     config.group_mapping.keys().map(String::as_str).chain(queries.into_iter().flatten().flat_map(|q| q.dns())).collect()
 }
 
-/// Whether a group search of `search` can return `group_dn`.
-fn in_scope(group_dn: &str, search: &SearchSpec) -> bool {
-    let (Ok(group), Ok(base)) = (dn::Dn::parse(group_dn), dn::Dn::parse(&search.base)) else { return false };
-    let Some(extra) = group.0.len().checked_sub(base.0.len()) else { return false };
-    let under = dn::Dn(group.0[extra..].to_vec()).normalized() == base.normalized();
-    under
-        && match search.scope {
-            Scope::Base => extra == 0,
-            Scope::OneLevel => extra == 1,
-            Scope::Subtree => true,
+/// One group entry as the group search union finds it: through the filter of each search
+/// whose base and scope cover it, in order, until one returns it; `None` when none does (it
+/// does not exist, is outside every search, or is not a group by their filters). A group that
+/// is a referral fails the run (fail closed, as a login's group search does).
+async fn read_group<S>(inner: &Inner<S>, union: &SearchUnion, group_dn: &str, attrs: &[&str]) -> Result<Option<Entry>> {
+    for search in union.iter().filter(|s| s.covers(group_dn)) {
+        let found = inner.service_search(group_dn, ldap3::Scope::Base, &search.filter, attrs).await?;
+        if found.referred {
+            return Err(Error::Result {
+                op: "group search",
+                rc: 10,
+                text: format!("{group_dn} is a referral (not chased)"),
+            });
         }
-}
-
-/// One group entry through the group filter; `None` when it does not exist or is not a group.
-/// A group that is a referral fails the run (fail closed, as a login's group search does).
-async fn read_group<S>(inner: &Inner<S>, search: &SearchSpec, group_dn: &str, attrs: &[&str]) -> Result<Option<Entry>> {
-    let found = inner.service_search(group_dn, ldap3::Scope::Base, &search.filter, attrs).await?;
-    if found.referred {
-        return Err(Error::Result {
-            op: "group search",
-            rc: 10,
-            text: format!("{group_dn} is a referral (not chased)"),
-        });
+        if let Some(entry) = found.entries.into_iter().next() {
+            return Ok(Some(entry));
+        }
     }
-    Ok(found.entries.into_iter().next())
+    Ok(None)
 }
 
-/// The DNs of every group the group search finds (paged: there may be more than a size limit).
-async fn list_groups<S>(inner: &Inner<S>, search: &SearchSpec) -> Result<HashSet<String>> {
+/// The DNs of every group the group search union finds (paged: there may be more than a
+/// size limit).
+async fn list_groups<S>(inner: &Inner<S>, union: &SearchUnion) -> Result<HashSet<String>> {
     let page = i32::try_from(inner.config.page_size).map_err(|_| Error::Config("page_size too large".into()))?;
     let mut ldap = inner.service_connection().await?;
-    let mut pages = PagedSearch::start(
-        &mut ldap,
-        inner.op_timeout(),
-        page,
-        (&search.base, search.scope.into(), &search.filter),
-        vec!["1.1".to_owned()],
-    )
-    .await?;
     let mut dns = HashSet::new();
-    loop {
-        let batch = pages.next_batch(inner.config.page_size as usize).await?;
-        if batch.is_empty() {
-            break;
+    for search in union {
+        let mut pages = PagedSearch::start(
+            &mut ldap,
+            inner.op_timeout(),
+            page,
+            (&search.base, search.scope.into(), &search.filter),
+            vec!["1.1".to_owned()],
+        )
+        .await?;
+        loop {
+            let batch = pages.next_batch(inner.config.page_size as usize).await?;
+            if batch.is_empty() {
+                break;
+            }
+            dns.extend(batch.iter().map(|e| dn::normalize(&e.dn)));
         }
-        dns.extend(batch.iter().map(|e| dn::normalize(&e.dn)));
+        pages.finish().await?;
     }
-    pages.finish().await?;
     Ok(dns)
 }

@@ -124,6 +124,7 @@ refint_attributes member
 
 # Password policy overlay (its schema is built in since 2.5): pwdAccountLockedTime locks an
 # account. The default policy only turns lockout on; nothing else (no expiry, no quality).
+# cn=expiring (people.ldif) expires passwords after 30 days, for users naming it.
 overlay ppolicy
 ppolicy_default "cn=default,ou=policies,$BASE"
 
@@ -144,6 +145,9 @@ CONF
 # --- data ----------------------------------------------------------------------------------
 {
     cat "$HERE/people.ldif"
+    # Changed a minute ago under the expiring policy: in good standing.
+    printf '\ndn: uid=pp-fresh,ou=adstate,%s\nobjectClass: inetOrgPerson\nobjectClass: ralphADUser\nuid: pp-fresh\nsAMAccountName: pp-fresh\ncn: Fresh password\nsn: State\nuserPassword: pp-fresh-pw\npwdChangedTime: %s\npwdPolicySubentry: cn=expiring,ou=policies,%s\n' \
+        "$BASE" "$(date -u -d '1 minute ago' +%Y%m%d%H%M%SZ)" "$BASE"
     printf '\ndn: cn=ralph-service,ou=services,%s\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\ncn: ralph-service\nuserPassword: %s\n' \
         "$BASE" "$SERVICE_PW"
     awk -v n="$BULK_USERS" -v base="$BASE" 'BEGIN {
