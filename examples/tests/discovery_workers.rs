@@ -176,6 +176,7 @@ fn silent_scanner(port: u16) -> Scanner {
             .timeouts(timeouts)
             .pace_loopback(true),
     )
+    .expect("valid scan config")
 }
 
 /// A slow scanner for answering hosts: loopback addresses reset (alive, port closed) at 25
@@ -183,6 +184,7 @@ fn silent_scanner(port: u16) -> Scanner {
 fn slow_scanner() -> Scanner {
     let rate = RateConfig::default().initial(25.0).min(1.0).max(25.0).increase_per_sec(0.0);
     Scanner::new(ScanConfig::default().ports(vec![9]).icmp(false).http(None).rate(rate).pace_loopback(true))
+        .expect("valid scan config")
 }
 
 fn hosts(second: u8, third: u8, range: std::ops::RangeInclusive<u8>) -> Vec<IpAddr> {

@@ -116,13 +116,14 @@ fn neigh_lines(iface: &str) -> Vec<String> {
 async fn serial_release_deletes_only_entries_the_scan_created_of_both_families() {
     use ralph_discovery::neighbour::NeighbourGuard;
     let Some(lab) = lab() else { return };
-    // Hosts of the lab's blackholed range (on-link, nothing answers) and of a ULA /64 added to
-    // the lab interface for the test, so IPv6 (NDP) entries are covered too.
+    // Hosts of the lab's blackholed range (on-link, nothing answers) and of a /64 of the IPv6
+    // benchmarking range (2001:2::/48, RFC 5180) added to the lab interface for the test, so
+    // IPv6 (NDP) entries are covered too.
     let v4 = lab.hosts(&lab.dead, 8);
-    let v6_net = "fd52:7a1b:c0de::1/64";
+    let v6_net = "2001:2:0:52::1/64";
     let _ = std::process::Command::new("ip").args(["-6", "addr", "del", v6_net, "dev", &lab.iface]).status();
     ip(&["-6", "addr", "add", v6_net, "dev", &lab.iface, "nodad"]);
-    let v6: Vec<IpAddr> = (2..=5u16).map(|i| IpAddr::from([0xfd52, 0x7a1b, 0xc0de, 0, 0, 0, 0, i])).collect();
+    let v6: Vec<IpAddr> = (2..=5u16).map(|i| IpAddr::from([0x2001, 0x2, 0, 0x52, 0, 0, 0, i])).collect();
     let mac = "02:00:5e:00:53:01";
     let add = |ip: IpAddr, nud: &str| {
         let family = if ip.is_ipv6() { "-6" } else { "-4" };
