@@ -66,7 +66,7 @@ pub use network::{
     smallest_containing, u128_to_ip,
 };
 pub use queue::{FailOutcome, Job, JobInfo, JobQueue, JobState, QueueAdmin, QueueStats, RetryPolicy, WorkerBeat};
-pub use scan::{Observation, RecordSummary, ScanResultStore, apply_observation};
+pub use scan::{MAX_BATCH_KEY, Observation, RecordSummary, ScanResultStore, apply_observation, check_batch_key};
 pub use secret::Secret;
 pub use status::{AssetStatus, Transition, TransitionGraph};
 pub use store::{GroupScope, InventoryStore, MirrorChange, Mirrored, Repository, UserMirror, UserStore};

@@ -98,6 +98,25 @@ pub struct RecordSummary {
     pub changed: u64,
 }
 
+/// The longest key [`ScanResultStore::record_batch`] takes.
+pub const MAX_BATCH_KEY: usize = 128;
+
+/// Checks a batch key: 1 to [`MAX_BATCH_KEY`] characters, no control characters.
+///
+/// # Errors
+///
+/// [`StoreError::Invalid`] naming the field `batch_key`.
+pub fn check_batch_key(key: &str) -> Result<(), StoreError> {
+    let bad = |e| StoreError::invalid("scan batch", e);
+    if key.is_empty() || key.chars().any(char::is_control) {
+        return Err(bad(crate::ValidationError::Invalid {
+            field: "batch_key",
+            reason: "must be non-empty text without control characters".into(),
+        }));
+    }
+    crate::text::check_len("batch_key", key, MAX_BATCH_KEY).map_err(bad)
+}
+
 /// Bulk recording of scan observations.
 #[async_trait]
 pub trait ScanResultStore: Send + Sync {
@@ -109,6 +128,24 @@ pub trait ScanResultStore: Send + Sync {
         observations: &[Observation],
         dead_ping_limit: u32,
     ) -> Result<RecordSummary, StoreError>;
+
+    /// [`record_observations`](Self::record_observations) at most once per `key`: the key is
+    /// stored in the same transaction, and a batch whose key is already stored writes nothing
+    /// and returns `None`. For a caller that retries a batch after an error that may have come
+    /// after the commit (a connection lost during `COMMIT`): the retry cannot record the
+    /// batch twice (no second dead ping for a silent host). Keys are up to [`MAX_BATCH_KEY`]
+    /// characters, for example `job:<id>:attempt:<n>:batch:<seq>`; they are kept until
+    /// [`prune_batches`](Self::prune_batches) removes them.
+    async fn record_batch(
+        &self,
+        key: &str,
+        observations: &[Observation],
+        dead_ping_limit: u32,
+    ) -> Result<Option<RecordSummary>, StoreError>;
+
+    /// Forgets the batch keys recorded more than `older_than` ago; returns how many. A batch
+    /// retried after its key was pruned is recorded again.
+    async fn prune_batches(&self, older_than: std::time::Duration) -> Result<u64, StoreError>;
 
     /// The buried addresses from `first` to `last` (both included), ascending: what a scan of
     /// that range skips. Only addresses of `first`'s family are returned; an empty range

@@ -126,6 +126,8 @@ struct State {
     ips: BTreeMap<i64, IpAddress>,
     /// IP address ids by [`crate::ip_to_u128`] of the address (the SQL stores' unique `ip_key`).
     ip_index: BTreeMap<u128, i64>,
+    /// Recorded scan batch keys and when.
+    batches: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
 }
 
 impl State {

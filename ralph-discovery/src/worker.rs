@@ -23,6 +23,12 @@ use crate::{BatchRecorder, Error, Result, Scanner};
 const TRACE: &str = "ralph::discovery";
 
 /// How a worker runs. Build it by value:
+/// How long the keys of recorded scan batches are kept (a retry later than this would record
+/// its batch again; retries come within seconds).
+const BATCH_KEY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// How often a worker prunes old batch keys.
+const BATCH_KEY_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// `WorkerConfig::new("scans").queue("scans.lab").concurrency(4).batch(1000)`.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -428,10 +434,21 @@ where
     /// returns how many failed.
     async fn heartbeats(self: Arc<Self>, started_at: DateTime<Utc>, done: CancellationToken) -> u64 {
         let mut errors = 0;
+        let mut pruned_at: Option<Instant> = None;
         loop {
             if let Err(e) = self.jobs.heartbeat(&self.beat(started_at)).await {
                 errors += 1;
                 tracing::warn!(target: TRACE, worker = %self.config.name, error = %e, "heartbeat failed; retrying");
+            }
+            // The batch keys recorded jobs leave behind, forgotten after a day (hourly).
+            if pruned_at.is_none_or(|at| at.elapsed() >= BATCH_KEY_PRUNE_EVERY) {
+                match self.store.prune_batches(BATCH_KEY_RETENTION).await {
+                    Ok(n) => {
+                        pruned_at = Some(Instant::now());
+                        tracing::debug!(target: TRACE, pruned = n, "old scan batch keys pruned");
+                    }
+                    Err(e) => tracing::warn!(target: TRACE, error = %e, "pruning scan batch keys failed; retrying"),
+                }
             }
             if done.is_cancelled() {
                 return errors;
@@ -568,9 +585,11 @@ where
             targets = targets.exclude_addresses(buried);
         }
         let mut handle = self.scanner.start(targets.addresses());
+        // Keyed by the claim: a batch retried after a lost commit outcome is not recorded twice.
         let mut recorder = BatchRecorder::new(Arc::clone(&self.store))
             .batch(self.config.batch)
-            .dead_ping_limit(self.config.dead_ping_limit);
+            .dead_ping_limit(self.config.dead_ping_limit)
+            .keyed(format!("job:{}:attempt:{}", job.id, job.attempts));
         let mut done: Vec<IpAddr> = Vec::new();
         let mut keeper = tokio::time::interval((self.config.lease / 3).max(Duration::from_millis(10)));
         keeper.tick().await;

@@ -286,6 +286,17 @@ impl ScanResultStore for AnyStore {
     ) -> Result<RecordSummary, StoreError> {
         dispatch!(self, s => s.record_observations(observations, dead_ping_limit).await)
     }
+    async fn record_batch(
+        &self,
+        key: &str,
+        observations: &[Observation],
+        dead_ping_limit: u32,
+    ) -> Result<Option<RecordSummary>, StoreError> {
+        dispatch!(self, s => s.record_batch(key, observations, dead_ping_limit).await)
+    }
+    async fn prune_batches(&self, older_than: std::time::Duration) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.prune_batches(older_than).await)
+    }
     async fn buried_between(&self, first: IpAddr, last: IpAddr) -> Result<Vec<IpAddr>, StoreError> {
         dispatch!(self, s => s.buried_between(first, last).await)
     }

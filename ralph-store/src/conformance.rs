@@ -30,8 +30,8 @@ use chrono::{DateTime, Utc};
 use ralph_core::{
     AssetStatus, Component, ComponentKind, DataCenter, Device, DeviceModel, DeviceType, Group, GroupScope,
     HostnameTemplate, Id, InventoryStore, IpAddress, IpStatus, MacAddress, MirrorChange, Network, NetworkEnvironment,
-    Orientation, Placement, Profile, Rack, Repository, ScanResultStore, Secret, ServerRoom, SnmpVersion, StoreError,
-    TransitionGraph, User, UserMirror, UserSource, UserStore, ValidationError,
+    Observation, Orientation, Placement, Profile, Rack, Repository, ScanResultStore, Secret, ServerRoom, SnmpVersion,
+    StoreError, TransitionGraph, User, UserMirror, UserSource, UserStore, ValidationError,
 };
 
 type Counts = [usize; 9];
@@ -396,6 +396,40 @@ pub async fn address_ranges_skip_buried<S: InventoryStore>(s: &S) {
     assert_eq!(range("0.0.0.0/0", false).await.len(), 5);
     // A duplicate address is a conflict.
     assert!(s.create(&IpAddress::new(ip("10.0.0.1"))).await.expect_err("dup").is_conflict());
+}
+
+/// [`ScanResultStore::record_batch`] records a batch once per key: a second call with the key
+/// writes nothing (no second dead ping), even from 8 tasks at once; another key records; a bad
+/// key is a typed error; pruned keys are forgotten.
+pub async fn batches_are_recorded_once<S: ScanResultStore + Clone + 'static>(s: &S) {
+    let now = Utc::now();
+    let silent: Vec<Observation> = (1..=4).map(|i| Observation::new(ip(&format!("10.9.0.{i}")), false, now)).collect();
+    let alive: Vec<Observation> = (1..=4).map(|i| Observation::new(ip(&format!("10.9.0.{i}")), true, now)).collect();
+    let first = s.record_batch("job:1:attempt:1:0", &alive, 2).await.expect("record");
+    assert_eq!(first.map(|r| r.inserted), Some(4));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (store, batch) = (s.clone(), silent.clone());
+        tasks.spawn(async move { store.record_batch("job:1:attempt:1:1", &batch, 2).await.expect("record") });
+    }
+    let mut recorded = 0;
+    while let Some(done) = tasks.join_next().await {
+        if let Some(summary) = done.expect("task") {
+            assert_eq!(summary.updated, 4);
+            recorded += 1;
+        }
+    }
+    assert_eq!(recorded, 1, "one of the racing retries records the batch");
+    assert_eq!(s.record_batch("job:1:attempt:1:0", &silent, 2).await.expect("again"), None, "an old key");
+    let summary = s.record_batch("job:1:attempt:1:2", &alive, 2).await.expect("next batch").expect("recorded");
+    assert_eq!((summary.inserted, summary.updated), (0, 4), "a new key records");
+    for bad in ["", "x\n", &"k".repeat(ralph_core::MAX_BATCH_KEY + 1)] {
+        assert!(s.record_batch(bad, &alive, 2).await.is_err_and(|e| e.is_invalid()), "{bad:?}");
+    }
+    assert_eq!(s.prune_batches(std::time::Duration::from_secs(3600)).await.expect("prune"), 0, "all recent");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(s.prune_batches(std::time::Duration::from_millis(10)).await.expect("prune"), 3);
+    assert!(s.record_batch("job:1:attempt:1:0", &alive, 2).await.expect("record").is_some(), "forgotten key");
 }
 
 /// [`ScanResultStore::buried_between`] returns the buried addresses of a range, both ends

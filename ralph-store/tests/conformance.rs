@@ -68,6 +68,7 @@ macro_rules! suite {
                 mirror_users_reports_each,
                 racing_first_mirrors,
                 racing_bulk_imports,
+                batches_are_recorded_once,
                 model_shape_is_fixed_while_in_use,
                 utf8_round_trips_byte_for_byte,
                 racing_placements_never_overlap,
@@ -143,6 +144,11 @@ mod memory {
         racing_bulk_imports,
         utf8_users_round_trip,
     );
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_are_recorded_once() {
+        ralph_store::conformance::batches_are_recorded_once(&MemoryStore::new()).await;
+    }
 
     #[tokio::test]
     async fn buried_between_ranges() {

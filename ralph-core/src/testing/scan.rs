@@ -6,7 +6,8 @@ use async_trait::async_trait;
 
 use super::MemoryStore;
 use crate::{
-    IpAddress, Observation, RecordSummary, ScanResultStore, StoreError, ValidationError, apply_observation, ip_to_u128,
+    IpAddress, Observation, RecordSummary, ScanResultStore, StoreError, ValidationError, apply_observation,
+    check_batch_key, ip_to_u128,
 };
 
 const ENTITY: &str = "IP address";
@@ -27,6 +28,37 @@ fn check_observation(o: &Observation) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Applies checked observations to the stored rows.
+fn record(state: &mut super::State, observations: &[Observation], dead_ping_limit: u32) -> RecordSummary {
+    let mut summary = RecordSummary::default();
+    for o in observations {
+        let key = ip_to_u128(o.address);
+        match state.ip_index.get(&key).copied() {
+            Some(id) => {
+                let Some(record) = state.ips.get_mut(&id) else { continue };
+                if record.is_buried {
+                    continue;
+                }
+                summary.updated += 1;
+                if apply_observation(record, o, dead_ping_limit) {
+                    summary.changed += 1;
+                }
+            }
+            // A dead answer from an address nobody knew: nothing to record.
+            None if !o.alive => {}
+            None => {
+                let mut record = IpAddress::new(o.address);
+                apply_observation(&mut record, o, dead_ping_limit);
+                let id = state.next_id("ip_addresses");
+                state.ips.insert(id, record);
+                state.ip_index.insert(key, id);
+                summary.inserted += 1;
+            }
+        }
+    }
+    summary
+}
+
 #[async_trait]
 impl ScanResultStore for MemoryStore {
     async fn record_observations(
@@ -36,34 +68,31 @@ impl ScanResultStore for MemoryStore {
     ) -> Result<RecordSummary, StoreError> {
         // Everything is checked before anything is written: all or nothing.
         observations.iter().try_for_each(check_observation)?;
-        let mut summary = RecordSummary::default();
+        Ok(record(&mut self.lock(), observations, dead_ping_limit))
+    }
+
+    async fn record_batch(
+        &self,
+        key: &str,
+        observations: &[Observation],
+        dead_ping_limit: u32,
+    ) -> Result<Option<RecordSummary>, StoreError> {
+        check_batch_key(key)?;
+        observations.iter().try_for_each(check_observation)?;
         let mut state = self.lock();
-        for o in observations {
-            let key = ip_to_u128(o.address);
-            match state.ip_index.get(&key).copied() {
-                Some(id) => {
-                    let Some(record) = state.ips.get_mut(&id) else { continue };
-                    if record.is_buried {
-                        continue;
-                    }
-                    summary.updated += 1;
-                    if apply_observation(record, o, dead_ping_limit) {
-                        summary.changed += 1;
-                    }
-                }
-                // A dead answer from an address nobody knew: nothing to record.
-                None if !o.alive => {}
-                None => {
-                    let mut record = IpAddress::new(o.address);
-                    apply_observation(&mut record, o, dead_ping_limit);
-                    let id = state.next_id("ip_addresses");
-                    state.ips.insert(id, record);
-                    state.ip_index.insert(key, id);
-                    summary.inserted += 1;
-                }
-            }
+        if state.batches.contains_key(key) {
+            return Ok(None);
         }
-        Ok(summary)
+        state.batches.insert(key.to_owned(), chrono::Utc::now());
+        Ok(Some(record(&mut state, observations, dead_ping_limit)))
+    }
+
+    async fn prune_batches(&self, older_than: std::time::Duration) -> Result<u64, StoreError> {
+        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let mut state = self.lock();
+        let before = state.batches.len();
+        state.batches.retain(|_, at| *at >= cutoff);
+        Ok(u64::try_from(before - state.batches.len()).unwrap_or(u64::MAX))
     }
 
     async fn buried_between(&self, first: IpAddr, last: IpAddr) -> Result<Vec<IpAddr>, StoreError> {

@@ -24,11 +24,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ralph_core::{
-    Observation, RecordSummary, ScanResultStore, StoreError, ValidationError, ip_key, ip_to_u128, parse_ip,
+    Observation, RecordSummary, ScanResultStore, StoreError, ValidationError, check_batch_key, ip_key, ip_to_u128,
+    parse_ip,
 };
 use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
 
@@ -270,6 +272,74 @@ struct BuriedRow {
     address: String,
 }
 
+impl<DB> SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+{
+    /// Records `observations` in one transaction, after storing `key` when one is given
+    /// (`None`, nothing written: the key was stored before).
+    async fn record(
+        &self,
+        key: Option<&str>,
+        observations: &[Observation],
+        dead_ping_limit: u32,
+    ) -> Result<Option<RecordSummary>, StoreError> {
+        // Every observation is checked before anything is written (an invalid one is not a
+        // conflict: the first attempt returns it).
+        let rounds = &rounds(prepare(observations)?);
+        let server = self.server_traits().await?;
+        let summary = self
+            .retrying(ENTITY, || async {
+                let mut tx = self.begin(ENTITY).await?;
+                if let Some(key) = key {
+                    // Insert-or-ignore: a racing retry of the same batch waits on the key and
+                    // then finds it taken.
+                    let mut qb = QueryBuilder::new(DB::INSERT_IGNORE);
+                    qb.push(" scan_batches (batch_key, recorded_at) VALUES (")
+                        .push_bind(Some(key))
+                        .push(", ")
+                        .push_bind(Some(Utc::now()))
+                        .push(")")
+                        .push(DB::ignore_conflict("batch_key"));
+                    let done = qb.build().execute(&mut *tx).await.map_err(err(ENTITY))?;
+                    if DB::rows_affected(&done) == 0 {
+                        return Ok(None);
+                    }
+                }
+                let mut summary = RecordSummary::default();
+                for round in rounds {
+                    let s = DB::record_round(&mut tx, round, dead_ping_limit, server).await?;
+                    summary.inserted += s.inserted;
+                    summary.updated += s.updated;
+                    summary.changed += s.changed;
+                }
+                commit(tx, ENTITY).await?;
+                Ok(Some(summary))
+            })
+            .await?;
+        match &summary {
+            Some(summary) => tracing::debug!(
+                target: TRACE_TARGET,
+                observations = observations.len(),
+                batch = key,
+                inserted = summary.inserted,
+                updated = summary.updated,
+                changed = summary.changed,
+                "recorded scan observations"
+            ),
+            None => tracing::debug!(target: TRACE_TARGET, batch = key, "scan batch recorded before; skipped"),
+        }
+        Ok(summary)
+    }
+}
+
 #[async_trait]
 impl<DB> ScanResultStore for SqlStore<DB>
 where
@@ -278,6 +348,7 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'r> &'r str: ColumnIndex<DB::Row>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
     for<'q> bool: Encode<'q, DB> + Type<DB>,
     for<'q> String: Decode<'q, DB> + Type<DB>,
 {
@@ -286,33 +357,29 @@ where
         observations: &[Observation],
         dead_ping_limit: u32,
     ) -> Result<RecordSummary, StoreError> {
-        // Every observation is checked before anything is written (an invalid one is not a
-        // conflict: the first attempt returns it).
-        let rounds = &rounds(prepare(observations)?);
-        let server = self.server_traits().await?;
-        let summary = self
-            .retrying(ENTITY, || async {
-                let mut summary = RecordSummary::default();
-                let mut tx = self.begin(ENTITY).await?;
-                for round in rounds {
-                    let s = DB::record_round(&mut tx, round, dead_ping_limit, server).await?;
-                    summary.inserted += s.inserted;
-                    summary.updated += s.updated;
-                    summary.changed += s.changed;
-                }
-                commit(tx, ENTITY).await?;
-                Ok(summary)
-            })
-            .await?;
-        tracing::debug!(
-            target: TRACE_TARGET,
-            observations = observations.len(),
-            inserted = summary.inserted,
-            updated = summary.updated,
-            changed = summary.changed,
-            "recorded scan observations"
-        );
-        Ok(summary)
+        let summary = self.record(None, observations, dead_ping_limit).await?;
+        Ok(summary.unwrap_or_default())
+    }
+
+    async fn record_batch(
+        &self,
+        key: &str,
+        observations: &[Observation],
+        dead_ping_limit: u32,
+    ) -> Result<Option<RecordSummary>, StoreError> {
+        check_batch_key(key)?;
+        self.record(Some(key), observations, dead_ping_limit).await
+    }
+
+    async fn prune_batches(&self, older_than: Duration) -> Result<u64, StoreError> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        self.retrying(ENTITY, || async {
+            let mut qb = QueryBuilder::new("DELETE FROM scan_batches WHERE recorded_at < ");
+            qb.push_bind(Some(cutoff));
+            let done = qb.build().execute(self.pool()).await.map_err(err(ENTITY))?;
+            Ok(DB::rows_affected(&done))
+        })
+        .await
     }
 
     async fn buried_between(&self, first: IpAddr, last: IpAddr) -> Result<Vec<IpAddr>, StoreError> {
