@@ -391,8 +391,7 @@ where
         check_queue(queue)?;
         let limit = claim_limit(max);
         let max_attempts = self.job_policy().max_attempts;
-        let mut jobs =
-            self.retrying(JOB, || DB::claim(self.pool(), queue, limit, lease, worker, max_attempts)).await?;
+        let mut jobs = self.retrying(JOB, || DB::claim(self.pool(), queue, limit, lease, worker, max_attempts)).await?;
         if jobs.len() < max {
             // The claim passes over spent leases; with the due jobs drained (the only time a
             // spent one would have been next), dead-letter them so they show as dead, not
