@@ -36,7 +36,8 @@ async fn serial_sweep_of_5000_loopback_endpoints_leaves_no_time_wait() {
 
     // Generous timeouts: this test counts TIME_WAIT, and the suite runs it beside CPU-heavy
     // tests (argon2 logins) on two cores, where a 2 s HTTP read once ran out.
-    let timeouts = ProbeTimeouts { connect: Duration::from_secs(10), read: Duration::from_secs(20), ..Default::default() };
+    let timeouts =
+        ProbeTimeouts { connect: Duration::from_secs(10), read: Duration::from_secs(20), ..Default::default() };
     let config = ScanConfig::default()
         .ports(vec![port])
         .icmp(false)
