@@ -34,6 +34,7 @@ mod component;
 mod country;
 mod device;
 mod error;
+pub mod history;
 mod hostname;
 mod id;
 mod ip;

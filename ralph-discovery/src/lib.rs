@@ -51,9 +51,9 @@ pub use neighbour::{NeighbourConfig, NeighbourGuard, NeighbourScope, NeighbourSl
 pub use pacing::{Pacer, RateConfig};
 pub use persist::{BatchRecorder, DEFAULT_BATCH};
 pub use probe::{
-    ConnectOutcome, Connection, Connector, HttpProbe, IcmpProbe, Probe, ProbeContext, ProbeCounters, ProbeReport,
-    ProbeTimeouts, SYS_DESCR, SYS_NAME, Scheme, SnmpFacts, SnmpProbe, Stage, SystemConnector, TcpConnectProbe,
-    http_family,
+    ConnectOutcome, Connection, Connector, HttpProbe, IF_PHYS_ADDRESS, IcmpProbe, Probe, ProbeContext, ProbeCounters,
+    ProbeReport, ProbeTimeouts, SYS_DESCR, SYS_NAME, SYS_OBJECT_ID, Scheme, SnmpError, SnmpFacts, SnmpProbe,
+    SnmpSystem, Stage, SystemConnector, TcpConnectProbe, http_family,
 };
 pub use resources::ScanResources;
 pub use target::{Addresses, DEFAULT_MAX_ADDRESSES, Targets, dedup_addresses};

@@ -1,5 +1,6 @@
 //! [`AnyStore`]: the backend chosen at run time from the URL scheme.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use async_trait::async_trait;
@@ -13,12 +14,17 @@ use ralph_core::{
     UserStore, ValidationError, WorkerBeat,
 };
 
+use ralph_core::history::{Actor, HistoryEntry, HistoryStore, Retention};
+use ralph_core::reconcile::{
+    ApplyReport, Checksum, Field, Plan, PlanItem, ReconcileStore, Scan, Snapshot, SnapshotQuery, StoredConflict,
+};
+
 use crate::PoolConfig;
 use crate::sql::inventory::Table;
 
 /// A store on whichever backend the URL names (`sqlite:`, `postgres:`/`postgresql:`,
 /// `mysql:`/`mariadb:`), among those compiled in. It implements the same traits (inventory,
-/// users, job queue, scan results) by handing each call to the store inside.
+/// users, job queue, scan results, reconciliation, history) by handing each call to the store inside.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum AnyStore {
@@ -299,5 +305,78 @@ impl ScanResultStore for AnyStore {
     }
     async fn buried_between(&self, first: IpAddr, last: IpAddr) -> Result<Vec<IpAddr>, StoreError> {
         dispatch!(self, s => s.buried_between(first, last).await)
+    }
+}
+
+#[async_trait]
+impl ReconcileStore for AnyStore {
+    async fn load_snapshot(&self, query: &SnapshotQuery, scan: &Scan) -> Result<Snapshot, StoreError> {
+        dispatch!(self, s => s.load_snapshot(query, scan).await)
+    }
+    async fn save_plan(&self, plan: &Plan) -> Result<Id<Plan>, StoreError> {
+        dispatch!(self, s => s.save_plan(plan).await)
+    }
+    async fn plan_items(&self, plan: Id<Plan>, after: Option<u32>, limit: u32) -> Result<Vec<PlanItem>, StoreError> {
+        dispatch!(self, s => s.plan_items(plan, after, limit).await)
+    }
+    async fn load_plan(&self, plan: Id<Plan>) -> Result<Plan, StoreError> {
+        dispatch!(self, s => s.load_plan(plan).await)
+    }
+    async fn apply_plan(&self, plan: Id<Plan>, actor: &Actor) -> Result<ApplyReport, StoreError> {
+        dispatch!(self, s => s.apply_plan(plan, actor).await)
+    }
+    async fn open_conflicts(&self, limit: u32) -> Result<Vec<StoredConflict>, StoreError> {
+        dispatch!(self, s => s.open_conflicts(limit).await)
+    }
+    async fn resolve_conflict(
+        &self,
+        conflict: Id<StoredConflict>,
+        actor: &Actor,
+        note: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.resolve_conflict(conflict, actor, note).await)
+    }
+    async fn changed_addresses(&self, checksums: &BTreeMap<IpAddr, Checksum>) -> Result<Vec<IpAddr>, StoreError> {
+        dispatch!(self, s => s.changed_addresses(checksums).await)
+    }
+    async fn set_field(
+        &self,
+        device: Id<Device>,
+        field: Field,
+        value: Option<&str>,
+        actor: &Actor,
+        lock: bool,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_field(device, field, value, actor, lock).await)
+    }
+}
+
+#[async_trait]
+impl HistoryStore for AnyStore {
+    async fn object_history(
+        &self,
+        object_type: &str,
+        object_id: i64,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        dispatch!(self, s => s.object_history(object_type, object_id, limit).await)
+    }
+    async fn field_history(
+        &self,
+        object_type: &str,
+        object_id: i64,
+        field: &str,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        dispatch!(self, s => s.field_history(object_type, object_id, field, limit).await)
+    }
+    async fn deleted_objects(&self, object_type: &str, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
+        dispatch!(self, s => s.deleted_objects(object_type, limit).await)
+    }
+    async fn correlated(&self, correlation: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        dispatch!(self, s => s.correlated(correlation).await)
+    }
+    async fn prune_history(&self, retention: &Retention) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.prune_history(retention).await)
     }
 }

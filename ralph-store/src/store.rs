@@ -4,6 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use ralph_core::history::Actor;
 use ralph_core::{RetryPolicy, StoreError};
 use tracing::info;
 
@@ -32,6 +33,8 @@ pub struct SqlStore<DB: Backend> {
     last_insert_id: bool,
     /// The job queues' retry policy for expired leases.
     job_policy: RetryPolicy,
+    /// Who the inventory writes of this handle are recorded as, in the change history.
+    actor: Actor,
 }
 
 impl<DB: Backend> Clone for SqlStore<DB> {
@@ -43,6 +46,7 @@ impl<DB: Backend> Clone for SqlStore<DB> {
             server: Arc::clone(&self.server),
             last_insert_id: self.last_insert_id,
             job_policy: self.job_policy,
+            actor: self.actor.clone(),
         }
     }
 }
@@ -90,6 +94,7 @@ impl<DB: Backend> SqlStore<DB> {
             server: Arc::default(),
             last_insert_id: false,
             job_policy: RetryPolicy::default(),
+            actor: Actor::system(),
         }
     }
 
@@ -101,6 +106,19 @@ impl<DB: Backend> SqlStore<DB> {
     pub fn with_job_policy(mut self, policy: RetryPolicy) -> Self {
         self.job_policy = policy;
         self
+    }
+
+    /// A handle on the same pool whose inventory writes are recorded in the change history
+    /// as made by `actor` (the default is [`Actor::system`]): one per request of a person, say.
+    #[must_use]
+    pub fn acting_as(&self, actor: Actor) -> Self {
+        Self { actor, ..self.clone() }
+    }
+
+    /// Who this handle's writes are recorded as.
+    #[must_use]
+    pub fn actor(&self) -> &Actor {
+        &self.actor
     }
 
     /// The job queues' retry policy for expired leases.

@@ -64,6 +64,7 @@ mod identity;
 mod merge;
 mod plan;
 mod state;
+mod store;
 #[cfg(test)]
 mod tests;
 
@@ -77,3 +78,4 @@ pub use plan::{
     SequentialIds, Suppressed, SuppressedReason, Unresolved, UnresolvedReason,
 };
 pub use state::{ComponentState, DeviceState, Field, FieldState, Misses, Provenance, ScanId, Snapshot};
+pub use store::{ApplyReport, ReconcileStore, StoredConflict, plan_and_store};

@@ -22,7 +22,7 @@ use tokio::net::{TcpStream, UdpSocket};
 
 pub use http::{HttpProbe, Scheme, http_family};
 pub use icmp::IcmpProbe;
-pub use snmp::{SYS_DESCR, SYS_NAME, SnmpProbe};
+pub use snmp::{IF_PHYS_ADDRESS, SYS_DESCR, SYS_NAME, SYS_OBJECT_ID, SnmpError, SnmpProbe, SnmpSystem};
 pub use tcp::TcpConnectProbe;
 
 use crate::budget::{SocketBudget, SocketPermit};

@@ -16,6 +16,9 @@ use ralph_core::{
 use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
 use tracing::debug;
 
+use ralph_core::history::{Action, HistoryRecord, new_correlation};
+
+use super::history::ColumnText;
 use super::{Columns, Mode, Writer, err};
 use crate::dialect::{Backend, Stamp};
 use crate::store::{SqlStore, TRACE_TARGET, commit};
@@ -748,7 +751,7 @@ where
 
     /// The model a device points at (share-locked: its shape cannot change until the device is
     /// written), or `None`.
-    async fn load_model(
+    pub(crate) async fn load_model(
         conn: &mut DB::Connection,
         model: Id<DeviceModel>,
         lock: &str,
@@ -856,8 +859,49 @@ where
         qb.build().execute(&mut *conn).await.map(drop).map_err(err(Device::NAME))
     }
 
+    /// The stored row of `T` with `id`, locked for the rest of the transaction.
+    async fn locked_row<T>(conn: &mut DB::Connection, id: i64) -> Result<Option<Record<T>>, StoreError>
+    where
+        T: Table,
+        for<'r> T::Row: FromRow<'r, DB::Row>,
+    {
+        let mut qb = QueryBuilder::new(format!("SELECT * FROM {} WHERE id = ", T::TABLE));
+        qb.push_bind(Some(id)).push(DB::FOR_UPDATE);
+        let row = qb.build_query_as::<T::Row>().fetch_optional(&mut *conn).await.map_err(err(T::NAME))?;
+        row.map(T::from_row).transpose()
+    }
+
+    /// Records an inventory write in the change history, in its transaction, as made by this
+    /// handle's actor; a write that changed nothing records nothing.
+    async fn record_write<T: Table>(
+        &self,
+        conn: &mut DB::Connection,
+        id: i64,
+        action: Action,
+        before: Option<&T>,
+        after: Option<&T>,
+    ) -> Result<(), StoreError> {
+        let text = |value: Option<&T>| -> Result<Option<ColumnText>, StoreError> {
+            value
+                .map(|v| {
+                    let mut c = ColumnText::default();
+                    v.columns(&mut c).map(|()| c)
+                })
+                .transpose()
+        };
+        let (before, after) = (text(before)?, text(after)?);
+        let mut record = HistoryRecord::new(T::NAME, id, action, self.actor().clone())
+            .with_changes(ColumnText::diff(before.as_ref(), after.as_ref()));
+        if let Some(device) =
+            after.as_ref().or(before.as_ref()).and_then(|c| c.get("device_id")).and_then(|d| d.parse::<i64>().ok())
+        {
+            record = record.with_related(Device::NAME, device);
+        }
+        Self::write_history(conn, &[record], &new_correlation(), Utc::now()).await.map(drop)
+    }
+
     /// Inserts `value` and returns its new id.
-    async fn insert_row<T: Table>(conn: &mut DB::Connection, value: &T) -> Result<i64, StoreError> {
+    pub(crate) async fn insert_row<T: Table>(conn: &mut DB::Connection, value: &T) -> Result<i64, StoreError> {
         let mut qb = QueryBuilder::new(format!("INSERT INTO {} (", T::TABLE));
         value.columns(&mut Writer::new(&mut qb, Mode::Names))?;
         qb.push(") VALUES (");
@@ -906,6 +950,7 @@ where
             if cells_kept {
                 Self::write_cells(&mut tx, id, cells).await?;
             }
+            self.record_write::<T>(&mut tx, id, Action::Create, None, Some(value)).await?;
             commit(tx, T::NAME).await?;
             Ok(Id::new(id))
         })
@@ -932,15 +977,11 @@ where
 
     async fn update(&self, id: Id<T>, value: &T) -> Result<(), StoreError> {
         value.validate().map_err(|e| StoreError::invalid(T::NAME, e))?;
-        let exists = format!("SELECT id FROM {} WHERE id = ", T::TABLE);
         self.retrying(T::NAME, || async {
             let mut tx = self.begin(T::NAME).await?;
-            let mut qb = QueryBuilder::new(&exists);
-            qb.push_bind(Some(id.get()));
-            let found = qb.build_query_scalar::<i64>().fetch_optional(&mut *tx).await.map_err(err(T::NAME))?;
-            if found.is_none() {
+            let Some(before) = Self::locked_row::<T>(&mut tx, id.get()).await? else {
                 return Err(StoreError::NotFound { entity: T::NAME, key: id.to_string() });
-            }
+            };
             Self::check_unique(&mut tx, value, Some(id.get())).await?;
             let checks = value.checks();
             let cells_kept = has_cells(&checks);
@@ -952,6 +993,7 @@ where
             if cells_kept {
                 Self::write_cells(&mut tx, id.get(), cells).await?;
             }
+            self.record_write::<T>(&mut tx, id.get(), Action::Update, Some(&before.value), Some(value)).await?;
             commit(tx, T::NAME).await
         })
         .await?;
@@ -963,9 +1005,15 @@ where
         let sql = format!("DELETE FROM {} WHERE id = ", T::TABLE);
         let deleted = self
             .retrying(T::NAME, || async {
+                let mut tx = self.begin(T::NAME).await?;
+                let Some(before) = Self::locked_row::<T>(&mut tx, id.get()).await? else { return Ok(0) };
                 let mut qb = QueryBuilder::new(&sql);
                 qb.push_bind(Some(id.get()));
-                qb.build().execute(self.pool()).await.map(|r| DB::rows_affected(&r)).map_err(err(T::NAME))
+                let deleted =
+                    qb.build().execute(&mut *tx).await.map(|r| DB::rows_affected(&r)).map_err(err(T::NAME))?;
+                self.record_write::<T>(&mut tx, id.get(), Action::Delete, Some(&before.value), None).await?;
+                commit(tx, T::NAME).await?;
+                Ok(deleted)
             })
             .await?;
         if deleted == 0 {

@@ -8,8 +8,10 @@
 //! same list: the executor, the arguments, and `i64`, `i32`, `bool`, `&str`/`String`,
 //! `DateTime<Utc>` and the queue's [`Stamp`](crate::dialect::Stamp).
 
+pub(crate) mod history;
 pub(crate) mod inventory;
 pub(crate) mod queue;
+pub(crate) mod reconcile;
 pub(crate) mod scan;
 pub(crate) mod users;
 

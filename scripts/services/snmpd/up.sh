@@ -32,7 +32,7 @@ sysContact ralph-rs
 CONF
     # -C: only this config; -f: foreground (backgrounded here so we know its pid); -Lf: log file.
     "$SNMPD" -f -C -c "$DIR/snmpd.conf" -Lf "$DIR/snmpd.log" -p "$DIR/snmpd.pid" \
-        -M /dev/null -I -ifTable,ifXTable,ipAddressTable > /dev/null 2>&1 &
+        -M /dev/null -I -ifXTable,ipAddressTable > /dev/null 2>&1 &
     echo $! > "$DIR/snmpd.bgpid"
     for _ in $(seq 1 50); do
         if grep -q "NET-SNMP version" "$DIR/snmpd.log" 2>/dev/null; then break; fi

@@ -1,0 +1,355 @@
+//! Change history: who changed which object's fields, from what to what, when, as part of
+//! which operation; and the store trait that reads and prunes it.
+//!
+//! A store writes history rows in the same transaction as the change they describe, so a
+//! change and its record are committed (or lost) together. An empty change writes no row,
+//! and volatile fields ([`NOISY_FIELDS`], such as `last_seen`) are never recorded.
+//!
+//! ```
+//! use ralph_core::history::{Action, Actor, FieldChange, HistoryRecord};
+//!
+//! let record = HistoryRecord::new("device", 7, Action::Update, Actor::source("snmp"))
+//!     .with_changes(vec![
+//!         FieldChange::new("serial_number", Some("CZ1"), Some("CZ2")),
+//!         FieldChange::new("model", Some("R640"), Some("R640")), // unchanged: dropped
+//!         FieldChange::new("last_seen", None, Some("2026-11-30")), // noisy: dropped
+//!     ]);
+//! assert_eq!(record.changes.len(), 1);
+//! assert!(!record.is_empty());
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{Id, StoreError, ValidationError};
+
+/// Fields never recorded: they change on every scan and say nothing about the object.
+pub const NOISY_FIELDS: &[&str] = &["last_seen", "dead_ping_count", "scan_checksum"];
+
+/// What kind of actor made a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorKind {
+    /// A person, by username.
+    User,
+    /// A discovery or sync source (`snmp`, `ldap`), by name.
+    Source,
+    /// The system itself (a queue admin action, a migration, a write with no actor given).
+    System,
+}
+
+impl ActorKind {
+    /// `"user"`, `"source"` or `"system"`, as stored.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Source => "source",
+            Self::System => "system",
+        }
+    }
+
+    /// Parses the stored name.
+    ///
+    /// # Errors
+    /// [`ValidationError::UnknownName`].
+    pub fn parse(input: &str) -> Result<Self, ValidationError> {
+        [Self::User, Self::Source, Self::System]
+            .into_iter()
+            .find(|k| k.as_str() == input)
+            .ok_or_else(|| ValidationError::UnknownName { what: "actor kind", input: input.to_owned() })
+    }
+}
+
+/// Who made a change.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Actor {
+    /// What kind of actor.
+    pub kind: ActorKind,
+    /// The username or source name.
+    pub name: String,
+}
+
+impl Actor {
+    /// A person.
+    #[must_use]
+    pub fn user(name: &str) -> Self {
+        Self { kind: ActorKind::User, name: name.to_owned() }
+    }
+
+    /// A discovery or sync source.
+    #[must_use]
+    pub fn source(name: &str) -> Self {
+        Self { kind: ActorKind::Source, name: name.to_owned() }
+    }
+
+    /// The system.
+    #[must_use]
+    pub fn system() -> Self {
+        Self { kind: ActorKind::System, name: "system".to_owned() }
+    }
+}
+
+impl Default for Actor {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind.as_str(), self.name)
+    }
+}
+
+/// What happened to the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// It was created; every change's `before` is `None`.
+    Create,
+    /// Fields changed.
+    Update,
+    /// It was deleted; every change's `after` is `None`.
+    Delete,
+    /// It moved to another parent (a component to another device).
+    Move,
+}
+
+impl Action {
+    /// `"create"`, `"update"`, `"delete"` or `"move"`, as stored.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Delete => "delete",
+            Self::Move => "move",
+        }
+    }
+
+    /// Parses the stored name.
+    ///
+    /// # Errors
+    /// [`ValidationError::UnknownName`].
+    pub fn parse(input: &str) -> Result<Self, ValidationError> {
+        [Self::Create, Self::Update, Self::Delete, Self::Move]
+            .into_iter()
+            .find(|a| a.as_str() == input)
+            .ok_or_else(|| ValidationError::UnknownName { what: "history action", input: input.to_owned() })
+    }
+}
+
+/// One field's change, as text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldChange {
+    /// The field's name (a column or reconciler field name).
+    pub field: String,
+    /// The value before (`None`: no value).
+    pub before: Option<String>,
+    /// The value after (`None`: no value).
+    pub after: Option<String>,
+}
+
+impl FieldChange {
+    /// A change of `field` from `before` to `after`.
+    #[must_use]
+    pub fn new(field: &str, before: Option<&str>, after: Option<&str>) -> Self {
+        Self { field: field.to_owned(), before: before.map(str::to_owned), after: after.map(str::to_owned) }
+    }
+
+    /// Whether it changes nothing, or touches a [noisy](NOISY_FIELDS) field.
+    #[must_use]
+    pub fn is_noise(&self) -> bool {
+        self.before == self.after || NOISY_FIELDS.contains(&self.field.as_str())
+    }
+}
+
+/// A history row to write: an object's change, before the store gives it an id and a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    /// The object's type (`device`, `component`, `rack`, ...).
+    pub object_type: String,
+    /// The object's id.
+    pub object_id: i64,
+    /// A related object (type, id): a component's device.
+    pub related: Option<(String, i64)>,
+    /// What happened.
+    pub action: Action,
+    /// The changed fields (never an unchanged or noisy one).
+    pub changes: Vec<FieldChange>,
+    /// Who did it.
+    pub actor: Actor,
+    /// A free-form note (the scan, the reason).
+    pub message: Option<String>,
+}
+
+impl HistoryRecord {
+    /// A record with no field changes yet.
+    #[must_use]
+    pub fn new(object_type: &str, object_id: i64, action: Action, actor: Actor) -> Self {
+        Self {
+            object_type: object_type.to_owned(),
+            object_id,
+            related: None,
+            action,
+            changes: Vec::new(),
+            actor,
+            message: None,
+        }
+    }
+
+    /// Sets the changed fields, dropping unchanged and noisy ones.
+    #[must_use]
+    pub fn with_changes(mut self, changes: Vec<FieldChange>) -> Self {
+        self.changes = changes.into_iter().filter(|c| !c.is_noise()).collect();
+        self
+    }
+
+    /// Names a related object.
+    #[must_use]
+    pub fn with_related(mut self, object_type: &str, id: i64) -> Self {
+        self.related = Some((object_type.to_owned(), id));
+        self
+    }
+
+    /// Adds a note.
+    #[must_use]
+    pub fn with_message(mut self, message: &str) -> Self {
+        self.message = Some(message.to_owned());
+        self
+    }
+
+    /// Whether the record says nothing: an update or move with no changed field. Creates and
+    /// deletes are never empty. A store writes no row for an empty record.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        matches!(self.action, Action::Update | Action::Move) && self.changes.is_empty()
+    }
+}
+
+/// A stored history row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Its id; ascending in commit order within one object.
+    pub id: Id<HistoryEntry>,
+    /// When it was written.
+    pub at: DateTime<Utc>,
+    /// The operation it belongs to: every row one apply or one write made shares it.
+    pub correlation: String,
+    /// What was recorded.
+    pub record: HistoryRecord,
+}
+
+/// How much history to keep. Rows are pruned in chunks of [`Retention::chunk`] rows, each
+/// chunk its own short transaction, so pruning never holds locks for long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retention {
+    /// Rows older than this are pruned.
+    pub max_age: Option<Duration>,
+    /// Only the newest this many rows of each object are kept.
+    pub max_per_object: Option<u32>,
+    /// Rows deleted per transaction.
+    pub chunk: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { max_age: None, max_per_object: None, chunk: 1000 }
+    }
+}
+
+impl Retention {
+    /// Keeps rows younger than `age`.
+    #[must_use]
+    pub fn with_max_age(mut self, age: Duration) -> Self {
+        self.max_age = Some(age);
+        self
+    }
+
+    /// Keeps the newest `count` rows of each object.
+    #[must_use]
+    pub fn with_max_per_object(mut self, count: u32) -> Self {
+        self.max_per_object = Some(count);
+        self
+    }
+
+    /// Deletes `rows` rows per transaction (at least 1).
+    #[must_use]
+    pub fn with_chunk(mut self, rows: u32) -> Self {
+        self.chunk = rows.max(1);
+        self
+    }
+}
+
+/// Reads and prunes the change history a store writes beside its changes.
+#[async_trait]
+pub trait HistoryStore: Send + Sync {
+    /// The history of one object, newest first, at most `limit` rows.
+    async fn object_history(
+        &self,
+        object_type: &str,
+        object_id: i64,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// The changes of one field of one object ("when did this serial change"), newest first;
+    /// each entry holds only that field's change.
+    async fn field_history(
+        &self,
+        object_type: &str,
+        object_id: i64,
+        field: &str,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// Deletions of objects of `object_type`, newest first: the deleted objects' last values.
+    async fn deleted_objects(&self, object_type: &str, limit: u32) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// Every row of one operation, in the order written.
+    async fn correlated(&self, correlation: &str) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// Deletes what `retention` does not keep, in short transactions; returns how many rows
+    /// went.
+    async fn prune_history(&self, retention: &Retention) -> Result<u64, StoreError>;
+}
+
+/// A fresh correlation id: 32 hex digits.
+#[must_use]
+pub fn new_correlation() -> String {
+    use rand_core::{OsRng, RngCore};
+    let mut bytes = [0u8; 16];
+    OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_bad_ones_are_typed_errors() {
+        for a in [Action::Create, Action::Update, Action::Delete, Action::Move] {
+            assert_eq!(Action::parse(a.as_str()).ok(), Some(a));
+        }
+        for k in [ActorKind::User, ActorKind::Source, ActorKind::System] {
+            assert_eq!(ActorKind::parse(k.as_str()).ok(), Some(k));
+        }
+        assert!(Action::parse("explode").is_err());
+        assert!(ActorKind::parse("robot").is_err());
+    }
+
+    #[test]
+    fn empty_updates_are_empty_creates_are_not() {
+        let r = HistoryRecord::new("device", 1, Action::Update, Actor::system()).with_changes(vec![FieldChange::new(
+            "last_seen",
+            None,
+            Some("x"),
+        )]);
+        assert!(r.is_empty());
+        assert!(!HistoryRecord::new("device", 1, Action::Create, Actor::system()).is_empty());
+        assert_ne!(new_correlation(), new_correlation());
+        assert_eq!(new_correlation().len(), 32);
+    }
+}

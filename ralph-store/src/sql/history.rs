@@ -1,0 +1,432 @@
+//! The change history: rows written inside the transactions of the changes they record
+//! ([`SqlStore::write_history`]), the [`HistoryStore`] reads, and pruning in short chunks.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ralph_core::history::{
+    Action, Actor, ActorKind, FieldChange, HistoryEntry, HistoryRecord, HistoryStore, Retention,
+};
+use ralph_core::{Id, StoreError};
+use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
+
+use super::{Columns, err, push_list};
+use crate::dialect::{Backend, Stamp};
+use crate::store::{SqlStore, commit};
+
+const ENTITY: &str = "history";
+
+/// A value's columns as text, collected through [`Columns`]: what an inventory write's
+/// history row compares.
+#[derive(Debug, Default)]
+pub(crate) struct ColumnText(pub(crate) Vec<(&'static str, Option<String>)>);
+
+impl Columns for ColumnText {
+    fn int(&mut self, name: &'static str, value: Option<i64>) {
+        self.0.push((name, value.map(|v| v.to_string())));
+    }
+    fn text(&mut self, name: &'static str, value: Option<&str>) {
+        self.0.push((name, value.map(str::to_owned)));
+    }
+    fn bool(&mut self, name: &'static str, value: bool) {
+        self.0.push((name, Some(value.to_string())));
+    }
+    fn time(&mut self, name: &'static str, value: Option<DateTime<Utc>>) {
+        self.0.push((name, value.map(|v| v.to_rfc3339())));
+    }
+}
+
+impl ColumnText {
+    /// The value of column `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| *n == name).and_then(|(_, v)| v.as_deref())
+    }
+
+    /// The changes from `before` to `after` (either may be absent: a create or a delete),
+    /// secrets left out (their columns are recorded as changed, never with their values).
+    pub(crate) fn diff(before: Option<&Self>, after: Option<&Self>) -> Vec<FieldChange> {
+        let mut fields: BTreeMap<&'static str, (Option<&str>, Option<&str>)> = BTreeMap::new();
+        for (name, v) in before.map(|b| b.0.as_slice()).unwrap_or_default() {
+            fields.entry(name).or_default().0 = v.as_deref();
+        }
+        for (name, v) in after.map(|a| a.0.as_slice()).unwrap_or_default() {
+            fields.entry(name).or_default().1 = v.as_deref();
+        }
+        fields
+            .into_iter()
+            .filter(|(_, (b, a))| b != a)
+            .map(|(name, (b, a))| {
+                if SECRET_COLUMNS.contains(&name) {
+                    let hide = |v: Option<&str>| v.map(|_| "(secret)");
+                    FieldChange::new(name, hide(b), hide(a))
+                } else {
+                    FieldChange::new(name, b, a)
+                }
+            })
+            .filter(|c| !c.is_noise())
+            .collect()
+    }
+}
+
+/// Columns whose values never enter history (a changed secret is recorded as changed).
+const SECRET_COLUMNS: &[&str] = &["snmp_community", "password_hash"];
+
+#[derive(FromRow)]
+struct HistoryRow {
+    id: i64,
+    object_type: String,
+    object_id: i64,
+    related_type: Option<String>,
+    related_id: Option<i64>,
+    action: String,
+    actor_kind: String,
+    actor: String,
+    at: DateTime<Utc>,
+    correlation: String,
+    message: Option<String>,
+}
+
+#[derive(FromRow)]
+struct FieldRow {
+    history_id: i64,
+    field: String,
+    before_value: Option<String>,
+    after_value: Option<String>,
+}
+
+fn corrupt(detail: String) -> StoreError {
+    StoreError::Corrupt { entity: ENTITY, detail }
+}
+
+impl HistoryRow {
+    fn into_entry(self, changes: Vec<FieldChange>) -> Result<HistoryEntry, StoreError> {
+        let related = match (self.related_type, self.related_id) {
+            (Some(t), Some(id)) => Some((t, id)),
+            _ => None,
+        };
+        Ok(HistoryEntry {
+            id: Id::new(self.id),
+            at: self.at,
+            correlation: self.correlation,
+            record: HistoryRecord {
+                object_type: self.object_type,
+                object_id: self.object_id,
+                related,
+                action: Action::parse(&self.action).map_err(|e| corrupt(e.to_string()))?,
+                changes,
+                actor: Actor {
+                    kind: ActorKind::parse(&self.actor_kind).map_err(|e| corrupt(e.to_string()))?,
+                    name: self.actor,
+                },
+                message: self.message,
+            },
+        })
+    }
+}
+
+impl<DB> SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Decode<'q, DB> + Type<DB>,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Decode<'q, DB> + Type<DB>,
+    for<'q> Stamp: Decode<'q, DB> + Type<DB>,
+{
+    /// Writes `records` (empty ones skipped) under one correlation id, in the caller's
+    /// transaction: the change and its record commit together.
+    pub(crate) async fn write_history(
+        conn: &mut DB::Connection,
+        records: &[HistoryRecord],
+        correlation: &str,
+        at: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let mut written = 0;
+        for record in records.iter().filter(|r| !r.is_empty()) {
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO change_history (object_type, object_id, related_type, related_id, action, actor_kind, \
+                 actor, at, correlation, message) VALUES (",
+            );
+            let mut v = qb.separated(", ");
+            v.push_bind(Some(record.object_type.as_str()))
+                .push_bind(Some(record.object_id))
+                .push_bind(record.related.as_ref().map(|(t, _)| t.as_str()))
+                .push_bind(record.related.as_ref().map(|(_, id)| *id))
+                .push_bind(Some(record.action.as_str()))
+                .push_bind(Some(record.actor.kind.as_str()))
+                .push_bind(Some(record.actor.name.as_str()))
+                .push_bind(Some(at))
+                .push_bind(Some(correlation))
+                .push_bind(record.message.as_deref());
+            qb.push(")");
+            let id = DB::insert_id(conn, qb).await.map_err(err(ENTITY))?;
+            if !record.changes.is_empty() {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO change_history_fields (history_id, field, before_value, after_value) ",
+                );
+                qb.push_values(&record.changes, |mut row, c| {
+                    row.push_bind(Some(id))
+                        .push_bind(Some(c.field.as_str()))
+                        .push_bind(c.before.as_deref())
+                        .push_bind(c.after.as_deref());
+                });
+                qb.build().execute(&mut *conn).await.map_err(err(ENTITY))?;
+            }
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    /// History rows selected by `filter` (pushed after `WHERE` on `change_history h`), newest
+    /// first, with their field changes (only `field`'s when given).
+    async fn history_where(
+        &self,
+        join_field: Option<&str>,
+        filter: impl FnOnce(&mut QueryBuilder<DB>),
+        order: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let mut qb = QueryBuilder::new(
+            "SELECT h.id, h.object_type, h.object_id, h.related_type, h.related_id, h.action, h.actor_kind, h.actor, \
+             h.at, h.correlation, h.message FROM change_history h",
+        );
+        if let Some(field) = join_field {
+            qb.push(" JOIN change_history_fields f ON f.history_id = h.id AND f.field = ").push_bind(Some(field));
+        }
+        qb.push(" WHERE ");
+        filter(&mut qb);
+        qb.push(" ORDER BY ").push(order);
+        if let Some(limit) = limit {
+            qb.push(" LIMIT ").push_bind(Some(i64::from(limit)));
+        }
+        let rows = qb.build_query_as::<HistoryRow>().fetch_all(self.pool()).await.map_err(err(ENTITY))?;
+        let mut changes: BTreeMap<i64, Vec<FieldChange>> = BTreeMap::new();
+        for chunk in rows.chunks(500) {
+            let mut qb = QueryBuilder::new(
+                "SELECT history_id, field, before_value, after_value FROM change_history_fields WHERE history_id IN (",
+            );
+            push_list(&mut qb, chunk.iter().map(|r| Some(r.id)));
+            qb.push(")");
+            if let Some(field) = join_field {
+                qb.push(" AND field = ").push_bind(Some(field));
+            }
+            qb.push(" ORDER BY history_id, field");
+            for f in qb.build_query_as::<FieldRow>().fetch_all(self.pool()).await.map_err(err(ENTITY))? {
+                changes.entry(f.history_id).or_default().push(FieldChange {
+                    field: f.field,
+                    before: f.before_value,
+                    after: f.after_value,
+                });
+            }
+        }
+        rows.into_iter()
+            .map(|r| {
+                let c = changes.remove(&r.id).unwrap_or_default();
+                r.into_entry(c)
+            })
+            .collect()
+    }
+
+    /// Deletes the history rows with these ids (and their fields) in one short transaction.
+    async fn delete_history(&self, ids: &[i64]) -> Result<u64, StoreError> {
+        self.retrying(ENTITY, || async {
+            let mut tx = self.begin(ENTITY).await?;
+            let mut qb = QueryBuilder::new("DELETE FROM change_history_fields WHERE history_id IN (");
+            push_list(&mut qb, ids.iter().map(|id| Some(*id)));
+            qb.push(")");
+            qb.build().execute(&mut *tx).await.map_err(err(ENTITY))?;
+            let mut qb = QueryBuilder::new("DELETE FROM change_history WHERE id IN (");
+            push_list(&mut qb, ids.iter().map(|id| Some(*id)));
+            qb.push(")");
+            let done = qb.build().execute(&mut *tx).await.map_err(err(ENTITY))?;
+            commit(tx, ENTITY).await?;
+            Ok(DB::rows_affected(&done))
+        })
+        .await
+    }
+
+    /// Ids of up to `chunk` rows matching `filter`, oldest first.
+    async fn history_ids(
+        &self,
+        filter: impl FnOnce(&mut QueryBuilder<DB>),
+        chunk: u32,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut qb = QueryBuilder::new("SELECT id FROM change_history WHERE ");
+        filter(&mut qb);
+        qb.push(" ORDER BY id LIMIT ").push_bind(Some(i64::from(chunk)));
+        qb.build_query_scalar::<i64>().fetch_all(self.pool()).await.map_err(err(ENTITY))
+    }
+}
+
+#[derive(FromRow)]
+struct ObjectRow {
+    object_type: String,
+    object_id: i64,
+}
+
+#[async_trait]
+impl<DB> HistoryStore for SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Decode<'q, DB> + Type<DB>,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Decode<'q, DB> + Type<DB>,
+    for<'q> Stamp: Decode<'q, DB> + Type<DB>,
+{
+    async fn object_history(
+        &self,
+        object_type: &str,
+        object_id: i64,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.history_where(
+            None,
+            |qb| {
+                qb.push("h.object_type = ")
+                    .push_bind(Some(object_type))
+                    .push(" AND h.object_id = ")
+                    .push_bind(Some(object_id));
+            },
+            "h.id DESC",
+            Some(limit),
+        )
+        .await
+    }
+
+    async fn field_history(
+        &self,
+        object_type: &str,
+        object_id: i64,
+        field: &str,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.history_where(
+            Some(field),
+            |qb| {
+                qb.push("h.object_type = ")
+                    .push_bind(Some(object_type))
+                    .push(" AND h.object_id = ")
+                    .push_bind(Some(object_id));
+            },
+            "h.id DESC",
+            Some(limit),
+        )
+        .await
+    }
+
+    async fn deleted_objects(&self, object_type: &str, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.history_where(
+            None,
+            |qb| {
+                qb.push("h.object_type = ")
+                    .push_bind(Some(object_type))
+                    .push(" AND h.action = ")
+                    .push_bind(Some(Action::Delete.as_str()));
+            },
+            "h.id DESC",
+            Some(limit),
+        )
+        .await
+    }
+
+    async fn correlated(&self, correlation: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.history_where(
+            None,
+            |qb| {
+                qb.push("h.correlation = ").push_bind(Some(correlation));
+            },
+            "h.id",
+            None,
+        )
+        .await
+    }
+
+    async fn prune_history(&self, retention: &Retention) -> Result<u64, StoreError> {
+        let chunk = retention.chunk.max(1);
+        let mut pruned = 0;
+        if let Some(age) = retention.max_age {
+            let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+            loop {
+                let ids = self
+                    .history_ids(
+                        |qb| {
+                            qb.push("at < ").push_bind(Some(cutoff));
+                        },
+                        chunk,
+                    )
+                    .await?;
+                if ids.is_empty() {
+                    break;
+                }
+                pruned += self.delete_history(&ids).await?;
+            }
+        }
+        if let Some(keep) = retention.max_per_object {
+            loop {
+                let mut qb = QueryBuilder::new(
+                    "SELECT object_type, object_id FROM change_history GROUP BY object_type, object_id HAVING COUNT(*) > ",
+                );
+                qb.push_bind(Some(i64::from(keep))).push(" LIMIT ").push_bind(Some(i64::from(chunk)));
+                let objects = qb.build_query_as::<ObjectRow>().fetch_all(self.pool()).await.map_err(err(ENTITY))?;
+                if objects.is_empty() {
+                    break;
+                }
+                for o in objects {
+                    // The oldest id kept; everything of the object below it goes.
+                    let floor = if keep == 0 {
+                        i64::MAX
+                    } else {
+                        let mut qb = QueryBuilder::new("SELECT id FROM change_history WHERE object_type = ");
+                        qb.push_bind(Some(o.object_type.as_str()))
+                            .push(" AND object_id = ")
+                            .push_bind(Some(o.object_id))
+                            .push(" ORDER BY id DESC LIMIT 1 OFFSET ")
+                            .push_bind(Some(i64::from(keep - 1)));
+                        let floor =
+                            qb.build_query_scalar::<i64>().fetch_optional(self.pool()).await.map_err(err(ENTITY))?;
+                        let Some(floor) = floor else { continue };
+                        floor
+                    };
+                    loop {
+                        let ids = self
+                            .history_ids(
+                                |qb| {
+                                    qb.push("object_type = ")
+                                        .push_bind(Some(o.object_type.as_str()))
+                                        .push(" AND object_id = ")
+                                        .push_bind(Some(o.object_id))
+                                        .push(" AND id < ")
+                                        .push_bind(Some(floor));
+                                },
+                                chunk,
+                            )
+                            .await?;
+                        if ids.is_empty() {
+                            break;
+                        }
+                        pruned += self.delete_history(&ids).await?;
+                    }
+                }
+            }
+        }
+        Ok(pruned)
+    }
+}
