@@ -504,8 +504,7 @@ impl NeighbourScope {
     }
 
     /// Waits for room for `ip` when it is on-link (this process's budget, the host-wide slot,
-    /// and the live table below its ceiling when entries are deleted); `None` (immediately)
-    /// otherwise.
+    /// and the live table below its ceiling); `None` (immediately) otherwise.
     pub async fn admit(&self, ip: IpAddr) -> Option<NeighbourSlot> {
         let g = &self.guard;
         let ifindex = g.on_link(ip)?;
@@ -540,14 +539,14 @@ impl NeighbourScope {
             },
             None => None,
         };
-        // Entries left by others (or not yet collected) count too: with entries deleted after
-        // use, the table must stay below its ceiling whoever filled it.
-        if g.inner.delete {
-            let mut wait = Duration::from_millis(1);
-            while !g.room(v6) {
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_millis(20));
-            }
+        // Entries left by others (or not yet collected) count too: the table stays below its
+        // ceiling whoever filled it. Also when entries are kept: a process that kept its entries
+        // and exited has given its host-wide slots back (the kernel drops a dead process's
+        // locks) while its entries still fill the table until the kernel collects them.
+        let mut wait = Duration::from_millis(1);
+        while !g.room(v6) {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(20));
         }
         Some(NeighbourSlot { permit: Some(permit), host, hold: g.inner.hold, ip, ifindex })
     }
