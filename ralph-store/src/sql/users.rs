@@ -341,16 +341,23 @@ where
         if missing.is_empty() {
             return Ok(ids);
         }
-        // Insert-or-ignore: a concurrent mirror may create the same group at the same time.
-        for name in &missing {
-            let mut qb = QueryBuilder::new(DB::INSERT_IGNORE);
-            qb.push(" auth_groups (name) VALUES (").push_bind(Some(*name)).push(")").push(DB::ignore_conflict("name"));
-            qb.build().execute(&mut *conn).await.map_err(err(GROUP))?;
-        }
-        // A locking read: on MySQL a plain one reads the transaction's snapshot, which may
-        // predate a group another transaction just created (and our insert then ignored).
-        ids.extend(Self::find_groups(conn, &missing, DB::FOR_SHARE).await?.into_iter().map(|g| g.id));
+        ids.extend(Self::create_groups(conn, &missing).await?.into_iter().map(|g| g.id));
         Ok(ids)
+    }
+
+    /// Creates the groups named `missing` (insert-or-ignore: a concurrent mirror may create the
+    /// same group at the same time) and reads them back with a locking read: on MySQL a plain
+    /// one reads the transaction's snapshot, which may predate a group another transaction just
+    /// created (and our insert then ignored).
+    async fn create_groups(conn: &mut DB::Connection, missing: &BTreeSet<&str>) -> Result<Vec<GroupRow>, StoreError> {
+        let mut qb = QueryBuilder::new(DB::INSERT_IGNORE);
+        qb.push(" auth_groups (name) ");
+        qb.push_values(missing, |mut row, name| {
+            row.push_bind(Some(*name));
+        });
+        qb.push(DB::ignore_conflict("name"));
+        qb.build().execute(&mut *conn).await.map_err(err(GROUP))?;
+        Self::find_groups(conn, missing, DB::FOR_SHARE).await
     }
 
     /// Makes the memberships of user `id` exactly `wanted`, given the `current` ones: inserts
@@ -526,19 +533,10 @@ where
         for chunk in &chunks {
             let found = Self::find_groups(conn, chunk, "").await?;
             let known: BTreeSet<&str> = found.iter().map(|g| g.name.as_str()).collect();
-            let missing: Vec<&str> = chunk.iter().copied().filter(|n| !known.contains(n)).collect();
+            let missing: BTreeSet<&str> = chunk.iter().copied().filter(|n| !known.contains(n)).collect();
             let mut rows = found;
             if !missing.is_empty() {
-                let mut qb = QueryBuilder::new(DB::INSERT_IGNORE);
-                qb.push(" auth_groups (name) ");
-                qb.push_values(&missing, |mut row, name| {
-                    row.push_bind(Some(*name));
-                });
-                qb.push(DB::ignore_conflict("name"));
-                qb.build().execute(&mut *conn).await.map_err(err(GROUP))?;
-                // A locking read (see `group_ids`).
-                let missing: BTreeSet<&str> = missing.into_iter().collect();
-                rows.extend(Self::find_groups(conn, &missing, DB::FOR_SHARE).await?);
+                rows.extend(Self::create_groups(conn, &missing).await?);
             }
             for name in chunk {
                 match rows.iter().find(|g| g.name == *name) {
