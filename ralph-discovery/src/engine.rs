@@ -766,6 +766,7 @@ where
         ctx: ProbeContext {
             budget: resources.sockets().clone(),
             pacer,
+            lane: Arc::default(),
             connector: Arc::clone(&config.connector),
             counters: Arc::new(ProbeCounters::default()),
             timeouts: config.timeouts,

@@ -122,11 +122,23 @@ impl RateConfig {
 }
 
 /// A token-bucket pacer whose rate follows AIMD.
+///
+/// Starts are handed out in arrival order, and scans sharing one pacer share it fairly: each
+/// scan queues its probes in its own lane and holds at most one place in the pacer's queue,
+/// so a one-host scan started beside a sweep of a /16 waits for about one start per scan
+/// in flight, not behind the sweep's whole window.
 #[derive(Debug)]
 pub struct Pacer {
     config: RateConfig,
     state: Mutex<PacerState>,
+    /// The queue for starts: tokio's mutex wakes waiters first come, first served.
+    turn: tokio::sync::Mutex<()>,
 }
+
+/// One scan's place in a shared [`Pacer`]'s queue: its probes wait here, one at a time, for
+/// the pacer (see [`Pacer::ready_in`]).
+#[derive(Debug, Default)]
+pub(crate) struct Lane(tokio::sync::Mutex<()>);
 
 #[derive(Debug)]
 struct PacerState {
@@ -136,6 +148,9 @@ struct PacerState {
     last_decrease: Option<Instant>,
     decreases: u64,
     min_seen: f64,
+    /// Times a waiter looked for a token (a start costs one look, or two after a sleep, when
+    /// waiters queue instead of all waking for each token).
+    looks: u64,
 }
 
 impl Pacer {
@@ -160,7 +175,9 @@ impl Pacer {
                 last_decrease: None,
                 decreases: 0,
                 min_seen: rate,
+                looks: 0,
             }),
+            turn: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -169,11 +186,26 @@ impl Pacer {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Waits until one more probe may start.
+    /// Waits until one more probe may start; callers are served in arrival order.
     pub async fn ready(&self) {
+        let _turn = self.turn.lock().await;
+        self.take().await;
+    }
+
+    /// [`Pacer::ready`] for a probe of the scan that owns `lane`: the scan's probes queue in
+    /// their lane first, so each scan holds at most one place in the pacer's queue and scans
+    /// sharing the pacer get its starts in turn.
+    pub(crate) async fn ready_in(&self, lane: &Lane) {
+        let _lane = lane.0.lock().await;
+        self.ready().await;
+    }
+
+    /// Takes one token, sleeping until there is one (called with the turn held).
+    async fn take(&self) {
         loop {
             let wait = {
                 let mut s = self.lock();
+                s.looks += 1;
                 let now = Instant::now();
                 let elapsed = now.duration_since(s.last).as_secs_f64();
                 s.last = now;
@@ -275,6 +307,73 @@ mod tests {
             }
         }
         assert!(Pacer::new(d.min(10.0).max(10.0).initial(1e9)).is_ok(), "initial is clamped, min == max is fine");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scans_sharing_a_pacer_take_turns() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+        let pacer = Arc::new(
+            Pacer::new(RateConfig::default().initial(10.0).min(1.0).max(10.0).increase_per_sec(0.0)).expect("valid"),
+        );
+        let (sweep, quick) = (Arc::new(Lane::default()), Arc::new(Lane::default()));
+        let started = Arc::new(AtomicUsize::new(0));
+        let quick_done = Arc::new(AtomicBool::new(false));
+        // A sweep as the engine runs one: a window of probes waiting for the pacer, refilled as
+        // they start, until the other scan's probe has started.
+        let producer = {
+            let (pacer, sweep, started, quick_done) =
+                (Arc::clone(&pacer), Arc::clone(&sweep), Arc::clone(&started), Arc::clone(&quick_done));
+            tokio::spawn(async move {
+                let mut probes = tokio::task::JoinSet::new();
+                let mut spawned = 0usize;
+                while !quick_done.load(Ordering::SeqCst) && spawned < 600 {
+                    if spawned - started.load(Ordering::SeqCst) < 8 {
+                        let (pacer, lane, started) = (Arc::clone(&pacer), Arc::clone(&sweep), Arc::clone(&started));
+                        probes.spawn(async move {
+                            pacer.ready_in(&lane).await;
+                            started.fetch_add(1, Ordering::SeqCst);
+                        });
+                        spawned += 1;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                while probes.join_next().await.is_some() {}
+                spawned
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The other scan's one probe arrives while the sweep has eight waiting (a start every
+        // 100 ms: the order, not the timing, is what is checked).
+        let before = started.load(Ordering::SeqCst);
+        pacer.ready_in(&quick).await;
+        let after = started.load(Ordering::SeqCst);
+        quick_done.store(true, Ordering::SeqCst);
+        let spawned = producer.await.expect("sweep");
+        assert_eq!(started.load(Ordering::SeqCst), spawned, "every probe of the sweep started");
+        assert!(after - before <= 2, "the quick scan waited for {} of the sweep's starts", after - before);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiters_queue_instead_of_all_waking_for_each_token() {
+        use std::sync::Arc;
+
+        let pacer = Arc::new(
+            Pacer::new(RateConfig::default().initial(200.0).min(1.0).max(200.0).increase_per_sec(0.0)).expect("valid"),
+        );
+        let lanes: Vec<Arc<Lane>> = (0..4).map(|_| Arc::default()).collect();
+        let mut probes = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let (pacer, lane) = (Arc::clone(&pacer), Arc::clone(&lanes[i % 4]));
+            probes.spawn(async move { pacer.ready_in(&lane).await });
+        }
+        while probes.join_next().await.is_some() {}
+        // 200 starts of 200 waiters: a herd that all wakes for each token looks ~100 times per
+        // start; a queue looks at most twice.
+        let looks = pacer.lock().looks;
+        assert!(looks <= 2 * 200 + 10, "{looks} looks for 200 starts");
     }
 
     #[tokio::test]

@@ -113,7 +113,7 @@ async fn ping(target: IpAddr, ctx: &ProbeContext) -> io::Result<Option<bool>> {
     let mut buf = [0u8; 1500];
     for _ in 0..=ctx.timeouts.retries {
         let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-        ctx.pacer.ready().await;
+        ctx.pacer.ready_in(&ctx.lane).await;
         if let Err(e) = socket.send(&echo_request(v6, id, seq)).await {
             if super::is_congestion(&e) {
                 ctx.congestion("ENOBUFS on ICMP send");

@@ -26,7 +26,7 @@ pub use snmp::{IF_PHYS_ADDRESS, SYS_DESCR, SYS_NAME, SYS_OBJECT_ID, SnmpError, S
 pub use tcp::TcpConnectProbe;
 
 use crate::budget::{SocketBudget, SocketPermit};
-use crate::pacing::Pacer;
+use crate::pacing::{Lane, Pacer};
 
 /// When a probe runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -292,6 +292,8 @@ impl Default for ProbeTimeouts {
 pub struct ProbeContext {
     pub(crate) budget: SocketBudget,
     pub(crate) pacer: Arc<Pacer>,
+    /// This scan's lane in the (possibly shared) pacer.
+    pub(crate) lane: Arc<Lane>,
     pub(crate) connector: Arc<dyn Connector>,
     pub(crate) counters: Arc<ProbeCounters>,
     /// Timeouts and retries.
@@ -349,6 +351,7 @@ impl ProbeContext {
         Self {
             budget: SocketBudget::new(budget),
             pacer: Arc::new(Pacer::from_valid(crate::RateConfig::default())),
+            lane: Arc::default(),
             connector: Arc::new(SystemConnector::default()),
             counters: Arc::new(ProbeCounters::default()),
             timeouts: ProbeTimeouts::default(),
@@ -385,7 +388,7 @@ impl ProbeContext {
         loop {
             let permit = self.budget.acquire().await;
             if self.pace_loopback || !addr.ip().is_loopback() {
-                self.pacer.ready().await;
+                self.pacer.ready_in(&self.lane).await;
             }
             self.counters.attempts.fetch_add(1, Ordering::Relaxed);
             let result = tokio::time::timeout(self.timeouts.connect, self.connector.connect(addr)).await;
@@ -451,7 +454,7 @@ impl ProbeContext {
         let attempt = || async {
             let permit = self.budget.acquire().await;
             if pace {
-                self.pacer.ready().await;
+                self.pacer.ready_in(&self.lane).await;
             }
             match open() {
                 Ok(sock) => {
