@@ -132,8 +132,10 @@ async fn serial_killed_worker_process_loses_no_target() {
     let store = Arc::new(PgStore::connect(&url).await.expect("connect"));
     store.migrate().await.expect("migrate");
     let queue = format!("discovery.kill-{}-{}", std::process::id(), Utc::now().timestamp_micros());
-    let targets = addresses(2, 80);
-    let jobs = enqueue_addresses(&*store, &queue, targets.clone(), 20).await.expect("enqueue");
+    // 240 hosts at 25 a second: the first two jobs alone take about 5 s, so the kill below
+    // lands mid-work even when the checks before it run slowly.
+    let targets = addresses(2, 240);
+    let jobs = enqueue_addresses(&*store, &queue, targets.clone(), 60).await.expect("enqueue");
     assert_eq!(jobs.len(), 4);
     let start = Utc::now();
 

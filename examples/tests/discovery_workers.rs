@@ -202,6 +202,10 @@ async fn dead_pings<S: InventoryStore>(store: &S, ip: IpAddr) -> u32 {
     store.find_ip(ip).await.expect("find").map_or(0, |r| r.value.dead_ping_count)
 }
 
+/// A lease for tests that count lost leases: a 3 s lease can run out on a loaded machine
+/// before its keeper (or a store call that a kill made wait) renews it.
+const SAFE_LEASE: Duration = Duration::from_secs(15);
+
 fn worker_config(queue: &str, name: &str) -> WorkerConfig {
     WorkerConfig::new(queue)
         .name(name)
@@ -251,7 +255,7 @@ where
 // ---------------------------------------------------------------------------------------------
 // Worker processes
 
-/// What a worker process does: `backend|url|queue|name|port|max_attempts`.
+/// What a worker process does: `backend|url|queue|name|port|max_attempts|lease_ms`.
 struct Spec {
     backend: Backend,
     url: String,
@@ -259,6 +263,7 @@ struct Spec {
     name: String,
     port: u16,
     max_attempts: u32,
+    lease: Duration,
 }
 
 impl Spec {
@@ -268,12 +273,20 @@ impl Spec {
             Backend::Postgres => "postgres",
             Backend::MySql => "mysql",
         };
-        format!("{backend}|{}|{}|{}|{}|{}", self.url, self.queue, self.name, self.port, self.max_attempts)
+        format!(
+            "{backend}|{}|{}|{}|{}|{}|{}",
+            self.url,
+            self.queue,
+            self.name,
+            self.port,
+            self.max_attempts,
+            self.lease.as_millis()
+        )
     }
 
     fn decode(text: &str) -> Self {
         let p: Vec<&str> = text.split('|').collect();
-        assert_eq!(p.len(), 6, "bad worker spec {text:?}");
+        assert_eq!(p.len(), 7, "bad worker spec {text:?}");
         let backend = match p[0] {
             "sqlite" => Backend::Sqlite,
             "postgres" => Backend::Postgres,
@@ -286,6 +299,7 @@ impl Spec {
             name: p[3].to_owned(),
             port: p[4].parse().expect("port"),
             max_attempts: p[5].parse().expect("attempts"),
+            lease: Duration::from_millis(p[6].parse().expect("lease")),
         }
     }
 
@@ -310,7 +324,7 @@ fn policy(max_attempts: u32) -> RetryPolicy {
 async fn discovery_worker_child() {
     let spec = Spec::decode(&std::env::var(CHILD_VAR).expect("worker spec"));
     let scanner = silent_scanner(spec.port);
-    let config = worker_config(&spec.queue, &spec.name);
+    let config = worker_config(&spec.queue, &spec.name).lease(spec.lease);
     let stats = match spec.backend {
         Backend::Sqlite => {
             let s = Arc::new(
@@ -386,6 +400,7 @@ where
                 name: format!("once-process-{i}"),
                 port: silent.port,
                 max_attempts: 5,
+                lease: SAFE_LEASE,
             }
             .spawn()
         })
@@ -395,7 +410,8 @@ where
             let store = Arc::clone(&store);
             let scanner = silent_scanner(silent.port);
             tokio::spawn(async move {
-                drain(Arc::clone(&store), store, scanner, worker_config(queue, &format!("once-task-{i}"))).await
+                let config = worker_config(queue, &format!("once-task-{i}")).lease(SAFE_LEASE);
+                drain(Arc::clone(&store), store, scanner, config).await
             })
         })
         .collect();
@@ -448,18 +464,27 @@ async fn stolen_lease_stops_the_scan_and_records_nothing() {
     let Some(db) = FreshDb::new(Backend::Sqlite, "dwsteal").await else { return };
     let store = Arc::new(SqliteStore::connect(&db.url).await.expect("open"));
     let queue = "discovery.steal";
-    let ips = hosts(64, 1, 1..=60);
-    enqueue_targets(&*store, queue, [format!("{}-{}", ips[0], ips[59])], [] as [&str; 0], 100).await.expect("job");
-    // 60 answering hosts at 25 a second: 2.4 s; one batch for the whole job.
-    let config = worker_config(queue, "robbed").batch(1_000).lease(Duration::from_millis(600));
+    let first = u32::from(std::net::Ipv4Addr::new(127, 64, 1, 1));
+    let ips: Vec<IpAddr> = (0..500).map(|i| IpAddr::from(std::net::Ipv4Addr::from(first + i))).collect();
+    enqueue_targets(&*store, queue, [format!("{}-{}", ips[0], ips[499])], [] as [&str; 0], 1_000).await.expect("job");
+    // 500 answering hosts at 25 a second: at least 20 s, however fast the machine; one batch
+    // for the whole job.
+    // One slot: a second, idle slot could claim the job itself in the moment the lease is made
+    // to run out below, and lose it a second time.
+    let config = worker_config(queue, "robbed").concurrency(1).batch(1_000).lease(Duration::from_millis(600));
     let worker = Worker::new(Arc::clone(&store), Arc::clone(&store), slow_scanner(), config);
     let token = CancellationToken::new();
+    let started = Instant::now();
     let run = tokio::spawn({
         let token = token.clone();
         async move { worker.run(token).await }
     });
-    wait_until(Duration::from_secs(5), async || store.stats(queue).await.is_ok_and(|s| s.running == 1)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let job = async || {
+        let beats = store.workers().await.expect("workers");
+        beats.into_iter().find(|w| w.name == "robbed").map(|w| w.current_jobs)
+    };
+    // The worker's heartbeat names the job: it is scanning.
+    wait_until(Duration::from_secs(30), async || job().await.is_some_and(|jobs| jobs.len() == 1)).await;
     // Another worker takes the job: its lease is made to run out and the job claimed anew.
     // (Again if the robbed worker's lease keeper extended the lease in between.)
     let mut stolen = Vec::new();
@@ -475,12 +500,13 @@ async fn stolen_lease_stops_the_scan_and_records_nothing() {
         }
     }
     assert_eq!(stolen.len(), 1, "the thief holds the job");
-    let stolen_at = Instant::now();
-    // Within a lease-keeper period (200 ms) the first worker learns, drops the scan, writes nothing.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Within a lease-keeper period (200 ms) the first worker learns and drops the scan: its
+    // heartbeat no longer names the job. A worker that went on scanning would hold it for the
+    // scan's 20 s, so the bound below (well under them) still catches one.
+    wait_until(Duration::from_secs(30), async || job().await.is_some_and(|jobs| jobs.is_empty())).await;
+    assert!(started.elapsed() < Duration::from_secs(15), "the worker stopped promptly: {:?}", started.elapsed());
     token.cancel();
     let stats = run.await.expect("join").expect("worker");
-    assert!(stolen_at.elapsed() < Duration::from_secs(2), "the worker stopped promptly");
     assert_eq!((stats.leases_lost, stats.jobs_done, stats.requeued, stats.hosts), (1, 0, 0, 0), "{stats:?}");
     for ip in &ips {
         assert!(store.find_ip(*ip).await.expect("find").is_none(), "{ip} recorded by the robbed worker");
@@ -522,6 +548,7 @@ where
             name: name.clone(),
             port: silent.port,
             max_attempts: 3,
+            lease: Duration::from_secs(3),
         }
         .spawn();
         wait_until(Duration::from_secs(30), async || {
@@ -533,7 +560,7 @@ where
         child.start_kill().expect("SIGKILL the worker");
         child.wait().await.expect("reap");
     }
-    // The next claim (worker_config's lease is 3 s) dead-letters the job; then the queue goes on.
+    // The next claim (the killed workers' lease is 3 s) dead-letters the job; then the queue goes on.
     tokio::time::sleep(Duration::from_secs(3)).await;
     enqueue_targets(&*store, queue, [ips[0].to_string()], [] as [&str; 0], 10).await.expect("next job");
     let stats =
@@ -581,7 +608,7 @@ where
         Arc::clone(&store),
         Arc::clone(&store),
         silent_scanner(silent.port),
-        worker_config(queue, "blipped"),
+        worker_config(queue, "blipped").lease(SAFE_LEASE),
     );
     let token = CancellationToken::new();
     let run = tokio::spawn({

@@ -17,7 +17,9 @@ use ralph_store::SqliteStore;
 
 fn ctx() -> ProbeContext {
     let mut ctx = ProbeContext::standalone(16);
-    ctx.timeouts = ProbeTimeouts { read: Duration::from_millis(800), retries: 1, ..ProbeTimeouts::default() };
+    // Long enough for snmpd to answer on a loaded machine; a wrong community costs a whole
+    // wait, the price of not mistaking a slow answer for none.
+    ctx.timeouts = ProbeTimeouts { read: Duration::from_secs(5), retries: 1, ..ProbeTimeouts::default() };
     ctx
 }
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ralph_discovery::{
-    Connector, HostState, HttpProbe, IcmpProbe, Probe, ProbeContext, ProbeReport, RateConfig, ScanConfig, Scanner,
-    Stage, SystemConnector, Targets,
+    Connector, HostState, HttpProbe, IcmpProbe, Probe, ProbeContext, ProbeReport, ProbeTimeouts, RateConfig,
+    ScanConfig, Scanner, Stage, SystemConnector, Targets,
 };
 use tokio::net::TcpStream;
 
@@ -46,10 +46,13 @@ async fn http_family_is_read_from_the_server_header() {
     let b = common::http_listener("127.0.0.2:0".parse().expect("addr"), "Sun-ILOM-Web-Server/1.0").await;
     let c = common::http_listener("127.0.0.3:0".parse().expect("addr"), "Apache/2.4.57 (Debian)").await;
     for (addr, family) in [(a, "Thomas-Krenn"), (b, "Sun"), (c, "Apache")] {
+        // A generous read: on a loaded machine the local server can take seconds to answer.
+        let timeouts = ProbeTimeouts { read: Duration::from_secs(20), ..ProbeTimeouts::default() };
         let config = ScanConfig::default()
             .ports(vec![addr.port()])
             .icmp(false)
-            .http(Some(HttpProbe::http([common::closed_port(), addr.port()])));
+            .http(Some(HttpProbe::http([common::closed_port(), addr.port()])))
+            .timeouts(timeouts);
         let (hosts, _) = Scanner::new(config).expect("valid scan config").scan([addr.ip()]).await.expect("scan");
         assert_eq!(hosts[0].http_family.as_deref(), Some(family), "{addr}");
         assert!(hosts[0].observation().expect("observation").http_family.is_some());
@@ -251,7 +254,11 @@ async fn dropping_the_handle_stops_the_scan() {
     config.progress_interval = Duration::ZERO;
     let handle = Scanner::new(config).expect("valid scan config").start(targets.addresses());
     let mut progress = handle.progress.clone();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Some hosts are done before the handle goes, however slowly the scan gets going.
+    tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|p| p.done > 0))
+        .await
+        .expect("the scan made no progress")
+        .expect("progress");
     drop(handle);
     let last = tokio::time::timeout(Duration::from_secs(15), async {
         loop {

@@ -35,8 +35,15 @@ async fn autoscan_rules_produce_the_right_rows() {
         .iter()
         .map(|s| s.parse().expect("ip"))
         .collect();
+    // A generous read: on a loaded machine the local web server can take seconds to answer,
+    // and a missed answer would lose the host's HTTP family.
     let config = ScanConfig::default().ports(vec![port]).icmp(false).http(Some(HttpProbe::http([port]))).timeouts(
-        ralph_discovery::ProbeTimeouts { connect: std::time::Duration::from_secs(4), retries: 0, ..Default::default() },
+        ralph_discovery::ProbeTimeouts {
+            connect: std::time::Duration::from_secs(4),
+            read: std::time::Duration::from_secs(20),
+            retries: 0,
+            ..Default::default()
+        },
     );
     let scanner = Scanner::new(config).expect("valid scan config");
 

@@ -61,19 +61,24 @@ where
 async fn graceful_shutdown_persists_what_was_found_and_requeues_the_rest() {
     let store = Arc::new(MemoryStore::new());
     let queue = "discovery.graceful";
-    let targets = addresses(1, 60);
-    enqueue_addresses(&*store, queue, targets.clone(), 100).await.expect("enqueue");
+    // One job of 200 hosts: 8 s at 25 probe starts a second, so the shutdown lands mid-job.
+    let targets = addresses(1, 200);
+    enqueue_addresses(&*store, queue, targets.clone(), 1000).await.expect("enqueue");
     let start = Utc::now();
 
     let worker = Worker::new(Arc::clone(&store), Arc::clone(&store), slow_scanner(), WorkerConfig::new(queue));
     let token = CancellationToken::new();
     let tx = token.clone();
     let run = tokio::spawn(async move { worker.run(token).await });
+    // However slowly the worker starts, it gets a second of scanning once it holds the job.
+    let claimed =
+        eventually(Duration::from_secs(30), async || store.stats(queue).await.expect("stats").running == 1).await;
+    assert!(claimed, "the worker never claimed the job");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     tx.cancel();
     let stats = run.await.expect("join").expect("worker");
     assert_eq!(stats.requeued, 1, "{stats:?}");
-    assert!(stats.hosts > 0 && stats.hosts < 60, "stopped mid-job: {stats:?}");
+    assert!(stats.hosts > 0 && stats.hosts < 200, "stopped mid-job: {stats:?}");
     let mut recorded = 0;
     for ip in &targets {
         if find_ip(&store, *ip).is_some_and(|r| r.last_seen >= Some(start)) {
@@ -85,7 +90,7 @@ async fn graceful_shutdown_persists_what_was_found_and_requeues_the_rest() {
     assert_eq!((s.pending, s.done), (1, 1), "the rest waits as a new job");
 
     let stats = drain(Arc::clone(&store), Arc::clone(&store), queue, Duration::from_secs(30)).await;
-    assert_eq!(stats.hosts, 60 - recorded);
+    assert_eq!(stats.hosts, 200 - recorded);
     for ip in &targets {
         let row = find_ip(&store, *ip).expect("every target recorded");
         assert!(row.last_seen >= Some(start));
@@ -108,8 +113,9 @@ async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> b
 async fn a_slow_job_does_not_idle_the_other_slots() {
     let store = Arc::new(MemoryStore::new());
     let queue = "discovery.slots";
-    // One job of 60 hosts (2.4 s at 25 probe starts a second), then five of one host each.
-    enqueue_addresses(&*store, queue, addresses(3, 60), 100).await.expect("slow job");
+    // One job of 200 hosts (8 s at 25 probe starts a second), then five of one host each;
+    // the slots share the scanner's pacer, which gives each scan its turn.
+    enqueue_addresses(&*store, queue, addresses(3, 200), 1000).await.expect("slow job");
     for i in 1..=5u8 {
         enqueue_addresses(&*store, queue, [IpAddr::from([127, 88, 4, i])], 1).await.expect("quick job");
     }
@@ -121,7 +127,7 @@ async fn a_slow_job_does_not_idle_the_other_slots() {
         async move { worker.run(token).await }
     });
     // The second slot works through the quick jobs while the first still scans the slow one.
-    let quick_done = eventually(Duration::from_millis(1500), async || {
+    let quick_done = eventually(Duration::from_secs(6), async || {
         let s = store.stats(queue).await.expect("stats");
         s.done == 5 && s.running == 1
     })
@@ -153,7 +159,9 @@ async fn bad_payloads_are_dead_lettered_with_the_reason_and_the_worker_goes_on()
 async fn heartbeats_name_the_worker_and_its_current_jobs() {
     let store = Arc::new(MemoryStore::new());
     let queue = "discovery.beat";
-    let ids = enqueue_addresses(&*store, queue, addresses(6, 40), 100).await.expect("enqueue");
+    // One job of 200 hosts (8 s at 25 probe starts a second): it is still running when a slow
+    // machine gets to the first heartbeats.
+    let ids = enqueue_addresses(&*store, queue, addresses(6, 200), 1000).await.expect("enqueue");
     let config = WorkerConfig::new(queue)
         .queue("discovery.beat.other")
         .name("beating-worker")
@@ -164,7 +172,7 @@ async fn heartbeats_name_the_worker_and_its_current_jobs() {
         let token = token.clone();
         async move { worker.run(token).await }
     });
-    let seen = eventually(Duration::from_secs(2), async || {
+    let seen = eventually(Duration::from_secs(30), async || {
         store.workers().await.expect("workers").iter().any(|w| w.name == "beating-worker" && w.current_jobs == ids)
     })
     .await;

@@ -287,7 +287,8 @@ mod tests {
         assert_eq!(off.get("u"), None, "TTL 0 caches nothing");
         off.clear();
 
-        let cache = GroupCache::new(Duration::from_millis(200));
+        // A TTL of seconds: the checks before the sleep must run within it on a loaded machine.
+        let cache = GroupCache::new(Duration::from_secs(2));
         cache.put("u".into(), groups.clone());
         assert_eq!(cache.get("u").as_deref(), Some(&groups[..]));
         assert_eq!(cache.get("other"), None);
@@ -295,7 +296,7 @@ mod tests {
         assert_eq!(cache.get("u"), None, "cleared");
         cache.put("u".into(), groups.clone());
         assert_eq!(cache.get("u").as_deref(), Some(&groups[..]), "usable after clear");
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(2500));
         assert_eq!(cache.get("u"), None, "expired");
 
         // A TTL past moka's 1000-year limit is "forever", not a panic.

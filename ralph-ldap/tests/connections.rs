@@ -106,17 +106,19 @@ async fn silent_servers_time_out_cleanly() {
     let outcome = alice(&b).await;
     let took = started.elapsed();
     assert!(matches!(&outcome, Err(AuthError::Unavailable(_))), "{outcome:?}");
-    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // Generous for a loaded machine, and still far from "never": a missing timeout hangs.
+    assert!(took < Duration::from_secs(15), "took {took:?}");
 
-    // StartTLS against the silent server: the connect timeout covers the handshake.
+    // StartTLS against the silent server: the connect timeout covers the handshake. It also
+    // covers the real server's TLS handshake after the failover, hence not too short.
     let mut c = ralph_config(&fx);
     c.server_uris = vec![uri, fx.url.clone()];
-    c.connect_timeout_ms = 300;
+    c.connect_timeout_ms = 1500;
     c.tls = tls(TlsMode::StartTls, &fx.ca, true);
     let b = backend(c);
     let started = Instant::now();
     assert!(matches!(alice(&b).await, Ok(AuthOutcome::Authenticated(_))), "failover after a timeout");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
     drop(silent);
 }
 

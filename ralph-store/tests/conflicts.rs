@@ -29,7 +29,7 @@ async fn unchanged_mirror_waits_for_no_lock<S: UserStore, G>(s: &S, lock: impl A
     let m = mirror("gina");
     assert_eq!(s.mirror_user(&m).await.expect("create").change, MirrorChange::Created);
     let guard = lock("gina").await;
-    let done = tokio::time::timeout(Duration::from_secs(3), s.mirror_user(&m))
+    let done = tokio::time::timeout(Duration::from_secs(30), s.mirror_user(&m))
         .await
         .expect("an unchanged mirror must not wait for a lock")
         .expect("mirror");
@@ -96,57 +96,73 @@ row_lock_test!(
 );
 
 /// A SQLite store that gives up waiting for the write lock after 20 ms: another connection
-/// holding the lock for 400 ms makes its writes fail with SQLITE_BUSY, which the retry policy
-/// absorbs; without retries the caller gets a typed `Contended`, and nothing is written.
+/// holding the lock makes its writes fail with SQLITE_BUSY, which the retry policy absorbs;
+/// without retries the caller gets a typed `Contended`, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_busy_is_retried_then_typed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("busy.sqlite3").display());
     let config = PoolConfig::default().busy_timeout(Duration::from_millis(20));
     let store = ralph_store::SqliteStore::connect_with(&url, &config).await.expect("open");
-    let hold = async |store: &ralph_store::SqliteStore, for_ms: u64| {
-        let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await.expect("write lock");
-        sqlx::query("UPDATE users SET last_name = last_name").execute(&mut *tx).await.expect("hold");
-        tokio::time::sleep(Duration::from_millis(for_ms)).await;
-        tx.commit().await.expect("release");
+    // Takes the write lock on another connection and keeps it until told to let go. It
+    // returns once the lock is held, so no step below depends on how fast a loaded machine
+    // schedules the holder.
+    let hold = async |store: &ralph_store::SqliteStore| {
+        let (held_tx, held) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let holder = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await.expect("write lock");
+                sqlx::query("UPDATE users SET last_name = last_name").execute(&mut *tx).await.expect("hold");
+                held_tx.send(()).expect("test waits");
+                release_rx.await.expect("test releases");
+                tx.commit().await.expect("release");
+            }
+        });
+        held.await.expect("holder");
+        (holder, release)
     };
 
-    let holder = tokio::spawn({
-        let store = store.clone();
-        async move { hold(&store, 400).await }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let done = store.mirror_user(&mirror("hank")).await.expect("retried past the busy database");
-    assert_eq!(done.change, MirrorChange::Created);
-    assert!(store.conflict_retries() > 0, "the write was retried");
+    // Retry limits far beyond any slowdown: the lock is released only once a retry was seen,
+    // so the write must have been retried past SQLITE_BUSY to succeed.
+    let patient = store
+        .clone()
+        .with_conflict_retry(ConflictRetry::default().max_attempts(1_000_000).max_elapsed(Duration::from_secs(120)));
+    let (holder, release) = hold(&store).await;
+    let write = tokio::spawn(async move { patient.mirror_user(&mirror("hank")).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store.conflict_retries() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the busy write was never retried");
+        assert!(!write.is_finished(), "the write finished while the lock was held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    release.send(()).expect("holder waits");
     holder.await.expect("holder");
+    let done = write.await.expect("task").expect("retried past the busy database");
+    assert_eq!(done.change, MirrorChange::Created);
 
     let no_retry = store.clone().with_conflict_retry(ConflictRetry::none());
-    let holder = tokio::spawn({
-        let store = store.clone();
-        async move { hold(&store, 400).await }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (holder, release) = hold(&store).await;
     let error = no_retry.mirror_user(&mirror("ivan")).await.expect_err("busy, no retries");
     assert!(matches!(error, StoreError::Contended { attempts: 1, .. }), "{error:?}");
     assert!(error.is_contended());
     assert_eq!(store.conflicts_exhausted(), 1);
+    release.send(()).expect("holder waits");
     holder.await.expect("holder");
     assert!(store.get_user("ivan").await.expect("get").is_none(), "nothing written");
 
-    // Retries stop at the policy's time limit, however many attempts it would allow.
+    // Retries stop at the policy's time limit, however many attempts it would allow: the lock
+    // is held until the error comes back, and 1000 attempts of up to 250 ms would take minutes.
     let short = store
         .clone()
         .with_conflict_retry(ConflictRetry::default().max_attempts(1000).max_elapsed(Duration::from_millis(150)));
-    let holder = tokio::spawn({
-        let store = store.clone();
-        async move { hold(&store, 1500).await }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (holder, release) = hold(&store).await;
     let started = std::time::Instant::now();
     let error = short.mirror_user(&mirror("judy")).await.expect_err("busy past the time limit");
     assert!(matches!(error, StoreError::Contended { .. }), "{error:?}");
-    assert!(started.elapsed() < Duration::from_millis(1200), "gave up after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(5), "gave up after {:?}", started.elapsed());
+    release.send(()).expect("holder waits");
     holder.await.expect("holder");
 }
 
@@ -159,6 +175,16 @@ async fn deadlock_users<S: UserStore>(store: &S, padding: usize) -> Vec<String> 
         store.create_user(&User::new(name).expect("user")).await.expect("create");
     }
     names[..2].to_vec()
+}
+
+/// Polls `waiting` (a query on a third connection) until the store's session waits for a
+/// lock, however slowly it got there.
+async fn wait_for_lock_wait(mut waiting: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !waiting().await {
+        assert!(std::time::Instant::now() < deadline, "the store never waited for the other connection's lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A real deadlock: the store's `deactivate_users(["dl-a", "dl-b"])` locks dl-a, then waits
@@ -179,7 +205,20 @@ async fn postgres_deadlock_is_retried() {
         let store = store.clone();
         async move { store.deactivate_users(&pair).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Only the store's session can be waiting for a lock in this database: once it does, it
+    // holds dl-a and wants dl-b, and the cycle can be closed.
+    let mut observer = sqlx::PgConnection::connect(&url).await.expect("connect");
+    wait_for_lock_wait(async || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE NOT l.granted AND a.datname = current_database()",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .expect("pg_locks")
+            > 0
+    })
+    .await;
     // Waits until the store's transaction is chosen as the victim and rolled back.
     sqlx::query(lock).bind("dl-a").execute(&mut other).await.expect("lock dl-a");
     sqlx::query("COMMIT").execute(&mut other).await.expect("commit");
@@ -208,7 +247,21 @@ async fn mysql_deadlock_is_retried() {
         let store = store.clone();
         async move { store.deactivate_users(&pair).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Only the store's transaction can be waiting for a lock in this database: once it does,
+    // it holds dl-a and wants dl-b, and the cycle can be closed.
+    let mut observer = sqlx::MySqlConnection::connect(&url).await.expect("connect");
+    wait_for_lock_wait(async || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM information_schema.INNODB_TRX t \
+             JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id \
+             WHERE t.trx_state = 'LOCK WAIT' AND p.DB = DATABASE()",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .expect("INNODB_TRX")
+            > 0
+    })
+    .await;
     sqlx::query("UPDATE users SET first_name = 'held' WHERE username = 'dl-a'")
         .execute(&mut other)
         .await
@@ -243,7 +296,10 @@ fn wide_pool_without_retries() -> PoolConfig {
 async fn sqlite_distinct_first_mirrors_never_conflict() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("distinct.sqlite3").display());
-    let store = ralph_store::SqliteStore::connect_with(&url, &wide_pool_without_retries()).await.expect("open");
+    // SQLite writers take turns on one file lock: under load, 32 of them can queue longer than
+    // the default 5 s busy timeout, which is a wait, not the conflict this test looks for.
+    let config = wide_pool_without_retries().busy_timeout(Duration::from_secs(60));
+    let store = ralph_store::SqliteStore::connect_with(&url, &config).await.expect("open");
     distinct_first_mirrors_never_conflict(store).await;
 }
 

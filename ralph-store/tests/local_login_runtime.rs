@@ -143,8 +143,8 @@ async fn thirty_two_logins_do_not_stall_a_current_thread_runtime() {
     // practice tens of hashes back to back: the scheduler runs ready logins before it looks at
     // timers). Off it, the ticker only waits for the OS to schedule it beside the hashing
     // threads: milliseconds, but on a loaded 2-core machine now and then a preemption as long
-    // as a hash. A stall we cause repeats in every burst, an OS hiccup does not: so the best
-    // of three bursts must stay under one hash.
+    // as a hash or two. A stall we cause repeats in every burst, an OS hiccup does not: so the
+    // best of three bursts must stay under three hashes, still far below tens of them.
     let mut bursts = Vec::new();
     for _ in 0..3 {
         let b = burst(&backend).await;
@@ -152,11 +152,11 @@ async fn thirty_two_logins_do_not_stall_a_current_thread_runtime() {
             "one hash: {:?}; {LOGINS} logins took {:?}; ticker: {} ticks, largest gap {:?}",
             b.hash_time, b.took, b.ticks, b.largest_gap
         );
-        let calm = b.largest_gap < b.hash_time;
+        let calm = b.largest_gap < 3 * b.hash_time;
         bursts.push(b);
         if calm {
             return;
         }
     }
-    panic!("the runtime stalled for at least one hash in every burst: {bursts:#?}");
+    panic!("the runtime stalled for at least three hashes in every burst: {bursts:#?}");
 }

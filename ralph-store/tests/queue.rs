@@ -149,22 +149,28 @@ async fn claim_ack_and_stats<Q: JobQueue + QueueAdmin>(q: &Q) {
 }
 
 async fn retry_backoff_and_dead_letter<Q: JobQueue + QueueAdmin>(q: &Q) {
+    // A back-off of seconds: the checks made while the job waits take milliseconds, so they
+    // run well before it is due even on a slow, loaded machine.
     let policy =
-        RetryPolicy { max_attempts: 2, base_backoff: Duration::from_millis(400), max_backoff: Duration::from_secs(10) };
+        RetryPolicy { max_attempts: 2, base_backoff: Duration::from_secs(3), max_backoff: Duration::from_secs(10) };
     q.enqueue("retry", &payloads(1)).await.expect("enqueue");
     let job = q.claim("retry", 1, LEASE, "w").await.expect("claim").remove(0);
     let before = Utc::now();
     let FailOutcome::Retry { at } = q.fail(&job, "boom", &policy).await.expect("fail") else {
         panic!("first failure must be retried");
     };
-    let wait = at - before;
-    assert!(wait > chrono::Duration::milliseconds(250) && wait < chrono::Duration::milliseconds(1500), "{wait:?}");
+    let after = Utc::now();
+    // The store computes `at` from its own clock while `fail` runs; allow for timestamp rounding.
+    let slop = chrono::Duration::milliseconds(250);
+    let backoff = chrono::Duration::from_std(policy.base_backoff).expect("backoff");
+    assert!(at > before + backoff - slop && at < after + backoff + slop, "{:?}", at - before);
+    assert!(q.claim("retry", 1, LEASE, "w").await.expect("claim").is_empty(), "back-off is honoured");
     let stats = q.stats("retry").await.expect("stats");
     assert_eq!((stats.pending, stats.running), (1, 0), "a job waiting for its retry counts as pending");
-    assert!(q.claim("retry", 1, LEASE, "w").await.expect("claim").is_empty(), "back-off is honoured");
     assert_eq!(q.fail(&job, "again", &policy).await.expect("stale fail"), FailOutcome::LeaseLost);
 
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let due = (at - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(due + Duration::from_millis(500)).await;
     let again = q.claim("retry", 1, LEASE, "w").await.expect("claim").remove(0);
     assert_eq!((again.id, again.attempts), (job.id, 2));
     assert_ne!(again.lease_token, job.lease_token);

@@ -10,7 +10,8 @@
 mod queue_common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -314,25 +315,39 @@ async fn overlapping_processes<S: HistoryStore + InventoryStore>(store: &S, back
     let dir = tempfile::tempdir().expect("tempdir");
     let gate = dir.path().join("gate");
     std::fs::write(&gate, b"wait").expect("gate");
-    let children: Vec<Child> = (0..3)
+    let mut children: Vec<(Child, BufReader<ChildStdout>)> = (0..3)
         .map(|w| {
-            Command::new(std::env::current_exe().expect("test binary"))
+            let mut child = Command::new(std::env::current_exe().expect("test binary"))
                 .args(["--ignored", "--exact", "reconcile_child_process", "--nocapture", "--test-threads=1"])
                 .env(CHILD_VAR, format!("{backend}|{url}|proc-{w}|{MACHINES}|{}", gate.display()))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()
-                .expect("spawn child")
+                .expect("spawn child");
+            let out = BufReader::new(child.stdout.take().expect("stdout"));
+            (child, out)
         })
         .collect();
-    // Let every child plan before any applies (plans of an empty store all propose creates).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every child plans before any applies (plans of an empty store all propose creates):
+    // the gate opens once each has said so, however long a loaded machine takes.
+    for (_, out) in &mut children {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(out.read_line(&mut line).expect("read child output") > 0, "a child exited before planning");
+            // libtest may have printed `test name ... ` on the same line.
+            if line.contains("PLANNED") {
+                break;
+            }
+        }
+    }
     std::fs::remove_file(&gate).expect("open the gate");
     let mut applies = Vec::new();
-    for child in children {
-        let out = child.wait_with_output().expect("child");
-        assert!(out.status.success(), "a child failed: {}", out.status);
-        let text = String::from_utf8_lossy(&out.stdout);
+    for (mut child, mut out) in children {
+        let mut text = String::new();
+        out.read_to_string(&mut text).expect("child output");
+        let status = child.wait().expect("child");
+        assert!(status.success(), "a child failed: {status}");
         let line = text.lines().find(|l| l.starts_with("APPLIED ")).expect("child reported");
         let mut parts = line.split_whitespace().skip(1);
         let applied: usize = parts.next().expect("count").parse().expect("count");

@@ -404,10 +404,13 @@ mod tests {
         assert!(s.oldest_pending_age.is_some());
 
         let policy = RetryPolicy { max_attempts: 2, ..RetryPolicy::default() };
+        // Read the clock (as the store rounds it) before the failure: a check after it would
+        // race a slow machine.
+        let before = now();
         let FailOutcome::Retry { at } = q.fail(&jobs[1], "boom", &policy).await.expect("fail") else {
             panic!("first failure is retried");
         };
-        assert!(at > Utc::now() + chrono::Duration::seconds(4));
+        assert!(at >= before + chrono::Duration::from_std(policy.backoff(1)).expect("backoff"), "{at} {before}");
         assert_eq!(q.fail(&jobs[1], "stale", &policy).await.expect("fail"), FailOutcome::LeaseLost);
         let next = q.claim("dc1", 5, LEASE, "w").await.expect("claim");
         assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[2]], "back-off is honoured");
