@@ -4,9 +4,12 @@
 //! A test asks with [`service`]. When the variable is missing it is a failure under `CI=true`
 //! (a missing service must never pass silently in CI) and a skip with a printed reason
 //! elsewhere. [`time_wait`] counts the sockets a test or bench left in TIME_WAIT.
+//! [`PrivateDb`] is a database server of the test's own, to stop and start again.
 
+mod private_db;
 mod time_wait;
 
+pub use private_db::{PrivateDb, PrivateKind};
 pub use time_wait::{time_wait, time_wait_on_port};
 
 /// Whether the run is CI (`CI=true` or `CI=1`).
