@@ -606,22 +606,8 @@ async fn survives_killed_connections<S>(store: Arc<S>, backend: Backend, url: &s
 where
     S: JobQueue + QueueAdmin + ScanResultStore + InventoryStore + 'static,
 {
-    let ips = hosts(second, 1, 1..=60);
-    let silent = silent(&ips);
-    plant(&*store, &ips).await;
     let queue = "discovery.blip";
-    enqueue_targets(&*store, queue, [format!("{}-{}", ips[0], ips[59])], [] as [&str; 0], 5).await.expect("jobs");
-    let worker = Worker::new(
-        Arc::clone(&store),
-        Arc::clone(&store),
-        silent_scanner(silent.port),
-        worker_config(queue, "blipped").lease(SAFE_LEASE),
-    );
-    let token = CancellationToken::new();
-    let run = tokio::spawn({
-        let token = token.clone();
-        async move { worker.run(token).await }
-    });
+    let blip = Blip::start(Arc::clone(&store), second, queue, "blipped", 40.0).await;
     // Kills every 30 ms for 1.5 s: on a quiet machine the worker's connections are mostly idle
     // in the pool (a dead idle one is replaced unseen), so the kills must be many to land
     // inside statements and commits.
@@ -630,25 +616,69 @@ where
         tokio::time::sleep(Duration::from_millis(30)).await;
         killed += kill_connections(backend, url).await;
     }
-    wait_idle(&*store, queue, Duration::from_secs(60)).await;
-    token.cancel();
-    let stats = run.await.expect("join").expect("worker keeps running");
     assert!(killed > 0, "no connection was killed");
     // Whether a kill lands inside one of the worker's statements (a store error it sees and
     // retries) or on an idle pooled connection (replaced unseen) is timing: on MariaDB the
-    // second happened every time in one CI run. What must hold either way is below.
-    println!("killed {killed} connections; worker stats {stats:?}");
-    assert_eq!((stats.jobs_done, stats.leases_lost, stats.hosts), (12, 0, 60), "{stats:?}");
-    let (mut lost, mut twice) = (Vec::new(), Vec::new());
-    for ip in &ips {
-        match dead_pings(&*store, *ip).await {
-            1 => {}
-            2 => twice.push(ip.to_string()),
-            got => lost.push(format!("{ip}: {got}")),
-        }
+    // second happened every time in one CI run. What must hold either way is in `finish`.
+    println!("killed {killed} connections");
+    blip.finish(&*store, queue).await;
+}
+
+/// A worker scanning 60 silent hosts (planted address rows) in 12 jobs of 5, while the test
+/// does something to its database.
+struct Blip {
+    ips: Vec<IpAddr>,
+    _silent: Silent,
+    token: CancellationToken,
+    run: tokio::task::JoinHandle<ralph_discovery::Result<WorkerStats>>,
+}
+
+impl Blip {
+    /// Plants and enqueues the hosts and starts the worker at `rate` probe starts a second.
+    async fn start<S>(store: Arc<S>, second: u8, queue: &str, name: &str, rate: f64) -> Self
+    where
+        S: JobQueue + QueueAdmin + ScanResultStore + InventoryStore + 'static,
+    {
+        let ips = hosts(second, 1, 1..=60);
+        let silent = silent(&ips);
+        plant(&*store, &ips).await;
+        enqueue_targets(&*store, queue, [format!("{}-{}", ips[0], ips[59])], [] as [&str; 0], 5).await.expect("jobs");
+        let worker = Worker::new(
+            Arc::clone(&store),
+            Arc::clone(&store),
+            silent_scanner_at(silent.port, rate),
+            worker_config(queue, name).lease(SAFE_LEASE),
+        );
+        let token = CancellationToken::new();
+        let run = tokio::spawn({
+            let token = token.clone();
+            async move { worker.run(token).await }
+        });
+        Self { ips, _silent: silent, token, run }
     }
-    assert!(lost.is_empty(), "hosts lost or recorded more than twice: {lost:?}");
-    assert!(twice.is_empty(), "hosts recorded twice: {twice:?}");
+
+    /// Waits for the queue to drain, stops the worker, and checks that it kept running and
+    /// recorded every host exactly once.
+    async fn finish<S>(self, store: &S, queue: &str)
+    where
+        S: QueueAdmin + InventoryStore,
+    {
+        wait_idle(store, queue, Duration::from_secs(120)).await;
+        self.token.cancel();
+        let stats = self.run.await.expect("join").expect("worker keeps running");
+        println!("worker stats {stats:?}");
+        assert_eq!((stats.jobs_done, stats.leases_lost, stats.hosts), (12, 0, 60), "{stats:?}");
+        let (mut lost, mut twice) = (Vec::new(), Vec::new());
+        for ip in &self.ips {
+            match dead_pings(store, *ip).await {
+                1 => {}
+                2 => twice.push(ip.to_string()),
+                got => lost.push(format!("{ip}: {got}")),
+            }
+        }
+        assert!(lost.is_empty(), "hosts lost or recorded more than twice: {lost:?}");
+        assert!(twice.is_empty(), "hosts recorded twice: {twice:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -676,55 +706,27 @@ async fn survives_a_database_restart<S>(store: Arc<S>, db: PrivateDb, second: u8
 where
     S: JobQueue + QueueAdmin + ScanResultStore + InventoryStore + 'static,
 {
-    let ips = hosts(second, 1, 1..=60);
-    let silent = silent(&ips);
-    plant(&*store, &ips).await;
     let queue = "discovery.restart";
-    enqueue_targets(&*store, queue, [format!("{}-{}", ips[0], ips[59])], [] as [&str; 0], 5).await.expect("jobs");
     // 60 hosts at 10 probe starts a second: about 6 s of scanning, so the outage lands mid-scan.
-    let worker = Worker::new(
-        Arc::clone(&store),
-        Arc::clone(&store),
-        silent_scanner_at(silent.port, 10.0),
-        worker_config(queue, "restarted").lease(SAFE_LEASE),
-    );
-    let token = CancellationToken::new();
-    let run = tokio::spawn({
-        let token = token.clone();
-        async move { worker.run(token).await }
-    });
+    let blip = Blip::start(Arc::clone(&store), second, queue, "restarted", 10.0).await;
     wait_until(Duration::from_secs(60), async || store.stats(queue).await.is_ok_and(|s| s.done >= 1)).await;
     let before = store.stats(queue).await.expect("stats before the outage");
     assert!(before.done < 12, "the scan ended before the outage: {before:?}");
-    let db = std::sync::Arc::new(std::sync::Mutex::new(db));
-    let restart = {
-        let db = Arc::clone(&db);
-        tokio::task::spawn_blocking(move || {
-            let mut db = db.lock().expect("db");
-            db.stop()?;
-            std::thread::sleep(Duration::from_secs(2));
-            db.start()
-        })
-    };
-    restart.await.expect("join").expect("stop and start the database server");
-    assert!(!run.is_finished(), "the worker ended while its database was down: {:?}", run.await);
-    wait_idle(&*store, queue, Duration::from_secs(120)).await;
-    token.cancel();
-    let stats = run.await.expect("join").expect("worker keeps running");
+    let restart = tokio::task::spawn_blocking(move || {
+        let mut db = db;
+        db.stop()?;
+        std::thread::sleep(Duration::from_secs(2));
+        db.start()?;
+        Ok::<_, String>(db)
+    });
+    // Dropped (stopped, its data removed) at the end of the test.
+    let _db = restart.await.expect("join").expect("stop and start the database server");
+    assert!(!blip.run.is_finished(), "the worker ended while its database was down");
     // Whether the outage shows as store errors or as store calls that wait for a connection
-    // (the pool retries connecting until its acquire timeout) is timing; what must hold is below.
-    println!("jobs done before the outage: {}; worker stats across the restart: {stats:?}", before.done);
-    assert_eq!((stats.jobs_done, stats.leases_lost, stats.hosts), (12, 0, 60), "{stats:?}");
-    let (mut lost, mut twice) = (Vec::new(), Vec::new());
-    for ip in &ips {
-        match dead_pings(&*store, *ip).await {
-            1 => {}
-            2 => twice.push(ip.to_string()),
-            got => lost.push(format!("{ip}: {got}")),
-        }
-    }
-    assert!(lost.is_empty(), "hosts lost or recorded more than twice: {lost:?}");
-    assert!(twice.is_empty(), "hosts recorded twice: {twice:?}");
+    // (the pool retries connecting until its acquire timeout) is timing; what must hold is in
+    // `finish`.
+    println!("jobs done before the outage: {}", before.done);
+    blip.finish(&*store, queue).await;
 }
 
 /// A private server of `kind`, or `None` after a printed skip (not root; a failure under CI).

@@ -85,6 +85,13 @@ impl PrivateDb {
         self.dir.join("data")
     }
 
+    /// `pg_ctl -D DATA`, run as the `postgres` user.
+    fn pg_ctl(&self) -> Result<Command, String> {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(postgres_bin()?.join("pg_ctl")).arg("-D").arg(self.data());
+        Ok(cmd)
+    }
+
     fn init(&self) -> Result<(), String> {
         match self.kind {
             PrivateKind::Postgres => {
@@ -132,11 +139,7 @@ impl PrivateDb {
         }
         match self.kind {
             PrivateKind::Postgres => run(
-                Command::new("runuser")
-                    .args(["-u", "postgres", "--"])
-                    .arg(postgres_bin()?.join("pg_ctl"))
-                    .arg("-D")
-                    .arg(self.data())
+                self.pg_ctl()?
                     .arg("-l")
                     .arg(self.dir.join("server.log"))
                     .arg("-o")
@@ -212,15 +215,7 @@ impl PrivateDb {
             return Ok(());
         }
         match self.kind {
-            PrivateKind::Postgres => run(
-                Command::new("runuser")
-                    .args(["-u", "postgres", "--"])
-                    .arg(postgres_bin()?.join("pg_ctl"))
-                    .arg("-D")
-                    .arg(self.data())
-                    .args(["-m", "fast", "-w", "-t", "60", "stop"]),
-                "pg_ctl stop",
-            )?,
+            PrivateKind::Postgres => run(self.pg_ctl()?.args(["-m", "fast", "-w", "-t", "60", "stop"]), "pg_ctl stop")?,
             PrivateKind::MariaDb => {
                 if let Some(mut child) = self.child.take() {
                     let pid = child.id().to_string();

@@ -267,6 +267,13 @@ where
     }
 }
 
+/// A history row's id and time, for pruning by age.
+#[derive(FromRow)]
+struct AgedRow {
+    id: i64,
+    at: DateTime<Utc>,
+}
+
 #[derive(FromRow)]
 struct ObjectRow {
     object_type: String,
@@ -364,20 +371,21 @@ where
         let mut pruned = 0;
         if let Some(age) = retention.max_age {
             let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
-            // Each chunk starts after the last id deleted: a scan from the start would walk
-            // over every row deleted so far (dead until vacuumed), slower at every chunk.
-            let mut after = i64::MIN;
+            // Oldest first along the `at` index, each chunk starting at the time the last one
+            // ended: a scan from the start would cross every row deleted so far (dead until
+            // vacuumed), and one in id order would read the whole table to find no more.
+            let mut from: Option<DateTime<Utc>> = None;
             loop {
-                let ids = self
-                    .history_ids(
-                        |qb| {
-                            qb.push("at < ").push_bind(Some(cutoff)).push(" AND id > ").push_bind(Some(after));
-                        },
-                        chunk,
-                    )
-                    .await?;
-                let Some(&last) = ids.last() else { break };
-                after = last;
+                let mut qb = QueryBuilder::new("SELECT id, at FROM change_history WHERE at < ");
+                qb.push_bind(Some(cutoff));
+                if let Some(from) = from {
+                    qb.push(" AND at >= ").push_bind(Some(from));
+                }
+                qb.push(" ORDER BY at, id LIMIT ").push_bind(Some(i64::from(chunk)));
+                let rows = qb.build_query_as::<AgedRow>().fetch_all(self.pool()).await.map_err(err(ENTITY))?;
+                let Some(last) = rows.last() else { break };
+                from = Some(last.at);
+                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
                 pruned += self.delete_history(&ids).await?;
             }
         }
