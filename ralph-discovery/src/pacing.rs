@@ -353,7 +353,10 @@ mod tests {
         quick_done.store(true, Ordering::SeqCst);
         let spawned = producer.await.expect("sweep");
         assert_eq!(started.load(Ordering::SeqCst), spawned, "every probe of the sweep started");
-        assert!(after - before <= 2, "the quick scan waited for {} of the sweep's starts", after - before);
+        // One sweep start may land between reading `before` and queueing, one is at the head
+        // of the queue, and one may come while this task waits to run after its start (100 ms
+        // on a loaded machine). In arrival order alone it would wait for all eight.
+        assert!(after - before <= 3, "the quick scan waited for {} of the sweep's starts", after - before);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
