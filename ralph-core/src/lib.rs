@@ -66,7 +66,10 @@ pub use network::{
     HostnameTemplate, Network, NetworkEnvironment, Vlan, ip_key, ip_to_u128, network_size, parse_cidr, parse_ip,
     smallest_containing, u128_to_ip,
 };
-pub use queue::{FailOutcome, Job, JobInfo, JobQueue, JobState, QueueAdmin, QueueStats, RetryPolicy, WorkerBeat};
+pub use queue::{
+    CappedCount, FailOutcome, Job, JobCursor, JobFilter, JobInfo, JobProgress, JobQueue, JobState, QueueAdmin,
+    QueueOverview, QueueStats, RetryPolicy, WorkerBeat,
+};
 pub use scan::{MAX_BATCH_KEY, Observation, RecordSummary, ScanResultStore, apply_observation, check_batch_key};
 pub use secret::Secret;
 pub use status::{AssetStatus, Transition, TransitionGraph};

@@ -134,6 +134,14 @@ impl JobState {
     }
 }
 
+impl JobInfo {
+    /// The cursor that lists the jobs after this one.
+    #[must_use]
+    pub const fn cursor(&self) -> JobCursor {
+        JobCursor { due_at: self.due_at, id: self.id }
+    }
+}
+
 /// A job as an operator sees it in a list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobInfo {
@@ -177,6 +185,158 @@ pub struct WorkerBeat {
     /// When it last beat, by the store's clock (set by [`QueueAdmin::heartbeat`]; the value
     /// handed in is ignored).
     pub last_seen: DateTime<Utc>,
+    /// How far the current jobs have got, for those that report progress (scan jobs do).
+    #[serde(default)]
+    pub progress: Vec<JobProgress>,
+}
+
+/// How far a running job has got, as its worker last reported it in a [`WorkerBeat`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobProgress {
+    /// The job.
+    pub job: Id<Job>,
+    /// Items (a scan's targets) in the job, when known.
+    pub total: Option<u64>,
+    /// Items finished.
+    pub done: u64,
+    /// Items finished with a positive answer (a scan's hosts that are up).
+    pub alive: u64,
+    /// Congestion events met so far (a scan's ENOBUFS/EAGAIN and rate halvings).
+    pub congestion_events: u64,
+    /// Time since the job started.
+    pub elapsed: Duration,
+}
+
+impl JobProgress {
+    /// Items finished per second so far; `None` before the first millisecond.
+    #[must_use]
+    pub fn per_sec(&self) -> Option<f64> {
+        let secs = self.elapsed.as_secs_f64();
+        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+        (secs >= 0.001).then(|| self.done as f64 / secs)
+    }
+
+    /// Time left at the rate so far; `None` when the total or a rate is unknown.
+    #[must_use]
+    pub fn eta(&self) -> Option<Duration> {
+        let left = self.total?.saturating_sub(self.done);
+        if left == 0 {
+            return Some(Duration::ZERO);
+        }
+        let rate = self.per_sec().filter(|r| *r > 0.0)?;
+        #[allow(clippy::cast_precision_loss)]
+        Duration::try_from_secs_f64(left as f64 / rate).ok()
+    }
+}
+
+/// A count that stops at a cap, so that counting never scans a huge table: a status page shows
+/// `10000+` where there are more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct CappedCount {
+    /// The count, or the cap when [`CappedCount::capped`].
+    pub count: u64,
+    /// True when there are more than `count`.
+    pub capped: bool,
+}
+
+impl CappedCount {
+    /// An exact count.
+    #[must_use]
+    pub const fn exact(count: u64) -> Self {
+        Self { count, capped: false }
+    }
+
+    /// `seen` rows counted with `cap + 1` as the limit: exact up to `cap`, else `cap` and more.
+    #[must_use]
+    pub const fn of(seen: u64, cap: u64) -> Self {
+        if seen > cap { Self { count: cap, capped: true } } else { Self::exact(seen) }
+    }
+}
+
+impl std::fmt::Display for CappedCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.count, if self.capped { "+" } else { "" })
+    }
+}
+
+/// Largest cap [`QueueAdmin::overview`] and [`QueueAdmin::count_jobs`] take; larger ones are
+/// clamped.
+pub const MAX_CAP: u64 = 1_000_000;
+
+/// Longest text [`JobFilter::payload_contains`] takes, in characters.
+pub const MAX_FILTER_TEXT: usize = 255;
+
+/// One queue as a status page shows it. Every count is capped ([`CappedCount`]), so the
+/// overview costs the same with a thousand jobs or a hundred million.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct QueueOverview {
+    /// The queue's name.
+    pub queue: String,
+    /// Pending and due: claimable now.
+    pub pending: CappedCount,
+    /// Pending, due later, never tried (enqueued for later).
+    pub scheduled: CappedCount,
+    /// Pending, due later after a failure: waiting out a retry back-off.
+    pub retrying: CappedCount,
+    /// Claimed, lease not expired.
+    pub running: CappedCount,
+    /// Claimed, lease expired: the worker probably died ([`QueueAdmin::reclaim_expired`]).
+    pub expired: CappedCount,
+    /// Dead-lettered.
+    pub dead: CappedCount,
+    /// Acknowledged within the last hour.
+    pub done_last_hour: CappedCount,
+    /// How long the longest-waiting claimable job has been due: the queue's latency.
+    pub oldest_pending_age: Option<Duration>,
+    /// Claims are paused ([`QueueAdmin::set_paused`]).
+    pub paused: bool,
+}
+
+/// Which jobs of a queue [`QueueAdmin::find_jobs`] and [`QueueAdmin::count_jobs`] take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFilter {
+    /// The state.
+    pub state: JobState,
+    /// Only jobs whose payload contains this text (case-insensitive for ASCII letters;
+    /// `%` and `_` are plain characters). Empty means no filter.
+    #[serde(default)]
+    pub payload_contains: Option<String>,
+}
+
+impl JobFilter {
+    /// Every job in `state`.
+    #[must_use]
+    pub const fn state(state: JobState) -> Self {
+        Self { state, payload_contains: None }
+    }
+
+    /// Only jobs whose payload contains `text`.
+    #[must_use]
+    pub fn containing(mut self, text: impl Into<String>) -> Self {
+        self.payload_contains = Some(text.into());
+        self
+    }
+
+    /// The payload text to look for, if any (empty counts as none).
+    ///
+    /// # Errors
+    /// [`crate::ValidationError::TooLong`] past [`MAX_FILTER_TEXT`] characters.
+    pub fn needle(&self) -> Result<Option<&str>, crate::ValidationError> {
+        match self.payload_contains.as_deref() {
+            None | Some("") => Ok(None),
+            Some(text) => crate::text::check_len("payload filter", text, MAX_FILTER_TEXT).map(|()| Some(text)),
+        }
+    }
+}
+
+/// Where a page of [`QueueAdmin::find_jobs`] ended: the next page starts after it. Jobs are
+/// listed by `due_at`, then id (the order the queue's index keeps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct JobCursor {
+    /// The last job's `due_at`.
+    pub due_at: DateTime<Utc>,
+    /// The last job's id.
+    pub id: Id<Job>,
 }
 
 impl WorkerBeat {
@@ -255,6 +415,30 @@ pub trait QueueAdmin: Send + Sync {
 
     /// Up to `limit` (at most [`MAX_LIST`]) jobs of `queue` in `state`, oldest first.
     async fn list_jobs(&self, queue: &str, state: JobState, limit: usize) -> Result<Vec<JobInfo>, StoreError>;
+
+    /// Every queue that holds jobs or is paused, each count capped at `cap` (at most
+    /// [`MAX_CAP`]): what a status page shows. Each count reads at most `cap + 1` index entries.
+    async fn overview(&self, cap: u64) -> Result<Vec<QueueOverview>, StoreError>;
+
+    /// Up to `limit` (at most [`MAX_LIST`]) jobs of `queue` that match `filter`, by `due_at`
+    /// then id, starting after `after` (keyset paging: no page costs more than the first).
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] for a filter text past [`MAX_FILTER_TEXT`] characters.
+    async fn find_jobs(
+        &self,
+        queue: &str,
+        filter: &JobFilter,
+        after: Option<JobCursor>,
+        limit: usize,
+    ) -> Result<Vec<JobInfo>, StoreError>;
+
+    /// How many jobs of `queue` match `filter`, capped at `cap` (at most [`MAX_CAP`]): the
+    /// preview count of a bulk action.
+    ///
+    /// # Errors
+    /// As [`QueueAdmin::find_jobs`].
+    async fn count_jobs(&self, queue: &str, filter: &JobFilter, cap: u64) -> Result<CappedCount, StoreError>;
 
     /// Makes the named dead or pending jobs of `queue` claimable now with a fresh attempt count;
     /// returns how many changed (running and done jobs are left alone).

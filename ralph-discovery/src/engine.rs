@@ -387,6 +387,9 @@ pub struct Progress {
     pub neighbour_budget: usize,
     /// On-link hosts admitted now.
     pub neighbour_in_use: usize,
+    /// Congestion met so far: ENOBUFS/EAGAIN seen (all retried) and halvings of the shared
+    /// rate while this scan ran.
+    pub congestion_events: u64,
     /// Seconds since the start.
     pub elapsed_secs: f64,
     /// True once the scan ended.
@@ -573,6 +576,8 @@ struct Shared {
     host_done: tokio::sync::Notify,
     /// The lowest rate seen during this scan, as `f64` bits (positive floats order as their bits).
     min_rate: AtomicU64,
+    /// The shared pacer's halvings before this scan started.
+    halvings_before: u64,
 }
 
 /// A host in flight: counted until dropped, however its task ends (a panic included).
@@ -702,6 +707,8 @@ fn snapshot(shared: &Shared, total: Option<u64>, start: Instant, finished: bool)
         sockets_in_use: shared.ctx.budget.in_use(),
         neighbour_budget: shared.neighbour.guard().budget(false),
         neighbour_in_use: shared.neighbour.guard().in_use(),
+        congestion_events: shared.ctx.counters.congestion_errors.load(Ordering::Relaxed)
+            + shared.ctx.pacer.decreases().saturating_sub(shared.halvings_before),
         elapsed_secs: elapsed,
         finished,
     }
@@ -776,6 +783,7 @@ where
         hosts: HostCounters::default(),
         host_done: tokio::sync::Notify::new(),
         min_rate: AtomicU64::new(initial_rate.to_bits()),
+        halvings_before,
     });
     let guard = shared.neighbour.guard();
     tracing::info!(target: "ralph::discovery", total, socket_budget = budget, neighbour_budget = guard.budget(false),

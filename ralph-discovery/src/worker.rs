@@ -3,22 +3,22 @@
 
 mod payload;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
-use ralph_core::{FailOutcome, Id, Job, JobQueue, QueueAdmin, RetryPolicy, ScanResultStore, WorkerBeat};
+use ralph_core::{FailOutcome, Id, Job, JobProgress, JobQueue, QueueAdmin, RetryPolicy, ScanResultStore, WorkerBeat};
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use self::payload::{ScanJob, enqueue_addresses, enqueue_environment, enqueue_network, enqueue_targets};
-use crate::{BatchRecorder, Error, Result, Scanner};
+use crate::{BatchRecorder, Error, Progress, Result, Scanner};
 
 const TRACE: &str = "ralph::discovery";
 
@@ -257,7 +257,20 @@ struct Shared<Q: ?Sized, S: ?Sized> {
     scanner: Scanner,
     config: WorkerConfig,
     host: String,
-    current: Mutex<BTreeSet<Id<Job>>>,
+    /// The jobs running now, each with its scan's progress once the scan started.
+    current: Mutex<BTreeMap<Id<Job>, Option<watch::Receiver<Progress>>>>,
+}
+
+/// A scan's progress as a heartbeat reports it.
+fn job_progress(job: Id<Job>, p: &Progress) -> JobProgress {
+    JobProgress {
+        job,
+        total: p.total,
+        done: p.done,
+        alive: p.up,
+        congestion_events: p.congestion_events,
+        elapsed: Duration::try_from_secs_f64(p.elapsed_secs).unwrap_or_default(),
+    }
 }
 
 /// How one job ended, for the statistics.
@@ -268,7 +281,7 @@ struct JobReport {
 
 /// Removes a job from the worker's current set when its slot ends, however it ends.
 struct Running<'a> {
-    current: &'a Mutex<BTreeSet<Id<Job>>>,
+    current: &'a Mutex<BTreeMap<Id<Job>, Option<watch::Receiver<Progress>>>>,
     id: Id<Job>,
 }
 
@@ -315,7 +328,7 @@ where
             .and_then(|h| h.into_string().ok())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "unknown".to_owned());
-        Self { shared: Arc::new(Shared { jobs, store, scanner, config, host, current: Mutex::new(BTreeSet::new()) }) }
+        Self { shared: Arc::new(Shared { jobs, store, scanner, config, host, current: Mutex::new(BTreeMap::new()) }) }
     }
 
     /// The configuration.
@@ -369,7 +382,7 @@ where
                     tracing::error!(target: TRACE, job = %job.id, "no free slot for a claimed job");
                     continue;
                 };
-                shared.current.lock().unwrap_or_else(PoisonError::into_inner).insert(job.id);
+                shared.current.lock().unwrap_or_else(PoisonError::into_inner).insert(job.id, None);
                 let lease = Lease { until: asked_at + config.lease, length: config.lease };
                 tasks.spawn(Arc::clone(shared).run_job(job, lease, permit, shutdown.clone()));
             }
@@ -419,12 +432,17 @@ where
     S: ScanResultStore + ?Sized + 'static,
 {
     fn beat(&self, started_at: DateTime<Utc>) -> WorkerBeat {
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         WorkerBeat {
             name: self.config.name.clone(),
             host: self.host.clone(),
             pid: std::process::id(),
             queues: self.config.queues.clone(),
-            current_jobs: self.current.lock().unwrap_or_else(PoisonError::into_inner).iter().copied().collect(),
+            current_jobs: current.keys().copied().collect(),
+            progress: current
+                .iter()
+                .filter_map(|(job, progress)| Some(job_progress(*job, &progress.as_ref()?.borrow())))
+                .collect(),
             started_at,
             last_seen: Utc::now(),
         }
@@ -585,6 +603,9 @@ where
             targets = targets.exclude_addresses(buried);
         }
         let mut handle = self.scanner.start(targets.addresses());
+        if let Some(slot) = self.current.lock().unwrap_or_else(PoisonError::into_inner).get_mut(&job.id) {
+            *slot = Some(handle.progress.clone());
+        }
         // Keyed by the claim: a batch retried after a lost commit outcome is not recorded twice.
         let mut recorder = BatchRecorder::new(Arc::clone(&self.store))
             .batch(self.config.batch)

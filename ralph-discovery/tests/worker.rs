@@ -172,8 +172,13 @@ async fn heartbeats_name_the_worker_and_its_current_jobs() {
         let token = token.clone();
         async move { worker.run(token).await }
     });
+    // A beat that names the job and shows its scan under way (some hosts done, not all).
     let seen = eventually(Duration::from_secs(30), async || {
-        store.workers().await.expect("workers").iter().any(|w| w.name == "beating-worker" && w.current_jobs == ids)
+        store.workers().await.expect("workers").iter().any(|w| {
+            w.name == "beating-worker"
+                && w.current_jobs == ids
+                && w.progress.iter().any(|p| p.job == ids[0] && p.done > 0 && p.done < 200)
+        })
     })
     .await;
     let beat = store.workers().await.expect("workers").into_iter().find(|w| w.name == "beating-worker");
@@ -182,10 +187,14 @@ async fn heartbeats_name_the_worker_and_its_current_jobs() {
     assert!(seen, "no heartbeat with the running job: {beat:?}");
     let beat = beat.expect("beat");
     assert_eq!(beat.pid, std::process::id());
+    let progress = &beat.progress[0];
+    assert_eq!(progress.total, Some(200), "{progress:?}");
+    assert!(progress.per_sec().is_some_and(|r| r > 0.0) && progress.eta().is_some(), "{progress:?}");
     assert_eq!(beat.queues, [queue, "discovery.beat.other"]);
     assert!(!beat.host.is_empty());
     let last = store.workers().await.expect("workers").into_iter().find(|w| w.name == "beating-worker").expect("beat");
     assert!(last.current_jobs.is_empty(), "the last beat after the drain holds no job: {last:?}");
+    assert!(last.progress.is_empty(), "{last:?}");
     assert!(last.last_seen >= beat.last_seen);
 }
 

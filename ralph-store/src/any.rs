@@ -8,10 +8,10 @@ use ipnetwork::IpNetwork;
 use std::time::Duration;
 
 use ralph_core::{
-    AssetStatus, Component, DataCenter, Device, FailOutcome, Group, Id, InventoryStore, IpAddress, Job, JobInfo,
-    JobQueue, JobState, Network, NetworkEnvironment, Observation, Profile, QueueAdmin, QueueStats, Rack, Record,
-    RecordSummary, Repository, RetryPolicy, ScanResultStore, StoreError, TransitionGraph, User, UserMirror, UserSource,
-    UserStore, ValidationError, WorkerBeat,
+    AssetStatus, CappedCount, Component, DataCenter, Device, FailOutcome, Group, Id, InventoryStore, IpAddress, Job,
+    JobCursor, JobFilter, JobInfo, JobQueue, JobState, Network, NetworkEnvironment, Observation, Profile, QueueAdmin,
+    QueueOverview, QueueStats, Rack, Record, RecordSummary, Repository, RetryPolicy, ScanResultStore, StoreError,
+    TransitionGraph, User, UserMirror, UserSource, UserStore, ValidationError, WorkerBeat,
 };
 
 use ralph_core::history::{Actor, HistoryEntry, HistoryStore, Retention};
@@ -262,6 +262,21 @@ impl QueueAdmin for AnyStore {
     }
     async fn list_jobs(&self, queue: &str, state: JobState, limit: usize) -> Result<Vec<JobInfo>, StoreError> {
         dispatch!(self, s => s.list_jobs(queue, state, limit).await)
+    }
+    async fn overview(&self, cap: u64) -> Result<Vec<QueueOverview>, StoreError> {
+        dispatch!(self, s => s.overview(cap).await)
+    }
+    async fn find_jobs(
+        &self,
+        queue: &str,
+        filter: &JobFilter,
+        after: Option<JobCursor>,
+        limit: usize,
+    ) -> Result<Vec<JobInfo>, StoreError> {
+        dispatch!(self, s => s.find_jobs(queue, filter, after, limit).await)
+    }
+    async fn count_jobs(&self, queue: &str, filter: &JobFilter, cap: u64) -> Result<CappedCount, StoreError> {
+        dispatch!(self, s => s.count_jobs(queue, filter, cap).await)
     }
     async fn retry_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError> {
         dispatch!(self, s => s.retry_jobs(queue, ids).await)

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ralph_core::{FailOutcome, JobQueue, JobState, QueueAdmin, RetryPolicy, WorkerBeat};
+use ralph_core::{
+    CappedCount, FailOutcome, JobFilter, JobProgress, JobQueue, JobState, QueueAdmin, RetryPolicy, WorkerBeat,
+};
 
 fn payloads(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{{\"n\":{i},\"name\":\"Zażółć gęślą jaźń 🚀 {i}\"}}")).collect()
@@ -80,6 +82,14 @@ async fn admin_lists_retries_discards_pauses_and_purges<Q: JobQueue + QueueAdmin
         current_jobs: vec![running.id],
         started_at: started,
         last_seen: chrono::DateTime::UNIX_EPOCH,
+        progress: vec![JobProgress {
+            job: running.id,
+            total: Some(4096),
+            done: 1024,
+            alive: 700,
+            congestion_events: 2,
+            elapsed: Duration::from_millis(2500),
+        }],
     };
     q.heartbeat(&beat).await.expect("first beat");
     let workers = q.workers().await.expect("workers");
@@ -89,11 +99,88 @@ async fn admin_lists_retries_discards_pauses_and_purges<Q: JobQueue + QueueAdmin
         (&beat.queues, &beat.current_jobs, started)
     );
     assert!(workers[0].last_seen > Utc::now() - chrono::Duration::minutes(1), "the store's clock, not ours");
+    assert_eq!(workers[0].progress, beat.progress, "progress round-trips");
+    assert_eq!(workers[0].progress[0].eta(), Some(Duration::from_millis(7500)));
     beat.current_jobs.clear();
+    beat.progress.clear();
     q.heartbeat(&beat).await.expect("second beat");
     let workers = q.workers().await.expect("workers");
     assert_eq!((workers.len(), workers[0].current_jobs.len()), (1, 0), "one row per worker, updated");
+    assert!(workers[0].progress.is_empty());
     assert!(q.heartbeat(&WorkerBeat { name: " ".into(), ..beat }).await.is_err_and(|e| e.is_invalid()));
+}
+
+/// The status page's reads: the capped overview of every queue, jobs found by payload text and
+/// paged by cursor, and capped counts of what a bulk action would touch.
+async fn overview_finds_and_counts<Q: JobQueue + QueueAdmin>(q: &Q) {
+    let mut payloads: Vec<String> = (0..30).map(|i| format!("{{\"target\":\"198.18.{i}.0/24\"}}")).collect();
+    payloads.push("{\"target\":\"Rack_50%!\"}".into());
+    let ids = q.enqueue("ov.scan", &payloads).await.expect("enqueue");
+    q.enqueue("ov.other", &payloads[..2]).await.expect("enqueue");
+    q.set_paused("ov.idle", true).await.expect("pause");
+    // 31 pending; claim 5 (2 of them fail for a retry, 1 dies, 1 is acked, 1 keeps running).
+    let claimed = q.claim("ov.scan", 5, LEASE, "w").await.expect("claim");
+    assert_eq!(claimed.len(), 5);
+    let later = RetryPolicy { max_attempts: 3, base_backoff: Duration::from_secs(600), ..RetryPolicy::default() };
+    let once = RetryPolicy { max_attempts: 1, ..RetryPolicy::default() };
+    assert!(matches!(q.fail(&claimed[0], "x", &later).await.expect("fail"), FailOutcome::Retry { .. }));
+    assert!(matches!(q.fail(&claimed[1], "x", &later).await.expect("fail"), FailOutcome::Retry { .. }));
+    assert_eq!(q.fail(&claimed[2], "x", &once).await.expect("fail"), FailOutcome::Dead);
+    assert!(q.ack(&claimed[3]).await.expect("ack"));
+
+    let all = q.overview(1_000).await.expect("overview");
+    let names: Vec<&str> = all.iter().map(|o| o.queue.as_str()).collect();
+    assert_eq!(names, ["ov.idle", "ov.other", "ov.scan"], "queues with jobs and paused ones, by name");
+    assert!(all[0].paused && !all[2].paused);
+    assert_eq!(all[0].pending, CappedCount::exact(0));
+    let scan = &all[2];
+    let exact = |o: &ralph_core::QueueOverview| {
+        [o.pending, o.scheduled, o.retrying, o.running, o.expired, o.dead, o.done_last_hour].map(|c| c.count)
+    };
+    assert_eq!(exact(scan), [26, 0, 2, 1, 0, 1, 1], "{scan:?}");
+    assert!(scan.oldest_pending_age.is_some());
+    assert_eq!(all[1].pending, CappedCount::exact(2));
+
+    // Capped: 26 pending seen as "10+", the smaller counts exact.
+    let capped = q.overview(10).await.expect("overview").remove(2);
+    assert_eq!(capped.pending, CappedCount { count: 10, capped: true });
+    assert_eq!(capped.pending.to_string(), "10+");
+    assert_eq!(capped.retrying, CappedCount::exact(2));
+
+    // Payload text, case-insensitive; `%`, `_` and `!` are plain characters.
+    let pending = JobFilter::state(JobState::Pending);
+    let hits = q.find_jobs("ov.scan", &pending.clone().containing("RACK_50%!"), None, 10).await.expect("find");
+    assert_eq!(hits.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[30]]);
+    assert!(q.find_jobs("ov.scan", &pending.clone().containing("rack%50"), None, 10).await.expect("find").is_empty());
+    assert!(q.find_jobs("ov.scan", &pending.clone().containing("_"), None, 10).await.expect("find").len() == 1);
+    let in_18_1 = pending.clone().containing("198.18.1");
+    // 198.18.1.x, 198.18.10-19.x: 11 jobs, of which claimed[1] (198.18.1.0) waits for a retry
+    // (still pending) and is due last.
+    assert_eq!(q.count_jobs("ov.scan", &in_18_1, 100).await.expect("count"), CappedCount::exact(11));
+    assert_eq!(q.count_jobs("ov.scan", &in_18_1, 5).await.expect("count"), CappedCount { count: 5, capped: true });
+    assert_eq!(q.count_jobs("ov.scan", &pending, 1_000).await.expect("count"), CappedCount::exact(28));
+    assert_eq!(
+        q.count_jobs("ov.scan", &JobFilter::state(JobState::Dead), 1_000).await.expect("count"),
+        CappedCount::exact(1)
+    );
+
+    // Pages by (due_at, id): every pending job once, in order, however the page size falls.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = q.find_jobs("ov.scan", &pending, after, 4).await.expect("page");
+        let Some(last) = page.last() else { break };
+        after = Some(last.cursor());
+        seen.extend(page.iter().map(|j| (j.due_at, j.id)));
+    }
+    assert_eq!(seen.len(), 28);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "strictly ordered: {seen:?}");
+    assert_eq!(seen[26..].iter().map(|s| s.1).collect::<Vec<_>>(), [claimed[0].id, claimed[1].id], "retries due last");
+
+    let long = JobFilter::state(JobState::Pending).containing("x".repeat(256));
+    assert!(q.find_jobs("ov.scan", &long, None, 10).await.is_err_and(|e| e.is_invalid()));
+    assert!(q.count_jobs("ov.scan", &long, 10).await.is_err_and(|e| e.is_invalid()));
+    assert_eq!(q.count_jobs("ov.scan", &pending.containing(""), 1).await.expect("no filter").count, 1);
 }
 
 /// A job whose worker dies on every attempt is dead-lettered once its lease expired after the
@@ -333,6 +420,15 @@ mod sqlite {
             .await;
     }
     #[tokio::test]
+    async fn sqlite_overview_finds_and_counts() {
+        let (q, _dir) = queue().await;
+        overview_finds_and_counts(&q).await;
+    }
+    #[tokio::test]
+    async fn memory_overview_finds_and_counts() {
+        overview_finds_and_counts(&ralph_core::testing::MemoryStore::new()).await;
+    }
+    #[tokio::test]
     async fn memory_admin() {
         admin_lists_retries_discards_pauses_and_purges(&ralph_core::testing::MemoryStore::new()).await;
     }
@@ -385,6 +481,7 @@ mod postgres {
     pg_test!(pg_bad_input, "qbad", |q| bad_input(&q));
     pg_test!(pg_many_jobs_in_one_batch, "qbulk", |q| many_jobs_in_one_batch(&q));
     pg_test!(pg_admin, "qadmin", |q| admin_lists_retries_discards_pauses_and_purges(&q));
+    pg_test!(pg_overview_finds_and_counts, "qoverview", |q| overview_finds_and_counts(&q));
     pg_test!(pg_spent_leases_are_dead_lettered, "qspent", |q| spent_leases_are_dead_lettered(
         &q.clone().with_job_policy(RetryPolicy { max_attempts: 2, ..RetryPolicy::default() })
     ));
@@ -418,6 +515,7 @@ mod mysql {
     my_test!(mysql_bad_input, "qbad", |q| bad_input(&q));
     my_test!(mysql_many_jobs_in_one_batch, "qbulk", |q| many_jobs_in_one_batch(&q));
     my_test!(mysql_admin, "qadmin", |q| admin_lists_retries_discards_pauses_and_purges(&q));
+    my_test!(mysql_overview_finds_and_counts, "qoverview", |q| overview_finds_and_counts(&q));
     my_test!(mysql_spent_leases_are_dead_lettered, "qspent", |q| spent_leases_are_dead_lettered(
         &q.clone().with_job_policy(RetryPolicy { max_attempts: 2, ..RetryPolicy::default() })
     ));

@@ -9,8 +9,8 @@ use rand_core::{OsRng, RngCore};
 
 use super::MemoryStore;
 use crate::{
-    FailOutcome, Id, Job, JobInfo, JobQueue, JobState, QueueAdmin, QueueStats, RetryPolicy, StoreError,
-    ValidationError, WorkerBeat,
+    CappedCount, FailOutcome, Id, Job, JobCursor, JobFilter, JobInfo, JobQueue, JobState, QueueAdmin, QueueOverview,
+    QueueStats, RetryPolicy, StoreError, ValidationError, WorkerBeat,
 };
 
 const JOB: &str = "job";
@@ -111,6 +111,54 @@ fn stats<'a>(queue: &str, rows: impl Iterator<Item = &'a JobRow>, now: DateTime<
     }
     stats.oldest_pending_age = oldest.map(|o| (now - o).to_std().unwrap_or(Duration::ZERO));
     stats
+}
+
+/// Whether `row` of `queue` matches `filter` (`needle` is the filter text, lower-cased).
+fn matches(row: &JobRow, queue: &str, filter: &JobFilter, needle: Option<&str>) -> bool {
+    row.queue == queue
+        && row.state == filter.state
+        && needle.is_none_or(|n| row.payload.to_ascii_lowercase().contains(n))
+}
+
+/// The filter's text, lower-cased, or an invalid-input error.
+fn needle(filter: &JobFilter) -> Result<Option<String>, StoreError> {
+    Ok(filter.needle().map_err(|e| StoreError::invalid(JOB, e))?.map(str::to_ascii_lowercase))
+}
+
+/// The overview of one queue's rows.
+fn overview<'a>(queue: &str, rows: impl Iterator<Item = &'a JobRow>, now: DateTime<Utc>, cap: u64) -> QueueOverview {
+    let hour_ago = before(now, Duration::from_secs(3600));
+    let mut counts = [0u64; 7];
+    let mut oldest: Option<DateTime<Utc>> = None;
+    for row in rows {
+        let slot = match row.state {
+            JobState::Pending if row.due_at <= now => {
+                oldest = Some(oldest.map_or(row.due_at, |o| o.min(row.due_at)));
+                0
+            }
+            JobState::Pending if row.attempts == 0 => 1,
+            JobState::Pending => 2,
+            JobState::Running if row.due_at > now => 3,
+            JobState::Running => 4,
+            JobState::Dead => 5,
+            JobState::Done if row.finished_at.is_some_and(|at| at >= hour_ago) => 6,
+            JobState::Done => continue,
+        };
+        counts[slot] += 1;
+    }
+    let c = |i: usize| CappedCount::of(counts[i], cap);
+    QueueOverview {
+        queue: queue.to_owned(),
+        pending: c(0),
+        scheduled: c(1),
+        retrying: c(2),
+        running: c(3),
+        expired: c(4),
+        dead: c(5),
+        done_last_hour: c(6),
+        oldest_pending_age: oldest.map(|o| (now - o).to_std().unwrap_or(Duration::ZERO)),
+        paused: false,
+    }
 }
 
 /// Dead-letters the jobs of `queue` whose lease expired after their last allowed attempt.
@@ -308,6 +356,55 @@ impl QueueAdmin for MemoryStore {
             .take(limit)
             .map(|(id, r)| r.info(*id))
             .collect())
+    }
+
+    async fn overview(&self, cap: u64) -> Result<Vec<QueueOverview>, StoreError> {
+        let (now, cap) = (now(), cap.min(crate::queue::MAX_CAP));
+        let state = self.lock();
+        let mut by_queue: BTreeMap<&str, Vec<&JobRow>> = BTreeMap::new();
+        for row in state.jobs.values() {
+            by_queue.entry(row.queue.as_str()).or_default().push(row);
+        }
+        for queue in &state.paused {
+            by_queue.entry(queue.as_str()).or_default();
+        }
+        Ok(by_queue
+            .into_iter()
+            .map(|(queue, rows)| QueueOverview {
+                paused: state.paused.contains(queue),
+                ..overview(queue, rows.into_iter(), now, cap)
+            })
+            .collect())
+    }
+
+    async fn find_jobs(
+        &self,
+        queue: &str,
+        filter: &JobFilter,
+        after: Option<JobCursor>,
+        limit: usize,
+    ) -> Result<Vec<JobInfo>, StoreError> {
+        let needle = needle(filter)?;
+        let state = self.lock();
+        let mut found: Vec<(DateTime<Utc>, i64)> = state
+            .jobs
+            .iter()
+            .filter(|(id, r)| {
+                matches(r, queue, filter, needle.as_deref())
+                    && after.is_none_or(|c| (r.due_at, **id) > (c.due_at, c.id.get()))
+            })
+            .map(|(id, r)| (r.due_at, *id))
+            .collect();
+        found.sort_unstable();
+        found.truncate(limit.min(crate::queue::MAX_LIST));
+        Ok(found.into_iter().filter_map(|(_, id)| state.jobs.get(&id).map(|r| r.info(id))).collect())
+    }
+
+    async fn count_jobs(&self, queue: &str, filter: &JobFilter, cap: u64) -> Result<CappedCount, StoreError> {
+        let needle = needle(filter)?;
+        let state = self.lock();
+        let seen = state.jobs.values().filter(|r| matches(r, queue, filter, needle.as_deref())).count();
+        Ok(CappedCount::of(u64::try_from(seen).unwrap_or(u64::MAX), cap.min(crate::queue::MAX_CAP)))
     }
 
     async fn retry_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError> {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ralph_core::{
-    FailOutcome, Id, Job, JobInfo, JobQueue, JobState, QueueAdmin, QueueStats, RetryPolicy, StoreError,
-    ValidationError, WorkerBeat,
+    CappedCount, FailOutcome, Id, Job, JobCursor, JobFilter, JobInfo, JobProgress, JobQueue, JobState, QueueAdmin,
+    QueueOverview, QueueStats, RetryPolicy, StoreError, ValidationError, WorkerBeat,
 };
 use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
 
@@ -97,6 +97,7 @@ struct WorkerRow {
     current_jobs: String,
     started_at: Stamp,
     last_seen: Stamp,
+    progress: Option<String>,
 }
 
 impl WorkerRow {
@@ -110,6 +111,10 @@ impl WorkerRow {
                 .into_iter()
                 .map(Id::new)
                 .collect(),
+            progress: match self.progress.as_deref() {
+                None | Some("") => Vec::new(),
+                Some(text) => serde_json::from_str::<Vec<JobProgress>>(text).map_err(|e| json("progress", e))?,
+            },
             name: self.name,
             host: self.host,
             started_at: self.started_at.0,
@@ -153,6 +158,87 @@ impl StatsRow {
             oldest_pending_age: self.oldest_age.map(|m| Duration::from_micros(u64::try_from(m).unwrap_or(0))),
             paused: false,
         }
+    }
+}
+
+/// One queue's capped counters ([`QueueAdmin::overview`]), each `cap + 1` at most.
+#[derive(FromRow)]
+struct OverviewRow {
+    pending: i64,
+    scheduled: i64,
+    retrying: i64,
+    running: i64,
+    expired: i64,
+    dead: i64,
+    done_last_hour: i64,
+    oldest_age: Option<i64>,
+}
+
+/// The `WHERE` conditions of each [`QueueOverview`] count, after `queue = ? AND `; `{now}`
+/// stands for the dialect's current time, `{hour_ago}` for an hour before it. Each condition is
+/// a range of the `(queue, state, due_at)` index, except the last, which the `(state,
+/// finished_at)` one serves.
+const OVERVIEW_COUNTS: [(&str, &str); 7] = [
+    ("pending", "state = 'pending' AND due_at <= {now}"),
+    ("scheduled", "state = 'pending' AND due_at > {now} AND attempts = 0"),
+    ("retrying", "state = 'pending' AND due_at > {now} AND attempts > 0"),
+    ("running", "state = 'running' AND due_at > {now}"),
+    ("expired", "state = 'running' AND due_at <= {now}"),
+    ("dead", "state = 'dead'"),
+    ("done_last_hour", "state = 'done' AND finished_at IS NOT NULL AND finished_at >= {hour_ago}"),
+];
+
+/// Pushes `condition` with the dialect's clock in place of `{now}` and `{hour_ago}`.
+fn push_timed<DB: Backend>(qb: &mut QueryBuilder<DB>, condition: &str) {
+    let mut parts = condition.split('{');
+    qb.push(parts.next().unwrap_or_default());
+    for part in parts {
+        if let Some(rest) = part.strip_prefix("now}") {
+            DB::push_now(qb);
+            qb.push(rest);
+        } else if let Some(rest) = part.strip_prefix("hour_ago}") {
+            DB::push_now_plus(qb, -3_600_000_000);
+            qb.push(rest);
+        } else {
+            qb.push("{").push(part);
+        }
+    }
+}
+
+/// The pattern `LIKE ... ESCAPE '!'` takes for "contains `needle`", lower-cased.
+fn contains_pattern(needle: &str) -> String {
+    let mut pattern = String::with_capacity(needle.len() + 2);
+    pattern.push('%');
+    for c in needle.chars().map(|c| c.to_ascii_lowercase()) {
+        if matches!(c, '!' | '%' | '_') {
+            pattern.push('!');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// The cap as a row limit: `cap + 1` rows tell "more than `cap`".
+fn cap_limit(cap: u64) -> (u64, i64) {
+    let cap = cap.min(ralph_core::queue::MAX_CAP);
+    (cap, i64::try_from(cap + 1).unwrap_or(i64::MAX))
+}
+
+/// The `LIKE` pattern of `filter`'s payload text, if it has one.
+fn filter_pattern(filter: &JobFilter) -> Result<Option<String>, StoreError> {
+    Ok(filter.needle().map_err(|e| StoreError::invalid(JOB, e))?.map(contains_pattern))
+}
+
+/// Pushes `queue = ? AND state = ?` and, with a pattern ([`filter_pattern`]), the payload
+/// condition.
+fn push_filter<DB: Backend>(qb: &mut QueryBuilder<DB>, queue: &str, state: JobState, pattern: Option<&str>)
+where
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+{
+    qb.push("queue = ").push_bind(Some(queue)).push(" AND state = ").push_bind(Some(state.as_str()));
+    if let Some(pattern) = pattern {
+        qb.push(" AND LOWER(payload) LIKE ").push_bind(Some(pattern)).push(" ESCAPE '!'");
     }
 }
 
@@ -301,6 +387,24 @@ where
             .fetch_all(self.pool())
             .await
             .map_err(err(JOB))
+    }
+
+    /// The names of the queues that hold jobs, walking the `(queue, ...)` index one name at a
+    /// time (a skip scan: a `DISTINCT` would read every row).
+    async fn queue_names(&self) -> Result<Vec<String>, StoreError> {
+        /// Queues an overview lists at most.
+        const MAX_QUEUES: usize = 1_000;
+        let mut names: Vec<String> = Vec::new();
+        while names.len() < MAX_QUEUES {
+            let mut qb = QueryBuilder::new("SELECT MIN(queue) FROM queue_jobs");
+            if let Some(last) = names.last() {
+                qb.push(" WHERE queue > ").push_bind(Some(last.as_str()));
+            }
+            let next = qb.build_query_scalar::<Option<String>>().fetch_one(self.pool()).await.map_err(err(JOB))?;
+            let Some(next) = next else { break };
+            names.push(next);
+        }
+        Ok(names)
     }
 
     /// The counters of one queue (`Some`) or of every queue.
@@ -538,6 +642,85 @@ where
         rows.into_iter().map(JobInfoRow::into_info).collect()
     }
 
+    async fn overview(&self, cap: u64) -> Result<Vec<QueueOverview>, StoreError> {
+        let (cap, limit) = cap_limit(cap);
+        let count = |n: i64| CappedCount::of(u64::try_from(n).unwrap_or(0), cap);
+        let paused = self.paused_queues().await?;
+        let mut names = self.queue_names().await?;
+        names.extend(paused.iter().cloned());
+        names.sort_unstable();
+        names.dedup();
+        let mut out = Vec::with_capacity(names.len());
+        for queue in names {
+            // One statement per queue: each count a `LIMIT cap + 1` range of an index.
+            let mut qb = QueryBuilder::new("SELECT ");
+            for (name, condition) in OVERVIEW_COUNTS {
+                qb.push("(SELECT COUNT(*) FROM (SELECT 1 AS one FROM queue_jobs WHERE queue = ")
+                    .push_bind(Some(queue.as_str()))
+                    .push(" AND ");
+                push_timed(&mut qb, condition);
+                qb.push(" LIMIT ").push_bind(Some(limit)).push(") capped) AS ").push(name).push(", ");
+            }
+            qb.push("(SELECT ");
+            DB::push_age_micros(&mut qb, "MIN(due_at)");
+            qb.push(" FROM queue_jobs WHERE queue = ").push_bind(Some(queue.as_str())).push(" AND ");
+            push_timed(&mut qb, OVERVIEW_COUNTS[0].1);
+            qb.push(") AS oldest_age");
+            let row = qb.build_query_as::<OverviewRow>().fetch_one(self.pool()).await.map_err(err(JOB))?;
+            out.push(QueueOverview {
+                pending: count(row.pending),
+                scheduled: count(row.scheduled),
+                retrying: count(row.retrying),
+                running: count(row.running),
+                expired: count(row.expired),
+                dead: count(row.dead),
+                done_last_hour: count(row.done_last_hour),
+                oldest_pending_age: row.oldest_age.map(|m| Duration::from_micros(u64::try_from(m).unwrap_or(0))),
+                paused: paused.contains(&queue),
+                queue,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn find_jobs(
+        &self,
+        queue: &str,
+        filter: &JobFilter,
+        after: Option<JobCursor>,
+        limit: usize,
+    ) -> Result<Vec<JobInfo>, StoreError> {
+        let limit = i64::try_from(limit.min(ralph_core::queue::MAX_LIST)).unwrap_or(1);
+        let pattern = filter_pattern(filter)?;
+        let mut qb = QueryBuilder::new(
+            "SELECT id, queue, state, payload, attempts, worker, last_error, due_at, enqueued_at, finished_at \
+             FROM queue_jobs WHERE ",
+        );
+        push_filter(&mut qb, queue, filter.state, pattern.as_deref());
+        if let Some(after) = after {
+            qb.push(" AND (due_at > ")
+                .push_bind(Stamp(after.due_at))
+                .push(" OR (due_at = ")
+                .push_bind(Stamp(after.due_at))
+                .push(" AND id > ")
+                .push_bind(Some(after.id.get()))
+                .push("))");
+        }
+        qb.push(" ORDER BY due_at, id LIMIT ").push_bind(Some(limit));
+        let rows = qb.build_query_as::<JobInfoRow>().fetch_all(self.pool()).await.map_err(err(JOB))?;
+        rows.into_iter().map(JobInfoRow::into_info).collect()
+    }
+
+    async fn count_jobs(&self, queue: &str, filter: &JobFilter, cap: u64) -> Result<CappedCount, StoreError> {
+        let (cap, limit) = cap_limit(cap);
+        let pattern = filter_pattern(filter)?;
+        let mut qb = QueryBuilder::new("SELECT COUNT(*) FROM (SELECT 1 AS one FROM queue_jobs WHERE ");
+        push_filter(&mut qb, queue, filter.state, pattern.as_deref());
+        qb.push(" LIMIT ").push_bind(Some(limit)).push(") capped");
+        let seen = qb.build_query_scalar::<i64>().fetch_one(self.pool()).await.map_err(err(JOB))?;
+        Ok(CappedCount::of(u64::try_from(seen).unwrap_or(0), cap))
+    }
+
     async fn retry_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError> {
         self.by_ids(queue, ids, |qb| {
             qb.push("UPDATE queue_jobs SET state = 'pending', attempts = 0, lease_token = NULL, finished_at = NULL, due_at = ");
@@ -616,6 +799,7 @@ where
         let queues = serde_json::to_string(&beat.queues).map_err(|e| StoreError::Backend(Box::new(e)))?;
         let jobs: Vec<i64> = beat.current_jobs.iter().map(|id| id.get()).collect();
         let jobs = serde_json::to_string(&jobs).map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let progress = serde_json::to_string(&beat.progress).map_err(|e| StoreError::Backend(Box::new(e)))?;
         let pid = Some(i64::from(beat.pid));
         let started = Stamp(beat.started_at);
         self.retrying(JOB, || async {
@@ -628,6 +812,8 @@ where
                 .push_bind(Some(queues.as_str()))
                 .push(", current_jobs = ")
                 .push_bind(Some(jobs.as_str()))
+                .push(", progress = ")
+                .push_bind(Some(progress.as_str()))
                 .push(", started_at = ")
                 .push_bind(started)
                 .push(", last_seen = ");
@@ -636,7 +822,9 @@ where
             let done = qb.build().execute(&mut *tx).await.map_err(err(JOB))?;
             if DB::rows_affected(&done) == 0 {
                 let mut qb = QueryBuilder::new(DB::INSERT_IGNORE);
-                qb.push(" queue_workers (name, host, pid, queues, current_jobs, started_at, last_seen) VALUES (");
+                qb.push(
+                    " queue_workers (name, host, pid, queues, current_jobs, progress, started_at, last_seen) VALUES (",
+                );
                 qb.push_bind(Some(beat.name.as_str()))
                     .push(", ")
                     .push_bind(Some(beat.host.as_str()))
@@ -646,6 +834,8 @@ where
                     .push_bind(Some(queues.as_str()))
                     .push(", ")
                     .push_bind(Some(jobs.as_str()))
+                    .push(", ")
+                    .push_bind(Some(progress.as_str()))
                     .push(", ")
                     .push_bind(started)
                     .push(", ");
@@ -660,7 +850,8 @@ where
 
     async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError> {
         let rows = sqlx::query_as::<DB, WorkerRow>(
-            "SELECT name, host, pid, queues, current_jobs, started_at, last_seen FROM queue_workers ORDER BY name",
+            "SELECT name, host, pid, queues, current_jobs, progress, started_at, last_seen FROM queue_workers \
+             ORDER BY name",
         )
         .fetch_all(self.pool())
         .await
@@ -672,6 +863,13 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filter_patterns_and_clock_placeholders() {
+        assert_eq!(contains_pattern("50%_a!B"), "%50!%!_a!!b%");
+        assert_eq!(cap_limit(u64::MAX), (ralph_core::queue::MAX_CAP, 1_000_001));
+        assert_eq!(cap_limit(0), (0, 1));
+    }
 
     #[test]
     fn names_and_limits() {
