@@ -24,7 +24,7 @@ pub(crate) mod sqlite;
 
 /// A database the store runs on: [`sqlx::Sqlite`], [`sqlx::Postgres`] or [`sqlx::MySql`]
 /// (each behind its cargo feature). Sealed: the store's SQL is only known to work on these.
-pub trait Backend: sqlx::Database + Dialect {}
+pub trait Backend: sqlx::Database + sqlx::database::HasStatementCache + Dialect {}
 
 /// What the store learns about its server once per pool (MySQL: which server and version).
 #[doc(hidden)]
