@@ -151,7 +151,12 @@ impl WorkerConfig {
         self
     }
 
-    fn check(&self) -> Result<()> {
+    /// Checks what [`Worker::run`] would refuse before claiming anything: no queue, a lease
+    /// under 30 ms, zero intervals, a queue or worker name the heartbeat refuses.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first problem.
+    pub fn validate(&self) -> Result<()> {
         if self.queues.is_empty() {
             return Err(Error::Config("a worker needs at least one queue".to_owned()));
         }
@@ -161,7 +166,17 @@ impl WorkerConfig {
         if self.heartbeat_interval.is_zero() || self.poll_interval.is_zero() {
             return Err(Error::Config("worker heartbeat and poll intervals must not be zero".to_owned()));
         }
-        Ok(())
+        let beat = WorkerBeat {
+            name: self.name.clone(),
+            host: "host".to_owned(),
+            pid: 0,
+            queues: self.queues.clone(),
+            current_jobs: Vec::new(),
+            started_at: DateTime::<Utc>::UNIX_EPOCH,
+            last_seen: DateTime::<Utc>::UNIX_EPOCH,
+            progress: Vec::new(),
+        };
+        beat.validate().map_err(|e| Error::Config(format!("worker heartbeat: {e}")))
     }
 
     fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
@@ -347,7 +362,7 @@ where
     pub async fn run(&self, shutdown: CancellationToken) -> Result<WorkerStats> {
         let shared = &self.shared;
         let config = &shared.config;
-        config.check()?;
+        config.validate()?;
         let started_at = Utc::now();
         shared.beat(started_at).validate().map_err(|e| Error::Config(format!("worker heartbeat: {e}")))?;
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));

@@ -87,6 +87,11 @@ impl AnyStore {
         }
     }
 
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        dispatch!(self, s => s.close().await);
+    }
+
     /// The backend's name: `"SQLite"`, `"PostgreSQL"` or `"MySQL"`.
     #[must_use]
     pub fn backend(&self) -> &'static str {

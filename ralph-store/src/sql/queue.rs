@@ -9,7 +9,7 @@ use ralph_core::{
     CappedCount, FailOutcome, Id, Job, JobCursor, JobFilter, JobInfo, JobProgress, JobQueue, JobState, QueueAdmin,
     QueueOverview, QueueStats, RetryPolicy, StoreError, ValidationError, WorkerBeat,
 };
-use sqlx::{ColumnIndex, Decode, Encode, Execute, Executor, FromRow, IntoArguments, QueryBuilder, Type};
+use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
 
 use super::{err, push_list};
 use crate::dialect::{Backend, Stamp};
