@@ -1,0 +1,90 @@
+//! Live updates: `api/events` pushes the overview as server-sent events every refresh period.
+//! Every open page shares one store read per half period ([`LiveCache`]), so ten open tabs
+//! cost what one does.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::HeaderName;
+use axum::response::sse::{Event, Sse};
+use futures::Stream;
+use ralph_core::StoreError;
+
+use crate::access::Reader;
+use crate::error::Chain;
+use crate::page::Shared;
+use crate::view::OverviewView;
+
+/// The last overview read for live updates, reused while younger than half the refresh
+/// period and no action has changed the queues since.
+#[derive(Default)]
+pub(crate) struct LiveCache {
+    /// Bumped by every action: a cached overview from an older generation is not reused.
+    generation: AtomicU64,
+    /// (generation, read at, overview). Held across the store read, so concurrent streams
+    /// wait for one read instead of each making their own.
+    slot: tokio::sync::Mutex<Option<(u64, Instant, Arc<OverviewView>)>>,
+}
+
+impl LiveCache {
+    /// Forgets the cached overview (an action changed the queues).
+    pub(crate) fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The overview, cached or fresh.
+    async fn get(&self, shared: &Shared) -> Result<Arc<OverviewView>, StoreError> {
+        let mut slot = self.slot.lock().await;
+        let generation = self.generation.load(Ordering::Relaxed);
+        if let Some((cached_generation, at, view)) = slot.as_ref()
+            && *cached_generation == generation
+            && at.elapsed() < shared.refresh / 2
+        {
+            return Ok(Arc::clone(view));
+        }
+        let view = Arc::new(shared.overview().await?);
+        *slot = Some((generation, Instant::now(), Arc::clone(&view)));
+        Ok(view)
+    }
+}
+
+/// One event: `overview` with the JSON of `api/queues`, or `store-error` with a generic text.
+async fn next_event(shared: &Shared) -> Event {
+    let unavailable = || Event::default().event("store-error").data("the job store is unavailable");
+    match shared.live.get(shared).await {
+        Ok(view) => match serde_json::to_string(&*view) {
+            Ok(json) => Event::default().event("overview").data(json),
+            Err(error) => {
+                tracing::error!(target: "ralph::web", %error, "live update: overview does not serialize");
+                unavailable()
+            }
+        },
+        Err(error) => {
+            tracing::warn!(target: "ralph::web", error = %Chain(&error), "live update: the job store failed");
+            unavailable()
+        }
+    }
+}
+
+/// `GET api/events`: an `overview` event at once, then one every refresh period, until the
+/// client goes away.
+pub(crate) async fn events(
+    State(shared): State<Arc<Shared>>,
+    _: Reader,
+) -> ([(HeaderName, &'static str); 1], Sse<impl Stream<Item = Result<Event, Infallible>>>) {
+    let stream = futures::stream::unfold((shared, true), |(shared, first)| async move {
+        let event = if first {
+            // Tells the browser how soon to reconnect after a drop.
+            next_event(&shared).await.retry(shared.refresh)
+        } else {
+            tokio::time::sleep(shared.refresh).await;
+            next_event(&shared).await
+        };
+        Some((Ok(event), (shared, false)))
+    });
+    // Proxies that buffer responses (nginx) would hold the events back.
+    ([(HeaderName::from_static("x-accel-buffering"), "no")], Sse::new(stream))
+}
