@@ -6,27 +6,76 @@
 //! ```
 //!
 //! The password comes from `RALPH_LDAP_PASSWORD` or, when that is unset, the first line of
-//! stdin. Users are mirrored into `RALPH_STORE_URL` (default: an in-memory SQLite database).
+//! stdin (never from the command line, which `ps` shows to everyone). Users are mirrored into
+//! `--store URL` or `RALPH_STORE_URL` (default: an in-memory SQLite database; PostgreSQL and
+//! MySQL URLs work too). `--help` lists the options.
 //! Prints the identity, flags, groups and profile as JSON and exits 0, or prints the refusal
 //! and exits 1 (2 for usage or configuration errors). `RUST_LOG=ralph=debug` shows the steps.
 
 use std::io::BufRead;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use clap::Parser;
 use ralph_core::auth::LoginError;
 use ralph_core::{AuthChain, Credentials, LocalBackend, Secret};
 use ralph_ldap::{LdapBackend, LdapConfig};
-use ralph_store::SqliteStore;
+use ralph_store::AnyStore;
 use serde_json::json;
 
+/// The variable holding the password (read here, never taken from the command line).
+const PASSWORD_ENV: &str = "RALPH_LDAP_PASSWORD";
+
+/// Log a user in through the chain "LDAP first, then local accounts", mirror them into a store
+/// and print who they are as JSON. Exits 0 on success, 1 when the login is refused, 2 for
+/// usage or configuration errors.
+#[derive(Parser)]
+#[command(
+    name = "ldap_login",
+    after_help = "Environment:\n  RALPH_LDAP_PASSWORD  the password; when unset, the first line of stdin is read\n  \
+                  RUST_LOG             e.g. ralph=debug for the login's steps"
+)]
+struct Args {
+    /// The LDAP configuration (TOML, see ralph-ldap's README)
+    #[arg(value_name = "CONFIG.toml")]
+    config: PathBuf,
+
+    /// The login name (`alice`, `alice@realm`, `REALM\alice`)
+    #[arg(value_name = "USERNAME")]
+    username: String,
+
+    /// The store users are mirrored into (sqlite:, postgres: or mysql: URL)
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "RALPH_STORE_URL",
+        hide_env_values = true,
+        default_value = "sqlite::memory:"
+    )]
+    store: String,
+}
+
+/// An error with its causes, `a: b: c` (each level prints only its own message).
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut msg = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    msg
+}
+
 fn usage(msg: &str) -> ExitCode {
-    eprintln!("{msg}\nusage: ldap_login CONFIG.toml USERNAME   (password in RALPH_LDAP_PASSWORD or on stdin)");
+    eprintln!(
+        "ldap_login: {msg}\n(ldap_login --help lists the options; the password is read from {PASSWORD_ENV} or stdin)"
+    );
     ExitCode::from(2)
 }
 
 fn password() -> std::io::Result<Secret> {
-    if let Ok(pw) = std::env::var("RALPH_LDAP_PASSWORD") {
+    if let Ok(pw) = std::env::var(PASSWORD_ENV) {
         return Ok(Secret::new(pw));
     }
     // One allocation, large enough that read_line never reallocates (and frees an unzeroed
@@ -47,9 +96,8 @@ async fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [config_path, username] = args.as_slice() else { return usage("expected two arguments") };
-    let config = match LdapConfig::from_toml_file(config_path) {
+    let Args { config: config_path, username, store: store_url } = Args::parse();
+    let config = match LdapConfig::from_toml_file(&config_path) {
         Ok(c) => c,
         Err(e) => return usage(&e.to_string()),
     };
@@ -57,10 +105,10 @@ async fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage(&format!("cannot read the password: {e}")),
     };
-    let store_url = std::env::var("RALPH_STORE_URL").unwrap_or_else(|_| "sqlite::memory:".to_owned());
-    let store = match SqliteStore::connect(&store_url).await {
+    let store = match AnyStore::connect(&store_url).await {
         Ok(s) => s,
-        Err(e) => return usage(&format!("cannot open the store {store_url}: {e}")),
+        // The URL is not repeated: it may hold a password.
+        Err(e) => return usage(&format!("cannot open the store: {}", causes(&e))),
     };
     let ldap = match LdapBackend::new(config, store.clone()) {
         Ok(b) => b,

@@ -6,12 +6,48 @@
 //! ```
 //!
 //! Prints the report (seen, created, updated, skipped, deactivated...) as JSON; exits 1 when
-//! the sync fails (nothing is deactivated then), 2 for usage or configuration errors.
+//! the sync fails (nothing is deactivated then), 2 for usage or configuration errors. The store
+//! is `--store URL` or `RALPH_STORE_URL` (default `sqlite://ralph-ldap.sqlite3`; PostgreSQL and
+//! MySQL URLs work too); `--help` lists the options.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Parser;
 use ralph_ldap::{LdapBackend, LdapConfig};
-use ralph_store::SqliteStore;
+use ralph_store::AnyStore;
+
+/// Ralph's ldap_sync: import every user the configuration admits (paged search), create and
+/// update users, profiles and groups, deactivate LDAP users the directory no longer lists, and
+/// print the counts as JSON. Exits 1 when the sync fails, 2 for usage or configuration errors.
+#[derive(Parser)]
+#[command(name = "ldap_sync", after_help = "Environment:\n  RUST_LOG  e.g. ralph=debug for the sync's steps")]
+struct Args {
+    /// The LDAP configuration (TOML, see ralph-ldap's README)
+    #[arg(value_name = "CONFIG.toml")]
+    config: PathBuf,
+
+    /// The store users are synced into (sqlite:, postgres: or mysql: URL)
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "RALPH_STORE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://ralph-ldap.sqlite3"
+    )]
+    store: String,
+}
+
+/// An error with its causes, `a: b: c` (each level prints only its own message).
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut msg = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    msg
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -19,22 +55,19 @@ async fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let Some(config_path) = std::env::args().nth(1) else {
-        eprintln!("usage: ldap_sync CONFIG.toml   (store in RALPH_STORE_URL, default sqlite://ralph-ldap.sqlite3)");
-        return ExitCode::from(2);
-    };
-    let config = match LdapConfig::from_toml_file(&config_path) {
+    let args = Args::parse();
+    let config = match LdapConfig::from_toml_file(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
-    let store_url = std::env::var("RALPH_STORE_URL").unwrap_or_else(|_| "sqlite://ralph-ldap.sqlite3".to_owned());
-    let store = match SqliteStore::connect(&store_url).await {
+    let store = match AnyStore::connect(&args.store).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("cannot open the store {store_url}: {e}");
+            // The URL is not repeated: it may hold a password.
+            eprintln!("cannot open the store: {}", causes(&e));
             return ExitCode::from(2);
         }
     };
@@ -51,13 +84,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            eprintln!("sync failed: {msg}");
+            eprintln!("sync failed: {}", causes(&e));
             ExitCode::FAILURE
         }
     }

@@ -12,7 +12,10 @@
 use std::error::Error;
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use clap::Parser;
 
 use ralph_core::auth::LoginError;
 use ralph_core::{
@@ -28,6 +31,17 @@ use tracing_subscriber::EnvFilter;
 const DEMO_PASSWORD: &str = "quickstart-demo-only-Pa55";
 
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
+
+/// Build a small data centre in a SQLite file, log its admin in through the auth chain, and
+/// show the store refusing what it must refuse. Safe to run repeatedly: each step creates only
+/// what is missing.
+#[derive(Parser)]
+#[command(name = "quickstart", after_help = "Environment:\n  RUST_LOG  e.g. ralph=debug for the library's events")]
+struct Args {
+    /// The SQLite file to create, or to reopen when it exists
+    #[arg(value_name = "PATH", default_value = "ralph-quickstart.sqlite3")]
+    path: PathBuf,
+}
 
 /// Returns the id of the first row `same` picks, creating `value` when there is none.
 async fn ensure<T, S>(store: &S, value: T, same: impl Fn(&T) -> bool) -> Result<(Id<T>, bool)>
@@ -56,10 +70,10 @@ async fn main() -> Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
         .init();
 
-    let path = std::env::args().nth(1).unwrap_or_else(|| "ralph-quickstart.sqlite3".to_owned());
-    let reopened = std::path::Path::new(&path).exists();
-    let store = Arc::new(SqliteStore::connect(&format!("sqlite://{path}")).await?);
-    println!("{} {path}\n", if reopened { "Reopened" } else { "Created" });
+    let path = Args::parse().path;
+    let reopened = path.exists();
+    let store = Arc::new(SqliteStore::connect(&format!("sqlite://{}", path.display())).await?);
+    println!("{} {}\n", if reopened { "Reopened" } else { "Created" }, path.display());
 
     // Locations.
     let s = store.as_ref();

@@ -9,13 +9,17 @@
 //!
 //! A facts file is a JSON array of `Facts` (see `ralph_core::reconcile::Facts`). The community
 //! is read from `--community` or `RALPH_SNMP_COMMUNITY` and is never printed. The store
-//! defaults to `sqlite://ralph-reconcile.sqlite3`; running twice shows the second plan empty.
+//! defaults to `sqlite://ralph-reconcile.sqlite3` (PostgreSQL and MySQL URLs work too); running
+//! twice shows the second plan empty. `--help` lists the options.
 //! SNMP facts accept locally administered MACs as identity (lab and cloud interfaces have them).
 
+use std::convert::Infallible;
 use std::error::Error;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use chrono::Utc;
+use clap::{ArgGroup, Parser};
 use ralph_core::Secret;
 use ralph_core::history::{Actor, HistoryStore};
 use ralph_core::reconcile::{
@@ -27,38 +31,40 @@ use ralph_store::AnyStore;
 
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
 
+/// Reconcile scan facts with the inventory: read an SNMP agent's system group and interface MACs
+/// (or a facts file), print the plan (creates, updates, moves, deletes, conflicts, suppressed
+/// values) as a dry run, apply it with --apply and print the device's change history.
+#[derive(Parser)]
+#[command(
+    name = "reconcile",
+    // A repeated option replaces the earlier value, as the hand-written parser did.
+    args_override_self = true,
+    group(ArgGroup::new("source").required(true).args(["snmp", "facts"])),
+)]
 struct Args {
+    /// Read the system group and interface MACs of the SNMP v2c agent at ADDR:PORT
+    #[arg(long, value_name = "ADDR:PORT", requires = "community")]
     snmp: Option<SocketAddr>,
-    community: Option<String>,
-    facts: Option<String>,
+
+    /// The SNMP community (a secret: prefer RALPH_SNMP_COMMUNITY, ps shows the command line)
+    #[arg(long, value_name = "COMMUNITY", env = "RALPH_SNMP_COMMUNITY", hide_env_values = true, value_parser = secret)]
+    community: Option<Secret>,
+
+    /// Read the facts from a JSON file (an array of ralph_core::reconcile::Facts) instead of SNMP
+    #[arg(long, value_name = "FILE")]
+    facts: Option<PathBuf>,
+
+    /// The inventory store (sqlite:, postgres: or mysql: URL)
+    #[arg(long, value_name = "URL", default_value = "sqlite://ralph-reconcile.sqlite3")]
     store: String,
+
+    /// Apply the plan (without it, nothing is written to the inventory)
+    #[arg(long)]
     apply: bool,
 }
 
-fn args() -> Result<Args> {
-    let mut out = Args {
-        snmp: None,
-        community: std::env::var("RALPH_SNMP_COMMUNITY").ok(),
-        facts: None,
-        store: "sqlite://ralph-reconcile.sqlite3".to_owned(),
-        apply: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--snmp" => out.snmp = Some(value()?.parse()?),
-            "--community" => out.community = Some(value()?),
-            "--facts" => out.facts = Some(value()?),
-            "--store" => out.store = value()?,
-            "--apply" => out.apply = true,
-            other => return Err(format!("unknown argument {other:?}").into()),
-        }
-    }
-    if out.snmp.is_none() == out.facts.is_none() {
-        return Err("give one of --snmp ADDR:PORT or --facts FILE".into());
-    }
-    Ok(out)
+fn secret(s: &str) -> Result<Secret, Infallible> {
+    Ok(Secret::new(s))
 }
 
 fn describe(change: &Change) -> String {
@@ -88,11 +94,11 @@ fn describe(change: &Change) -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt().with_env_filter("warn").init();
-    let args = args()?;
+    let args = Args::parse();
     let facts: Vec<Facts> = match (&args.snmp, &args.facts) {
         (Some(addr), _) => {
             let community = args.community.clone().ok_or("--community or RALPH_SNMP_COMMUNITY is required")?;
-            let probe = SnmpProbe { communities: vec![Secret::new(community)], port: addr.port() };
+            let probe = SnmpProbe { communities: vec![community], port: addr.port() };
             let system = probe.read_system(addr.ip(), &ProbeContext::standalone(4)).await?;
             println!(
                 "snmp {addr}: {} ({} MACs, sysObjectID {})",
@@ -103,7 +109,7 @@ async fn main() -> Result<()> {
             vec![system.to_facts(addr.ip(), Source::new("snmp", 10)?, Utc::now())]
         }
         (None, Some(path)) => serde_json::from_str(&std::fs::read_to_string(path)?)?,
-        (None, None) => unreachable!("checked by args()"),
+        (None, None) => unreachable!("one of them is required by the argument group"),
     };
     let reconciler = Reconciler::new(
         ReconcileConfig::default().with_identity(IdentityConfig::default().with_macs(MacBlacklist::minimal())),

@@ -185,16 +185,16 @@ async fn upsert_chunk(
 ) -> Result<Counts, StoreError> {
     let mut qb = QueryBuilder::new("WITH input AS (SELECT * FROM UNNEST(");
     let mut arrays = qb.separated(", ");
-    arrays.push_bind(rows.iter().map(|r| r.address.as_str()).collect::<Vec<_>>()).push_unseparated("::TEXT[]");
-    arrays.push_bind(rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>()).push_unseparated("::TEXT[]");
+    arrays.push_bind(rows.iter().map(|r| &*r.address).collect::<Vec<_>>()).push_unseparated("::TEXT[]");
+    arrays.push_bind(rows.iter().map(|r| &*r.key).collect::<Vec<_>>()).push_unseparated("::TEXT[]");
     arrays.push_bind(rows.iter().map(|r| r.seen_at).collect::<Vec<_>>()).push_unseparated("::TIMESTAMPTZ[]");
     arrays.push_bind(rows.iter().map(ObservationRow::dead_flag).collect::<Vec<_>>()).push_unseparated("::BIGINT[]");
     for column in [
-        rows.iter().map(|r| r.http_family).collect::<Vec<_>>(),
+        rows.iter().map(|r| r.http_family.as_deref()).collect::<Vec<_>>(),
         rows.iter().map(|r| r.snmp_name).collect(),
         rows.iter().map(|r| r.snmp_community).collect(),
         rows.iter().map(|r| r.snmp_version).collect(),
-        rows.iter().map(|r| r.checksum).collect(),
+        rows.iter().map(|r| r.checksum.as_deref()).collect(),
     ] {
         arrays.push_bind(column).push_unseparated("::TEXT[]");
     }

@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -61,16 +62,18 @@ pub(crate) const INSERT_COLUMNS: &str = "address, ip_key, last_seen, dead_ping_c
 #[derive(Debug)]
 pub struct ObservationRow<'a> {
     pub(crate) ip: u128,
-    pub(crate) key: String,
-    pub(crate) address: String,
+    // Shared strings: SQLite's driver takes an `Arc<str>` as it is, where it copies a `&str`
+    // into two new allocations on every bind (and the key is bound twice per round).
+    pub(crate) key: Arc<str>,
+    pub(crate) address: Arc<str>,
     pub(crate) alive: bool,
     pub(crate) seen_at: DateTime<Utc>,
-    pub(crate) http_family: Option<&'a str>,
+    pub(crate) http_family: Option<Arc<str>>,
     pub(crate) snmp_name: Option<&'a str>,
     /// Only kept with an SNMP name, as the rules say.
     pub(crate) snmp_community: Option<&'a str>,
     pub(crate) snmp_version: Option<&'static str>,
-    pub(crate) checksum: Option<&'a str>,
+    pub(crate) checksum: Option<Arc<str>>,
 }
 
 fn check(field: &'static str, value: Option<&str>, max: usize) -> Result<(), StoreError> {
@@ -92,15 +95,15 @@ impl<'a> ObservationRow<'a> {
         let snmp = o.snmp_name.is_some();
         Ok(Self {
             ip: ralph_core::ip_to_u128(o.address),
-            key: ip_key(o.address),
-            address: o.address.to_string(),
+            key: ip_key(o.address).into(),
+            address: o.address.to_string().into(),
             alive: o.alive,
             seen_at: o.seen_at,
-            http_family: o.http_family.as_deref(),
+            http_family: o.http_family.as_deref().map(Arc::from),
             snmp_name: o.snmp_name.as_deref(),
             snmp_community: o.snmp_community.as_ref().filter(|_| snmp).map(ralph_core::Secret::expose),
             snmp_version: o.snmp_version.filter(|_| snmp).map(ralph_core::SnmpVersion::as_str),
-            checksum: o.checksum.as_deref(),
+            checksum: o.checksum.as_deref().map(Arc::from),
         })
     }
 
@@ -189,11 +192,11 @@ fn plan<'r, 'a>(
 ) -> Vec<&'r ObservationRow<'a>> {
     let mut write = Vec::with_capacity(round.len());
     for row in round {
-        match known.get(&row.key) {
+        match known.get(&*row.key) {
             Some(k) if k.is_buried => {} // buried: untouched
             Some(k) => {
                 summary.updated += 1;
-                if row.checksum.is_some() && k.scan_checksum.as_deref() != row.checksum {
+                if row.checksum.is_some() && k.scan_checksum.as_deref() != row.checksum.as_deref() {
                     summary.changed += 1;
                 }
                 write.push(row);
@@ -223,6 +226,7 @@ where
     for<'r> &'r str: ColumnIndex<DB::Row>,
     for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<Arc<str>>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
     for<'q> bool: Decode<'q, DB> + Type<DB>,
     for<'q> String: Decode<'q, DB> + Type<DB>,
@@ -230,7 +234,7 @@ where
     let mut summary = RecordSummary::default();
     for chunk in round.chunks(values_chunk::<DB>()) {
         let mut qb = QueryBuilder::new("SELECT ip_key, is_buried, scan_checksum FROM ip_addresses WHERE ip_key IN (");
-        push_list(&mut qb, chunk.iter().map(|r| Some(r.key.as_str())));
+        push_list(&mut qb, chunk.iter().map(|r| Some(Arc::clone(&r.key))));
         qb.push(")");
         let known: HashMap<String, KnownRow> = qb
             .build_query_as::<KnownRow>()
@@ -246,15 +250,15 @@ where
         }
         let mut qb = QueryBuilder::new(format!("INSERT INTO ip_addresses ({INSERT_COLUMNS}) "));
         qb.push_values(write, |mut b, r| {
-            b.push_bind(Some(r.address.as_str()))
-                .push_bind(Some(r.key.as_str()))
+            b.push_bind(Some(Arc::clone(&r.address)))
+                .push_bind(Some(Arc::clone(&r.key)))
                 .push_bind(Some(r.seen_at))
                 .push_bind(Some(r.dead_flag()))
-                .push_bind(r.http_family)
+                .push_bind(r.http_family.clone())
                 .push_bind(r.snmp_name)
                 .push_bind(r.snmp_community)
                 .push_bind(r.snmp_version)
-                .push_bind(r.checksum);
+                .push_bind(r.checksum.clone());
         });
         qb.push(tail);
         qb.build().execute(&mut **tx).await.map_err(err(ENTITY))?;
