@@ -12,6 +12,7 @@
 //! Prints the identity, flags, groups and profile as JSON and exits 0, or prints the refusal
 //! and exits 1 (2 for usage or configuration errors). `RUST_LOG=ralph=debug` shows the steps.
 
+use ralph_examples::causes;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,17 +55,6 @@ struct Args {
         default_value = "sqlite::memory:"
     )]
     store: String,
-}
-
-/// An error with its causes, `a: b: c` (each level prints only its own message).
-fn causes(error: &dyn std::error::Error) -> String {
-    let mut msg = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    msg
 }
 
 fn usage(msg: &str) -> ExitCode {

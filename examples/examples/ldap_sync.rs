@@ -10,6 +10,7 @@
 //! is `--store URL` or `RALPH_STORE_URL` (default `sqlite://ralph-ldap.sqlite3`; PostgreSQL and
 //! MySQL URLs work too); `--help` lists the options.
 
+use ralph_examples::causes;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,17 +37,6 @@ struct Args {
         default_value = "sqlite://ralph-ldap.sqlite3"
     )]
     store: String,
-}
-
-/// An error with its causes, `a: b: c` (each level prints only its own message).
-fn causes(error: &dyn std::error::Error) -> String {
-    let mut msg = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    msg
 }
 
 #[tokio::main]

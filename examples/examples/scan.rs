@@ -22,6 +22,7 @@
 //! `--snmp COMMUNITY` (repeatable) still works but puts the community on the command line;
 //! communities from the environment are tried first.
 
+use ralph_examples::causes;
 use std::convert::Infallible;
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -343,17 +344,6 @@ fn progress_line(p: &Progress, total: u64) -> String {
          elapsed {:.0} s",
         p.done, p.up, p.down, p.errors, p.hosts_per_sec, p.elapsed_secs
     )
-}
-
-/// An error with its causes, `a: b: c` (each level prints only its own message).
-fn causes(error: &dyn std::error::Error) -> String {
-    let mut msg = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    msg
 }
 
 fn usage(msg: &str) -> ExitCode {

@@ -10,7 +10,7 @@
 //!   `SameSite=Strict` session cookie; `POST /logout` ends the session. JSON answers: 200
 //!   `{"ok": true, "username", "staff"}`, 401 wrong credentials, 403 refused (inactive, a
 //!   missing group…), 503 directory or store unavailable.
-//! - **Status page** (ralph-web) under `/admin/` for staff users (others get 403).
+//! - **Status page** (ralph-web) under `/admin/queues` for staff users (others get 403).
 //! - **Discovery workers** for the queues in the config's `[[workers]]`.
 //! - **SIGTERM / SIGINT: graceful drain**. No new connection is accepted; requests in flight
 //!   (logins) finish; workers stop their scans, record what they found and re-enqueue the
@@ -339,7 +339,7 @@ async fn login(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> 
                 )
                 .into_response()
             } else {
-                Redirect::to(if user.is_staff { "admin/" } else { "./" }).into_response()
+                Redirect::to(if user.is_staff { "admin/queues" } else { "./" }).into_response()
             };
             if let Ok(value) = HeaderValue::from_str(&set_cookie) {
                 response.headers_mut().insert(header::SET_COOKIE, value);
@@ -383,7 +383,7 @@ async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Html<String> 
         Some(s) => format!(
             "<p>Logged in as <b>{}</b>.</p>{}<form method=\"post\" action=\"logout\"><button>Log out</button></form>",
             escape(&s.username),
-            if s.staff { "<p><a href=\"admin/\">Status page</a></p>" } else { "" }
+            if s.staff { "<p><a href=\"admin/queues\">Status page</a></p>" } else { "" }
         ),
         None => "<form method=\"post\" action=\"login\">\
                  <label>Username <input name=\"username\" autocomplete=\"username\" required></label> \

@@ -113,6 +113,18 @@ fn stats<'a>(queue: &str, rows: impl Iterator<Item = &'a JobRow>, now: DateTime<
     stats
 }
 
+/// The rows of every queue that holds jobs or is paused, by queue name.
+fn by_queue(state: &super::State) -> BTreeMap<&str, Vec<&JobRow>> {
+    let mut by_queue: BTreeMap<&str, Vec<&JobRow>> = BTreeMap::new();
+    for row in state.jobs.values() {
+        by_queue.entry(row.queue.as_str()).or_default().push(row);
+    }
+    for queue in &state.paused {
+        by_queue.entry(queue.as_str()).or_default();
+    }
+    by_queue
+}
+
 /// Whether `row` of `queue` matches `filter` (`needle` is the filter text, lower-cased).
 fn matches(row: &JobRow, queue: &str, filter: &JobFilter, needle: Option<&str>) -> bool {
     row.queue == queue
@@ -330,14 +342,7 @@ impl QueueAdmin for MemoryStore {
     async fn all_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
         let now = now();
         let state = self.lock();
-        let mut by_queue: BTreeMap<&str, Vec<&JobRow>> = BTreeMap::new();
-        for row in state.jobs.values() {
-            by_queue.entry(row.queue.as_str()).or_default().push(row);
-        }
-        for queue in &state.paused {
-            by_queue.entry(queue.as_str()).or_default();
-        }
-        Ok(by_queue
+        Ok(by_queue(&state)
             .into_iter()
             .map(|(queue, rows)| QueueStats {
                 paused: state.paused.contains(queue),
@@ -361,14 +366,7 @@ impl QueueAdmin for MemoryStore {
     async fn overview(&self, cap: u64) -> Result<Vec<QueueOverview>, StoreError> {
         let (now, cap) = (now(), cap.min(crate::queue::MAX_CAP));
         let state = self.lock();
-        let mut by_queue: BTreeMap<&str, Vec<&JobRow>> = BTreeMap::new();
-        for row in state.jobs.values() {
-            by_queue.entry(row.queue.as_str()).or_default().push(row);
-        }
-        for queue in &state.paused {
-            by_queue.entry(queue.as_str()).or_default();
-        }
-        Ok(by_queue
+        Ok(by_queue(&state)
             .into_iter()
             .map(|(queue, rows)| QueueOverview {
                 paused: state.paused.contains(queue),
