@@ -8,9 +8,9 @@
 //! each test writes its config, starts it, waits for its `LISTENING` line and talks HTTP/1.1
 //! to it over loopback. Scan targets are loopback addresses (127.77.x.y) whose port 9 resets.
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,92 +18,11 @@ use std::time::{Duration, Instant};
 use ralph_core::{IpAddress, JobQueue, QueueAdmin, Repository};
 use ralph_discovery::ScanJob;
 use ralph_store::AnyStore;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const ADMIN_PASSWORD: &str = "server-test-admin-Pa55";
+use common::{ADMIN_PASSWORD, Server, ldap_table, wait_line};
+
 const QUEUE: &str = "server.scan";
-
-// ---------------------------------------------------------------------------------------------
-// The server process
-
-/// The example binary cargo built beside this test.
-fn server_exe() -> PathBuf {
-    // CARGO_TARGET_TMPDIR is <target>/tmp; the examples are in <target>/<profile>/examples.
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").to_path_buf();
-    let test_exe = std::env::current_exe().expect("test exe");
-    // <target>/<profile>/deps/<test>: the profile directory is two levels up.
-    let profile = test_exe.parent().and_then(|d| d.parent()).map_or_else(|| target.join("debug"), PathBuf::from);
-    let exe = profile.join("examples").join("server");
-    assert!(exe.exists(), "{} is missing: cargo builds the examples with the tests", exe.display());
-    exe
-}
-
-struct Server {
-    child: Child,
-    address: SocketAddr,
-    lines: mpsc::UnboundedReceiver<String>,
-    config: PathBuf,
-}
-
-impl Server {
-    /// Writes `config` and starts the server on it; waits for `LISTENING`.
-    async fn start(dir: &std::path::Path, config: &str) -> Self {
-        let path = dir.join("server.toml");
-        std::fs::write(&path, config).expect("write config");
-        let mut child = Command::new(server_exe())
-            .arg(&path)
-            .env("RALPH_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("RUST_LOG", "server=info,ralph=warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start server");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, mut lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let line = wait_line(&mut lines, "LISTENING ", Duration::from_secs(120)).await;
-        let address = line.trim_start_matches("LISTENING ").parse().expect("address");
-        Self { child, address, lines, config: path }
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let ok = std::process::Command::new("kill").args([&format!("-{name}"), &pid]).status().expect("kill");
-        assert!(ok.success());
-    }
-
-    /// Sends SIGTERM and waits for a clean exit after `DRAINED`.
-    async fn stop(mut self) {
-        self.signal("TERM");
-        wait_line(&mut self.lines, "DRAINED", Duration::from_secs(120)).await;
-        let status =
-            tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await.expect("exits").expect("wait");
-        assert!(status.success(), "server exit: {status}");
-    }
-}
-
-async fn wait_line(lines: &mut mpsc::UnboundedReceiver<String>, prefix: &str, limit: Duration) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, lines.recv()).await {
-            Ok(Some(line)) if line.starts_with(prefix) => return line,
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("the server exited before printing {prefix:?}"),
-            Err(_) => panic!("no {prefix:?} line within {limit:?}"),
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // A small HTTP/1.1 client (one request per connection)
@@ -168,42 +87,6 @@ async fn login_json(address: SocketAddr, user: &str, password: &str) -> std::io:
 
 // ---------------------------------------------------------------------------------------------
 // Services
-
-/// The fixture directory's `[ldap]` table: users of ralph-users, `_gr_ralph_staff` staff;
-/// `staff_group` names the group mapped to staff (a reload changes it).
-fn ldap_table(staff_group: &str) -> Option<String> {
-    let url = ralph_testkit::service("RALPH_TEST_LDAP_URL")?;
-    let base = ralph_testkit::service("RALPH_TEST_LDAP_BASE")?;
-    let bind_dn = ralph_testkit::service("RALPH_TEST_LDAP_BIND_DN")?;
-    let bind_pw = ralph_testkit::service("RALPH_TEST_LDAP_BIND_PASSWORD")?;
-    Some(format!(
-        r#"
-[ldap]
-server_uris = ["{url}"]
-bind_dn = "{bind_dn}"
-bind_password = "{bind_pw}"
-username_attr = "sAMAccountName"
-user_filter = "(memberOf=cn=ralph-users,ou=groups,{base})"
-group_type = "member_of"
-group_name_attr = "cn"
-nested_groups = "recursive"
-mirror_groups = true
-cache_ttl_secs = 0
-pool_size = 8
-connect_timeout_ms = 5000
-operation_timeout_ms = 20000
-
-[ldap.user_search]
-base = "{base}"
-scope = "subtree"
-filter = "(sAMAccountName=%(user)s)"
-
-[ldap.group_mapping]
-"cn=ralph-users,ou=groups,{base}" = "active"
-"cn={staff_group},ou=groups,{base}" = "staff"
-"#
-    ))
-}
 
 /// A store URL for `kind` ("sqlite", "postgres", "mysql") with a fresh database, and a guard
 /// that drops it.
@@ -295,7 +178,7 @@ async fn status_page_is_for_staff_sessions_only() {
     let ok = http(a, "POST", "/login", &[("Content-Type", "application/x-www-form-urlencoded")], &form)
         .await
         .expect("login");
-    assert_eq!((ok.status, ok.header("location")), (303, Some("admin/")), "{}", ok.body);
+    assert_eq!((ok.status, ok.header("location")), (303, Some("admin/queues")), "{}", ok.body);
     let cookie = ok.session().expect("session cookie");
     assert!(ok.header("set-cookie").is_some_and(|c| c.contains("HttpOnly") && c.contains("SameSite=Strict")));
     let page = http(a, "GET", "/admin/queues", &[("Cookie", &cookie)], "").await.expect("page");
