@@ -168,10 +168,19 @@ impl Browser {
         self.client.current_url().await.expect("url").path().to_owned()
     }
 
-    /// The page's text.
+    /// The page's text. Read by one script run: a page that navigates between finding `body`
+    /// and reading it (after a form post) would leave a stale element; a read that fails that
+    /// way is tried again.
     async fn text(&self) -> String {
-        let body = self.client.find(Locator::Css("body")).await.expect("body");
-        body.text().await.expect("text")
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let read = self.client.execute("return document.body ? document.body.innerText : null;", vec![]).await;
+            match read {
+                Ok(serde_json::Value::String(text)) => return text,
+                _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                other => panic!("cannot read the page's text within {WAIT:?}: {other:?}"),
+            }
+        }
     }
 
     /// Waits until the page's text contains `text`.

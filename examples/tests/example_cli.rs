@@ -19,6 +19,9 @@ use ralph_core::InventoryStore;
 use ralph_store::AnyStore;
 use tokio::io::AsyncWriteExt;
 
+mod common;
+use common::{Backend, FreshDb};
+
 /// How long one run of an example may take (a build on a busy machine included).
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -412,80 +415,6 @@ async fn a_bad_line_in_the_targets_file_is_named_with_its_file_and_line() {
 // ---------------------------------------------------------------------------------------------
 // scan --store
 
-/// A store database made for one test: a SQLite file in a temporary directory, or a database
-/// `<base>_<tag>_<pid>_<n>` on the server of `RALPH_TEST_PG_URL` / `RALPH_TEST_MYSQL_URL`
-/// (dropped when the test passes; the run's teardown drops every `<base>_*` database).
-struct FreshDb {
-    url: String,
-    made_from: Option<(String, String)>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-static DB_COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// Splits `scheme://host/db?x` into (`scheme://host/`, `db`, `?x`).
-fn split_url(url: &str) -> (&str, &str, &str) {
-    let (head, query) = url.find('?').map_or((url, ""), |i| url.split_at(i));
-    let cut = head.rfind('/').map_or(head.len(), |i| i + 1);
-    (&head[..cut], &head[cut..], query)
-}
-
-impl FreshDb {
-    fn sqlite() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("scan.sqlite3").display());
-        Self { url, made_from: None, _dir: Some(dir) }
-    }
-
-    /// `None` after a printed skip when the server's variable is missing (a panic under CI).
-    async fn server(var: &str) -> Option<Self> {
-        use ralph_store::sqlx::{self, Connection as _};
-        let base_url = ralph_testkit::service(var)?;
-        let (prefix, base, query) = split_url(&base_url);
-        let n = DB_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let suffix = format!("_cli_{}_{n}", std::process::id());
-        // PostgreSQL names stop at 63 bytes.
-        let name = format!("{}{suffix}", &base[..base.len().min(63 - suffix.len())]);
-        if base_url.starts_with("postgres") {
-            let mut admin = sqlx::PgConnection::connect(&base_url).await.expect("connect to PostgreSQL");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0"
-            )))
-            .execute(&mut admin)
-            .await
-            .expect("create a PostgreSQL database");
-            let _ = admin.close().await;
-        } else {
-            let mut admin = sqlx::MySqlConnection::connect(&base_url).await.expect("connect to MariaDB");
-            let collation = ralph_store::MYSQL_COLLATION;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE {collation}"
-            )))
-            .execute(&mut admin)
-            .await
-            .expect("create a MariaDB database");
-            let _ = admin.close().await;
-        }
-        Some(Self { url: format!("{prefix}{name}{query}"), made_from: Some((base_url, name)), _dir: None })
-    }
-
-    async fn drop_db(self) {
-        use ralph_store::sqlx::{self, Connection as _};
-        let Some((base_url, name)) = &self.made_from else { return };
-        if base_url.starts_with("postgres") {
-            if let Ok(mut admin) = sqlx::PgConnection::connect(base_url).await {
-                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
-                    .execute(&mut admin)
-                    .await;
-            }
-        } else if let Ok(mut admin) = sqlx::MySqlConnection::connect(base_url).await {
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`")))
-                .execute(&mut admin)
-                .await;
-        }
-    }
-}
-
 /// `scan --store URL` records the host that answered (alive: a row with `last_seen`) and not
 /// the silent one (an unknown address is inserted only when alive); read back through
 /// ralph-store on the same URL. A second run updates the row instead of adding one.
@@ -518,18 +447,19 @@ async fn scan_records_to(db: FreshDb) {
 
 #[tokio::test]
 async fn scan_records_to_a_sqlite_store() {
-    scan_records_to(FreshDb::sqlite()).await;
+    let db = FreshDb::new(Backend::Sqlite, "cli").await.expect("a SQLite file needs no service");
+    scan_records_to(db).await;
 }
 
 #[tokio::test]
 async fn scan_records_to_postgres() {
-    let Some(db) = FreshDb::server("RALPH_TEST_PG_URL").await else { return };
+    let Some(db) = FreshDb::new(Backend::Postgres, "cli").await else { return };
     scan_records_to(db).await;
 }
 
 #[tokio::test]
 async fn scan_records_to_mariadb() {
-    let Some(db) = FreshDb::server("RALPH_TEST_MYSQL_URL").await else { return };
+    let Some(db) = FreshDb::new(Backend::MySql, "cli").await else { return };
     scan_records_to(db).await;
 }
 

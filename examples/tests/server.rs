@@ -20,7 +20,7 @@ use ralph_discovery::ScanJob;
 use ralph_store::AnyStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::{ADMIN_PASSWORD, Server, ldap_table, wait_line};
+use common::{ADMIN_PASSWORD, Backend, FreshDb, Server, ldap_table, wait_line};
 
 const QUEUE: &str = "server.scan";
 
@@ -87,67 +87,6 @@ async fn login_json(address: SocketAddr, user: &str, password: &str) -> std::io:
 
 // ---------------------------------------------------------------------------------------------
 // Services
-
-/// A store URL for `kind` ("sqlite", "postgres", "mysql") with a fresh database, and a guard
-/// that drops it.
-async fn fresh_store(kind: &str, dir: &std::path::Path, tag: &str) -> Option<(String, DropDb)> {
-    let name = format!("ralph_server_{tag}_{}", std::process::id());
-    match kind {
-        "sqlite" => Some((format!("sqlite://{}?mode=rwc", dir.join("server.sqlite3").display()), DropDb::None)),
-        "postgres" => {
-            let admin = ralph_testkit::service("RALPH_TEST_PG_ADMIN_URL")?;
-            let pool =
-                ralph_store::sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&admin).await.expect("pg");
-            for statement in [format!("DROP DATABASE IF EXISTS \"{name}\""), format!("CREATE DATABASE \"{name}\"")] {
-                ralph_store::sqlx::raw_sql(ralph_store::sqlx::AssertSqlSafe(statement))
-                    .execute(&pool)
-                    .await
-                    .expect("create db");
-            }
-            let url = format!("{}/{name}", admin.rsplit_once('/').expect("url").0);
-            Some((url, DropDb::Pg(pool, name)))
-        }
-        _ => {
-            let admin = ralph_testkit::service("RALPH_TEST_MYSQL_ADMIN_URL")?;
-            let pool = ralph_store::sqlx::mysql::MySqlPoolOptions::new()
-                .max_connections(1)
-                .connect(&admin)
-                .await
-                .expect("mysql");
-            ralph_store::sqlx::raw_sql(ralph_store::sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS `{name}`; CREATE DATABASE `{name}` CHARACTER SET utf8mb4"
-            )))
-            .execute(&pool)
-            .await
-            .expect("create db");
-            let url = format!("{}/{name}", admin.rsplit_once('/').expect("url").0);
-            Some((url, DropDb::My(pool, name)))
-        }
-    }
-}
-
-enum DropDb {
-    None,
-    Pg(ralph_store::sqlx::PgPool, String),
-    My(ralph_store::sqlx::MySqlPool, String),
-}
-
-impl DropDb {
-    async fn drop_now(self) {
-        let q = |s: String| ralph_store::sqlx::AssertSqlSafe(s);
-        match self {
-            Self::None => {}
-            Self::Pg(pool, name) => {
-                let _ = ralph_store::sqlx::raw_sql(q(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
-                    .execute(&pool)
-                    .await;
-            }
-            Self::My(pool, name) => {
-                let _ = ralph_store::sqlx::raw_sql(q(format!("DROP DATABASE IF EXISTS `{name}`"))).execute(&pool).await;
-            }
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Tests
@@ -218,12 +157,14 @@ async fn lab_hosts(store: &AnyStore) -> Vec<IpAddr> {
 /// SIGTERM while 32 clients log in through LDAP and a scan job runs: every login answered
 /// is a success (none a server error), the process exits cleanly, and the scan's unscanned
 /// rest is re-enqueued: a second run finishes it, and every target is recorded.
-async fn drain_during_logins_and_a_scan(kind: &str) {
+async fn drain_during_logins_and_a_scan(backend: Backend) {
     let Some(ldap) = ldap_table("_gr_ralph_staff") else { return };
     let bulk: usize = std::env::var("RALPH_TEST_LDAP_BULK_USERS").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(bulk >= 64, "the fixture's bulk users are needed (RALPH_TEST_LDAP_BULK_USERS={bulk})");
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some((store_url, db)) = fresh_store(kind, dir.path(), "drain").await else { return };
+    let Some(db) = FreshDb::new(backend, "drain").await else { return };
+    let store_url = db.url.clone();
+    let kind = format!("{backend:?}").to_lowercase();
     // 200 loopback hosts at 25 probe starts a second: about 8 s of scanning, a heartbeat with
     // its progress every 200 ms.
     let config = format!(
@@ -314,22 +255,22 @@ async fn drain_during_logins_and_a_scan(kind: &str) {
     let unique: std::collections::BTreeSet<IpAddr> = recorded.iter().copied().collect();
     assert_eq!((recorded.len(), unique.len()), (200, 200), "every target recorded once");
     store.close().await;
-    db.drop_now().await;
+    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_drain_during_logins_and_a_scan() {
-    drain_during_logins_and_a_scan("sqlite").await;
+    drain_during_logins_and_a_scan(Backend::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pg_drain_during_logins_and_a_scan() {
-    drain_during_logins_and_a_scan("postgres").await;
+    drain_during_logins_and_a_scan(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysql_drain_during_logins_and_a_scan() {
-    drain_during_logins_and_a_scan("mysql").await;
+    drain_during_logins_and_a_scan(Backend::MySql).await;
 }
 
 /// SIGHUP with a changed `[ldap]` table: the next login uses it (bulk00000 becomes staff once

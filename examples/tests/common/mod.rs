@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -132,4 +133,108 @@ filter = "(sAMAccountName=%(user)s)"
 "cn={staff_group},ou=groups,{base}" = "staff"
 "#
     ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fresh stores
+
+/// The store backends the tests run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+/// A store database made for one test: a SQLite file in a temporary directory, or a database
+/// `<base>_<tag>_<pid>_<n>` on the server of `RALPH_TEST_PG_URL` / `RALPH_TEST_MYSQL_URL`
+/// (the run's teardown drops every `<base>_*` database, so one left by a failed test goes too).
+pub(crate) struct FreshDb {
+    pub(crate) backend: Backend,
+    pub(crate) url: String,
+    /// For a server database: the URL it was made from, and its name.
+    made_from: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+static DB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Splits `scheme://host/db?x` into (`scheme://host/`, `db`, `?x`).
+fn split_url(url: &str) -> (&str, &str, &str) {
+    let (head, query) = url.find('?').map_or((url, ""), |i| url.split_at(i));
+    let cut = head.rfind('/').map_or(head.len(), |i| i + 1);
+    (&head[..cut], &head[cut..], query)
+}
+
+impl FreshDb {
+    /// `None` after a printed skip when the server's variable is missing (a panic under CI).
+    pub(crate) async fn new(backend: Backend, tag: &str) -> Option<Self> {
+        use ralph_store::sqlx::{self, Connection as _};
+        let var = match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("ralph.sqlite3").display());
+                return Some(Self { backend, url, made_from: None, _dir: Some(dir) });
+            }
+            Backend::Postgres => "RALPH_TEST_PG_URL",
+            Backend::MySql => "RALPH_TEST_MYSQL_URL",
+        };
+        let base_url = ralph_testkit::service(var)?;
+        let (prefix, base, query) = split_url(&base_url);
+        let n = DB_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let suffix = format!("_{tag}_{}_{n}", std::process::id());
+        // PostgreSQL names stop at 63 bytes.
+        let name = format!("{}{suffix}", &base[..base.len().min(63 - suffix.len())]);
+        let url = format!("{prefix}{name}{query}");
+        match backend {
+            Backend::Postgres => {
+                let mut admin = sqlx::PgConnection::connect(&base_url).await.expect("connect to PostgreSQL");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0"
+                )))
+                .execute(&mut admin)
+                .await
+                .expect("create a PostgreSQL database");
+                let _ = admin.close().await;
+            }
+            Backend::MySql => {
+                let mut admin = sqlx::MySqlConnection::connect(&base_url).await.expect("connect to MariaDB");
+                let collation = ralph_store::MYSQL_COLLATION;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE {collation}"
+                )))
+                .execute(&mut admin)
+                .await
+                .expect("create a MariaDB database");
+                let _ = admin.close().await;
+            }
+            Backend::Sqlite => unreachable!("handled above"),
+        }
+        Some(Self { backend, url, made_from: Some((base_url, name)), _dir: None })
+    }
+
+    /// Drops the database (only after a passing test: a failed one keeps its data to look at
+    /// until the run's teardown).
+    pub(crate) async fn drop_db(self) {
+        use ralph_store::sqlx::{self, Connection as _};
+        let Some((base_url, name)) = &self.made_from else { return };
+        match self.backend {
+            Backend::Postgres => {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(base_url).await {
+                    let _ =
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+                            .execute(&mut admin)
+                            .await;
+                }
+            }
+            Backend::MySql => {
+                if let Ok(mut admin) = sqlx::MySqlConnection::connect(base_url).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`")))
+                        .execute(&mut admin)
+                        .await;
+                }
+            }
+            Backend::Sqlite => {}
+        }
+    }
 }
