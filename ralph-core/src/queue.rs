@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::history::Actor;
 use crate::{Id, StoreError};
 
 /// A job as a worker sees it after claiming it.
@@ -397,6 +398,26 @@ pub trait JobQueue: Send + Sync {
     async fn extend_lease(&self, job: &Job, lease: Duration) -> Result<bool, StoreError>;
 }
 
+/// The object id under which a queue's pause and resume are recorded in the change history
+/// (queues have names, not ids; the record's message names the queue).
+pub const QUEUE_OBJECT_ID: i64 = 0;
+
+/// Checks the `from` state of [`QueueAdmin::retry_jobs`] and [`QueueAdmin::discard_jobs`]:
+/// only dead or pending jobs are retried or discarded.
+///
+/// # Errors
+/// [`crate::ValidationError::Invalid`] for another state.
+pub fn check_admin_state(from: JobState) -> Result<(), crate::ValidationError> {
+    if matches!(from, JobState::Dead | JobState::Pending) {
+        Ok(())
+    } else {
+        Err(crate::ValidationError::Invalid {
+            field: "state",
+            reason: format!("only dead or pending jobs can be retried or discarded, not {}", from.as_str()),
+        })
+    }
+}
+
 /// Longest job list one [`QueueAdmin::list_jobs`] call returns; larger limits are clamped.
 pub const MAX_LIST: usize = 1_000;
 
@@ -440,20 +461,35 @@ pub trait QueueAdmin: Send + Sync {
     /// As [`QueueAdmin::find_jobs`].
     async fn count_jobs(&self, queue: &str, filter: &JobFilter, cap: u64) -> Result<CappedCount, StoreError>;
 
-    /// Makes the named dead or pending jobs of `queue` claimable now with a fresh attempt count;
-    /// returns how many changed (running and done jobs are left alone).
-    async fn retry_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError>;
+    /// Makes the named jobs of `queue` that are still in state `from` (dead or pending)
+    /// claimable now with a fresh attempt count; returns how many changed. A job that left
+    /// `from` since the caller read it (retried, discarded or claimed by someone else) is left
+    /// alone, so a bulk action never acts on a job it did not select. A store that keeps a
+    /// change history records each changed job (`job`, its id, `state` and `attempts` before
+    /// and after) as done by `by`, in the same transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] when `from` is not [`JobState::Dead`] or [`JobState::Pending`].
+    async fn retry_jobs(&self, queue: &str, ids: &[Id<Job>], from: JobState, by: &Actor) -> Result<u64, StoreError>;
 
-    /// Deletes the named pending or dead jobs of `queue`; returns how many (running jobs are left
-    /// to their worker).
-    async fn discard_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError>;
+    /// Deletes the named jobs of `queue` that are still in state `from` (dead or pending);
+    /// returns how many (running jobs are left to their worker). A store that keeps a change
+    /// history records each deleted job with its last values (queue, state, attempts, payload,
+    /// last error) as deleted by `by`, so nothing discarded is lost to the record.
+    ///
+    /// # Errors
+    /// As [`QueueAdmin::retry_jobs`].
+    async fn discard_jobs(&self, queue: &str, ids: &[Id<Job>], from: JobState, by: &Actor) -> Result<u64, StoreError>;
 
     /// Deletes done jobs finished longer than `done_older_than` ago and dead ones longer than
     /// `dead_older_than` ago, in short chunks (no long lock); returns how many.
     async fn purge(&self, done_older_than: Duration, dead_older_than: Duration) -> Result<u64, StoreError>;
 
-    /// Pauses (no claims hand out jobs) or resumes `queue`.
-    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError>;
+    /// Pauses (no claims hand out jobs) or resumes `queue`; returns whether that changed
+    /// anything (`false`: it already was). A store that keeps a change history records a change
+    /// as object `queue`, id [`QUEUE_OBJECT_ID`], field `paused`, with the queue's name as the
+    /// message, done by `by`.
+    async fn set_paused(&self, queue: &str, paused: bool, by: &Actor) -> Result<bool, StoreError>;
 
     /// Records a worker's heartbeat (inserted, or updated by name).
     async fn heartbeat(&self, beat: &WorkerBeat) -> Result<(), StoreError>;

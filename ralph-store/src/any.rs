@@ -283,17 +283,17 @@ impl QueueAdmin for AnyStore {
     async fn count_jobs(&self, queue: &str, filter: &JobFilter, cap: u64) -> Result<CappedCount, StoreError> {
         dispatch!(self, s => s.count_jobs(queue, filter, cap).await)
     }
-    async fn retry_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError> {
-        dispatch!(self, s => s.retry_jobs(queue, ids).await)
+    async fn retry_jobs(&self, queue: &str, ids: &[Id<Job>], from: JobState, by: &Actor) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.retry_jobs(queue, ids, from, by).await)
     }
-    async fn discard_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError> {
-        dispatch!(self, s => s.discard_jobs(queue, ids).await)
+    async fn discard_jobs(&self, queue: &str, ids: &[Id<Job>], from: JobState, by: &Actor) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.discard_jobs(queue, ids, from, by).await)
     }
     async fn purge(&self, done_older_than: Duration, dead_older_than: Duration) -> Result<u64, StoreError> {
         dispatch!(self, s => s.purge(done_older_than, dead_older_than).await)
     }
-    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
-        dispatch!(self, s => s.set_paused(queue, paused).await)
+    async fn set_paused(&self, queue: &str, paused: bool, by: &Actor) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.set_paused(queue, paused, by).await)
     }
     async fn heartbeat(&self, beat: &WorkerBeat) -> Result<(), StoreError> {
         dispatch!(self, s => s.heartbeat(beat).await)

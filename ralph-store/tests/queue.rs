@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use ralph_core::history::Actor;
 use ralph_core::{
     CappedCount, FailOutcome, JobFilter, JobProgress, JobQueue, JobState, QueueAdmin, RetryPolicy, WorkerBeat,
 };
@@ -26,6 +27,7 @@ fn micros_now() -> chrono::DateTime<Utc> {
 /// The operator's calls: list by state, retry and discard (pending and dead jobs only, of the
 /// named queue only), pause and resume, purge by age, worker heartbeats.
 async fn admin_lists_retries_discards_pauses_and_purges<Q: JobQueue + QueueAdmin>(q: &Q) {
+    let op = Actor::user("op");
     let ids = q.enqueue("admin", &payloads(4)).await.expect("enqueue");
     let pending = q.list_jobs("admin", JobState::Pending, 10).await.expect("list");
     assert_eq!(pending.iter().map(|j| j.id).collect::<Vec<_>>(), ids, "oldest first");
@@ -42,28 +44,41 @@ async fn admin_lists_retries_discards_pauses_and_purges<Q: JobQueue + QueueAdmin
     assert!(dead[0].finished_at.is_some());
 
     let running = q.claim("admin", 1, LEASE, "worker-b").await.expect("claim").remove(0);
-    assert_eq!(q.retry_jobs("admin", &[running.id]).await.expect("retry"), 0, "a running job is its worker's");
-    assert_eq!(q.discard_jobs("admin", &[running.id]).await.expect("discard"), 0);
-    assert_eq!(q.retry_jobs("other", &[first.id]).await.expect("retry"), 0, "only jobs of the named queue");
-    assert_eq!(q.retry_jobs("admin", &[first.id]).await.expect("retry"), 1);
+    assert_eq!(
+        q.retry_jobs("admin", &[running.id], JobState::Dead, &op).await.expect("retry"),
+        0,
+        "a running job is its worker's"
+    );
+    assert_eq!(q.discard_jobs("admin", &[running.id], JobState::Pending, &op).await.expect("discard"), 0);
+    assert_eq!(
+        q.retry_jobs("other", &[first.id], JobState::Dead, &op).await.expect("retry"),
+        0,
+        "only jobs of the named queue"
+    );
+    assert_eq!(q.retry_jobs("admin", &[first.id], JobState::Pending, &op).await.expect("retry"), 0, "not pending");
+    assert!(q.retry_jobs("admin", &[first.id], JobState::Running, &op).await.is_err_and(|e| e.is_invalid()));
+    assert!(q.discard_jobs("admin", &[first.id], JobState::Done, &op).await.is_err_and(|e| e.is_invalid()));
+    assert_eq!(q.retry_jobs("admin", &[first.id], JobState::Dead, &op).await.expect("retry"), 1);
     let again = q.list_jobs("admin", JobState::Pending, 10).await.expect("list");
     let retried = again.iter().find(|j| j.id == first.id).expect("dead job is pending again");
     assert_eq!(retried.attempts, 0, "a fresh attempt count");
-    assert_eq!(q.discard_jobs("admin", &[ids[3]]).await.expect("discard"), 1);
-    assert_eq!(q.discard_jobs("admin", &[ids[3]]).await.expect("discard again"), 0);
+    assert_eq!(q.discard_jobs("admin", &[ids[3]], JobState::Pending, &op).await.expect("discard"), 1);
+    assert_eq!(q.discard_jobs("admin", &[ids[3]], JobState::Pending, &op).await.expect("discard again"), 0);
     assert_eq!(q.stats("admin").await.expect("stats").pending, 2);
 
-    q.set_paused("admin", true).await.expect("pause");
-    q.set_paused("idle", true).await.expect("pause a queue without jobs");
+    assert!(q.set_paused("admin", true, &op).await.expect("pause"), "a change");
+    assert!(!q.set_paused("admin", true, &op).await.expect("pause again"), "no change");
+    assert!(!q.set_paused("never", false, &op).await.expect("resume"), "never paused");
+    assert!(q.set_paused("idle", true, &op).await.expect("pause a queue without jobs"));
     assert!(q.claim("admin", 10, LEASE, "w").await.expect("claim").is_empty(), "a paused queue hands out nothing");
     assert!(q.stats("admin").await.expect("stats").paused);
     let all = q.all_stats().await.expect("all");
     let paused: Vec<(&str, bool)> = all.iter().map(|s| (s.queue.as_str(), s.paused)).collect();
     assert_eq!(paused, [("admin", true), ("idle", true)]);
-    q.set_paused("admin", false).await.expect("resume");
+    assert!(q.set_paused("admin", false, &op).await.expect("resume"));
     assert!(!q.stats("admin").await.expect("stats").paused);
     assert_eq!(q.claim("admin", 10, LEASE, "w").await.expect("claim").len(), 2);
-    assert!(q.set_paused(" ", true).await.is_err_and(|e| e.is_invalid()));
+    assert!(q.set_paused(" ", true, &op).await.is_err_and(|e| e.is_invalid()));
 
     assert!(q.ack(&running).await.expect("ack"));
     let done_dead = q.claim("admin", 0, LEASE, "w").await.expect("nothing");
@@ -117,7 +132,7 @@ async fn overview_finds_and_counts<Q: JobQueue + QueueAdmin>(q: &Q) {
     payloads.push("{\"target\":\"Rack_50%!\"}".into());
     let ids = q.enqueue("ov.scan", &payloads).await.expect("enqueue");
     q.enqueue("ov.other", &payloads[..2]).await.expect("enqueue");
-    q.set_paused("ov.idle", true).await.expect("pause");
+    q.set_paused("ov.idle", true, &Actor::user("op")).await.expect("pause");
     // 31 pending; claim 5 (2 of them fail for a retry, 1 dies, 1 is acked, 1 keeps running).
     let claimed = q.claim("ov.scan", 5, LEASE, "w").await.expect("claim");
     assert_eq!(claimed.len(), 5);

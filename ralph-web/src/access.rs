@@ -30,7 +30,8 @@ pub enum AccessLevel {
 pub struct Access {
     /// What the request may do.
     pub level: AccessLevel,
-    /// Who is asking, as the audit events name them (`"jan"`, `"svc:deploy-bot"`).
+    /// Who is asking, as the audit events and the change history name them (`"jan"`,
+    /// `"svc:deploy-bot"`; recorded as a user, at most 255 characters).
     pub actor: String,
 }
 
@@ -101,6 +102,11 @@ pub(crate) struct Reader(pub(crate) Access);
 
 /// Extractor: the request may act, and it comes from the page's own origin.
 pub(crate) struct Actor(pub(crate) Access);
+
+/// The change history's actor for an action: the person the hook named.
+pub(crate) fn history_actor(name: &str) -> ralph_core::history::Actor {
+    ralph_core::history::Actor::user(name)
+}
 
 /// Asks the hook; no hook means no access.
 async fn ask(parts: &Parts, shared: &Shared) -> Access {

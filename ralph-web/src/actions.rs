@@ -11,10 +11,12 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use ralph_core::history::Actor;
+use ralph_core::queue::check_admin_state;
 use ralph_core::{Id, Job, JobFilter, JobState, StoreError};
 use serde::Deserialize;
 
-use crate::access::Actor;
+use crate::access::{Actor as Requester, history_actor};
 use crate::error::{WebError, text};
 use crate::links::{encode, query};
 use crate::page::{MAX_ACTION_JOBS, Shared};
@@ -139,15 +141,18 @@ fn named_jobs(ids: &[i64]) -> Result<Vec<Id<Job>>, WebError> {
     Ok(ids.into_iter().map(Id::new).collect())
 }
 
+/// The state the jobs of an action must still be in: `dead` (the default) or `pending`. A job
+/// that left it since the page was read (someone else retried or discarded it, a worker
+/// claimed it) is left alone.
+fn from_state(input: &Input) -> Result<JobState, WebError> {
+    let state = crate::query::state(Some(input.state.as_deref().unwrap_or("dead")))?;
+    check_admin_state(state).map_err(|e| WebError::Unprocessable(e.to_string()))?;
+    Ok(state)
+}
+
 /// The filter and limit of a bulk action.
 fn bulk_selection(input: &Input) -> Result<(JobFilter, usize), WebError> {
-    let state = crate::query::state(Some(input.state.as_deref().unwrap_or("dead")))?;
-    if !matches!(state, JobState::Dead | JobState::Pending) {
-        return Err(WebError::Unprocessable(format!(
-            "state: only dead or pending jobs can be retried or discarded, not {}",
-            state.as_str()
-        )));
-    }
+    let state = from_state(input)?;
     let limit = match input.limit {
         Some(n) if (1..=MAX_ACTION_JOBS as u64).contains(&n) => usize::try_from(n).unwrap_or(MAX_ACTION_JOBS),
         Some(n) => return Err(WebError::Unprocessable(format!("limit: {n} is not from 1 to {MAX_ACTION_JOBS}"))),
@@ -165,22 +170,22 @@ fn bulk_selection(input: &Input) -> Result<(JobFilter, usize), WebError> {
     Ok((filter, limit))
 }
 
-/// Checks the input, then does the action: the jobs requested, and how many changed. Input
-/// errors come back before the store is touched.
-async fn run(shared: &Shared, action: Action, queue: &str, input: &Input) -> (u64, Result<u64, WebError>) {
+/// Checks the input, then does the action as `by`: the jobs requested, and how many changed.
+/// Input errors come back before the store is touched.
+async fn run(shared: &Shared, action: Action, queue: &str, input: &Input, by: &Actor) -> (u64, Result<u64, WebError>) {
     let admin = &shared.admin;
     let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     let store = |r: Result<u64, StoreError>| r.map_err(WebError::from);
     match action {
         Action::Retry | Action::Discard => {
-            let ids = match named_jobs(&input.ids) {
-                Ok(ids) => ids,
+            let (ids, from) = match named_jobs(&input.ids).and_then(|ids| Ok((ids, from_state(input)?))) {
+                Ok(selection) => selection,
                 Err(e) => return (0, Err(e)),
             };
             let done = if action == Action::Retry {
-                admin.retry_jobs(queue, &ids).await
+                admin.retry_jobs(queue, &ids, from, by).await
             } else {
-                admin.discard_jobs(queue, &ids).await
+                admin.discard_jobs(queue, &ids, from, by).await
             };
             (count(ids.len()), store(done))
         }
@@ -193,15 +198,17 @@ async fn run(shared: &Shared, action: Action, queue: &str, input: &Input) -> (u6
                 Ok(found) => found.into_iter().map(|j| j.id).collect(),
                 Err(e) => return (0, Err(e.into())),
             };
+            // The store acts only on those still in the filter's state: a job another operator
+            // retried between the find and here is not discarded.
             let done = match (ids.is_empty(), action) {
                 (true, _) => Ok(0),
-                (false, Action::BulkRetry) => admin.retry_jobs(queue, &ids).await,
-                (false, _) => admin.discard_jobs(queue, &ids).await,
+                (false, Action::BulkRetry) => admin.retry_jobs(queue, &ids, filter.state, by).await,
+                (false, _) => admin.discard_jobs(queue, &ids, filter.state, by).await,
             };
             (count(ids.len()), store(done))
         }
         Action::Pause | Action::Resume => {
-            (1, store(admin.set_paused(queue, action == Action::Pause).await.map(|()| 1)))
+            (1, store(admin.set_paused(queue, action == Action::Pause, by).await.map(u64::from)))
         }
     }
 }
@@ -209,7 +216,7 @@ async fn run(shared: &Shared, action: Action, queue: &str, input: &Input) -> (u6
 /// `POST api/queues/{queue}/{action}`.
 pub(crate) async fn act(
     State(shared): State<Arc<Shared>>,
-    Actor(access): Actor,
+    Requester(access): Requester,
     Path((queue, action)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
@@ -219,7 +226,7 @@ pub(crate) async fn act(
     };
     // Malformed requests are audited too: someone with the act level tried something.
     let outcome = match parse_body(&headers, &body) {
-        Ok((input, mode)) => match run(&shared, action, &queue, &input).await {
+        Ok((input, mode)) => match run(&shared, action, &queue, &input, &history_actor(&access.actor)).await {
             (requested, Ok(changed)) => Ok((mode, requested, changed)),
             (requested, Err(error)) => Err((requested, error)),
         },

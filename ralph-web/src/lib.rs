@@ -57,7 +57,14 @@
 //! `Origin` header must match `Host`, a `Sec-Fetch-Site` header must be `same-origin` or
 //! `none` (a proxy in front must pass `Host` through unchanged). Every action leaves an
 //! event on the `ralph::web::audit` tracing target with `actor`, `action`, `queue`,
-//! `requested`, `changed` and `outcome`.
+//! `requested`, `changed` and `outcome`, refused and failed ones included; what an action
+//! changed is also recorded by the store in its change history, as done by the hook's actor
+//! (a user), in the same transaction as the change (see [`QueueAdmin::retry_jobs`]).
+//! Retry and discard act only on jobs still in the state the page showed (`state`, default
+//! `dead`), so two operators never act on the same job twice, and a bulk discard never takes
+//! a job someone retried since the page was read.
+//!
+//! [`QueueAdmin::retry_jobs`]: ralph_core::QueueAdmin::retry_jobs
 //!
 //! Everything shown is HTML-escaped; the pages carry no inline script or style, so they work
 //! under `Content-Security-Policy: default-src 'self'` (which they send). Store errors are

@@ -192,3 +192,61 @@ async fn every_action_leaves_an_audit_event() {
         }
     }
 }
+
+/// On every store: what an action changed is in the store's change history under the hook's
+/// actor, and an action on jobs that left the state the page showed leaves those jobs alone
+/// (a discard of a "dead" selection never takes a job someone retried in the meantime).
+#[tokio::test]
+async fn actions_are_recorded_and_act_only_on_jobs_still_in_the_shown_state() {
+    use ralph_core::history::{Action, ActorKind, HistoryStore};
+    for backend in TestStore::all().await {
+        let store = backend.store.clone();
+        seed(&*store, "h1", "x", Seed { dead: 4, ..Seed::default() }).await;
+        let router: Router = common::page(store.clone()).router();
+        let dead = store.list_jobs("h1", JobState::Dead, 10).await.expect("dead");
+        let ids: Vec<i64> = dead.iter().map(|j| j.id.get()).collect();
+
+        // Another operator retries the first job after this page was read.
+        let other = ralph_core::history::Actor::user("bob");
+        assert_eq!(store.retry_jobs("h1", &[dead[0].id], JobState::Dead, &other).await.expect("retry"), 1);
+        // The page's form still shows all four as dead and discards them.
+        let form = format!("state=dead&{}", ids.iter().map(|id| format!("id={id}")).collect::<Vec<_>>().join("&"));
+        let request = common::request(axum::http::Method::POST, "/api/queues/h1/discard", "act")
+            .header("x-test-actor", "alice")
+            .header(axum::http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from(form))
+            .expect("request");
+        let answer = common::send(&router, request).await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", backend.name);
+        assert!(answer.location().contains("requested=4&changed=3"), "{}: {}", backend.name, answer.location());
+        let left = store.list_jobs("h1", JobState::Pending, 10).await.expect("pending");
+        assert_eq!(left.iter().map(|j| j.id).collect::<Vec<_>>(), [dead[0].id], "{}: bob's retry stands", backend.name);
+
+        // Pausing twice changes once.
+        for _ in 0..2 {
+            let answer = post_json(&router, "/api/queues/h1/pause", "act", json!({})).await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", backend.name);
+        }
+
+        let history = |id: i64| {
+            let store = store.clone();
+            async move { store.object_history("job", id, 10).await.expect("history") }
+        };
+        let retried = history(ids[0]).await;
+        assert_eq!(retried.len(), 1, "{}", backend.name);
+        assert_eq!((retried[0].record.action, retried[0].record.actor.name.as_str()), (Action::Update, "bob"));
+        for id in &ids[1..] {
+            let entries = history(*id).await;
+            assert_eq!(entries.len(), 1, "{}: job {id}", backend.name);
+            let record = &entries[0].record;
+            assert_eq!(
+                (record.action, record.actor.kind, record.actor.name.as_str()),
+                (Action::Delete, ActorKind::User, "alice")
+            );
+        }
+        let pauses = store.object_history("queue", ralph_core::queue::QUEUE_OBJECT_ID, 10).await.expect("queue");
+        assert_eq!(pauses.len(), 1, "{}: one change, one record", backend.name);
+        assert_eq!((pauses[0].record.actor.name.as_str(), pauses[0].record.message.as_deref()), ("tester", Some("h1")));
+        backend.drop_db().await;
+    }
+}

@@ -14,6 +14,7 @@ use axum::http::{Method, StatusCode, header};
 use chrono::Utc;
 use common::{Seed, TestStore, get, memory, post_form, request, seed};
 use http_body_util::BodyExt as _;
+use ralph_core::history::Actor;
 use ralph_core::{JobProgress, JobQueue, QueueAdmin, StoreError, WorkerBeat};
 use tower::ServiceExt as _;
 
@@ -49,7 +50,7 @@ const EXPECTED: [(&str, u64); 7] = [
 async fn counts_match(store: Arc<dyn common::Store>, name: &str) {
     seed(&*store, "alpha", "n", Seed { pending: 3, retrying: 2, running: 4, expired: 1, dead: 5, done: 6 }).await;
     seed(&*store, "beta", "n", Seed { pending: 1, dead: 2, ..Seed::default() }).await;
-    store.set_paused("beta", true).await.expect("pause");
+    store.set_paused("beta", true, &Actor::system()).await.expect("pause");
     let admin: Arc<dyn QueueAdmin> = store.clone();
     let router: Router = common::page(admin).router();
 
@@ -521,16 +522,28 @@ impl QueueAdmin for Broken {
     ) -> Result<ralph_core::CappedCount, StoreError> {
         Err(broken())
     }
-    async fn retry_jobs(&self, _: &str, _: &[ralph_core::Id<ralph_core::Job>]) -> Result<u64, StoreError> {
+    async fn retry_jobs(
+        &self,
+        _: &str,
+        _: &[ralph_core::Id<ralph_core::Job>],
+        _: ralph_core::JobState,
+        _: &Actor,
+    ) -> Result<u64, StoreError> {
         Err(broken())
     }
-    async fn discard_jobs(&self, _: &str, _: &[ralph_core::Id<ralph_core::Job>]) -> Result<u64, StoreError> {
+    async fn discard_jobs(
+        &self,
+        _: &str,
+        _: &[ralph_core::Id<ralph_core::Job>],
+        _: ralph_core::JobState,
+        _: &Actor,
+    ) -> Result<u64, StoreError> {
         Err(broken())
     }
     async fn purge(&self, _: Duration, _: Duration) -> Result<u64, StoreError> {
         Err(broken())
     }
-    async fn set_paused(&self, _: &str, _: bool) -> Result<(), StoreError> {
+    async fn set_paused(&self, _: &str, _: bool, _: &Actor) -> Result<bool, StoreError> {
         Err(broken())
     }
     async fn heartbeat(&self, _: &WorkerBeat) -> Result<(), StoreError> {

@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use rand_core::{OsRng, RngCore};
 
 use super::MemoryStore;
+use crate::history::Actor;
+use crate::queue::check_admin_state;
 use crate::{
     CappedCount, FailOutcome, Id, Job, JobCursor, JobFilter, JobInfo, JobQueue, JobState, QueueAdmin, QueueOverview,
     QueueStats, RetryPolicy, StoreError, ValidationError, WorkerBeat,
@@ -405,14 +407,13 @@ impl QueueAdmin for MemoryStore {
         Ok(CappedCount::of(u64::try_from(seen).unwrap_or(u64::MAX), cap.min(crate::queue::MAX_CAP)))
     }
 
-    async fn retry_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError> {
+    async fn retry_jobs(&self, queue: &str, ids: &[Id<Job>], from: JobState, _by: &Actor) -> Result<u64, StoreError> {
+        check_admin_state(from).map_err(|e| StoreError::invalid(JOB, e))?;
         let now = now();
         let mut state = self.lock();
         let mut changed = 0;
         for id in ids {
-            if let Some(row) = state.jobs.get_mut(&id.get()).filter(|r| r.queue == queue)
-                && matches!(row.state, JobState::Dead | JobState::Pending)
-            {
+            if let Some(row) = state.jobs.get_mut(&id.get()).filter(|r| r.queue == queue && r.state == from) {
                 row.state = JobState::Pending;
                 row.attempts = 0;
                 row.due_at = now;
@@ -423,14 +424,12 @@ impl QueueAdmin for MemoryStore {
         Ok(changed)
     }
 
-    async fn discard_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError> {
+    async fn discard_jobs(&self, queue: &str, ids: &[Id<Job>], from: JobState, _by: &Actor) -> Result<u64, StoreError> {
+        check_admin_state(from).map_err(|e| StoreError::invalid(JOB, e))?;
         let mut state = self.lock();
         let mut removed = 0;
         for id in ids {
-            let discardable = state
-                .jobs
-                .get(&id.get())
-                .is_some_and(|r| r.queue == queue && matches!(r.state, JobState::Dead | JobState::Pending));
+            let discardable = state.jobs.get(&id.get()).is_some_and(|r| r.queue == queue && r.state == from);
             if discardable && state.jobs.remove(&id.get()).is_some() {
                 removed += 1;
             }
@@ -451,15 +450,10 @@ impl QueueAdmin for MemoryStore {
         Ok(u64::try_from(before_count - state.jobs.len()).unwrap_or(u64::MAX))
     }
 
-    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
+    async fn set_paused(&self, queue: &str, paused: bool, _by: &Actor) -> Result<bool, StoreError> {
         check_queue(queue)?;
         let mut state = self.lock();
-        if paused {
-            state.paused.insert(queue.to_owned());
-        } else {
-            state.paused.remove(queue);
-        }
-        Ok(())
+        Ok(if paused { state.paused.insert(queue.to_owned()) } else { state.paused.remove(queue) })
     }
 
     async fn heartbeat(&self, beat: &WorkerBeat) -> Result<(), StoreError> {

@@ -125,6 +125,9 @@ impl HistoryRow {
     }
 }
 
+/// The longest actor name the history keeps, in characters.
+const MAX_ACTOR: usize = 255;
+
 impl<DB> SqlStore<DB>
 where
     DB: Backend,
@@ -152,6 +155,9 @@ where
     ) -> Result<usize, StoreError> {
         let mut written = 0;
         for record in records.iter().filter(|r| !r.is_empty()) {
+            // The column holds MAX_ACTOR characters (MySQL refuses more); a longer name from a
+            // host's access hook is cut rather than failing the change it records.
+            let actor: String = record.actor.name.chars().take(MAX_ACTOR).collect();
             let mut qb = QueryBuilder::new(
                 "INSERT INTO change_history (object_type, object_id, related_type, related_id, action, actor_kind, \
                  actor, at, correlation, message) VALUES (",
@@ -163,7 +169,7 @@ where
                 .push_bind(record.related.as_ref().map(|(_, id)| *id))
                 .push_bind(Some(record.action.as_str()))
                 .push_bind(Some(record.actor.kind.as_str()))
-                .push_bind(Some(record.actor.name.as_str()))
+                .push_bind(Some(actor.as_str()))
                 .push_bind(Some(at))
                 .push_bind(Some(correlation))
                 .push_bind(record.message.as_deref());

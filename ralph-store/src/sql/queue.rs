@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ralph_core::history::{Action as HistoryAction, Actor, FieldChange, HistoryRecord, new_correlation};
+use ralph_core::queue::{QUEUE_OBJECT_ID, check_admin_state};
 use ralph_core::{
     CappedCount, FailOutcome, Id, Job, JobCursor, JobFilter, JobInfo, JobProgress, JobQueue, JobState, QueueAdmin,
     QueueOverview, QueueStats, RetryPolicy, StoreError, ValidationError, WorkerBeat,
@@ -84,6 +87,52 @@ impl JobInfoRow {
             enqueued_at: self.enqueued_at.0,
             finished_at: self.finished_at.map(|s| s.0),
         })
+    }
+}
+
+/// Jobs per transaction of an operator's retry or discard: each job also writes a history
+/// row, so chunks stay short enough not to hold the write lock for long.
+const ADMIN_CHUNK: usize = 500;
+
+/// An operator's action on named jobs.
+#[derive(Debug, Clone, Copy)]
+enum AdminAction {
+    Retry,
+    Discard,
+}
+
+impl AdminAction {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::Retry => "retry",
+            Self::Discard => "discard",
+        }
+    }
+
+    /// The history record of this action on `job` (as read before it), done by `by` at `now`.
+    fn record(self, job: &JobInfo, by: &Actor, now: DateTime<Utc>) -> HistoryRecord {
+        let attempts = job.attempts.to_string();
+        let due = job.due_at.to_rfc3339();
+        let message = format!("{} in queue {}", self.as_str(), job.queue);
+        match self {
+            Self::Retry => HistoryRecord::new(JOB, job.id.get(), HistoryAction::Update, by.clone()).with_changes(vec![
+                FieldChange::new("state", Some(job.state.as_str()), Some(JobState::Pending.as_str())),
+                FieldChange::new("attempts", Some(&attempts), Some("0")),
+                FieldChange::new("due_at", Some(&due), Some(&now.to_rfc3339())),
+            ]),
+            Self::Discard => {
+                HistoryRecord::new(JOB, job.id.get(), HistoryAction::Delete, by.clone()).with_changes(vec![
+                    FieldChange::new("queue", Some(&job.queue), None),
+                    FieldChange::new("state", Some(job.state.as_str()), None),
+                    FieldChange::new("attempts", Some(&attempts), None),
+                    FieldChange::new("payload", Some(&job.payload), None),
+                    FieldChange::new("last_error", job.last_error.as_deref(), None),
+                    FieldChange::new("due_at", Some(&due), None),
+                    FieldChange::new("enqueued_at", Some(&job.enqueued_at.to_rfc3339()), None),
+                ])
+            }
+        }
+        .with_message(&message)
     }
 }
 
@@ -334,34 +383,6 @@ where
             .push(" AND state = 'running'");
         let done = qb.build().execute(self.pool()).await.map_err(err(JOB))?;
         Ok(DB::rows_affected(&done) == 1)
-    }
-
-    /// Runs `head` (an `UPDATE ... SET ...` or a `DELETE FROM queue_jobs`) on the named jobs of
-    /// `queue` that are pending or dead; returns how many it touched.
-    async fn by_ids(
-        &self,
-        queue: &str,
-        ids: &[Id<Job>],
-        head: impl Fn(&mut QueryBuilder<DB>),
-    ) -> Result<u64, StoreError> {
-        let head = &head;
-        let mut touched = 0;
-        for chunk in ids.chunks(CHUNK) {
-            touched += self
-                .retrying(JOB, || async move {
-                    let mut qb = QueryBuilder::new("");
-                    head(&mut qb);
-                    qb.push(" WHERE queue = ")
-                        .push_bind(Some(queue))
-                        .push(" AND state IN ('pending', 'dead') AND id IN (");
-                    push_list(&mut qb, chunk.iter().map(|id| Some(id.get())));
-                    qb.push(")");
-                    let done = qb.build().execute(self.pool()).await.map_err(err(JOB))?;
-                    Ok(DB::rows_affected(&done))
-                })
-                .await?;
-        }
-        Ok(touched)
     }
 
     /// Dead-letters the jobs of `queue` whose lease expired after their last allowed attempt
@@ -635,6 +656,94 @@ where
     }
 }
 
+impl<DB> SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Decode<'q, DB> + Type<DB>,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Decode<'q, DB> + Type<DB>,
+    for<'q> Stamp: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+{
+    /// Retries or discards (`action`) the named jobs of `queue` still in state `from`; returns
+    /// how many changed. Each chunk of ids is one transaction: the jobs are read and locked,
+    /// changed, and recorded in the change history as done by `by`, under one correlation id
+    /// for the whole call.
+    async fn admin_jobs(
+        &self,
+        queue: &str,
+        ids: &[Id<Job>],
+        from: JobState,
+        by: &Actor,
+        action: AdminAction,
+    ) -> Result<u64, StoreError> {
+        check_admin_state(from).map_err(|e| StoreError::invalid(JOB, e))?;
+        let correlation = new_correlation();
+        let mut touched = 0;
+        for chunk in ids.chunks(ADMIN_CHUNK) {
+            touched += self
+                .retrying(JOB, || async {
+                    let mut tx = self.begin(JOB).await?;
+                    let mut qb = QueryBuilder::new(
+                        "SELECT id, queue, state, payload, attempts, worker, last_error, due_at, enqueued_at, \
+                         finished_at FROM queue_jobs WHERE queue = ",
+                    );
+                    qb.push_bind(Some(queue)).push(" AND state = ").push_bind(Some(from.as_str())).push(" AND id IN (");
+                    push_list(&mut qb, chunk.iter().map(|id| Some(id.get())));
+                    qb.push(")").push(DB::FOR_UPDATE);
+                    let rows = qb.build_query_as::<JobInfoRow>().fetch_all(&mut *tx).await.map_err(err(JOB))?;
+                    if rows.is_empty() {
+                        return Ok(0);
+                    }
+                    let jobs = rows.into_iter().map(JobInfoRow::into_info).collect::<Result<Vec<_>, _>>()?;
+                    let mut qb = QueryBuilder::new("");
+                    match action {
+                        AdminAction::Retry => {
+                            qb.push(
+                                "UPDATE queue_jobs SET state = 'pending', attempts = 0, lease_token = NULL, \
+                                 finished_at = NULL, due_at = ",
+                            );
+                            DB::push_now(&mut qb);
+                        }
+                        AdminAction::Discard => {
+                            qb.push("DELETE FROM queue_jobs");
+                        }
+                    }
+                    qb.push(" WHERE state = ").push_bind(Some(from.as_str())).push(" AND id IN (");
+                    push_list(&mut qb, jobs.iter().map(|job| Some(job.id.get())));
+                    qb.push(")");
+                    let done = qb.build().execute(&mut *tx).await.map_err(err(JOB))?;
+                    let now = Utc::now();
+                    let records: Vec<HistoryRecord> = jobs.iter().map(|job| action.record(job, by, now)).collect();
+                    Self::write_history(&mut tx, &records, &correlation, now).await?;
+                    commit(tx, JOB).await?;
+                    Ok(DB::rows_affected(&done))
+                })
+                .await?;
+        }
+        tracing::info!(
+            target: TRACE_TARGET,
+            queue,
+            action = action.as_str(),
+            from = from.as_str(),
+            requested = ids.len(),
+            changed = touched,
+            actor = %by,
+            correlation,
+            "queue jobs changed by an operator"
+        );
+        Ok(touched)
+    }
+}
+
 #[async_trait]
 impl<DB> QueueAdmin for SqlStore<DB>
 where
@@ -645,6 +754,8 @@ where
     usize: ColumnIndex<DB::Row>,
     for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Decode<'q, DB> + Type<DB>,
     for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i64: Decode<'q, DB> + Type<DB>,
     for<'q> i32: Decode<'q, DB> + Type<DB>,
@@ -749,19 +860,12 @@ where
         Ok(CappedCount::of(u64::try_from(seen).unwrap_or(0), cap))
     }
 
-    async fn retry_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError> {
-        self.by_ids(queue, ids, |qb| {
-            qb.push("UPDATE queue_jobs SET state = 'pending', attempts = 0, lease_token = NULL, finished_at = NULL, due_at = ");
-            DB::push_now(qb);
-        })
-        .await
+    async fn retry_jobs(&self, queue: &str, ids: &[Id<Job>], from: JobState, by: &Actor) -> Result<u64, StoreError> {
+        self.admin_jobs(queue, ids, from, by, AdminAction::Retry).await
     }
 
-    async fn discard_jobs(&self, queue: &str, ids: &[Id<Job>]) -> Result<u64, StoreError> {
-        self.by_ids(queue, ids, |qb| {
-            qb.push("DELETE FROM queue_jobs");
-        })
-        .await
+    async fn discard_jobs(&self, queue: &str, ids: &[Id<Job>], from: JobState, by: &Actor) -> Result<u64, StoreError> {
+        self.admin_jobs(queue, ids, from, by, AdminAction::Discard).await
     }
 
     async fn purge(&self, done_older_than: Duration, dead_older_than: Duration) -> Result<u64, StoreError> {
@@ -798,28 +902,43 @@ where
         Ok(purged)
     }
 
-    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
+    async fn set_paused(&self, queue: &str, paused: bool, by: &Actor) -> Result<bool, StoreError> {
         check_queue(queue)?;
-        self.retrying(JOB, || async {
-            let mut tx = self.begin(JOB).await?;
-            let mut qb = QueryBuilder::new("UPDATE queue_settings SET paused = ");
-            qb.push_bind(paused).push(" WHERE queue = ").push_bind(Some(queue));
-            let done = qb.build().execute(&mut *tx).await.map_err(err(JOB))?;
-            if DB::rows_affected(&done) == 0 {
-                let mut qb = QueryBuilder::new(DB::INSERT_IGNORE);
-                qb.push(" queue_settings (queue, paused) VALUES (")
+        let changed = self
+            .retrying(JOB, || async {
+                let mut tx = self.begin(JOB).await?;
+                if paused {
+                    // A queue with no settings row is not paused: make one to flip.
+                    let mut qb = QueryBuilder::new(DB::INSERT_IGNORE);
+                    qb.push(" queue_settings (queue, paused) VALUES (")
+                        .push_bind(Some(queue))
+                        .push(", ")
+                        .push_bind(false)
+                        .push(")");
+                    qb.push(DB::ignore_conflict("queue"));
+                    qb.build().execute(&mut *tx).await.map_err(err(JOB))?;
+                }
+                let mut qb = QueryBuilder::new("UPDATE queue_settings SET paused = ");
+                qb.push_bind(paused)
+                    .push(" WHERE queue = ")
                     .push_bind(Some(queue))
-                    .push(", ")
-                    .push_bind(paused)
-                    .push(")");
-                qb.push(DB::ignore_conflict("queue"));
-                qb.build().execute(&mut *tx).await.map_err(err(JOB))?;
-            }
-            commit(tx, JOB).await
-        })
-        .await?;
-        tracing::info!(target: TRACE_TARGET, queue, paused, "queue pause changed");
-        Ok(())
+                    .push(" AND paused <> ")
+                    .push_bind(paused);
+                let done = qb.build().execute(&mut *tx).await.map_err(err(JOB))?;
+                let changed = DB::rows_affected(&done) > 0;
+                if changed {
+                    let (before, after) = if paused { ("false", "true") } else { ("true", "false") };
+                    let record = HistoryRecord::new("queue", QUEUE_OBJECT_ID, HistoryAction::Update, by.clone())
+                        .with_changes(vec![FieldChange::new("paused", Some(before), Some(after))])
+                        .with_message(queue);
+                    Self::write_history(&mut tx, &[record], &new_correlation(), Utc::now()).await?;
+                }
+                commit(tx, JOB).await?;
+                Ok(changed)
+            })
+            .await?;
+        tracing::info!(target: TRACE_TARGET, queue, paused, changed, actor = %by, "queue pause set");
+        Ok(changed)
     }
 
     async fn heartbeat(&self, beat: &WorkerBeat) -> Result<(), StoreError> {
