@@ -441,6 +441,17 @@ pub trait QueueAdmin: Send + Sync {
     /// [`MAX_CAP`]): what a status page shows. Each count reads at most `cap + 1` index entries.
     async fn overview(&self, cap: u64) -> Result<Vec<QueueOverview>, StoreError>;
 
+    /// One queue's overview, as [`QueueAdmin::overview`] counts it (a queue without jobs has
+    /// zero counts). The default filters the whole overview; a store overrides it to read only
+    /// this queue, which is what a queue's own page needs.
+    async fn queue_overview(&self, queue: &str, cap: u64) -> Result<QueueOverview, StoreError> {
+        let all = self.overview(cap).await?;
+        Ok(all
+            .into_iter()
+            .find(|o| o.queue == queue)
+            .unwrap_or_else(|| QueueOverview { queue: queue.to_owned(), ..QueueOverview::default() }))
+    }
+
     /// Up to `limit` (at most [`MAX_LIST`]) jobs of `queue` that match `filter`, by `due_at`
     /// then id, starting after `after` (keyset paging: no page costs more than the first).
     ///

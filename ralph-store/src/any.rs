@@ -271,6 +271,9 @@ impl QueueAdmin for AnyStore {
     async fn overview(&self, cap: u64) -> Result<Vec<QueueOverview>, StoreError> {
         dispatch!(self, s => s.overview(cap).await)
     }
+    async fn queue_overview(&self, queue: &str, cap: u64) -> Result<QueueOverview, StoreError> {
+        dispatch!(self, s => s.queue_overview(queue, cap).await)
+    }
     async fn find_jobs(
         &self,
         queue: &str,

@@ -153,6 +153,16 @@ async fn overview_finds_and_counts<Q: JobQueue + QueueAdmin>(q: &Q) {
         [o.pending, o.scheduled, o.retrying, o.running, o.expired, o.dead, o.done_last_hour].map(|c| c.count)
     };
     assert_eq!(exact(scan), [26, 0, 2, 1, 0, 1, 1], "{scan:?}");
+    // One queue alone: the same counts (the oldest age grows between the reads).
+    let alone = q.queue_overview("ov.scan", 1_000).await.expect("one queue");
+    assert_eq!((alone.queue.as_str(), exact(&alone), alone.paused), ("ov.scan", exact(scan), false));
+    assert!(alone.oldest_pending_age >= scan.oldest_pending_age);
+    let idle = q.queue_overview("ov.idle", 1_000).await.expect("paused queue");
+    assert!(idle.paused && exact(&idle) == [0; 7]);
+    let none = q.queue_overview("ov.none", 1_000).await.expect("unknown queue");
+    assert_eq!((none.queue.as_str(), exact(&none), none.paused), ("ov.none", [0; 7], false));
+    let capped = q.queue_overview("ov.scan", 5).await.expect("capped");
+    assert_eq!((capped.pending.count, capped.pending.capped), (5, true));
     assert!(scan.oldest_pending_age.is_some());
     assert_eq!(all[1].pending, CappedCount::exact(2));
 

@@ -109,7 +109,7 @@ pub(crate) fn history_actor(name: &str) -> ralph_core::history::Actor {
 }
 
 /// Asks the hook; no hook means no access.
-async fn ask(parts: &Parts, shared: &Shared) -> Access {
+pub(crate) async fn ask(parts: &Parts, shared: &Shared) -> Access {
     match &shared.hook {
         Some(hook) => hook.access(parts).await,
         None => Access::none(),

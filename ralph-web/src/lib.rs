@@ -40,7 +40,7 @@
 //! | `GET api/queues/{queue}/jobs?state=&q=&after=&limit=` | `{queue, state, q, jobs, next}`; pass `next` as `after` for the next page |
 //! | `GET api/queues/{queue}/count?state=&q=` | `{queue, state, q, count: {count, capped, display}}` |
 //! | `GET api/workers`, `GET api/scans` | the same data as the pages |
-//! | `GET api/events` | server-sent `overview` events every refresh period |
+//! | `GET api/events` | server-sent `overview` events every refresh period (the hook is asked again before each) |
 //! | `POST api/queues/{queue}/retry`, `…/discard` | `ids` (JSON) or `id=…&id=…` (form): at most 1000 |
 //! | `POST api/queues/{queue}/bulk-retry`, `…/bulk-discard` | `state` (`dead`, the default, or `pending`), `q`, `limit` (required, 1 to 1000) |
 //! | `POST api/queues/{queue}/pause`, `…/resume` | |

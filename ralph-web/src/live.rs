@@ -9,11 +9,13 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::HeaderName;
+use axum::http::request::Parts;
 use axum::response::sse::{Event, Sse};
 use futures::Stream;
 use ralph_core::StoreError;
 
-use crate::access::Reader;
+use crate::AccessLevel;
+use crate::access::{Reader, ask};
 use crate::error::Chain;
 use crate::page::Shared;
 use crate::view::OverviewView;
@@ -70,20 +72,27 @@ async fn next_event(shared: &Shared) -> Event {
 }
 
 /// `GET api/events`: an `overview` event at once, then one every refresh period, until the
-/// client goes away.
+/// client goes away or loses access: the hook is asked again before every event (a session
+/// that expired or a permission that was withdrawn ends the stream; the browser's reconnect
+/// then gets the 403).
 pub(crate) async fn events(
     State(shared): State<Arc<Shared>>,
     _: Reader,
+    parts: Parts,
 ) -> ([(HeaderName, &'static str); 1], Sse<impl Stream<Item = Result<Event, Infallible>>>) {
-    let stream = futures::stream::unfold((shared, true), |(shared, first)| async move {
+    let stream = futures::stream::unfold((shared, parts, true), |(shared, parts, first)| async move {
         let event = if first {
             // Tells the browser how soon to reconnect after a drop.
             next_event(&shared).await.retry(shared.refresh)
         } else {
             tokio::time::sleep(shared.refresh).await;
+            if ask(&parts, &shared).await.level < AccessLevel::Read {
+                tracing::info!(target: "ralph::web", "live updates ended: access withdrawn");
+                return None;
+            }
             next_event(&shared).await
         };
-        Some((Ok(event), (shared, false)))
+        Some((Ok(event), (shared, parts, false)))
     });
     // Proxies that buffer responses (nginx) would hold the events back.
     ([(HeaderName::from_static("x-accel-buffering"), "no")], Sse::new(stream))

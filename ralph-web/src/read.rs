@@ -75,12 +75,12 @@ pub(crate) async fn queue_page(
 ) -> Result<Html<String>> {
     let selection = query.selection(PAGE_LIMIT.0, PAGE_LIMIT.1)?;
     let filter = selection.filter();
-    let (overview, (jobs, next), matching) = futures::try_join!(
-        async { shared.overview().await.map_err(WebError::from) },
+    let (counts, (jobs, next), matching) = futures::try_join!(
+        async { shared.admin.queue_overview(&queue, shared.count_cap).await.map_err(WebError::from) },
         page_of(&shared, &queue, &selection),
         async { shared.admin.count_jobs(&queue, &filter, shared.count_cap).await.map_err(WebError::from) },
     )?;
-    let counts = overview.queues.into_iter().find(|q| q.queue == queue).unwrap_or_else(|| QueueView::empty(&queue));
+    let counts = QueueView::from(counts);
     let page = html::QueuePage {
         counts: &counts,
         selection: &selection,

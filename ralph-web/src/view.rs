@@ -61,11 +61,6 @@ impl QueueView {
     pub(crate) fn counts(&self) -> [&CountView; 7] {
         [&self.pending, &self.scheduled, &self.retrying, &self.running, &self.expired, &self.dead, &self.done_last_hour]
     }
-
-    /// A queue with no jobs (one the overview does not list).
-    pub(crate) fn empty(queue: &str) -> Self {
-        Self::from(QueueOverview { queue: queue.to_owned(), ..QueueOverview::default() })
-    }
 }
 
 impl From<QueueOverview> for QueueView {

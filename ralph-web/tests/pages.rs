@@ -403,6 +403,33 @@ async fn live_events_push_the_overview() {
     db.drop_db().await;
 }
 
+/// The hook is asked again before every live event: withdrawn access ends the stream.
+#[tokio::test]
+async fn live_events_end_when_access_is_withdrawn() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let store = memory();
+    seed(&*store, "live", "n", Seed { pending: 1, ..Seed::default() }).await;
+    let allowed = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&allowed);
+    let hook = move |_: &axum::http::request::Parts| {
+        if flag.load(Ordering::SeqCst) { ralph_web::Access::read("jan") } else { ralph_web::Access::none() }
+    };
+    let router: Router = ralph_web::StatusPage::new(store).access(hook).refresh(Duration::from_millis(100)).router();
+    let response = router.oneshot(request(Method::GET, "/api/events", "").body(Body::empty()).expect("request")).await;
+    let mut body = response.expect("answer").into_body();
+    let mut buffer = String::new();
+    assert_eq!(next_event(&mut body, &mut buffer).await.0, "overview");
+    assert_eq!(next_event(&mut body, &mut buffer).await.0, "overview", "events go on while access holds");
+    allowed.store(false, Ordering::SeqCst);
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(frame) = body.frame().await {
+            frame.expect("a frame");
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the stream ended after access was withdrawn");
+}
+
 async fn workers_and_scans(store: Arc<dyn common::Store>, name: &str) {
     let progress = JobProgress {
         job: ralph_core::Id::new(7),

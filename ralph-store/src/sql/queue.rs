@@ -416,7 +416,7 @@ where
     }
 
     /// One queue's overview: one statement, each count a `LIMIT cap + 1` range of an index.
-    async fn queue_overview(
+    async fn count_queue(
         &self,
         queue: String,
         cap: u64,
@@ -814,11 +814,19 @@ where
         futures::stream::iter(names)
             .map(|queue| {
                 let paused = paused.contains(&queue);
-                self.queue_overview(queue, cap, limit, paused)
+                self.count_queue(queue, cap, limit, paused)
             })
             .buffered(PARALLEL)
             .try_collect()
             .await
+    }
+
+    async fn queue_overview(&self, queue: &str, cap: u64) -> Result<QueueOverview, StoreError> {
+        let (cap, limit) = cap_limit(cap);
+        let mut qb = QueryBuilder::new("SELECT paused FROM queue_settings WHERE queue = ");
+        qb.push_bind(Some(queue));
+        let paused = qb.build_query_scalar::<bool>().fetch_optional(self.pool()).await.map_err(err(JOB))?;
+        self.count_queue(queue.to_owned(), cap, limit, paused.unwrap_or(false)).await
     }
 
     async fn find_jobs(
