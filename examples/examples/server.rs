@@ -19,7 +19,8 @@
 //! - **SIGHUP: reload** (Ralph's Gunicorn `HUP`). The config file is read again: the login
 //!   chain is rebuilt from the new `[ldap]` table and takes effect for the next login (logins in
 //!   flight finish on the chain they started with); workers whose settings changed are drained
-//!   and restarted, removed ones drained, new ones started. A config that does not load is
+//!   and restarted, removed ones drained, new ones started (a SIGTERM during that drain is
+//!   heard at once and drains everything). A config that does not load is
 //!   logged and the running one kept.
 //!
 //! With an empty config it runs on SQLite (`ralph-server.sqlite3` in the working directory) on
@@ -417,6 +418,9 @@ struct RunningWorker {
 struct Workers {
     store: AnyStore,
     running: BTreeMap<String, RunningWorker>,
+    /// Stopped by a reload, their jobs still finishing: a SIGTERM that comes meanwhile drains
+    /// them with the rest.
+    draining: Vec<RunningWorker>,
 }
 
 impl Workers {
@@ -432,8 +436,15 @@ impl Workers {
         for name in stale {
             if let Some(w) = self.running.remove(&name) {
                 tracing::info!(target: TRACE, worker = %name, "draining worker (config changed or removed)");
-                drain(w).await;
+                w.stop.cancel();
+                self.draining.push(w);
             }
+        }
+        // Cancel-safe (the caller races this with SIGTERM): a worker leaves `draining` only
+        // once its task has ended, so a drain interrupted here is finished by `drain_all`.
+        while let Some(w) = self.draining.last_mut() {
+            let _ = (&mut w.task).await;
+            self.draining.pop();
         }
         for spec in specs {
             if self.running.contains_key(&spec.name) {
@@ -473,15 +484,15 @@ impl Workers {
         Ok(RunningWorker { spec: spec.clone(), stop, task })
     }
 
+    /// Stops every worker, those a reload was draining included, and waits for them.
     async fn drain_all(&mut self) {
-        let all = std::mem::take(&mut self.running);
-        futures::future::join_all(all.into_values().map(drain)).await;
+        let all = std::mem::take(&mut self.running).into_values().chain(std::mem::take(&mut self.draining));
+        futures::future::join_all(all.map(|w| {
+            w.stop.cancel();
+            w.task
+        }))
+        .await;
     }
-}
-
-async fn drain(w: RunningWorker) {
-    w.stop.cancel();
-    let _ = w.task.await;
 }
 
 /// Creates or resets the local staff account `admin` when `RALPH_ADMIN_PASSWORD` is set.
@@ -543,7 +554,7 @@ async fn run(path: &Path, config: Config) -> Result<(), String> {
         .nest("/admin", status.router())
         .with_state(Arc::clone(&app));
 
-    let mut workers = Workers { store: store.clone(), running: BTreeMap::new() };
+    let mut workers = Workers { store: store.clone(), running: BTreeMap::new(), draining: Vec::new() };
     workers.apply(&config.workers).await;
 
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("{}: {e}", config.listen))?;
@@ -573,9 +584,16 @@ async fn run(path: &Path, config: Config) -> Result<(), String> {
                                 *app.session_ttl.write().unwrap_or_else(PoisonError::into_inner) =
                                     Duration::from_secs(new.session_ttl_secs);
                                 drain_timeout = Duration::from_secs(new.drain_timeout_secs);
-                                workers.apply(&new.workers).await;
-                                tracing::info!(target: TRACE, "config reloaded");
-                                println!("RELOADED");
+                                // Changed workers drain before they restart, which may take a
+                                // scan job's length: SIGTERM is still heard meanwhile.
+                                tokio::select! {
+                                    () = workers.apply(&new.workers) => {
+                                        tracing::info!(target: TRACE, "config reloaded");
+                                        println!("RELOADED");
+                                    }
+                                    _ = term.recv() => break,
+                                    _ = int.recv() => break,
+                                }
                             }
                             Err(e) => tracing::error!(target: TRACE, error = %e, "reload refused; the running config stays"),
                         }

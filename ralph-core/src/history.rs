@@ -38,7 +38,7 @@ pub enum ActorKind {
     User,
     /// A discovery or sync source (`snmp`, `ldap`), by name.
     Source,
-    /// The system itself (a queue admin action, a migration, a write with no actor given).
+    /// The system itself (a migration, a write through a handle with no actor given).
     System,
 }
 

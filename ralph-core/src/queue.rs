@@ -399,7 +399,10 @@ pub trait JobQueue: Send + Sync {
 }
 
 /// The object id under which a queue's pause and resume are recorded in the change history
-/// (queues have names, not ids; the record's message names the queue).
+/// (queues have names, not ids; the record's message names the queue). Every queue shares
+/// it: `object_history("queue", QUEUE_OBJECT_ID, n)` lists all queues' pauses, and
+/// [`Retention::max_per_object`](crate::history::Retention::max_per_object) keeps that many
+/// pause records across all queues together.
 pub const QUEUE_OBJECT_ID: i64 = 0;
 
 /// Checks the `from` state of [`QueueAdmin::retry_jobs`] and [`QueueAdmin::discard_jobs`]:
@@ -486,7 +489,12 @@ pub trait QueueAdmin: Send + Sync {
     /// Deletes the named jobs of `queue` that are still in state `from` (dead or pending);
     /// returns how many (running jobs are left to their worker). A store that keeps a change
     /// history records each deleted job with its last values (queue, state, attempts, payload,
-    /// last error) as deleted by `by`, so nothing discarded is lost to the record.
+    /// last error, times) as deleted by `by`, so nothing discarded is lost to the record. Those
+    /// copies stay until the history is pruned ([`crate::history::Retention`]), after
+    /// [`QueueAdmin::purge`] has removed the job's row: payloads are not a place for secrets.
+    ///
+    /// Ids are handled in chunks of a few hundred, each its own transaction: an error
+    /// returned for a later chunk leaves the earlier chunks' changes (and records) committed.
     ///
     /// # Errors
     /// As [`QueueAdmin::retry_jobs`].

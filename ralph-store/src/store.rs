@@ -211,6 +211,15 @@ impl<DB: Backend> SqlStore<DB> {
     pub(crate) async fn begin(&self, entity: &'static str) -> Result<sqlx::Transaction<'static, DB>, StoreError> {
         DB::begin_write(&self.pool).await.map_err(|e| store_error(entity, e))
     }
+
+    /// A write transaction whose every read locks what it returns
+    /// ([`Dialect::begin_locking_write`](crate::dialect::Dialect::begin_locking_write)).
+    pub(crate) async fn begin_locking(
+        &self,
+        entity: &'static str,
+    ) -> Result<sqlx::Transaction<'static, DB>, StoreError> {
+        DB::begin_locking_write(&self.pool).await.map_err(|e| store_error(entity, e))
+    }
 }
 
 /// Commits, mapping a failure (a deferred constraint, a lost connection) like any other.

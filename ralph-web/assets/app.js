@@ -43,12 +43,18 @@
   function poll() {
     if (polling) { return; }
     polling = true;
+    var denied = false;
     var tick = function () {
       window.fetch(base + 'api/queues', { credentials: 'same-origin', headers: { Accept: 'application/json' } })
-        .then(function (r) { if (!r.ok) { throw new Error(r.status); } return r.json(); })
+        .then(function (r) {
+          // Access withdrawn (the session ended): stop asking; a reload shows the login.
+          if (r.status === 401 || r.status === 403) { denied = true; }
+          if (!r.ok) { throw new Error(r.status); }
+          return r.json();
+        })
         .then(function (o) { apply(o); status('live (polling)', 'on'); })
-        .catch(function () { status('offline', 'off'); })
-        .then(function () { window.setTimeout(tick, refresh); });
+        .catch(function () { status(denied ? 'signed out' : 'offline', 'off'); })
+        .then(function () { if (!denied) { window.setTimeout(tick, refresh); } });
     };
     tick();
   }

@@ -63,6 +63,11 @@ impl Access {
 /// (a session store lookup, say). A hook that cannot decide (its session store is down)
 /// answers [`Access::none`].
 ///
+/// It is asked once per request, and for a live-update stream (`api/events`) again before
+/// every event, with the parts of the request that opened the stream: a hook that decides
+/// from state looked up by the request (a session store) withdraws access from an open stream;
+/// one that trusts something fixed in the request (a header, an extension) cannot.
+///
 /// ```
 /// use async_trait::async_trait;
 /// use axum::http::request::Parts;

@@ -60,7 +60,8 @@ struct Input {
     /// The jobs of `retry` and `discard`.
     #[serde(default)]
     ids: Vec<i64>,
-    /// The state the bulk actions take: `dead` (the default) or `pending`.
+    /// The state the jobs must still be in: `dead` (the default) or `pending`; a bulk action
+    /// selects the jobs of this state.
     state: Option<String>,
     /// The bulk actions' payload filter.
     q: Option<String>,

@@ -41,7 +41,7 @@
 //! | `GET api/queues/{queue}/count?state=&q=` | `{queue, state, q, count: {count, capped, display}}` |
 //! | `GET api/workers`, `GET api/scans` | the same data as the pages |
 //! | `GET api/events` | server-sent `overview` events every refresh period (the hook is asked again before each) |
-//! | `POST api/queues/{queue}/retry`, `…/discard` | `ids` (JSON) or `id=…&id=…` (form): at most 1000 |
+//! | `POST api/queues/{queue}/retry`, `…/discard` | `ids` (JSON) or `id=…&id=…` (form): at most 1000; `state` they must still be in: `dead` (the default) or `pending` |
 //! | `POST api/queues/{queue}/bulk-retry`, `…/bulk-discard` | `state` (`dead`, the default, or `pending`), `q`, `limit` (required, 1 to 1000) |
 //! | `POST api/queues/{queue}/pause`, `…/resume` | |
 //! | `GET metrics` | Prometheus text format |
@@ -57,12 +57,13 @@
 //! `Origin` header must match `Host`, a `Sec-Fetch-Site` header must be `same-origin` or
 //! `none` (a proxy in front must pass `Host` through unchanged). Every action leaves an
 //! event on the `ralph::web::audit` tracing target with `actor`, `action`, `queue`,
-//! `requested`, `changed` and `outcome`, refused and failed ones included; what an action
+//! `requested`, `changed` and `outcome`, invalid and failed ones included (requests refused
+//! by the access or origin checks are logged as warnings on `ralph::web`); what an action
 //! changed is also recorded by the store in its change history, as done by the hook's actor
 //! (a user), in the same transaction as the change (see [`QueueAdmin::retry_jobs`]).
 //! Retry and discard act only on jobs still in the state the page showed (`state`, default
-//! `dead`), so two operators never act on the same job twice, and a bulk discard never takes
-//! a job someone retried since the page was read.
+//! `dead`): a job that another operator retried, or a worker claimed, since the page was read
+//! is left alone (one retried and dead again by then is dead, and is acted on).
 //!
 //! [`QueueAdmin::retry_jobs`]: ralph_core::QueueAdmin::retry_jobs
 //!

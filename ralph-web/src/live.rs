@@ -72,9 +72,10 @@ async fn next_event(shared: &Shared) -> Event {
 }
 
 /// `GET api/events`: an `overview` event at once, then one every refresh period, until the
-/// client goes away or loses access: the hook is asked again before every event (a session
-/// that expired or a permission that was withdrawn ends the stream; the browser's reconnect
-/// then gets the 403).
+/// client goes away or loses access: the hook is asked again, with the parts of the request
+/// that opened the stream, before every event (a session that expired or a permission that
+/// was withdrawn ends the stream; the page's script then polls `api/queues` once, gets the
+/// 403 and stops).
 pub(crate) async fn events(
     State(shared): State<Arc<Shared>>,
     _: Reader,

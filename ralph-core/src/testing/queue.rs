@@ -412,7 +412,7 @@ impl QueueAdmin for MemoryStore {
         let now = now();
         let mut state = self.lock();
         let mut changed = 0;
-        for id in ids {
+        for id in ids.iter().collect::<std::collections::BTreeSet<_>>() {
             if let Some(row) = state.jobs.get_mut(&id.get()).filter(|r| r.queue == queue && r.state == from) {
                 row.state = JobState::Pending;
                 row.attempts = 0;

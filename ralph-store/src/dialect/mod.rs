@@ -81,6 +81,15 @@ pub trait Dialect: sqlx::Database {
     #[doc(hidden)]
     async fn begin_write(pool: &sqlx::Pool<Self>) -> Result<sqlx::Transaction<'static, Self>, sqlx::Error>;
 
+    /// Starts a write transaction whose reads lock what they return (`FOR UPDATE`): on MySQL at
+    /// `READ COMMITTED`, so a locking read of an index range locks the rows it returns and not
+    /// the gaps it walks (workers moving other jobs in and out of that range do not wait, and
+    /// two such transactions do not deadlock on gaps); elsewhere [`Dialect::begin_write`].
+    #[doc(hidden)]
+    async fn begin_locking_write(pool: &sqlx::Pool<Self>) -> Result<sqlx::Transaction<'static, Self>, sqlx::Error> {
+        Self::begin_write(pool).await
+    }
+
     /// Rows an `INSERT`/`UPDATE`/`DELETE` touched.
     #[doc(hidden)]
     fn rows_affected(result: &Self::QueryResult) -> u64;

@@ -110,6 +110,10 @@ impl Dialect for MySql {
         pool.begin().await
     }
 
+    async fn begin_locking_write(pool: &MySqlPool) -> Result<sqlx::Transaction<'static, MySql>, sqlx::Error> {
+        pool.begin_with("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION").await
+    }
+
     fn rows_affected(result: &MySqlQueryResult) -> u64 {
         result.rows_affected()
     }

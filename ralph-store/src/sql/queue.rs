@@ -109,8 +109,10 @@ impl AdminAction {
         }
     }
 
-    /// The history record of this action on `job` (as read before it), done by `by` at `now`.
-    fn record(self, job: &JobInfo, by: &Actor, now: DateTime<Utc>) -> HistoryRecord {
+    /// The history record of this action on `job` (as read before it), done by `by`. A retry
+    /// records state and attempts (its new due time is the database's "now", not known here);
+    /// a discard every value the job had.
+    fn record(self, job: &JobInfo, by: &Actor) -> HistoryRecord {
         let attempts = job.attempts.to_string();
         let due = job.due_at.to_rfc3339();
         let message = format!("{} in queue {}", self.as_str(), job.queue);
@@ -118,7 +120,6 @@ impl AdminAction {
             Self::Retry => HistoryRecord::new(JOB, job.id.get(), HistoryAction::Update, by.clone()).with_changes(vec![
                 FieldChange::new("state", Some(job.state.as_str()), Some(JobState::Pending.as_str())),
                 FieldChange::new("attempts", Some(&attempts), Some("0")),
-                FieldChange::new("due_at", Some(&due), Some(&now.to_rfc3339())),
             ]),
             Self::Discard => {
                 HistoryRecord::new(JOB, job.id.get(), HistoryAction::Delete, by.clone()).with_changes(vec![
@@ -691,7 +692,7 @@ where
         for chunk in ids.chunks(ADMIN_CHUNK) {
             touched += self
                 .retrying(JOB, || async {
-                    let mut tx = self.begin(JOB).await?;
+                    let mut tx = self.begin_locking(JOB).await?;
                     let mut qb = QueryBuilder::new(
                         "SELECT id, queue, state, payload, attempts, worker, last_error, due_at, enqueued_at, \
                          finished_at FROM queue_jobs WHERE queue = ",
@@ -701,6 +702,7 @@ where
                     qb.push(")").push(DB::FOR_UPDATE);
                     let rows = qb.build_query_as::<JobInfoRow>().fetch_all(&mut *tx).await.map_err(err(JOB))?;
                     if rows.is_empty() {
+                        tx.rollback().await.map_err(err(JOB))?;
                         return Ok(0);
                     }
                     let jobs = rows.into_iter().map(JobInfoRow::into_info).collect::<Result<Vec<_>, _>>()?;
@@ -721,25 +723,26 @@ where
                     push_list(&mut qb, jobs.iter().map(|job| Some(job.id.get())));
                     qb.push(")");
                     let done = qb.build().execute(&mut *tx).await.map_err(err(JOB))?;
-                    let now = Utc::now();
-                    let records: Vec<HistoryRecord> = jobs.iter().map(|job| action.record(job, by, now)).collect();
-                    Self::write_history(&mut tx, &records, &correlation, now).await?;
+                    let records: Vec<HistoryRecord> = jobs.iter().map(|job| action.record(job, by)).collect();
+                    Self::write_history(&mut tx, &records, &correlation, Utc::now()).await?;
                     commit(tx, JOB).await?;
                     Ok(DB::rows_affected(&done))
                 })
                 .await?;
         }
-        tracing::info!(
-            target: TRACE_TARGET,
-            queue,
-            action = action.as_str(),
-            from = from.as_str(),
-            requested = ids.len(),
-            changed = touched,
-            actor = %by,
-            correlation,
-            "queue jobs changed by an operator"
-        );
+        if touched > 0 {
+            tracing::info!(
+                target: TRACE_TARGET,
+                queue,
+                action = action.as_str(),
+                from = from.as_str(),
+                requested = ids.len(),
+                changed = touched,
+                actor = %by,
+                correlation,
+                "queue jobs changed by an operator"
+            );
+        }
         Ok(touched)
     }
 }
@@ -915,24 +918,25 @@ where
         let changed = self
             .retrying(JOB, || async {
                 let mut tx = self.begin(JOB).await?;
-                if paused {
-                    // A queue with no settings row is not paused: make one to flip.
-                    let mut qb = QueryBuilder::new(DB::INSERT_IGNORE);
-                    qb.push(" queue_settings (queue, paused) VALUES (")
-                        .push_bind(Some(queue))
-                        .push(", ")
-                        .push_bind(false)
-                        .push(")");
-                    qb.push(DB::ignore_conflict("queue"));
-                    qb.build().execute(&mut *tx).await.map_err(err(JOB))?;
-                }
                 let mut qb = QueryBuilder::new("UPDATE queue_settings SET paused = ");
                 qb.push_bind(paused)
                     .push(" WHERE queue = ")
                     .push_bind(Some(queue))
                     .push(" AND paused <> ")
                     .push_bind(paused);
-                let done = qb.build().execute(&mut *tx).await.map_err(err(JOB))?;
+                let mut done = qb.build().execute(&mut *tx).await.map_err(err(JOB))?;
+                if DB::rows_affected(&done) == 0 && paused {
+                    // No row, or one already paused: only a missing row is a change (a racing
+                    // pauser's insert wins the key, and this one is ignored).
+                    let mut qb = QueryBuilder::new(DB::INSERT_IGNORE);
+                    qb.push(" queue_settings (queue, paused) VALUES (")
+                        .push_bind(Some(queue))
+                        .push(", ")
+                        .push_bind(true)
+                        .push(")");
+                    qb.push(DB::ignore_conflict("queue"));
+                    done = qb.build().execute(&mut *tx).await.map_err(err(JOB))?;
+                }
                 let changed = DB::rows_affected(&done) > 0;
                 if changed {
                     let (before, after) = if paused { ("false", "true") } else { ("true", "false") };
