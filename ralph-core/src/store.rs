@@ -161,6 +161,12 @@ pub struct Mirrored {
 }
 
 /// Users, profiles, groups and local password hashes.
+///
+/// A store that keeps a change history ([`crate::history`]) records every write here that
+/// changed something, in its transaction, as object `user` with the user's id: its columns,
+/// `profile.*` fields, `groups` (one field, comma-separated) and `password_hash` only as set,
+/// changed or removed, never a hash. Mirrors of LDAP accounts are recorded as the source
+/// `ldap` (with the directory in the message); a deleted user's record keeps its last values.
 #[async_trait]
 pub trait UserStore: Send + Sync {
     /// Inserts a user; [`StoreError::Conflict`] when the username is taken.

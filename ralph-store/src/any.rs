@@ -87,6 +87,20 @@ impl AnyStore {
         }
     }
 
+    /// A handle on the same pool whose writes are recorded in the change history as made by
+    /// `actor`; see [`SqlStore::acting_as`](crate::SqlStore::acting_as).
+    #[must_use]
+    pub fn acting_as(&self, actor: Actor) -> Self {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => Self::Sqlite(s.acting_as(actor)),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => Self::Postgres(s.acting_as(actor)),
+            #[cfg(feature = "mysql")]
+            Self::MySql(s) => Self::MySql(s.acting_as(actor)),
+        }
+    }
+
     /// Closes every connection; later calls fail.
     pub async fn close(&self) {
         dispatch!(self, s => s.close().await);

@@ -108,8 +108,10 @@ impl<DB: Backend> SqlStore<DB> {
         self
     }
 
-    /// A handle on the same pool whose inventory writes are recorded in the change history
-    /// as made by `actor` (the default is [`Actor::system`]): one per request of a person, say.
+    /// A handle on the same pool whose inventory and user writes are recorded in the change
+    /// history as made by `actor` (the default is [`Actor::system`]): one per request of a
+    /// person, say. A directory mirror ([`UserStore::mirror_user`](ralph_core::UserStore)) of an
+    /// LDAP account is recorded as the source `ldap` whatever the handle's actor.
     #[must_use]
     pub fn acting_as(&self, actor: Actor) -> Self {
         Self { actor, ..self.clone() }

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+use ralph_core::history::HistoryStore;
 use ralph_core::{Group, MirrorChange, Profile, User, UserMirror, UserSource, UserStore};
 use ralph_store::AnyStore;
 
@@ -119,6 +120,15 @@ async fn race(url: &str, store: &AnyStore) {
         assert_eq!(store.user_groups(name).await.expect("groups"), want, "{name}");
     }
     assert_eq!(store.list_users(Some(UserSource::Ldap)).await.expect("list").len(), USERS, "no duplicate account");
+    // On record exactly once each: one create, by the directory, and no update (nothing
+    // differed between the racers).
+    for i in 0..USERS {
+        let id = store.get_user(&mirror(i).user.username).await.expect("read").expect("stored").id.get();
+        let history = store.object_history("user", id, 10).await.expect("history");
+        assert_eq!(history.len(), 1, "user {i}: {history:?}");
+        assert_eq!(history[0].record.action, ralph_core::history::Action::Create, "user {i}");
+        assert_eq!(history[0].record.actor, ralph_core::history::Actor::source("ldap"), "user {i}");
+    }
 }
 
 #[cfg(feature = "sqlite")]

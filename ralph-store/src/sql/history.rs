@@ -58,8 +58,9 @@ impl ColumnText {
             .filter(|(_, (b, a))| b != a)
             .map(|(name, (b, a))| {
                 if SECRET_COLUMNS.contains(&name) {
-                    let hide = |v: Option<&str>| v.map(|_| "(secret)");
-                    FieldChange::new(name, hide(b), hide(a))
+                    // Never the values; a secret replaced by another still shows as a change.
+                    let after = if b.is_some() { "(secret, changed)" } else { "(secret)" };
+                    FieldChange::new(name, b.map(|_| "(secret)"), a.map(|_| after))
                 } else {
                     FieldChange::new(name, b, a)
                 }
@@ -128,6 +129,12 @@ impl HistoryRow {
 /// The longest actor name the history keeps, in characters.
 const MAX_ACTOR: usize = 255;
 
+/// History rows per insert statement (10 parameters each).
+const HISTORY_CHUNK: usize = 500;
+
+/// Field rows per insert statement (4 parameters each).
+const FIELDS_CHUNK: usize = 1_000;
+
 impl<DB> SqlStore<DB>
 where
     DB: Backend,
@@ -146,50 +153,80 @@ where
     for<'q> Stamp: Decode<'q, DB> + Type<DB>,
 {
     /// Writes `records` (empty ones skipped) under one correlation id, in the caller's
-    /// transaction: the change and its record commit together.
+    /// transaction: the change and its record commit together. Many records go in a few
+    /// multi-row statements (a bulk write's history costs a few statements per
+    /// [`HISTORY_CHUNK`] records, not two per record).
     pub(crate) async fn write_history(
         conn: &mut DB::Connection,
         records: &[HistoryRecord],
         correlation: &str,
         at: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
-        let mut written = 0;
-        for record in records.iter().filter(|r| !r.is_empty()) {
+        let records: Vec<&HistoryRecord> = records.iter().filter(|r| !r.is_empty()).collect();
+        for chunk in records.chunks(HISTORY_CHUNK) {
             // The column holds MAX_ACTOR characters (MySQL refuses more); a longer name from a
             // host's access hook is cut rather than failing the change it records.
-            let actor: String = record.actor.name.chars().take(MAX_ACTOR).collect();
+            let actors: Vec<String> = chunk.iter().map(|r| r.actor.name.chars().take(MAX_ACTOR).collect()).collect();
             let mut qb = QueryBuilder::new(
                 "INSERT INTO change_history (object_type, object_id, related_type, related_id, action, actor_kind, \
-                 actor, at, correlation, message) VALUES (",
+                 actor, at, correlation, message) ",
             );
-            let mut v = qb.separated(", ");
-            v.push_bind(Some(record.object_type.as_str()))
-                .push_bind(Some(record.object_id))
-                .push_bind(record.related.as_ref().map(|(t, _)| t.as_str()))
-                .push_bind(record.related.as_ref().map(|(_, id)| *id))
-                .push_bind(Some(record.action.as_str()))
-                .push_bind(Some(record.actor.kind.as_str()))
-                .push_bind(Some(actor.as_str()))
-                .push_bind(Some(at))
-                .push_bind(Some(correlation))
-                .push_bind(record.message.as_deref());
-            qb.push(")");
-            let id = DB::insert_id(conn, qb).await.map_err(err(ENTITY))?;
-            if !record.changes.is_empty() {
+            qb.push_values(chunk.iter().zip(&actors), |mut v, (record, actor)| {
+                v.push_bind(Some(record.object_type.as_str()))
+                    .push_bind(Some(record.object_id))
+                    .push_bind(record.related.as_ref().map(|(t, _)| t.as_str()))
+                    .push_bind(record.related.as_ref().map(|(_, id)| *id))
+                    .push_bind(Some(record.action.as_str()))
+                    .push_bind(Some(record.actor.kind.as_str()))
+                    .push_bind(Some(actor.as_str()))
+                    .push_bind(Some(at))
+                    .push_bind(Some(correlation))
+                    .push_bind(record.message.as_deref());
+            });
+            let ids = if chunk.len() == 1 {
+                vec![DB::insert_id(conn, qb).await.map_err(err(ENTITY))?]
+            } else {
+                qb.build().execute(&mut *conn).await.map_err(err(ENTITY))?;
+                Self::chunk_ids(conn, chunk, correlation).await?
+            };
+            let fields: Vec<(i64, &FieldChange)> =
+                ids.iter().zip(chunk).flat_map(|(id, r)| r.changes.iter().map(move |c| (*id, c))).collect();
+            for rows in fields.chunks(FIELDS_CHUNK) {
                 let mut qb = QueryBuilder::new(
                     "INSERT INTO change_history_fields (history_id, field, before_value, after_value) ",
                 );
-                qb.push_values(&record.changes, |mut row, c| {
-                    row.push_bind(Some(id))
+                qb.push_values(rows, |mut row, (id, c)| {
+                    row.push_bind(Some(*id))
                         .push_bind(Some(c.field.as_str()))
                         .push_bind(c.before.as_deref())
                         .push_bind(c.after.as_deref());
                 });
                 qb.build().execute(&mut *conn).await.map_err(err(ENTITY))?;
             }
-            written += 1;
         }
-        Ok(written)
+        Ok(records.len())
+    }
+
+    /// The ids the multi-row insert of `chunk` just got: this operation's newest rows, in
+    /// insertion order, checked against the records they belong to.
+    async fn chunk_ids(
+        conn: &mut DB::Connection,
+        chunk: &[&HistoryRecord],
+        correlation: &str,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut qb = QueryBuilder::new("SELECT id, object_type, object_id FROM change_history WHERE correlation = ");
+        qb.push_bind(Some(correlation)).push(" ORDER BY id DESC LIMIT ").push_bind(Some(chunk.len() as i64));
+        let mut rows = qb.build_query_as::<(i64, String, i64)>().fetch_all(&mut *conn).await.map_err(err(ENTITY))?;
+        rows.reverse();
+        let matches = rows.len() == chunk.len()
+            && rows.iter().zip(chunk).all(|((_, kind, id), r)| *kind == r.object_type && *id == r.object_id);
+        if !matches {
+            return Err(StoreError::Corrupt {
+                entity: ENTITY,
+                detail: "history rows of one insert came back out of order".into(),
+            });
+        }
+        Ok(rows.into_iter().map(|(id, _, _)| id).collect())
     }
 
     /// History rows selected by `filter` (pushed after `WHERE` on `change_history h`), newest

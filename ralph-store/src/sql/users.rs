@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use ralph_core::history::{Action, Actor, HistoryRecord, new_correlation};
 use ralph_core::{
     CountryCode, Group, Id, MirrorChange, Mirrored, Profile, Record, StoreError, User, UserMirror, UserSource,
     UserStore, ValidationError,
@@ -13,6 +14,7 @@ use ralph_core::{
 use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
 use tracing::{debug, instrument};
 
+use super::history::ColumnText;
 use super::{err, push_list};
 use crate::dialect::{Backend, Stamp};
 use crate::store::{SqlStore, TRACE_TARGET, commit};
@@ -151,6 +153,86 @@ fn profile_fields(profile: &Profile) -> [(&'static str, Option<&str>); 6] {
         ("location", profile.location.as_deref()),
         ("country", profile.country.map(|c| c.as_str())),
     ]
+}
+
+/// A profile column's name in the change history.
+fn profile_history_name(column: &'static str) -> &'static str {
+    match column {
+        "company" => "profile.company",
+        "manager" => "profile.manager",
+        "department" => "profile.department",
+        "employee_id" => "profile.employee_id",
+        "location" => "profile.location",
+        _ => "profile.country",
+    }
+}
+
+/// A profile as the change history compares it (`profile.*` fields).
+fn profile_text(profile: Option<&Profile>, into: &mut ColumnText) {
+    if let Some(profile) = profile {
+        into.0.extend(profile_fields(profile).map(|(name, v)| (profile_history_name(name), v.map(str::to_owned))));
+    }
+}
+
+/// Group names as the change history records them: one `groups` field, sorted, comma-separated.
+fn groups_text(groups: &BTreeSet<String>, into: &mut ColumnText) {
+    let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+    into.0.push(("groups", (!names.is_empty()).then(|| names.join(", "))));
+}
+
+/// A user as the change history compares it: its columns, `password_hash` (shown only as
+/// set or not, never its value), its profile's fields and its groups.
+fn user_text(user: &User, password: Option<&str>, profile: Option<&Profile>, groups: &BTreeSet<String>) -> ColumnText {
+    let flag = |b: bool| Some(b.to_string());
+    let mut text = ColumnText(vec![
+        ("username", Some(user.username.clone())),
+        ("first_name", Some(user.first_name.clone())),
+        ("last_name", Some(user.last_name.clone())),
+        ("email", user.email.clone()),
+        ("is_active", flag(user.is_active)),
+        ("is_staff", flag(user.is_staff)),
+        ("is_superuser", flag(user.is_superuser)),
+        ("source", Some(user.source.as_str().to_owned())),
+        ("directory", user.directory.clone()),
+        ("password_hash", password.map(str::to_owned)),
+    ]);
+    profile_text(profile, &mut text);
+    groups_text(groups, &mut text);
+    text
+}
+
+impl StoredMirror {
+    /// The stored user as the change history compares it.
+    fn text(&self) -> ColumnText {
+        user_text(&self.user.value, self.has_password.then_some(PASSWORD_SET), self.profile.as_ref(), &self.group_names)
+    }
+}
+
+/// What `password_hash` is compared as where only its presence is known.
+const PASSWORD_SET: &str = "(set)";
+
+/// Who a mirror's writes are recorded as: the directory for an LDAP account, else the
+/// handle's actor.
+fn mirror_actor(user: &User, handle: &Actor) -> (Actor, Option<String>) {
+    match user.source {
+        UserSource::Ldap => (Actor::source("ldap"), user.directory.as_ref().map(|d| format!("directory {d}"))),
+        UserSource::Local => (handle.clone(), None),
+    }
+}
+
+/// The history record of a user write.
+fn user_record(
+    id: i64,
+    action: Action,
+    (actor, message): (Actor, Option<String>),
+    before: Option<&ColumnText>,
+    after: Option<&ColumnText>,
+) -> HistoryRecord {
+    let record = HistoryRecord::new(USER, id, action, actor).with_changes(ColumnText::diff(before, after));
+    match message {
+        Some(m) => record.with_message(&m),
+        None => record,
+    }
 }
 
 /// Pushes profiles of users as `(user_id, c1, ...) VALUES (?, ?, ...), (...)`.
@@ -509,6 +591,16 @@ where
                 });
                 qb.build().execute(&mut *tx).await.map_err(err(GROUP))?;
             }
+            let records: Vec<HistoryRecord> = ids
+                .iter()
+                .zip(new)
+                .zip(&wanted)
+                .map(|((id, (mirror, profile)), groups)| {
+                    let after = user_text(&mirror.user, None, profile.as_ref(), groups);
+                    user_record(*id, Action::Create, mirror_actor(&mirror.user, self.actor()), None, Some(&after))
+                })
+                .collect();
+            Self::write_history(&mut tx, &records, &new_correlation(), Utc::now()).await?;
             commit(tx, USER).await?;
             Ok(Some(ids))
         })
@@ -583,6 +675,7 @@ where
         if !created && let Some(refusal) = stored.refusal(mirror) {
             return Err(refusal);
         }
+        let before = (!created).then(|| stored.text());
         let mut changed = false;
         if !created && (stored.user.value != *user || (user.source == UserSource::Ldap && stored.has_password)) {
             Self::write_user(&mut tx, id, user).await?;
@@ -594,7 +687,8 @@ where
             Self::write_profile(&mut tx, id, profile, stored.profile.is_some()).await?;
             changed = true;
         }
-        if let Some(groups) = stored.wanted_groups(mirror) {
+        let wanted = stored.wanted_groups(mirror);
+        if let Some(groups) = &wanted {
             let names = groups.iter().map(String::as_str).collect();
             changed |= Self::write_groups(&mut tx, id, &stored.group_ids, &names).await?;
         }
@@ -602,6 +696,16 @@ where
             // A concurrent mirror wrote the same thing first; nothing to commit.
             return Ok(Mirrored { id: Id::new(id), change: MirrorChange::Unchanged });
         }
+        let password = (user.source == UserSource::Local && stored.has_password).then_some(PASSWORD_SET);
+        let after = user_text(
+            user,
+            password,
+            profile.or(stored.profile.as_ref()),
+            wanted.as_ref().unwrap_or(&stored.group_names),
+        );
+        let action = if created { Action::Create } else { Action::Update };
+        let record = user_record(id, action, mirror_actor(user, self.actor()), before.as_ref(), Some(&after));
+        Self::write_history(&mut tx, &[record], &new_correlation(), Utc::now()).await?;
         commit(tx, USER).await?;
         let change = if created { MirrorChange::Created } else { MirrorChange::Updated };
         debug!(target: TRACE_TARGET, username = %user.username, source = user.source.as_str(), ?change, "user mirrored");
@@ -639,6 +743,9 @@ where
             let mut qb = QueryBuilder::new("INSERT INTO users ");
             push_user_insert(&mut qb, [user]);
             let id = DB::insert_id(&mut tx, qb).await.map_err(err(USER))?;
+            let after = user_text(user, None, None, &BTreeSet::new());
+            let record = user_record(id, Action::Create, (self.actor().clone(), None), None, Some(&after));
+            Self::write_history(&mut tx, &[record], &new_correlation(), Utc::now()).await?;
             commit(tx, USER).await?;
             debug!(target: TRACE_TARGET, entity = USER, id, "inserted");
             Ok(Id::new(id))
@@ -658,23 +765,33 @@ where
         self.retrying(USER, || async {
             let mut tx = self.begin(USER).await?;
             let id = Self::lock_user(&mut tx, &user.username).await?.ok_or_else(|| not_found(&user.username))?;
+            let stored =
+                Self::stored_mirror(&mut tx, UserKey::Id(id)).await?.ok_or_else(|| not_found(&user.username))?;
             Self::write_user(&mut tx, id, user).await?;
+            let password = (user.source == UserSource::Local && stored.has_password).then_some(PASSWORD_SET);
+            let after = user_text(user, password, stored.profile.as_ref(), &stored.group_names);
+            let record =
+                user_record(id, Action::Update, (self.actor().clone(), None), Some(&stored.text()), Some(&after));
+            Self::write_history(&mut tx, &[record], &new_correlation(), Utc::now()).await?;
             commit(tx, USER).await
         })
         .await
     }
 
     async fn delete_user(&self, username: &str) -> Result<(), StoreError> {
-        let deleted = self
-            .retrying(USER, || async {
-                let mut qb = QueryBuilder::new("DELETE FROM users WHERE username = ");
-                qb.push_bind(Some(username));
-                qb.build().execute(self.pool()).await.map(|r| DB::rows_affected(&r)).map_err(err(USER))
-            })
-            .await?;
-        if deleted == 0 {
-            return Err(not_found(username));
-        }
+        self.retrying(USER, || async {
+            let mut tx = self.begin(USER).await?;
+            let id = Self::lock_user(&mut tx, username).await?.ok_or_else(|| not_found(username))?;
+            let stored = Self::stored_mirror(&mut tx, UserKey::Id(id)).await?.ok_or_else(|| not_found(username))?;
+            let mut qb = QueryBuilder::new("DELETE FROM users WHERE id = ");
+            qb.push_bind(Some(id));
+            qb.build().execute(&mut *tx).await.map_err(err(USER))?;
+            // The deleted account's last values, so that it can be told who it was.
+            let record = user_record(id, Action::Delete, (self.actor().clone(), None), Some(&stored.text()), None);
+            Self::write_history(&mut tx, &[record], &new_correlation(), Utc::now()).await?;
+            commit(tx, USER).await
+        })
+        .await?;
         debug!(target: TRACE_TARGET, username, "user deleted");
         Ok(())
     }
@@ -703,10 +820,14 @@ where
     async fn set_password_hash(&self, username: &str, hash: Option<&str>) -> Result<(), StoreError> {
         self.retrying(USER, || async {
             let mut tx = self.begin(USER).await?;
-            let mut qb = QueryBuilder::new("SELECT source FROM users WHERE username = ");
-            qb.push_bind(Some(username));
-            let source = qb.build_query_scalar::<String>().fetch_optional(&mut *tx).await.map_err(err(USER))?;
-            let Some(source) = source else { return Err(not_found(username)) };
+            let mut qb = QueryBuilder::new("SELECT id, source, password_hash FROM users WHERE username = ");
+            qb.push_bind(Some(username)).push(DB::FOR_UPDATE);
+            let row = qb
+                .build_query_as::<(i64, String, Option<String>)>()
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(err(USER))?;
+            let Some((id, source, old)) = row else { return Err(not_found(username)) };
             if hash.is_some() && UserSource::parse(&source).map_err(|e| corrupt(&e))? == UserSource::Ldap {
                 return Err(invalid_user(ValidationError::Invalid {
                     field: "password",
@@ -716,6 +837,13 @@ where
             let mut qb = QueryBuilder::new("UPDATE users SET password_hash = ");
             qb.push_bind(hash).push(" WHERE username = ").push_bind(Some(username));
             qb.build().execute(&mut *tx).await.map_err(err(USER))?;
+            // Recorded as set, changed or removed; the hashes themselves never are.
+            let (before, after) = (
+                ColumnText(vec![("password_hash", old)]),
+                ColumnText(vec![("password_hash", hash.map(str::to_owned))]),
+            );
+            let record = user_record(id, Action::Update, (self.actor().clone(), None), Some(&before), Some(&after));
+            Self::write_history(&mut tx, &[record], &new_correlation(), Utc::now()).await?;
             commit(tx, USER).await
         })
         .await?;
@@ -739,10 +867,13 @@ where
             let mut tx = self.begin(PROFILE).await?;
             let id = Self::lock_user(&mut tx, username).await?.ok_or_else(|| not_found(username))?;
             // Read under the user's row lock: nobody else adds the profile meanwhile.
-            let mut qb = QueryBuilder::new("SELECT user_id FROM profiles WHERE user_id = ");
-            qb.push_bind(Some(id));
-            let exists = qb.build_query_scalar::<i64>().fetch_optional(&mut *tx).await.map_err(err(PROFILE))?.is_some();
-            Self::write_profile(&mut tx, id, profile, exists).await?;
+            let stored = Self::stored_mirror(&mut tx, UserKey::Id(id)).await?.ok_or_else(|| not_found(username))?;
+            Self::write_profile(&mut tx, id, profile, stored.profile.is_some()).await?;
+            let (mut before, mut after) = (ColumnText::default(), ColumnText::default());
+            profile_text(stored.profile.as_ref(), &mut before);
+            profile_text(Some(profile), &mut after);
+            let record = user_record(id, Action::Update, (self.actor().clone(), None), Some(&before), Some(&after));
+            Self::write_history(&mut tx, &[record], &new_correlation(), Utc::now()).await?;
             commit(tx, PROFILE).await
         })
         .await
@@ -764,9 +895,14 @@ where
         self.retrying(GROUP, || async {
             let mut tx = self.begin(GROUP).await?;
             let id = Self::lock_user(&mut tx, username).await?.ok_or_else(|| not_found(username))?;
-            let current = Self::stored_mirror(&mut tx, UserKey::Id(id)).await?.map(|s| s.group_ids).unwrap_or_default();
+            let stored = Self::stored_mirror(&mut tx, UserKey::Id(id)).await?.ok_or_else(|| not_found(username))?;
             let names = groups.iter().map(Group::as_str).collect();
-            Self::write_groups(&mut tx, id, &current, &names).await?;
+            Self::write_groups(&mut tx, id, &stored.group_ids, &names).await?;
+            let (mut before, mut after) = (ColumnText::default(), ColumnText::default());
+            groups_text(&stored.group_names, &mut before);
+            groups_text(&groups.iter().map(|g| g.as_str().to_owned()).collect(), &mut after);
+            let record = user_record(id, Action::Update, (self.actor().clone(), None), Some(&before), Some(&after));
+            Self::write_history(&mut tx, &[record], &new_correlation(), Utc::now()).await?;
             commit(tx, GROUP).await
         })
         .await
@@ -872,13 +1008,33 @@ where
             // One transaction: all of them or (on an error) none of them.
             let mut tx = self.begin(USER).await?;
             // Chunks keep every statement far below each backend's bind-parameter limit.
+            let correlation = new_correlation();
             for chunk in usernames.chunks(NAMES_CHUNK) {
-                let mut qb = QueryBuilder::new("UPDATE users SET is_active = ");
-                qb.push_bind(false).push(" WHERE is_active = ").push_bind(true).push(" AND username IN (");
+                let mut qb = QueryBuilder::new("SELECT id FROM users WHERE is_active = ");
+                qb.push_bind(true).push(" AND username IN (");
                 push_list(&mut qb, chunk.iter().map(|u| Some(u.as_str())));
+                qb.push(")").push(DB::FOR_UPDATE);
+                let ids = qb.build_query_scalar::<i64>().fetch_all(&mut *tx).await.map_err(err(USER))?;
+                if ids.is_empty() {
+                    continue;
+                }
+                let mut qb = QueryBuilder::new("UPDATE users SET is_active = ");
+                qb.push_bind(false).push(" WHERE is_active = ").push_bind(true).push(" AND id IN (");
+                push_list(&mut qb, ids.iter().map(|id| Some(*id)));
                 qb.push(")");
                 let done = qb.build().execute(&mut *tx).await.map_err(err(USER))?;
                 changed += DB::rows_affected(&done);
+                let (before, after) = (
+                    ColumnText(vec![("is_active", Some("true".into()))]),
+                    ColumnText(vec![("is_active", Some("false".into()))]),
+                );
+                let records: Vec<HistoryRecord> = ids
+                    .iter()
+                    .map(|id| {
+                        user_record(*id, Action::Update, (self.actor().clone(), None), Some(&before), Some(&after))
+                    })
+                    .collect();
+                Self::write_history(&mut tx, &records, &correlation, Utc::now()).await?;
             }
             commit(tx, USER).await?;
             Ok(changed)
