@@ -18,6 +18,7 @@
 //! assert!(!record.is_empty());
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -310,9 +311,67 @@ pub trait HistoryStore: Send + Sync {
     async fn deleted_objects(&self, object_type: &str, limit: u32) -> Result<Vec<HistoryEntry>, StoreError>;
     /// Every row of one operation, in the order written.
     async fn correlated(&self, correlation: &str) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// The object as its history says it was at `at`: its rows up to then, replayed
+    /// ([`ObjectState::replay`]).
+    async fn object_at(&self, object_type: &str, object_id: i64, at: DateTime<Utc>) -> Result<ObjectState, StoreError>;
     /// Deletes what `retention` does not keep, in short transactions; returns how many rows
     /// went.
     async fn prune_history(&self, retention: &Retention) -> Result<u64, StoreError>;
+}
+
+/// An object's fields at a moment, rebuilt from its history ([`HistoryStore::object_at`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ObjectState {
+    /// Its fields then, by name (a field without a value is absent). Empty when it did not
+    /// exist.
+    pub fields: BTreeMap<String, String>,
+    /// Whether it existed then: created (or changed, when its creation is no longer on record)
+    /// and not deleted since.
+    pub existed: bool,
+    /// Whether the record reaches back to its creation. When older rows were pruned, a field
+    /// not changed since is missing from `fields`, and this is `false`.
+    pub complete: bool,
+    /// The newest row replayed: the state holds from its time on.
+    pub as_of: Option<(Id<HistoryEntry>, DateTime<Utc>)>,
+}
+
+impl ObjectState {
+    /// Replays `entries`, one object's rows oldest first: a create sets every field it
+    /// records, an update or move changes its fields, a delete ends the object.
+    #[must_use]
+    pub fn replay<'a>(entries: impl IntoIterator<Item = &'a HistoryEntry>) -> Self {
+        let mut state = Self::default();
+        for (n, entry) in entries.into_iter().enumerate() {
+            match entry.record.action {
+                Action::Create => {
+                    state.fields.clear();
+                    state.existed = true;
+                    state.complete = true;
+                }
+                Action::Update | Action::Move => {
+                    // The first row on record is not the creation: older ones were pruned.
+                    if n == 0 {
+                        state.existed = true;
+                    }
+                }
+                Action::Delete => {
+                    state.fields.clear();
+                    state.existed = false;
+                    state.complete = true;
+                }
+            }
+            if state.existed {
+                for change in &entry.record.changes {
+                    match &change.after {
+                        Some(value) => state.fields.insert(change.field.clone(), value.clone()),
+                        None => state.fields.remove(&change.field),
+                    };
+                }
+            }
+            state.as_of = Some((entry.id, entry.at));
+        }
+        state
+    }
 }
 
 /// A fresh correlation id: 32 hex digits.
@@ -351,5 +410,38 @@ mod tests {
         assert!(!HistoryRecord::new("device", 1, Action::Create, Actor::system()).is_empty());
         assert_ne!(new_correlation(), new_correlation());
         assert_eq!(new_correlation().len(), 32);
+    }
+
+    #[test]
+    fn replay_rebuilds_the_state_and_says_when_it_cannot_be_whole() {
+        let entry = |id: i64, action: Action, changes: Vec<FieldChange>| HistoryEntry {
+            id: Id::new(id),
+            at: DateTime::from_timestamp(id, 0).unwrap_or_default(),
+            correlation: String::new(),
+            record: HistoryRecord { changes, ..HistoryRecord::new("device", 7, action, Actor::system()) },
+        };
+        let create = entry(
+            1,
+            Action::Create,
+            vec![FieldChange::new("serial", None, Some("CZ1")), FieldChange::new("model", None, Some("R640"))],
+        );
+        let update = entry(
+            2,
+            Action::Update,
+            vec![FieldChange::new("serial", Some("CZ1"), Some("CZ2")), FieldChange::new("model", Some("R640"), None)],
+        );
+        let delete = entry(3, Action::Delete, vec![FieldChange::new("serial", Some("CZ2"), None)]);
+
+        let whole = ObjectState::replay([&create, &update]);
+        assert!(whole.existed && whole.complete);
+        assert_eq!(whole.fields.into_iter().collect::<Vec<_>>(), [("serial".to_owned(), "CZ2".to_owned())]);
+        assert_eq!(whole.as_of.map(|(id, _)| id), Some(Id::new(2)));
+        let gone = ObjectState::replay([&create, &update, &delete]);
+        assert!(!gone.existed && gone.complete && gone.fields.is_empty());
+        let pruned = ObjectState::replay([&update]);
+        assert!(pruned.existed && !pruned.complete, "the creation is no longer on record");
+        assert_eq!(pruned.fields.get("serial").map(String::as_str), Some("CZ2"));
+        let nothing = ObjectState::replay([]);
+        assert!(!nothing.existed && nothing.as_of.is_none());
     }
 }

@@ -14,7 +14,7 @@ use ralph_core::{
     TransitionGraph, User, UserMirror, UserSource, UserStore, ValidationError, WorkerBeat,
 };
 
-use ralph_core::history::{Actor, HistoryEntry, HistoryStore, Retention};
+use ralph_core::history::{Actor, HistoryEntry, HistoryStore, ObjectState, Retention};
 use ralph_core::reconcile::{
     ApplyReport, Checksum, Field, Plan, PlanItem, ReconcileStore, Scan, Snapshot, SnapshotQuery, StoredConflict,
 };
@@ -397,6 +397,14 @@ impl HistoryStore for AnyStore {
         limit: u32,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
         dispatch!(self, s => s.object_history(object_type, object_id, limit).await)
+    }
+    async fn object_at(
+        &self,
+        object_type: &str,
+        object_id: i64,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<ObjectState, StoreError> {
+        dispatch!(self, s => s.object_at(object_type, object_id, at).await)
     }
     async fn field_history(
         &self,

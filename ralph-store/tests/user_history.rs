@@ -72,6 +72,18 @@ async fn user_writes_are_recorded(store: &AnyStore) {
     // "When did the surname change": the field's own history.
     let surname = store.field_history("user", id, "last_name", 10).await.expect("field");
     assert_eq!(surname.len(), 2);
+    // What the account was at a time: before its creation, as created, now.
+    let (created_at, renamed_at) = (history[1].at, history[0].at);
+    let before = store.object_at("user", id, created_at - chrono::Duration::microseconds(1)).await.expect("at");
+    assert!(!before.existed && before.fields.is_empty());
+    let then = store.object_at("user", id, created_at).await.expect("at");
+    assert!(then.existed && then.complete, "{then:?}");
+    assert_eq!(then.fields.get("last_name").map(String::as_str), Some("Nowak"));
+    assert_eq!(then.fields.get("groups").map(String::as_str), Some("ops, staff"));
+    let now = store.object_at("user", id, renamed_at).await.expect("at");
+    assert_eq!(now.fields.get("last_name").map(String::as_str), Some("Nowak-Kowalska"));
+    assert_eq!(now.fields.get("groups").map(String::as_str), Some("staff"));
+    assert_eq!(now.fields.get("profile.country").map(String::as_str), Some("PL"), "unchanged fields carry over");
 
     // A person's writes, through a handle acting as that person.
     let jan = store.acting_as(Actor::user("jan"));
@@ -120,6 +132,12 @@ async fn user_writes_are_recorded(store: &AnyStore) {
         assert!(last.contains(&expected), "{expected:?} missing from {last:?}");
     }
     assert_eq!(gone[0].record.actor.kind, ActorKind::User);
+    let after = store.object_at("user", bob, gone[0].at).await.expect("at");
+    assert!(!after.existed && after.complete && after.fields.is_empty(), "{after:?}");
+    let last_day = store.object_at("user", bob, gone[0].at - chrono::Duration::microseconds(1)).await.expect("at");
+    assert!(last_day.existed, "{last_day:?}");
+    assert_eq!(last_day.fields.get("is_active").map(String::as_str), Some("false"));
+    assert_eq!(last_day.fields.get("profile.company").map(String::as_str), Some("ACME"));
 
     // A first import: every new user created in bulk, each recorded, under one correlation.
     let page: Vec<UserMirror> =

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ralph_core::history::{
-    Action, Actor, ActorKind, FieldChange, HistoryEntry, HistoryRecord, HistoryStore, Retention,
+    Action, Actor, ActorKind, FieldChange, HistoryEntry, HistoryRecord, HistoryStore, ObjectState, Retention,
 };
 use ralph_core::{Id, StoreError};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
@@ -359,6 +359,25 @@ where
             Some(limit),
         )
         .await
+    }
+
+    async fn object_at(&self, object_type: &str, object_id: i64, at: DateTime<Utc>) -> Result<ObjectState, StoreError> {
+        let entries = self
+            .history_where(
+                None,
+                |qb| {
+                    qb.push("h.object_type = ")
+                        .push_bind(Some(object_type))
+                        .push(" AND h.object_id = ")
+                        .push_bind(Some(object_id))
+                        .push(" AND h.at <= ")
+                        .push_bind(Some(at));
+                },
+                "h.id",
+                None,
+            )
+            .await?;
+        Ok(ObjectState::replay(&entries))
     }
 
     async fn field_history(
