@@ -9,8 +9,11 @@ use ralph_core::history::{Action, Actor, ActorKind, HistoryEntry, HistoryStore};
 use ralph_core::{CountryCode, Group, MirrorChange, Profile, User, UserMirror, UserSource, UserStore};
 use ralph_store::AnyStore;
 
-/// The changes of `entry` as (field, before, after).
-fn changes(entry: &HistoryEntry) -> Vec<(&str, Option<&str>, Option<&str>)> {
+/// One field's change as (field, before, after).
+type Change<'a> = (&'a str, Option<&'a str>, Option<&'a str>);
+
+/// The changes of `entry`.
+fn changes(entry: &HistoryEntry) -> Vec<Change<'_>> {
     entry.record.changes.iter().map(|c| (c.field.as_str(), c.before.as_deref(), c.after.as_deref())).collect()
 }
 
@@ -98,8 +101,7 @@ async fn user_writes_are_recorded(store: &AnyStore) {
     jan.update_user(&User { is_staff: true, ..local.clone() }).await.expect("update");
     assert_eq!(jan.deactivate_users(&["hist-bob".into(), "nobody".into()]).await.expect("deactivate"), 1);
     let history = store.object_history("user", bob, 20).await.expect("history");
-    let seen: Vec<(Action, Vec<(&str, Option<&str>, Option<&str>)>)> =
-        history.iter().rev().map(|e| (e.record.action, changes(e))).collect();
+    let seen: Vec<(Action, Vec<Change<'_>>)> = history.iter().rev().map(|e| (e.record.action, changes(e))).collect();
     assert_eq!(seen[0].0, Action::Create);
     assert_eq!(
         seen[1..],
