@@ -116,7 +116,7 @@ async fn operate(store: &AnyStore, actor: &str, seed: usize, ids: &[Id<Job>]) ->
     let order: Vec<Id<Job>> = ids[start..].iter().chain(&ids[..start]).copied().collect();
     let (mut retried, mut discarded) = (0, 0);
     for (n, run) in order.chunks(20).enumerate() {
-        if (n + seed) % 2 == 0 {
+        if (n + seed).is_multiple_of(2) {
             retried += store.retry_jobs(QUEUE, run, JobState::Dead, &by).await.expect("retry");
         } else {
             discarded += store.discard_jobs(QUEUE, run, JobState::Dead, &by).await.expect("discard");
