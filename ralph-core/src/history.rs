@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{Id, StoreError, ValidationError};
+use crate::{Id, Job, JobQueue, RetryPolicy, StoreError, ValidationError};
 
 /// Fields never recorded: they change on every scan and say nothing about the object.
 pub const NOISY_FIELDS: &[&str] = &["last_seen", "dead_ping_count", "scan_checksum"];
@@ -317,6 +317,124 @@ pub trait HistoryStore: Send + Sync {
     /// Deletes what `retention` does not keep, in short transactions; returns how many rows
     /// went.
     async fn prune_history(&self, retention: &Retention) -> Result<u64, StoreError>;
+}
+
+/// The queue [`run_prune_jobs`] usually serves.
+pub const PRUNE_QUEUE: &str = "ralph.history.prune";
+
+/// A queued pruning of the change history: the [`Retention`] to apply, as a job payload
+/// (JSON: `{"max_age_secs": 7776000, "max_per_object": null, "chunk": 1000}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneJob {
+    /// [`Retention::max_age`] in seconds.
+    pub max_age_secs: Option<u64>,
+    /// [`Retention::max_per_object`].
+    pub max_per_object: Option<u32>,
+    /// [`Retention::chunk`].
+    pub chunk: u32,
+}
+
+impl From<&Retention> for PruneJob {
+    fn from(r: &Retention) -> Self {
+        Self { max_age_secs: r.max_age.map(|a| a.as_secs()), max_per_object: r.max_per_object, chunk: r.chunk }
+    }
+}
+
+impl PruneJob {
+    /// The retention it applies.
+    #[must_use]
+    pub fn retention(&self) -> Retention {
+        Retention {
+            max_age: self.max_age_secs.map(Duration::from_secs),
+            max_per_object: self.max_per_object,
+            chunk: self.chunk.max(1),
+        }
+    }
+
+    /// The job's payload.
+    #[must_use]
+    pub fn to_payload(&self) -> String {
+        // Three plain fields: serialising cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads a payload.
+    ///
+    /// # Errors
+    /// [`ValidationError::Invalid`] for anything but a prune job's JSON.
+    pub fn from_payload(payload: &str) -> Result<Self, ValidationError> {
+        serde_json::from_str(payload)
+            .map_err(|e| ValidationError::Invalid { field: "prune job", reason: e.to_string() })
+    }
+}
+
+/// Enqueues a pruning of the change history with `retention` on `queue` (usually
+/// [`PRUNE_QUEUE`]); a host schedules it (daily, say), and whichever process runs
+/// [`run_prune_jobs`] does it.
+///
+/// # Errors
+/// As [`JobQueue::enqueue`].
+pub async fn enqueue_prune<Q: JobQueue + ?Sized>(
+    jobs: &Q,
+    queue: &str,
+    retention: &Retention,
+) -> Result<Id<Job>, StoreError> {
+    let ids = jobs.enqueue(queue, &[PruneJob::from(retention).to_payload()]).await?;
+    ids.into_iter().next().ok_or_else(|| StoreError::Corrupt { entity: "job", detail: "enqueue returned no id".into() })
+}
+
+/// What one [`run_prune_jobs`] call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PruneRun {
+    /// Prune jobs done.
+    pub jobs: u64,
+    /// History rows they deleted.
+    pub rows: u64,
+    /// Jobs dead-lettered because their payload was not a prune job.
+    pub rejected: u64,
+}
+
+/// Claims the prune jobs waiting on `queue`, one at a time under `lease`, and runs each: the
+/// store deletes in chunks of [`Retention::chunk`] rows, each its own short transaction, so
+/// pruning never holds locks for long. Returns when none is left. Several runners (tasks or
+/// processes) may serve one queue: each job is run by one of them.
+///
+/// # Errors
+/// A store error: the job it happened in is failed (the queue retries it later, with back-off)
+/// and the error returned.
+pub async fn run_prune_jobs<S: JobQueue + HistoryStore + ?Sized>(
+    store: &S,
+    queue: &str,
+    worker: &str,
+    lease: Duration,
+) -> Result<PruneRun, StoreError> {
+    let mut run = PruneRun::default();
+    loop {
+        let Some(job) = store.claim(queue, 1, lease, worker).await?.into_iter().next() else {
+            return Ok(run);
+        };
+        match PruneJob::from_payload(&job.payload) {
+            Ok(prune) => match store.prune_history(&prune.retention()).await {
+                Ok(rows) => {
+                    store.ack(&job).await?;
+                    tracing::info!(target: "ralph::history", job = %job.id, rows, "history pruned");
+                    run.jobs += 1;
+                    run.rows += rows;
+                }
+                Err(error) => {
+                    store.fail(&job, &error.to_string(), &RetryPolicy::default()).await?;
+                    return Err(error);
+                }
+            },
+            Err(error) => {
+                let never = RetryPolicy { max_attempts: 1, ..RetryPolicy::default() };
+                store.fail(&job, &error.to_string(), &never).await?;
+                tracing::warn!(target: "ralph::history", job = %job.id, %error, "not a prune job: dead-lettered");
+                run.rejected += 1;
+            }
+        }
+    }
 }
 
 /// An object's fields at a moment, rebuilt from its history ([`HistoryStore::object_at`]).
