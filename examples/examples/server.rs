@@ -503,7 +503,11 @@ async fn bootstrap_admin(store: &AnyStore) -> Result<(), String> {
         let mut user = User::new("admin").map_err(|e| e.to_string())?;
         user.is_staff = true;
         user.is_superuser = true;
-        store.create_user(&user).await.map_err(|e| e.to_string())?;
+        match store.create_user(&user).await {
+            // Another server process on the same database created it first.
+            Ok(_) | Err(ralph_core::StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e.to_string()),
+        }
     }
     LocalBackend::new(store.clone()).set_password("admin", &password).await.map_err(|e| e.to_string())?;
     tracing::info!(target: TRACE, "local staff account `admin` ready");

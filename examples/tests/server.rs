@@ -323,3 +323,102 @@ async fn sighup_loads_a_changed_ldap_config_for_the_next_login() {
     assert_eq!(staff("bulk00001").await, Some(true), "still the reloaded config");
     server.stop().await;
 }
+
+/// Two server processes started at once on one database (both bootstrap the `admin` account):
+/// both come up; the operator, logged in on each, retries and discards overlapping sets of the
+/// same dead jobs through both at once, and pauses the queue through both. Each job leaves the
+/// dead letters exactly once, with one history record naming `admin`; one pause is a change.
+async fn two_servers_share_one_database(backend: Backend) {
+    use ralph_core::history::{Action, HistoryStore};
+    const JOBS: usize = 60;
+    let Some(db) = FreshDb::new(backend, "two").await else { return };
+    let (dir_a, dir_b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let config = format!("listen = \"127.0.0.1:0\"\nstore = \"{}\"\n", db.url);
+    let store = AnyStore::connect(&db.url).await.expect("store");
+    let (a, b) = tokio::join!(Server::start(dir_a.path(), &config), Server::start(dir_b.path(), &config));
+
+    let ids = store
+        .enqueue("multi", &(0..JOBS).map(|i| format!("{{\"n\":{i}}}")).collect::<Vec<_>>())
+        .await
+        .expect("enqueue");
+    let once = ralph_core::RetryPolicy { max_attempts: 1, ..ralph_core::RetryPolicy::default() };
+    for job in store.claim("multi", JOBS, Duration::from_secs(60), "doomed").await.expect("claim") {
+        store.fail(&job, "boom", &once).await.expect("fail");
+    }
+    let mut cookies = Vec::new();
+    for address in [a.address, b.address] {
+        let form = format!("username=admin&password={ADMIN_PASSWORD}");
+        let ok = http(address, "POST", "/login", &[("Content-Type", "application/x-www-form-urlencoded")], &form)
+            .await
+            .expect("login");
+        assert_eq!(ok.status, 303, "{}", ok.body);
+        cookies.push((address, ok.session().expect("cookie")));
+    }
+
+    // Six operators, three on each server, each through every job from its own place, in runs
+    // of ten: alternately retried and discarded.
+    let mut operators = Vec::new();
+    for k in 0..6usize {
+        let (address, cookie) = cookies[k % 2].clone();
+        let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+        operators.push(tokio::spawn(async move {
+            let post = async |path: &str, form: &str| {
+                let headers = [("Cookie", cookie.as_str()), ("Content-Type", "application/x-www-form-urlencoded")];
+                let reply = http(address, "POST", path, &headers, form).await.expect("action");
+                assert_eq!(reply.status, 303, "{path}: {}", reply.body);
+                let location = reply.header("location").unwrap_or_default().to_owned();
+                location
+                    .split("changed=")
+                    .nth(1)
+                    .and_then(|n| n.split('&').next()?.parse::<u64>().ok())
+                    .expect("changed=")
+            };
+            let paused = post("/admin/api/queues/multi/pause", "").await;
+            let start = k * 7 % ids.len();
+            let order: Vec<i64> = ids[start..].iter().chain(&ids[..start]).copied().collect();
+            let mut changed = 0;
+            for (n, run) in order.chunks(10).enumerate() {
+                let action = if (n + k).is_multiple_of(2) { "retry" } else { "discard" };
+                let form =
+                    format!("state=dead&{}", run.iter().map(|id| format!("id={id}")).collect::<Vec<_>>().join("&"));
+                changed += post(&format!("/admin/api/queues/multi/{action}"), &form).await;
+            }
+            (changed, paused)
+        }));
+    }
+    let (mut changed, mut paused) = (0, 0);
+    for operator in operators {
+        let (c, p) = operator.await.expect("operator");
+        changed += c;
+        paused += p;
+    }
+    assert_eq!(changed, JOBS as u64, "each dead job retried or discarded exactly once");
+    assert_eq!(paused, 1, "one of the pauses changed something");
+    let stats = store.stats("multi").await.expect("stats");
+    assert_eq!((stats.dead, stats.paused), (0, true));
+    for id in &ids {
+        let history = store.object_history("job", id.get(), 10).await.expect("history");
+        assert_eq!(history.len(), 1, "job {id}: {history:?}");
+        assert!(matches!(history[0].record.action, Action::Update | Action::Delete));
+        assert_eq!(history[0].record.actor.name, "admin");
+    }
+    a.stop().await;
+    b.stop().await;
+    store.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_two_servers_share_one_database_from_processes() {
+    two_servers_share_one_database(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_two_servers_share_one_database_from_processes() {
+    two_servers_share_one_database(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_two_servers_share_one_database_from_processes() {
+    two_servers_share_one_database(Backend::MySql).await;
+}
