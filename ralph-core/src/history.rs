@@ -312,7 +312,7 @@ pub trait HistoryStore: Send + Sync {
     /// Every row of one operation, in the order written.
     async fn correlated(&self, correlation: &str) -> Result<Vec<HistoryEntry>, StoreError>;
     /// The object as its history says it was at `at`: its rows up to then, replayed
-    /// ([`ObjectState::replay`]).
+    /// ([`ObjectState::at`]).
     async fn object_at(&self, object_type: &str, object_id: i64, at: DateTime<Utc>) -> Result<ObjectState, StoreError>;
     /// Deletes what `retention` does not keep, in short transactions; returns how many rows
     /// went.
@@ -393,12 +393,18 @@ pub struct PruneRun {
     pub rows: u64,
     /// Jobs dead-lettered because their payload was not a prune job.
     pub rejected: u64,
+    /// Prunes that finished after their lease had run out: another runner may have taken
+    /// the job again (pruning twice deletes nothing twice). Give a longer lease.
+    pub lease_lost: u64,
 }
 
 /// Claims the prune jobs waiting on `queue`, one at a time under `lease`, and runs each: the
 /// store deletes in chunks of [`Retention::chunk`] rows, each its own short transaction, so
 /// pruning never holds locks for long. Returns when none is left. Several runners (tasks or
-/// processes) may serve one queue: each job is run by one of them.
+/// processes) may serve one queue: each job is claimed by one of them at a time. A prune that
+/// outlasts `lease` may be taken again by another runner (the job is then done at least once,
+/// not exactly once: harmless, since a second prune deletes nothing the first did); it is
+/// counted in [`PruneRun::lease_lost`], and `lease` should exceed the longest prune.
 ///
 /// # Errors
 /// A store error: the job it happened in is failed (the queue retries it later, with back-off)
@@ -417,13 +423,19 @@ pub async fn run_prune_jobs<S: JobQueue + HistoryStore + ?Sized>(
         match PruneJob::from_payload(&job.payload) {
             Ok(prune) => match store.prune_history(&prune.retention()).await {
                 Ok(rows) => {
-                    store.ack(&job).await?;
-                    tracing::info!(target: "ralph::history", job = %job.id, rows, "history pruned");
-                    run.jobs += 1;
                     run.rows += rows;
+                    if store.ack(&job).await? {
+                        tracing::info!(target: "ralph::history", job = %job.id, rows, "history pruned");
+                        run.jobs += 1;
+                    } else {
+                        tracing::warn!(target: "ralph::history", job = %job.id, rows, "history pruned after the job's lease ran out");
+                        run.lease_lost += 1;
+                    }
                 }
                 Err(error) => {
-                    store.fail(&job, &error.to_string(), &RetryPolicy::default()).await?;
+                    if let Err(fail) = store.fail(&job, &error.to_string(), &RetryPolicy::default()).await {
+                        tracing::warn!(target: "ralph::history", job = %job.id, error = %fail, "prune job not failed");
+                    }
                     return Err(error);
                 }
             },
@@ -447,13 +459,29 @@ pub struct ObjectState {
     /// and not deleted since.
     pub existed: bool,
     /// Whether the record reaches back to its creation. When older rows were pruned, a field
-    /// not changed since is missing from `fields`, and this is `false`.
+    /// not changed since is missing from `fields`, and this is `false`; with `existed` also
+    /// `false` it means "not known" (no row on record reaches back to that time).
     pub complete: bool,
     /// The newest row replayed: the state holds from its time on.
     pub as_of: Option<(Id<HistoryEntry>, DateTime<Utc>)>,
 }
 
 impl ObjectState {
+    /// The object at `at` from all its rows (oldest first, in the order written): the rows
+    /// written up to the first one dated after `at` are replayed, so the state is always one
+    /// the object really had, even when times and write order disagree (clocks of several
+    /// hosts). Before its first row: not existing when that row is its creation, unknown
+    /// (`complete: false`) when older rows were pruned.
+    #[must_use]
+    pub fn at(entries: &[HistoryEntry], at: DateTime<Utc>) -> Self {
+        let written = entries.iter().take_while(|e| e.at <= at).count();
+        let mut state = Self::replay(&entries[..written]);
+        if written == 0 {
+            state.complete = entries.first().is_some_and(|e| e.record.action == Action::Create);
+        }
+        state
+    }
+
     /// Replays `entries`, one object's rows oldest first: a create sets every field it
     /// records, an update or move changes its fields, a delete ends the object.
     #[must_use]
@@ -561,5 +589,25 @@ mod tests {
         assert_eq!(pruned.fields.get("serial").map(String::as_str), Some("CZ2"));
         let nothing = ObjectState::replay([]);
         assert!(!nothing.existed && nothing.as_of.is_none());
+
+        // At a time: the rows written up to the first one dated later.
+        let all = [create.clone(), update.clone(), delete.clone()];
+        let at = |secs: i64| ObjectState::at(&all, DateTime::from_timestamp(secs, 0).unwrap_or_default());
+        assert_eq!(at(2).fields.get("serial").map(String::as_str), Some("CZ2"));
+        let before = at(0);
+        assert!(!before.existed && before.complete, "known not to exist before its creation");
+        let pruned = ObjectState::at(std::slice::from_ref(&update), DateTime::from_timestamp(1, 0).unwrap_or_default());
+        assert!(!pruned.existed && !pruned.complete, "before the oldest row left: unknown");
+        // A row dated earlier than one written before it (another host's clock): the state
+        // stops at the later-dated row, never skipping it.
+        let mut skewed = all.clone();
+        skewed[1].at = DateTime::from_timestamp(5, 0).unwrap_or_default();
+        let mid = ObjectState::at(&skewed, DateTime::from_timestamp(3, 0).unwrap_or_default());
+        assert_eq!(
+            mid.fields.get("serial").map(String::as_str),
+            Some("CZ1"),
+            "the delete at 3 s is not applied without the update"
+        );
+        assert!(mid.existed);
     }
 }

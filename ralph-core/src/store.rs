@@ -166,7 +166,9 @@ pub struct Mirrored {
 /// changed something, in its transaction, as object `user` with the user's id: its columns,
 /// `profile.*` fields, `groups` (one field, comma-separated) and `password_hash` only as set,
 /// changed or removed, never a hash. Mirrors of LDAP accounts are recorded as the source
-/// `ldap` (with the directory in the message); a deleted user's record keeps its last values.
+/// `ldap` (with the directory in the message), the other writes as the store handle's actor
+/// (a sync's deactivations too: give the sync a handle acting as the directory); a deleted
+/// user's record keeps its last values.
 #[async_trait]
 pub trait UserStore: Send + Sync {
     /// Inserts a user; [`StoreError::Conflict`] when the username is taken.

@@ -32,14 +32,14 @@ fn mirror(i: usize, last: &str) -> UserMirror {
 }
 
 /// The runner process's entry point; ignored so that only the spawned processes run it.
-/// Prints `RAN jobs rows rejected`.
+/// Prints `RAN jobs rows rejected lease_lost`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by the multi-process tests as a prune runner"]
 async fn prune_runner_process() {
     let url = std::env::var(SPEC_VAR).expect("store URL");
     let store = AnyStore::connect(&url).await.expect("connect");
     let run = run_prune_jobs(&store, PRUNE_QUEUE, &format!("runner-{}", std::process::id()), LEASE).await.expect("run");
-    println!("RAN {} {} {}", run.jobs, run.rows, run.rejected);
+    println!("RAN {} {} {} {}", run.jobs, run.rows, run.rejected, run.lease_lost);
 }
 
 async fn prune_jobs_from_processes(url: &str, store: &AnyStore) {
@@ -64,6 +64,10 @@ async fn prune_jobs_from_processes(url: &str, store: &AnyStore) {
         PruneJob::from_payload(&PruneJob::from(&keep_one).to_payload()).expect("round trip").retention(),
         keep_one
     );
+    // An age past what the clock can subtract keeps everything (no panic in the runner).
+    let forever =
+        PruneJob::from_payload("{\"max_age_secs\":18446744073709551615,\"max_per_object\":null,\"chunk\":10}");
+    assert_eq!(store.prune_history(&forever.expect("a prune job").retention()).await.expect("prune"), 0);
 
     let children: Vec<_> = (0..2)
         .map(|_| {
@@ -87,6 +91,7 @@ async fn prune_jobs_from_processes(url: &str, store: &AnyStore) {
         total.jobs += run.jobs;
         total.rows += run.rows;
         total.rejected += run.rejected;
+        total.lease_lost += run.lease_lost;
     };
     for task in tasks {
         add(task.await.expect("task").expect("prune run"));
@@ -98,13 +103,13 @@ async fn prune_jobs_from_processes(url: &str, store: &AnyStore) {
             let line = line.expect("read");
             if let Some(at) = line.find("RAN ") {
                 let n: Vec<u64> = line[at + 4..].split_whitespace().map(|x| x.parse().expect("count")).collect();
-                add(PruneRun { jobs: n[0], rows: n[1], rejected: n[2] });
+                add(PruneRun { jobs: n[0], rows: n[1], rejected: n[2], lease_lost: n[3] });
                 reported = true;
             }
         }
         assert!(child.wait().expect("wait").success() && reported, "a runner process failed");
     }
-    assert_eq!((total.jobs, total.rejected), (3, 1), "each job run once: {total:?}");
+    assert_eq!((total.jobs, total.rejected, total.lease_lost), (3, 1, 0), "each job run once: {total:?}");
     assert_eq!(total.rows, USERS as u64, "the older row of each user, each deleted once");
     for id in &ids {
         let left = store.object_history("user", *id, 10).await.expect("history");

@@ -166,6 +166,33 @@ async fn sqlite_user_writes_are_recorded() {
     user_writes_are_recorded(&AnyStore::connect(&url).await.expect("connect")).await;
 }
 
+/// A user whose stored row no longer parses (a country code the validator does not know) can
+/// still be fixed and deleted: the writes go on, recorded without the unreadable old values.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_unreadable_user_can_be_fixed_and_deleted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("users.sqlite3").display());
+    let store = AnyStore::connect(&url).await.expect("connect");
+    let id = store.create_user(&User::new("hist-odd").expect("user")).await.expect("create").get();
+    let pl = Profile { country: Some(CountryCode::parse("PL").expect("country")), ..Profile::default() };
+    store.set_profile("hist-odd", &pl).await.expect("profile");
+    let raw = ralph_store::sqlx::SqlitePool::connect(&url).await.expect("raw");
+    ralph_store::sqlx::query("UPDATE profiles SET country = 'XX'").execute(&raw).await.expect("corrupt");
+    assert!(store.get_profile("hist-odd").await.is_err_and(|e| matches!(e, ralph_core::StoreError::Corrupt { .. })));
+    let de = Profile { country: Some(CountryCode::parse("DE").expect("country")), ..Profile::default() };
+    store.set_profile("hist-odd", &de).await.expect("a fix is not refused");
+    assert_eq!(store.get_profile("hist-odd").await.expect("readable again"), Some(de));
+    ralph_store::sqlx::query("UPDATE profiles SET country = 'XX'").execute(&raw).await.expect("corrupt again");
+    store
+        .update_user(&User { first_name: "Odd".into(), ..User::new("hist-odd").expect("user") })
+        .await
+        .expect("update");
+    store.delete_user("hist-odd").await.expect("delete");
+    let history = store.object_history("user", id, 10).await.expect("history");
+    assert_eq!(history.first().map(|e| e.record.action), Some(Action::Delete), "{history:?}");
+}
+
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn pg_user_writes_are_recorded() {

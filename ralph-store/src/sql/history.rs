@@ -135,6 +135,31 @@ const HISTORY_CHUNK: usize = 500;
 /// Field rows per insert statement (4 parameters each).
 const FIELDS_CHUNK: usize = 1_000;
 
+/// Value bytes per field insert statement: far under MySQL's smallest `max_allowed_packet`
+/// worth having (16 MiB by default), however long the values (a discarded job's payload).
+const FIELDS_BYTES: usize = 4 << 20;
+
+/// Splits field rows into statements of at most [`FIELDS_CHUNK`] rows and about
+/// [`FIELDS_BYTES`] of values (a single larger value gets a statement of its own).
+fn field_statements<'f, 'c>(fields: &'f [(i64, &'c FieldChange)]) -> Vec<&'f [(i64, &'c FieldChange)]> {
+    let mut statements = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (n, (_, change)) in fields.iter().enumerate() {
+        let size = change.field.len()
+            + change.before.as_ref().map_or(0, String::len)
+            + change.after.as_ref().map_or(0, String::len);
+        if n > start && (n - start >= FIELDS_CHUNK || bytes + size > FIELDS_BYTES) {
+            statements.push(&fields[start..n]);
+            (start, bytes) = (n, 0);
+        }
+        bytes += size;
+    }
+    if start < fields.len() {
+        statements.push(&fields[start..]);
+    }
+    statements
+}
+
 impl<DB> SqlStore<DB>
 where
     DB: Backend,
@@ -191,7 +216,7 @@ where
             };
             let fields: Vec<(i64, &FieldChange)> =
                 ids.iter().zip(chunk).flat_map(|(id, r)| r.changes.iter().map(move |c| (*id, c))).collect();
-            for rows in fields.chunks(FIELDS_CHUNK) {
+            for rows in field_statements(&fields) {
                 let mut qb = QueryBuilder::new(
                     "INSERT INTO change_history_fields (history_id, field, before_value, after_value) ",
                 );
@@ -369,15 +394,13 @@ where
                     qb.push("h.object_type = ")
                         .push_bind(Some(object_type))
                         .push(" AND h.object_id = ")
-                        .push_bind(Some(object_id))
-                        .push(" AND h.at <= ")
-                        .push_bind(Some(at));
+                        .push_bind(Some(object_id));
                 },
                 "h.id",
                 None,
             )
             .await?;
-        Ok(ObjectState::replay(&entries))
+        Ok(ObjectState::at(&entries, at))
     }
 
     async fn field_history(
@@ -431,8 +454,13 @@ where
     async fn prune_history(&self, retention: &Retention) -> Result<u64, StoreError> {
         let chunk = retention.chunk.max(1);
         let mut pruned = 0;
-        if let Some(age) = retention.max_age {
-            let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        // An age past what the clock can subtract (from a queued job's payload, say) keeps
+        // everything.
+        let cutoff = retention
+            .max_age
+            .and_then(|age| chrono::Duration::from_std(age).ok())
+            .and_then(|age| Utc::now().checked_sub_signed(age));
+        if let Some(cutoff) = cutoff {
             // Oldest first along the `at` index, each chunk starting at the time the last one
             // ended: a scan from the start would cross every row deleted so far (dead until
             // vacuumed), and one in id order would read the whole table to find no more.
@@ -500,5 +528,24 @@ where
             }
         }
         Ok(pruned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_statements_cap_rows_and_bytes() {
+        let small = FieldChange::new("f", None, Some("x"));
+        let rows: Vec<(i64, &FieldChange)> = (0..2_500).map(|i| (i, &small)).collect();
+        let sizes: Vec<usize> = field_statements(&rows).iter().map(|s| s.len()).collect();
+        assert_eq!(sizes, [1_000, 1_000, 500]);
+        let big_value = "p".repeat(3 << 20);
+        let big = FieldChange::new("payload", Some(&big_value), None);
+        let rows: Vec<(i64, &FieldChange)> = (0..5).map(|i| (i, &big)).collect();
+        let sizes: Vec<usize> = field_statements(&rows).iter().map(|s| s.len()).collect();
+        assert_eq!(sizes, [1, 1, 1, 1, 1], "each 3 MiB value alone: two would pass 4 MiB");
+        assert!(field_statements(&[]).is_empty());
     }
 }

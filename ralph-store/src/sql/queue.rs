@@ -917,7 +917,9 @@ where
         check_queue(queue)?;
         let changed = self
             .retrying(JOB, || async {
-                let mut tx = self.begin(JOB).await?;
+                // At READ COMMITTED on MySQL: an UPDATE that matches no row (a queue's first
+                // pause) takes no gap lock there, so first pauses of two queues do not deadlock.
+                let mut tx = self.begin_locking(JOB).await?;
                 let mut qb = QueryBuilder::new("UPDATE queue_settings SET paused = ");
                 qb.push_bind(paused)
                     .push(" WHERE queue = ")

@@ -482,6 +482,20 @@ where
         Self::diff_groups(conn, id, current, &wanted).await
     }
 
+    /// The stored user as a write's history compares it; `None` when the user's rows do not
+    /// parse (a country code the validator no longer knows, say): the write goes on, and its
+    /// record goes without earlier values, rather than the write that would fix the row failing.
+    async fn stored_for_history(conn: &mut DB::Connection, id: i64) -> Result<Option<StoredMirror>, StoreError> {
+        match Self::stored_mirror(conn, UserKey::Id(id)).await {
+            Ok(stored) => Ok(stored),
+            Err(StoreError::Corrupt { detail, .. }) => {
+                debug!(target: TRACE_TARGET, id, detail, "stored user unreadable: recorded without earlier values");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The user with profile and groups in one round trip (one row per group), or `None`.
     async fn stored_mirror(conn: &mut DB::Connection, key: UserKey<'_>) -> Result<Option<StoredMirror>, StoreError> {
         Ok(Self::stored_mirrors(conn, key).await?.into_values().next())
@@ -765,13 +779,18 @@ where
         self.retrying(USER, || async {
             let mut tx = self.begin(USER).await?;
             let id = Self::lock_user(&mut tx, &user.username).await?.ok_or_else(|| not_found(&user.username))?;
-            let stored =
-                Self::stored_mirror(&mut tx, UserKey::Id(id)).await?.ok_or_else(|| not_found(&user.username))?;
+            let stored = Self::stored_for_history(&mut tx, id).await?;
             Self::write_user(&mut tx, id, user).await?;
-            let password = (user.source == UserSource::Local && stored.has_password).then_some(PASSWORD_SET);
-            let after = user_text(user, password, stored.profile.as_ref(), &stored.group_names);
-            let record =
-                user_record(id, Action::Update, (self.actor().clone(), None), Some(&stored.text()), Some(&after));
+            let password = (user.source == UserSource::Local && stored.as_ref().is_some_and(|s| s.has_password))
+                .then_some(PASSWORD_SET);
+            let after = user_text(
+                user,
+                password,
+                stored.as_ref().and_then(|s| s.profile.as_ref()),
+                stored.as_ref().map_or(&BTreeSet::new(), |s| &s.group_names),
+            );
+            let before = stored.as_ref().map(StoredMirror::text);
+            let record = user_record(id, Action::Update, (self.actor().clone(), None), before.as_ref(), Some(&after));
             Self::write_history(&mut tx, &[record], &new_correlation(), Utc::now()).await?;
             commit(tx, USER).await
         })
@@ -782,12 +801,12 @@ where
         self.retrying(USER, || async {
             let mut tx = self.begin(USER).await?;
             let id = Self::lock_user(&mut tx, username).await?.ok_or_else(|| not_found(username))?;
-            let stored = Self::stored_mirror(&mut tx, UserKey::Id(id)).await?.ok_or_else(|| not_found(username))?;
+            let before = Self::stored_for_history(&mut tx, id).await?.map(|s| s.text()).unwrap_or_default();
             let mut qb = QueryBuilder::new("DELETE FROM users WHERE id = ");
             qb.push_bind(Some(id));
             qb.build().execute(&mut *tx).await.map_err(err(USER))?;
             // The deleted account's last values, so that it can be told who it was.
-            let record = user_record(id, Action::Delete, (self.actor().clone(), None), Some(&stored.text()), None);
+            let record = user_record(id, Action::Delete, (self.actor().clone(), None), Some(&before), None);
             Self::write_history(&mut tx, &[record], &new_correlation(), Utc::now()).await?;
             commit(tx, USER).await
         })
@@ -867,10 +886,18 @@ where
             let mut tx = self.begin(PROFILE).await?;
             let id = Self::lock_user(&mut tx, username).await?.ok_or_else(|| not_found(username))?;
             // Read under the user's row lock: nobody else adds the profile meanwhile.
-            let stored = Self::stored_mirror(&mut tx, UserKey::Id(id)).await?.ok_or_else(|| not_found(username))?;
-            Self::write_profile(&mut tx, id, profile, stored.profile.is_some()).await?;
+            let stored = Self::stored_for_history(&mut tx, id).await?;
+            let exists = match &stored {
+                Some(stored) => stored.profile.is_some(),
+                None => {
+                    let mut qb = QueryBuilder::new("SELECT user_id FROM profiles WHERE user_id = ");
+                    qb.push_bind(Some(id));
+                    qb.build_query_scalar::<i64>().fetch_optional(&mut *tx).await.map_err(err(PROFILE))?.is_some()
+                }
+            };
+            Self::write_profile(&mut tx, id, profile, exists).await?;
             let (mut before, mut after) = (ColumnText::default(), ColumnText::default());
-            profile_text(stored.profile.as_ref(), &mut before);
+            profile_text(stored.as_ref().and_then(|s| s.profile.as_ref()), &mut before);
             profile_text(Some(profile), &mut after);
             let record = user_record(id, Action::Update, (self.actor().clone(), None), Some(&before), Some(&after));
             Self::write_history(&mut tx, &[record], &new_correlation(), Utc::now()).await?;
