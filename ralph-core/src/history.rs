@@ -591,7 +591,7 @@ mod tests {
         assert!(!nothing.existed && nothing.as_of.is_none());
 
         // At a time: the rows written up to the first one dated later.
-        let all = [create.clone(), update.clone(), delete.clone()];
+        let all = [create, update.clone(), delete];
         let at = |secs: i64| ObjectState::at(&all, DateTime::from_timestamp(secs, 0).unwrap_or_default());
         assert_eq!(at(2).fields.get("serial").map(String::as_str), Some("CZ2"));
         let before = at(0);
