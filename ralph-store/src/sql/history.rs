@@ -126,6 +126,18 @@ impl HistoryRow {
     }
 }
 
+/// The history filter of one object: `h.object_type = ? AND h.object_id = ?`.
+fn of_object<DB>(object_type: &str, object_id: i64) -> impl FnOnce(&mut QueryBuilder<DB>) + '_
+where
+    DB: Backend,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+{
+    move |qb| {
+        qb.push("h.object_type = ").push_bind(Some(object_type)).push(" AND h.object_id = ").push_bind(Some(object_id));
+    }
+}
+
 /// The longest actor name the history keeps, in characters.
 const MAX_ACTOR: usize = 255;
 
@@ -372,34 +384,11 @@ where
         object_id: i64,
         limit: u32,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
-        self.history_where(
-            None,
-            |qb| {
-                qb.push("h.object_type = ")
-                    .push_bind(Some(object_type))
-                    .push(" AND h.object_id = ")
-                    .push_bind(Some(object_id));
-            },
-            "h.id DESC",
-            Some(limit),
-        )
-        .await
+        self.history_where(None, of_object(object_type, object_id), "h.id DESC", Some(limit)).await
     }
 
     async fn object_at(&self, object_type: &str, object_id: i64, at: DateTime<Utc>) -> Result<ObjectState, StoreError> {
-        let entries = self
-            .history_where(
-                None,
-                |qb| {
-                    qb.push("h.object_type = ")
-                        .push_bind(Some(object_type))
-                        .push(" AND h.object_id = ")
-                        .push_bind(Some(object_id));
-                },
-                "h.id",
-                None,
-            )
-            .await?;
+        let entries = self.history_where(None, of_object(object_type, object_id), "h.id", None).await?;
         Ok(ObjectState::at(&entries, at))
     }
 
@@ -410,18 +399,7 @@ where
         field: &str,
         limit: u32,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
-        self.history_where(
-            Some(field),
-            |qb| {
-                qb.push("h.object_type = ")
-                    .push_bind(Some(object_type))
-                    .push(" AND h.object_id = ")
-                    .push_bind(Some(object_id));
-            },
-            "h.id DESC",
-            Some(limit),
-        )
-        .await
+        self.history_where(Some(field), of_object(object_type, object_id), "h.id DESC", Some(limit)).await
     }
 
     async fn deleted_objects(&self, object_type: &str, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
