@@ -31,6 +31,8 @@ pub struct SqlStore<DB: Backend> {
     server: Arc<OnceCell<ServerTraits>>,
     /// Test seam: ids of multi-row inserts from the last insert id even where `RETURNING` works.
     last_insert_id: bool,
+    /// Test seam: `false` applies reconciliation plans one device per transaction only.
+    pub(crate) batched_apply: bool,
     /// The job queues' retry policy for expired leases.
     job_policy: RetryPolicy,
     /// Who the inventory writes of this handle are recorded as, in the change history.
@@ -45,6 +47,7 @@ impl<DB: Backend> Clone for SqlStore<DB> {
             counters: Arc::clone(&self.counters),
             server: Arc::clone(&self.server),
             last_insert_id: self.last_insert_id,
+            batched_apply: self.batched_apply,
             job_policy: self.job_policy,
             actor: self.actor.clone(),
         }
@@ -93,6 +96,7 @@ impl<DB: Backend> SqlStore<DB> {
             counters: Arc::default(),
             server: Arc::default(),
             last_insert_id: false,
+            batched_apply: true,
             job_policy: RetryPolicy::default(),
             actor: Actor::system(),
         }
@@ -142,6 +146,15 @@ impl<DB: Backend> SqlStore<DB> {
     #[must_use]
     pub fn with_last_insert_id_ids(mut self) -> Self {
         self.last_insert_id = true;
+        self
+    }
+
+    /// Test seam: reconciliation plans are applied one device per transaction only, without
+    /// the batched fast path, so a test can hold the two to the same outcome.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn without_batched_apply(mut self) -> Self {
+        self.batched_apply = false;
         self
     }
 

@@ -198,6 +198,90 @@ async fn locks_stale_plans_and_conflicts<S: ReconcileStore + HistoryStore + Inve
     assert!(store.open_conflicts(10).await.expect("conflicts").is_empty());
 }
 
+/// Everything a store holds about its devices that an apply writes: each device, its
+/// components, and their history records (ids, times and correlation ids aside).
+async fn applied_state<S: HistoryStore + InventoryStore>(store: &S) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in Repository::<Device>::list(store).await.expect("devices") {
+        out.push(format!("{:?} {:?}", d.id, d.value));
+        for e in store.object_history("device", d.id.get(), 100).await.expect("history") {
+            out.push(format!("  {:?}", e.record));
+        }
+        for c in store.device_components(d.id).await.expect("components") {
+            out.push(format!("  {:?} {:?}", c.id, c.value));
+            for e in store.object_history("component", c.id.get(), 100).await.expect("history") {
+                out.push(format!("    {:?}", e.record));
+            }
+        }
+    }
+    out
+}
+
+/// The batched fast path and the one-device path give the same outcome: the same plans
+/// applied on two fresh stores, one without batching, leave the same devices, components,
+/// history, item statuses and provenance (the next plan of the same facts is a no-op on both).
+/// Covered: devices created with their ports, host names changed, a port added to a stored
+/// device, and a batch that falls back because one device was edited after planning.
+async fn batched_and_one_by_one_applies_agree<S>(fast: &S, slow: &S)
+where
+    S: ReconcileStore + HistoryStore + InventoryStore,
+{
+    let reconciler = Reconciler::default();
+    let alice = Actor::user("alice");
+    let cold: Vec<Facts> = (0..40).flat_map(|i| [facts(i, "snmp", 10), facts(i, "redfish", 50)]).collect();
+    let warm: Vec<Facts> = (0..40)
+        .map(|i| {
+            let mut f = facts(i, "redfish", 50);
+            f.hostname = Some(format!("host{i}.example.com").parse().expect("hostname"));
+            if i % 5 == 0 {
+                f.components.push(ComponentKind::Ethernet { mac: mac(i, 7), label: None, speed_mbps: None });
+            }
+            f
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for store in [fast, slow] {
+        let mut seen = Vec::new();
+        for (n, facts) in [&cold, &warm].into_iter().enumerate() {
+            let (id, plan) =
+                plan_and_store(store, &reconciler, &Scan::new(&format!("agree-{n}")), facts).await.expect("plan");
+            assert!(plan.writes());
+            if n == 1 {
+                // A person edits one device after the plan: its update is stale.
+                let device = plan
+                    .items
+                    .iter()
+                    .find_map(|i| match &i.change {
+                        Change::UpdateDevice { device, .. } => Some(*device),
+                        _ => None,
+                    })
+                    .expect("an update");
+                store.set_field(device, Field::Hostname, Some("typed.example.com"), &alice, false).await.expect("edit");
+            }
+            let report = store.apply_plan(id, &Actor::source("redfish")).await.expect("apply");
+            let statuses: Vec<(u32, ItemStatus)> =
+                store.load_plan(id).await.expect("plan").items.into_iter().map(|i| (i.seq, i.status)).collect();
+            seen.push(format!(
+                "{} {} {} {:?} {statuses:?}",
+                report.applied, report.failed, report.skipped, report.created
+            ));
+        }
+        assert!(seen[1].contains("stale"), "the edited device's update fails as stale: {}", seen[1]);
+        let (_, again) = plan_and_store(store, &reconciler, &Scan::new("agree-2"), &warm).await.expect("plan");
+        let again: Vec<String> =
+            again.items.iter().map(|i| format!("{:?}", i.change)).chain([format!("{:?}", again.bookkeeping)]).collect();
+        outcomes.push((seen, applied_state(store).await, again));
+    }
+    let (fast, slow) = (&outcomes[0], &outcomes[1]);
+    assert_eq!(fast.0, slow.0, "reports and item statuses");
+    assert_eq!(fast.1.len(), slow.1.len(), "devices, components and history rows");
+    for (a, b) in fast.1.iter().zip(&slow.1) {
+        assert_eq!(a, b);
+    }
+    assert_eq!(fast.2, slow.2, "the next plan of the same facts (provenance)");
+    assert!(fast.1.iter().filter(|l| l.contains("Create")).count() >= 40 * 3, "{:?}", &fast.1[..10]);
+}
+
 /// Inventory writes through the store are on record (actor, diffs, deletions), empty changes
 /// are not; pruning by count and by age.
 async fn inventory_history_and_pruning<S>(store: &S, as_bob: &S)
@@ -387,6 +471,12 @@ mod sqlite {
         let (s, _, _dir) = store().await;
         overlapping_applies(Arc::new(s), 6, 25).await;
     }
+    #[tokio::test]
+    async fn sqlite_batched_and_one_by_one_applies_agree() {
+        let (fast, _, _a) = store().await;
+        let (slow, _, _b) = store().await;
+        batched_and_one_by_one_applies_agree(&fast, &slow.without_batched_apply()).await;
+    }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_overlapping_processes() {
         let (s, url, _dir) = store().await;
@@ -421,6 +511,18 @@ mod postgres {
         &s.acting_as(Actor::user("bob"))
     ));
     pg_test!(pg_overlapping_applies, "rrace", |s, _u| overlapping_applies(Arc::new(s.clone()), 6, 25));
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pg_batched_and_one_by_one_applies_agree() {
+        let Some(a) = pg::fresh("ragree_a").await else { return };
+        let Some(b) = pg::fresh("ragree_b").await else { return };
+        let fast = PgStore::connect(&a.url).await.expect("store");
+        let slow = PgStore::connect(&b.url).await.expect("store");
+        batched_and_one_by_one_applies_agree(&fast, &slow.clone().without_batched_apply()).await;
+        fast.close().await;
+        slow.close().await;
+        pg::drop_db(a).await;
+        pg::drop_db(b).await;
+    }
     pg_test!(pg_overlapping_processes, "rproc", |s, u| overlapping_processes(&s, "postgres", &u));
 }
 
@@ -451,5 +553,17 @@ mod mysql {
         &s.acting_as(Actor::user("bob"))
     ));
     my_test!(my_overlapping_applies, "rrace", |s, _u| overlapping_applies(Arc::new(s.clone()), 6, 25));
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn my_batched_and_one_by_one_applies_agree() {
+        let Some(a) = my::fresh("ragree_a").await else { return };
+        let Some(b) = my::fresh("ragree_b").await else { return };
+        let fast = MySqlStore::connect(&a.url).await.expect("store");
+        let slow = MySqlStore::connect(&b.url).await.expect("store");
+        batched_and_one_by_one_applies_agree(&fast, &slow.clone().without_batched_apply()).await;
+        fast.close().await;
+        slow.close().await;
+        my::drop_db(a).await;
+        my::drop_db(b).await;
+    }
     my_test!(my_overlapping_processes, "rproc", |s, u| overlapping_processes(&s, "mysql", &u));
 }

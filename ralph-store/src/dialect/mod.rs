@@ -64,6 +64,21 @@ pub trait Dialect: sqlx::Database {
     /// `INSERT` that silently skips a row whose unique key exists: the statement's head.
     #[doc(hidden)]
     const INSERT_IGNORE: &'static str;
+    /// A `serial_number` column as the reconciler compares it with upper-cased serials:
+    /// `UPPER(serial_number)`, which an expression index serves; on MySQL the column itself,
+    /// whose case-insensitive collation already compares that way (and whose index a function
+    /// would defeat).
+    #[doc(hidden)]
+    const SERIAL_KEY: &'static str;
+    /// Whether a statement over a list of keys into a table that grows during the operation is
+    /// kept as a prepared statement. Not on PostgreSQL: after five runs it would switch to a
+    /// generic plan costed while the table was small (a scan), and keep it as the table grows.
+    #[doc(hidden)]
+    const PREPARE_KEY_LISTS: bool;
+    /// How many batches of a reconciliation apply run at once, each on its own connection
+    /// (SQLite has one writer: one).
+    #[doc(hidden)]
+    const APPLY_RUNS: usize;
 
     /// The tail of an insert-or-ignore on the unique key `key` (`ON CONFLICT (key) DO NOTHING`).
     #[doc(hidden)]

@@ -68,6 +68,9 @@ impl Dialect for MySql {
     const FOR_SHARE: &'static str = " LOCK IN SHARE MODE";
     const MAX_PARAMETERS: usize = 65_535;
     const INSERT_IGNORE: &'static str = "INSERT IGNORE INTO";
+    const SERIAL_KEY: &'static str = "serial_number";
+    const PREPARE_KEY_LISTS: bool = true;
+    const APPLY_RUNS: usize = 2;
 
     fn ignore_conflict(_key: &str) -> String {
         String::new()

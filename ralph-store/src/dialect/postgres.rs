@@ -55,6 +55,9 @@ impl Dialect for Postgres {
     const FOR_SHARE: &'static str = " FOR SHARE";
     const MAX_PARAMETERS: usize = 65_535;
     const INSERT_IGNORE: &'static str = "INSERT INTO";
+    const SERIAL_KEY: &'static str = "UPPER(serial_number)";
+    const PREPARE_KEY_LISTS: bool = false;
+    const APPLY_RUNS: usize = 2;
 
     fn ignore_conflict(key: &str) -> String {
         format!(" ON CONFLICT ({key}) DO NOTHING")

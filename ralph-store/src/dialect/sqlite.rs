@@ -55,6 +55,9 @@ impl Dialect for Sqlite {
     const FOR_SHARE: &'static str = "";
     const MAX_PARAMETERS: usize = 32_766;
     const INSERT_IGNORE: &'static str = "INSERT INTO";
+    const SERIAL_KEY: &'static str = "UPPER(serial_number)";
+    const PREPARE_KEY_LISTS: bool = true;
+    const APPLY_RUNS: usize = 1;
 
     fn ignore_conflict(key: &str) -> String {
         format!(" ON CONFLICT ({key}) DO NOTHING")

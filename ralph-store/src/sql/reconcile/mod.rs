@@ -14,9 +14,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ralph_core::history::{Action, Actor, FieldChange, HistoryRecord, new_correlation};
 use ralph_core::reconcile::{
-    ApplyReport, Bookkeeping, Change, Checksum, ComponentState, DeviceRef, DeviceState, Field, FieldState, ItemStatus,
-    Misses, Plan, PlanItem, Provenance, ReconcileStore, Scan, ScanId, Snapshot, SnapshotQuery, StoredConflict,
-    Suppressed, Unresolved,
+    ApplyReport, Bookkeeping, Change, Checksum, ComponentState, DeviceRef, DeviceState, Field, FieldDiff, FieldState,
+    ItemStatus, Misses, Plan, PlanItem, Provenance, ReconcileStore, Scan, ScanId, Snapshot, SnapshotQuery,
+    StoredConflict, Suppressed, Unresolved,
 };
 use ralph_core::{
     AssetStatus, Component, ComponentKind, Device, DeviceModel, DeviceType, Entity, Id, Placement, StoreError,
@@ -26,6 +26,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::{ColumnIndex, Connection, Decode, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
 use tracing::{debug, warn};
+
+mod batch;
 
 use super::history::ColumnText;
 use super::inventory::{ComponentRow, Table};
@@ -258,6 +260,91 @@ fn merge_fields(
     fields
 }
 
+/// The values a planned creation gives its device's fields.
+fn created_values(fields: &[FieldDiff]) -> BTreeMap<Field, String> {
+    fields.iter().map(|d| (d.field, d.after.clone())).collect()
+}
+
+/// The device a planned creation makes (model resolved by the caller), validated.
+fn new_device(fields: &[FieldDiff], model: Id<DeviceModel>) -> Result<Device, StoreError> {
+    let values = created_values(fields);
+    let device = Device {
+        hostname: values.get(&Field::Hostname).cloned(),
+        serial_number: values.get(&Field::SerialNumber).cloned(),
+        barcode: None,
+        model,
+        placement: Placement::Unplaced,
+        service_env: None,
+        status: AssetStatus::New,
+        management_ip: values.get(&Field::ManagementIp).and_then(|v| v.parse().ok()),
+    };
+    device.validate().map_err(|e| StoreError::invalid(Device::NAME, e))?;
+    Ok(device)
+}
+
+/// The provenance rows a planned write leaves (never locked: a locked field is not written).
+fn field_states(fields: &[FieldDiff]) -> Vec<(Field, FieldState)> {
+    fields
+        .iter()
+        .map(|d| (d.field, FieldState { value: d.after.clone(), provenance: d.provenance.clone(), locked: false }))
+        .collect()
+}
+
+/// Whether a planned update names another model.
+fn model_changed(fields: &[FieldDiff]) -> bool {
+    fields.iter().any(|d| matches!(d.field, Field::Model | Field::Manufacturer | Field::DeviceType))
+}
+
+/// The device's values after a planned update, checked against its locked current state: a
+/// locked field, or one changed since the plan was made, refuses the update.
+fn checked_update(
+    state: &DeviceState,
+    device: Id<Device>,
+    fields: &[FieldDiff],
+) -> Result<BTreeMap<Field, String>, StoreError> {
+    for d in fields {
+        let current = state.fields.get(&d.field);
+        if current.is_some_and(|f| f.locked) {
+            return Err(StoreError::Conflict {
+                entity: Device::NAME,
+                constraint: format!("field {} is locked", d.field),
+            });
+        }
+        if current.map(|f| f.value.as_str()) != d.before.as_deref() {
+            return Err(StoreError::Conflict {
+                entity: Device::NAME,
+                constraint: format!("stale plan: {} of device {device} changed since it was planned", d.field),
+            });
+        }
+    }
+    let mut values: BTreeMap<Field, String> = state.fields.iter().map(|(f, s)| (*f, s.value.clone())).collect();
+    for d in fields {
+        values.insert(d.field, d.after.clone());
+    }
+    Ok(values)
+}
+
+/// The history record of a device a plan created.
+fn created_record(id: Id<Device>, fields: &[FieldDiff], actor: &Actor) -> HistoryRecord {
+    HistoryRecord::new(Device::NAME, id.get(), Action::Create, actor.clone())
+        .with_changes(fields.iter().map(|d| FieldChange::new(d.field.as_str(), None, Some(&d.after))).collect())
+}
+
+/// The history record of a device a plan updated.
+fn updated_record(id: Id<Device>, fields: &[FieldDiff], actor: &Actor) -> HistoryRecord {
+    HistoryRecord::new(Device::NAME, id.get(), Action::Update, actor.clone()).with_changes(
+        fields.iter().map(|d| FieldChange::new(d.field.as_str(), d.before.as_deref(), Some(&d.after))).collect(),
+    )
+}
+
+/// The model a device with these values names: (type, name, manufacturer); a device without
+/// a model gets one named after its type.
+fn model_key(values: &BTreeMap<Field, String>) -> (DeviceType, String, Option<String>) {
+    let kind = values.get(&Field::DeviceType).and_then(|t| DeviceType::parse(t).ok()).unwrap_or(DeviceType::Unknown);
+    let name = values.get(&Field::Model).map_or_else(|| kind.as_str().to_owned(), Clone::clone);
+    (kind, name, values.get(&Field::Manufacturer).cloned())
+}
+
 /// What one device's transaction did: each item's status, and the devices it created.
 type GroupOutcome = (Vec<(u32, ItemStatus)>, BTreeMap<u32, Id<Device>>);
 
@@ -289,7 +376,13 @@ where
             let mut qb = QueryBuilder::new(sql);
             push_list(&mut qb, chunk.iter().map(|k| Some(k.as_str())));
             qb.push(")");
-            into.extend(qb.build_query_scalar::<i64>().fetch_all(&mut *conn).await.map_err(err(ENTITY))?);
+            into.extend(
+                qb.build_query_scalar::<i64>()
+                    .persistent(DB::PREPARE_KEY_LISTS)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(err(ENTITY))?,
+            );
         }
         Ok(())
     }
@@ -305,7 +398,12 @@ where
             );
             push_list(&mut qb, ids());
             qb.push(") ORDER BY d.id");
-            let devices = qb.build_query_as::<InventoryDeviceRow>().fetch_all(&mut *conn).await.map_err(err(ENTITY))?;
+            let devices = qb
+                .build_query_as::<InventoryDeviceRow>()
+                .persistent(DB::PREPARE_KEY_LISTS)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(err(ENTITY))?;
 
             let mut qb = QueryBuilder::new(
                 "SELECT device_id, field, value, source, priority, observed_at, by_person, locked FROM \
@@ -314,7 +412,13 @@ where
             push_list(&mut qb, ids());
             qb.push(")");
             let mut fields: BTreeMap<i64, BTreeMap<Field, FieldState>> = BTreeMap::new();
-            for r in qb.build_query_as::<FieldRow>().fetch_all(&mut *conn).await.map_err(err(ENTITY))? {
+            for r in qb
+                .build_query_as::<FieldRow>()
+                .persistent(DB::PREPARE_KEY_LISTS)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(err(ENTITY))?
+            {
                 let Some(field) = field_of(&r.field) else { continue };
                 let provenance = Provenance {
                     source: r.source,
@@ -333,6 +437,7 @@ where
             qb.push(") ORDER BY id");
             let components = qb
                 .build_query_as::<ComponentRow>()
+                .persistent(DB::PREPARE_KEY_LISTS)
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(err(ENTITY))?
@@ -348,6 +453,7 @@ where
             qb.push(")");
             let provenance: BTreeMap<i64, ComponentProvenanceRow> = qb
                 .build_query_as::<ComponentProvenanceRow>()
+                .persistent(DB::PREPARE_KEY_LISTS)
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(err(ENTITY))?
@@ -362,6 +468,7 @@ where
             qb.push(")");
             let misses: BTreeMap<i64, MissRow> = qb
                 .build_query_as::<MissRow>()
+                .persistent(DB::PREPARE_KEY_LISTS)
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(err(ENTITY))?
@@ -429,10 +536,7 @@ where
         conn: &mut DB::Connection,
         values: &BTreeMap<Field, String>,
     ) -> Result<Id<DeviceModel>, StoreError> {
-        let kind =
-            values.get(&Field::DeviceType).and_then(|t| DeviceType::parse(t).ok()).unwrap_or(DeviceType::Unknown);
-        let name = values.get(&Field::Model).map_or_else(|| kind.as_str().to_owned(), Clone::clone);
-        let manufacturer = values.get(&Field::Manufacturer).cloned();
+        let (kind, name, manufacturer) = model_key(values);
         let find = async |conn: &mut DB::Connection| -> Result<Option<i64>, StoreError> {
             let mut qb = QueryBuilder::new("SELECT id FROM device_models WHERE name = ");
             qb.push_bind(Some(name.as_str()));
@@ -510,7 +614,7 @@ where
         qb.push_bind(Some(device.get())).push(" AND field IN (");
         push_list(&mut qb, fields.iter().map(|(f, _)| Some(f.as_str())));
         qb.push(")");
-        qb.build().execute(&mut *conn).await.map_err(err(ENTITY))?;
+        qb.build().persistent(DB::PREPARE_KEY_LISTS).execute(&mut *conn).await.map_err(err(ENTITY))?;
         let keys: Vec<Option<String>> = fields.iter().map(|(f, s)| value_key(*f, &s.value)).collect();
         let mut qb = QueryBuilder::new(
             "INSERT INTO reconcile_fields (device_id, field, value, value_key, source, priority, observed_at, \
@@ -527,7 +631,7 @@ where
                 .push_bind(state.provenance.by_person)
                 .push_bind(state.locked);
         });
-        qb.build().execute(&mut *conn).await.map(drop).map_err(err(ENTITY))
+        qb.build().persistent(DB::PREPARE_KEY_LISTS).execute(&mut *conn).await.map(drop).map_err(err(ENTITY))
     }
 
     /// Creates or replaces a component's provenance row (its miss counter kept).
@@ -552,26 +656,8 @@ where
 
     /// Creates a component's provenance row with `provenance` unless it has one (or the
     /// component is gone).
-    async fn ensure_component_row(
-        conn: &mut DB::Connection,
-        component: i64,
-        provenance: &Provenance,
-    ) -> Result<(), StoreError> {
-        let mut qb = QueryBuilder::new(format!(
-            "{} reconcile_components (component_id, source, priority, observed_at, by_person, miss_count) SELECT id, ",
-            DB::INSERT_IGNORE
-        ));
-        qb.push_bind(Some(provenance.source.as_str()))
-            .push(", ")
-            .push_bind(Some(i64::from(provenance.priority)))
-            .push(", ")
-            .push_bind(Some(provenance.at))
-            .push(", ")
-            .push_bind(provenance.by_person)
-            .push(", 0 FROM components WHERE id = ")
-            .push_bind(Some(component))
-            .push(DB::ignore_conflict("component_id"));
-        qb.build().execute(&mut *conn).await.map(drop).map_err(err(ENTITY))
+    async fn ensure_component_row(conn: &mut DB::Connection, component: i64, p: &Provenance) -> Result<(), StoreError> {
+        Self::ensure_component_rows(conn, (p.source.as_str(), p.priority, p.at, p.by_person), &[component]).await
     }
 
     /// The stored component, locked, checked to be on `device` with `kind`.
@@ -641,81 +727,20 @@ where
         };
         match change {
             Change::CreateDevice { device: key, fields, .. } => {
-                let values: BTreeMap<Field, String> = fields.iter().map(|d| (d.field, d.after.clone())).collect();
-                let model = Self::model_for(conn, &values).await?;
-                let device = Device {
-                    hostname: values.get(&Field::Hostname).cloned(),
-                    serial_number: values.get(&Field::SerialNumber).cloned(),
-                    barcode: None,
-                    model,
-                    placement: Placement::Unplaced,
-                    service_env: None,
-                    status: AssetStatus::New,
-                    management_ip: values.get(&Field::ManagementIp).and_then(|v| v.parse().ok()),
-                };
-                device.validate().map_err(|e| StoreError::invalid(Device::NAME, e))?;
+                let model = Self::model_for(conn, &created_values(fields)).await?;
+                let device = new_device(fields, model)?;
                 let id = Id::new(Self::insert_row(conn, &device).await?);
-                let states: Vec<(Field, FieldState)> = fields
-                    .iter()
-                    .map(|d| {
-                        (
-                            d.field,
-                            FieldState { value: d.after.clone(), provenance: d.provenance.clone(), locked: false },
-                        )
-                    })
-                    .collect();
+                let states = field_states(fields);
                 Self::write_fields(conn, id, &states.iter().map(|(f, s)| (*f, s)).collect::<Vec<_>>()).await?;
-                let record = HistoryRecord::new(Device::NAME, id.get(), Action::Create, actor.clone()).with_changes(
-                    fields.iter().map(|d| FieldChange::new(d.field.as_str(), None, Some(&d.after))).collect(),
-                );
-                Ok((vec![record], Some((*key, id))))
+                Ok((vec![created_record(id, fields, actor)], Some((*key, id))))
             }
             Change::UpdateDevice { device, fields } => {
                 let state = Self::locked_state(conn, *device).await?;
-                for d in fields {
-                    let current = state.fields.get(&d.field);
-                    if current.is_some_and(|f| f.locked) {
-                        return Err(StoreError::Conflict {
-                            entity: Device::NAME,
-                            constraint: format!("field {} is locked", d.field),
-                        });
-                    }
-                    if current.map(|f| f.value.as_str()) != d.before.as_deref() {
-                        return Err(StoreError::Conflict {
-                            entity: Device::NAME,
-                            constraint: format!(
-                                "stale plan: {} of device {device} changed since it was planned",
-                                d.field
-                            ),
-                        });
-                    }
-                }
-                let mut values: BTreeMap<Field, String> =
-                    state.fields.iter().map(|(f, s)| (*f, s.value.clone())).collect();
-                for d in fields {
-                    values.insert(d.field, d.after.clone());
-                }
-                let model_changed =
-                    fields.iter().any(|d| matches!(d.field, Field::Model | Field::Manufacturer | Field::DeviceType));
-                Self::write_device_columns(conn, *device, &values, model_changed).await?;
-                let states: Vec<(Field, FieldState)> = fields
-                    .iter()
-                    .map(|d| {
-                        (
-                            d.field,
-                            FieldState { value: d.after.clone(), provenance: d.provenance.clone(), locked: false },
-                        )
-                    })
-                    .collect();
+                let values = checked_update(&state, *device, fields)?;
+                Self::write_device_columns(conn, *device, &values, model_changed(fields)).await?;
+                let states = field_states(fields);
                 Self::write_fields(conn, *device, &states.iter().map(|(f, s)| (*f, s)).collect::<Vec<_>>()).await?;
-                let record = HistoryRecord::new(Device::NAME, device.get(), Action::Update, actor.clone())
-                    .with_changes(
-                        fields
-                            .iter()
-                            .map(|d| FieldChange::new(d.field.as_str(), d.before.as_deref(), Some(&d.after)))
-                            .collect(),
-                    );
-                Ok((vec![record], None))
+                Ok((vec![updated_record(*device, fields, actor)], None))
             }
             Change::DeleteDevice { device, misses } => {
                 let state = Self::locked_state(conn, *device).await?;
@@ -913,54 +938,6 @@ where
         .await
     }
 
-    async fn apply_bookkeeping(conn: &mut DB::Connection, update: &Bookkeeping) -> Result<(), StoreError> {
-        match update {
-            Bookkeeping::FieldProvenance { device, field, provenance } => {
-                let mut qb = QueryBuilder::new("UPDATE reconcile_fields SET source = ");
-                qb.push_bind(Some(provenance.source.as_str()))
-                    .push(", priority = ")
-                    .push_bind(Some(i64::from(provenance.priority)))
-                    .push(", observed_at = ")
-                    .push_bind(Some(provenance.at))
-                    .push(", by_person = ")
-                    .push_bind(provenance.by_person)
-                    .push(" WHERE device_id = ")
-                    .push_bind(Some(device.get()))
-                    .push(" AND field = ")
-                    .push_bind(Some(field.as_str()));
-                qb.build().execute(&mut *conn).await.map(drop).map_err(err(ENTITY))
-            }
-            Bookkeeping::ComponentProvenance { component, provenance } => {
-                Self::write_component_provenance(conn, component.get(), provenance).await
-            }
-            Bookkeeping::DeviceMisses { device, misses } => {
-                let mut qb = QueryBuilder::new(format!(
-                    "{} reconcile_devices (device_id, miss_count) SELECT id, 0 FROM devices WHERE id = ",
-                    DB::INSERT_IGNORE
-                ));
-                qb.push_bind(Some(device.get())).push(DB::ignore_conflict("device_id"));
-                qb.build().execute(&mut *conn).await.map_err(err(ENTITY))?;
-                let mut qb = QueryBuilder::new("UPDATE reconcile_devices SET miss_count = ");
-                qb.push_bind(Some(i64::from(misses.count)))
-                    .push(", miss_scan = ")
-                    .push_bind(misses.last_scan.as_ref().map(|s| s.0.as_str()))
-                    .push(" WHERE device_id = ")
-                    .push_bind(Some(device.get()));
-                qb.build().execute(&mut *conn).await.map(drop).map_err(err(ENTITY))
-            }
-            Bookkeeping::ComponentMisses { component, misses } => {
-                Self::ensure_component_row(conn, component.get(), &inventory_provenance()).await?;
-                let mut qb = QueryBuilder::new("UPDATE reconcile_components SET miss_count = ");
-                qb.push_bind(Some(i64::from(misses.count)))
-                    .push(", miss_scan = ")
-                    .push_bind(misses.last_scan.as_ref().map(|s| s.0.as_str()))
-                    .push(" WHERE component_id = ")
-                    .push_bind(Some(component.get()));
-                qb.build().execute(&mut *conn).await.map(drop).map_err(err(ENTITY))
-            }
-        }
-    }
-
     /// Stores the checksums of an applied plan, replacing older ones of the same addresses.
     async fn store_checksums(&self, scan: &ScanId, checksums: &BTreeMap<IpAddr, Checksum>) -> Result<(), StoreError> {
         let rows: Vec<(String, String, &str)> =
@@ -1037,7 +1014,7 @@ where
         let list = |v: Vec<String>| v;
         Self::ids_in(
             &mut conn,
-            "SELECT id FROM devices WHERE UPPER(serial_number) IN (",
+            &format!("SELECT id FROM devices WHERE {} IN (", DB::SERIAL_KEY),
             &list(query.serials.iter().cloned().collect()),
             &mut ids,
         )
@@ -1051,7 +1028,7 @@ where
         .await?;
         Self::ids_in(
             &mut conn,
-            "SELECT device_id FROM components WHERE kind = 'disk' AND UPPER(serial_number) IN (",
+            &format!("SELECT device_id FROM components WHERE kind = 'disk' AND {} IN (", DB::SERIAL_KEY),
             &list(query.disk_serials.iter().cloned().collect()),
             &mut ids,
         )
@@ -1257,65 +1234,108 @@ where
             })
             .collect();
         order.sort();
-        for (_, _, device) in order {
-            let items = &groups[&device];
-            let whole = matches!(device, DeviceRef::New(_));
-            let outcome = self
-                .retrying(ENTITY, || {
-                    self.apply_group(plan_id, &plan.scan, items, &statuses, &created, actor, &correlation, whole)
-                })
+        let order: Vec<DeviceRef> = order.into_iter().map(|(_, _, device)| device).collect();
+        let mut next = 0;
+        while next < order.len() {
+            // Runs of devices the fast path takes, each in one transaction, up to
+            // `DB::APPLY_RUNS` at once: their devices and items are disjoint, and no item of
+            // one depends on an item of another (`batchable` admits only dependencies already
+            // applied or inside the device's own group). Devices whose run cannot be applied
+            // go one by one below, with the same outcome.
+            let mut runs: Vec<Vec<(DeviceRef, &[&PlanItem])>> = Vec::new();
+            while self.batched_apply && runs.len() < DB::APPLY_RUNS {
+                let mut run: Vec<(DeviceRef, &[&PlanItem])> = Vec::new();
+                while let Some(device) = order.get(next).copied() {
+                    let items = groups[&device].as_slice();
+                    if run.len() >= batch::BATCH_DEVICES || !batch::batchable(device, items, &statuses) {
+                        break;
+                    }
+                    run.push((device, items));
+                    next += 1;
+                }
+                if run.is_empty() {
+                    break;
+                }
+                runs.push(run);
+            }
+            let mut one_by_one: Vec<DeviceRef> = Vec::new();
+            if runs.is_empty() {
+                one_by_one.push(order[next]);
+                next += 1;
+            }
+            let outcomes =
+                futures::future::join_all(runs.iter().map(|run| {
+                    self.retrying(ENTITY, || self.apply_batch(plan_id, &plan.scan, run, actor, &correlation))
+                }))
                 .await;
-            match outcome {
-                Ok((results, made)) => {
-                    created = made;
-                    for (seq, status) in results {
-                        match &status {
-                            ItemStatus::Applied => report.applied += 1,
-                            ItemStatus::Failed(_) => report.failed += 1,
-                            ItemStatus::Skipped(_) => report.skipped += 1,
-                            ItemStatus::Pending => {}
+            for (run, outcome) in runs.iter().zip(outcomes) {
+                match outcome {
+                    Ok(Some((results, made))) => {
+                        created.extend(made);
+                        for (seq, status) in results {
+                            report.applied += 1;
+                            statuses.insert(seq, status == ItemStatus::Applied);
                         }
-                        statuses.insert(seq, status == ItemStatus::Applied);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        debug!(target: TRACE_TARGET, plan = plan_id.get(), error = %e, "batch failed; applying its devices one by one");
                     }
                 }
-                Err(e) => {
-                    warn!(target: TRACE_TARGET, plan = plan_id.get(), ?device, error = %e, "device transaction failed");
-                    let reason = error_text(&e);
-                    let failed: Vec<(u32, ItemStatus)> = items
-                        .iter()
-                        .enumerate()
-                        .map(|(n, i)| {
-                            let s = if n == 0 {
-                                ItemStatus::Failed(reason.clone())
-                            } else {
-                                ItemStatus::Skipped(format!("item {} was not applied", items[0].seq))
-                            };
-                            (i.seq, s)
-                        })
-                        .collect();
-                    self.fail_items(plan_id, &failed).await?;
-                    for (seq, s) in failed {
-                        if matches!(s, ItemStatus::Failed(_)) {
-                            report.failed += 1;
-                        } else {
-                            report.skipped += 1;
+                one_by_one.extend(run.iter().map(|(device, _)| *device));
+            }
+            for device in one_by_one {
+                let items = &groups[&device];
+                let whole = matches!(device, DeviceRef::New(_));
+                let outcome = self
+                    .retrying(ENTITY, || {
+                        self.apply_group(plan_id, &plan.scan, items, &statuses, &created, actor, &correlation, whole)
+                    })
+                    .await;
+                match outcome {
+                    Ok((results, made)) => {
+                        created = made;
+                        for (seq, status) in results {
+                            match &status {
+                                ItemStatus::Applied => report.applied += 1,
+                                ItemStatus::Failed(_) => report.failed += 1,
+                                ItemStatus::Skipped(_) => report.skipped += 1,
+                                ItemStatus::Pending => {}
+                            }
+                            statuses.insert(seq, status == ItemStatus::Applied);
                         }
-                        statuses.insert(seq, false);
+                    }
+                    Err(e) => {
+                        warn!(target: TRACE_TARGET, plan = plan_id.get(), ?device, error = %e, "device transaction failed");
+                        let reason = error_text(&e);
+                        let failed: Vec<(u32, ItemStatus)> = items
+                            .iter()
+                            .enumerate()
+                            .map(|(n, i)| {
+                                let s = if n == 0 {
+                                    ItemStatus::Failed(reason.clone())
+                                } else {
+                                    ItemStatus::Skipped(format!("item {} was not applied", items[0].seq))
+                                };
+                                (i.seq, s)
+                            })
+                            .collect();
+                        self.fail_items(plan_id, &failed).await?;
+                        for (seq, s) in failed {
+                            if matches!(s, ItemStatus::Failed(_)) {
+                                report.failed += 1;
+                            } else {
+                                report.skipped += 1;
+                            }
+                            statuses.insert(seq, false);
+                        }
                     }
                 }
             }
         }
         // Bookkeeping in short transactions; a device or component gone since is skipped.
-        for chunk in plan.bookkeeping.chunks(CHUNK) {
-            self.retrying(ENTITY, || async {
-                let mut tx = self.begin(ENTITY).await?;
-                for update in chunk {
-                    Self::apply_bookkeeping(&mut tx, update).await?;
-                }
-                commit(tx, ENTITY).await
-            })
-            .await?;
-        }
+        self.apply_bookkeeping_grouped(&plan.bookkeeping).await?;
         for chunk in plan.suppressed.chunks(CHUNK) {
             self.retrying(ENTITY, || async {
                 let mut tx = self.begin(ENTITY).await?;
