@@ -12,6 +12,9 @@
 //!   missing group…), 503 directory or store unavailable.
 //! - **Status page** (ralph-web) under `/admin/queues` for staff users (others get 403).
 //! - **Discovery workers** for the queues in the config's `[[workers]]`.
+//! - **Change-history retention**: every `prune_every_secs` the server queues a prune job
+//!   (`ralph.history.prune`, shown on the status page) unless one is already waiting, and runs
+//!   the waiting ones: several servers on one database share the work and prune once.
 //! - **SIGTERM / SIGINT: graceful drain**. No new connection is accepted; requests in flight
 //!   (logins) finish; workers stop their scans, record what they found and re-enqueue the
 //!   unscanned rest; then the process exits 0. Connections that stay open (live updates) are
@@ -36,6 +39,11 @@
 //! [ldap]                                  # ralph_ldap::LdapConfig, as in ldap.toml
 //! server_uris = ["ldaps://dc1.corp.example"]
 //! # …
+//!
+//! [history]                               # change-history retention (defaults shown)
+//! max_age_days = 365                      # rows older than this go; omit for any age
+//! # max_per_object = 1000                 # at most this many rows per object
+//! prune_every_secs = 3600
 //!
 //! [[workers]]
 //! name = "dc1-scanner"                    # unique per worker (heartbeat rows)
@@ -65,7 +73,8 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use clap::Parser;
 use ralph_core::auth::LoginError;
-use ralph_core::{AuthChain, Credentials, LocalBackend, Secret, User, UserStore};
+use ralph_core::history::{PRUNE_QUEUE, Retention, enqueue_prune, run_prune_jobs};
+use ralph_core::{AuthChain, Credentials, LocalBackend, QueueAdmin, Secret, User, UserStore};
 use ralph_discovery::{CancellationToken, RateConfig, ScanConfig, Scanner, Worker, WorkerConfig};
 use ralph_ldap::{LdapBackend, LdapConfig};
 use ralph_store::AnyStore;
@@ -110,6 +119,85 @@ struct Config {
     /// Discovery workers.
     #[serde(default)]
     workers: Vec<WorkerSpec>,
+    /// Change-history retention.
+    #[serde(default)]
+    history: HistoryConfig,
+}
+
+/// `[history]`: how long change history is kept, pruned by a queued job.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryConfig {
+    /// Rows older than this many days are pruned (none: any age is kept).
+    #[serde(default = "default_history_days")]
+    max_age_days: Option<u64>,
+    /// At most this many rows are kept per object (none: any number).
+    #[serde(default)]
+    max_per_object: Option<u32>,
+    /// How often a prune job is queued.
+    #[serde(default = "default_prune_every")]
+    prune_every_secs: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self { max_age_days: default_history_days(), max_per_object: None, prune_every_secs: default_prune_every() }
+    }
+}
+
+#[allow(clippy::unnecessary_wraps)] // serde's default for an optional setting
+const fn default_history_days() -> Option<u64> {
+    Some(365)
+}
+
+const fn default_prune_every() -> u64 {
+    3600
+}
+
+impl HistoryConfig {
+    fn retention(&self) -> Retention {
+        let mut retention = Retention::default();
+        if let Some(days) = self.max_age_days {
+            retention = retention.with_max_age(Duration::from_secs(days.saturating_mul(86_400)));
+        }
+        if let Some(n) = self.max_per_object {
+            retention = retention.with_max_per_object(n);
+        }
+        retention
+    }
+}
+
+/// Queues a prune job every `prune_every_secs` (unless one is waiting) and runs the waiting
+/// ones, until `stop`. The retention is read at start (a reload does not change it).
+async fn prune_history(store: AnyStore, config: HistoryConfig, stop: CancellationToken) {
+    let retention = config.retention();
+    let worker = format!("server-{}", std::process::id());
+    let mut tick = tokio::time::interval(Duration::from_secs(config.prune_every_secs.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let waiting = store.stats(PRUNE_QUEUE).await.map(|s| s.pending + s.running);
+        if matches!(waiting, Ok(0))
+            && let Err(e) = enqueue_prune(&store, PRUNE_QUEUE, &retention).await
+        {
+            tracing::warn!(target: TRACE, error = %e, "could not queue a history prune");
+        }
+        let run = tokio::select! {
+            () = stop.cancelled() => return,
+            run = run_prune_jobs(&store, PRUNE_QUEUE, &worker, Duration::from_secs(600)) => run,
+        };
+        match run {
+            Ok(run) if run.jobs + run.rejected + run.lease_lost > 0 => {
+                tracing::info!(target: TRACE, jobs = run.jobs, rows = run.rows, "change history pruned");
+                println!("PRUNED {} {}", run.jobs, run.rows);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(target: TRACE, error = %e, "history prune failed; tried again next period"),
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -560,6 +648,8 @@ async fn run(path: &Path, config: Config) -> Result<(), String> {
 
     let mut workers = Workers { store: store.clone(), running: BTreeMap::new(), draining: Vec::new() };
     workers.apply(&config.workers).await;
+    let pruner_stop = CancellationToken::new();
+    let pruner = tokio::spawn(prune_history(store.clone(), config.history.clone(), pruner_stop.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("{}: {e}", config.listen))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
@@ -616,6 +706,10 @@ async fn run(path: &Path, config: Config) -> Result<(), String> {
         Ok(Ok(Err(e))) => tracing::error!(target: TRACE, error = %e, "server error"),
         Ok(Err(e)) => tracing::error!(target: TRACE, error = %e, "server task failed"),
         Err(_) => tracing::warn!(target: TRACE, "connections still open after the drain timeout were cut"),
+    }
+    pruner_stop.cancel();
+    if let Err(e) = pruner.await {
+        tracing::error!(target: TRACE, error = %e, "history pruner failed");
     }
     store.close().await;
     println!("DRAINED");

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ralph_core::{IpAddress, JobQueue, QueueAdmin, Repository};
+use ralph_core::history::HistoryStore;
+use ralph_core::{IpAddress, JobQueue, QueueAdmin, Repository, UserStore};
 use ralph_discovery::ScanJob;
 use ralph_store::AnyStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -139,6 +140,30 @@ async fn status_page_is_for_staff_sessions_only() {
     let closed =
         http(a, "GET", "/admin/queues", &[("Cookie", &viewer.session().expect("cookie"))], "").await.expect("page");
     assert_eq!(closed.status, 403);
+    s.close().await;
+    server.stop().await;
+}
+
+/// The `[history]` retention: the server queues a prune job and runs it; history older than
+/// the retention (here: any) goes, and the job shows as done on its queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_pruned_by_a_queued_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = format!("sqlite://{}?mode=rwc", dir.path().join("s.sqlite3").display());
+    let s = AnyStore::connect(&store).await.expect("store");
+    s.create_user(&ralph_core::User::new("old-timer").expect("user")).await.expect("create");
+    let id = s.get_user("old-timer").await.expect("user").expect("stored").id;
+    assert!(!s.object_history("user", id.get(), 10).await.expect("history").is_empty(), "the creation is on record");
+    let mut server = Server::start(
+        dir.path(),
+        &format!("listen = \"127.0.0.1:0\"\nstore = \"{store}\"\n[history]\nmax_age_days = 0\nprune_every_secs = 1\n"),
+    )
+    .await;
+    let line = wait_line(&mut server.lines, "PRUNED ", Duration::from_secs(60)).await;
+    assert!(line.starts_with("PRUNED 1 "), "{line}");
+    assert!(s.object_history("user", id.get(), 10).await.expect("history").is_empty(), "{line}");
+    let stats = s.stats(ralph_core::history::PRUNE_QUEUE).await.expect("stats");
+    assert!(stats.done >= 1 && stats.dead == 0, "{stats:?}");
     s.close().await;
     server.stop().await;
 }

@@ -33,6 +33,8 @@ pub struct SqlStore<DB: Backend> {
     last_insert_id: bool,
     /// Test seam: `false` applies reconciliation plans one device per transaction only.
     pub(crate) batched_apply: bool,
+    /// Whether recorded scan results write change history (see [`SqlStore::without_scan_history`]).
+    pub(crate) scan_history: bool,
     /// The job queues' retry policy for expired leases.
     job_policy: RetryPolicy,
     /// Who the inventory writes of this handle are recorded as, in the change history.
@@ -48,6 +50,7 @@ impl<DB: Backend> Clone for SqlStore<DB> {
             server: Arc::clone(&self.server),
             last_insert_id: self.last_insert_id,
             batched_apply: self.batched_apply,
+            scan_history: self.scan_history,
             job_policy: self.job_policy,
             actor: self.actor.clone(),
         }
@@ -97,6 +100,7 @@ impl<DB: Backend> SqlStore<DB> {
             server: Arc::default(),
             last_insert_id: false,
             batched_apply: true,
+            scan_history: true,
             job_policy: RetryPolicy::default(),
             actor: Actor::system(),
         }
@@ -146,6 +150,18 @@ impl<DB: Backend> SqlStore<DB> {
     #[must_use]
     pub fn with_last_insert_id_ids(mut self) -> Self {
         self.last_insert_id = true;
+        self
+    }
+
+    /// Scan results recorded through this handle write no change history. By default every
+    /// change of an address's followed facts (HTTP family, SNMP name, community, version) that
+    /// [`ScanResultStore::record_observations`](ralph_core::ScanResultStore::record_observations)
+    /// makes is on record, which costs a locking read of the addresses whose facts may change
+    /// (a bare "alive" never does) and the history rows themselves; `BENCHMARKS.md` has both
+    /// figures. For a host that keeps fact history elsewhere, or none.
+    #[must_use]
+    pub fn without_scan_history(mut self) -> Self {
+        self.scan_history = false;
         self
     }
 

@@ -1,22 +1,48 @@
 //! Bulk upsert of scan observations on SQLite, PostgreSQL and MariaDB: the SQL agrees with
 //! `apply_observation` on random inputs, buried addresses stay untouched, batches larger than
-//! one statement's parameter budget work, and a refused batch writes nothing.
+//! one statement's parameter budget work, and a refused batch writes nothing. Every change of
+//! an address's followed facts (HTTP family, SNMP name, community, version) is on record, once,
+//! and its history replays to what the store holds.
 
 mod queue_common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
+use ralph_core::history::HistoryStore;
 use ralph_core::{
-    InventoryStore, IpAddress, Observation, RecordSummary, Repository, ScanResultStore, Secret, SnmpVersion,
+    Entity, InventoryStore, IpAddress, Observation, RecordSummary, Repository, ScanResultStore, Secret, SnmpVersion,
     apply_observation,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-trait Store: ScanResultStore + InventoryStore + Repository<IpAddress> {}
-impl<T: ScanResultStore + InventoryStore + Repository<IpAddress>> Store for T {}
+trait Store: ScanResultStore + InventoryStore + Repository<IpAddress> + HistoryStore {}
+impl<T: ScanResultStore + InventoryStore + Repository<IpAddress> + HistoryStore> Store for T {}
+
+/// The facts of an address its history follows.
+type Facts = (Option<String>, Option<String>, Option<String>, Option<&'static str>);
+
+fn facts_of(r: Option<&IpAddress>) -> Option<Facts> {
+    r.map(|r| {
+        (
+            r.http_family.clone(),
+            r.snmp_name.clone(),
+            r.snmp_community.as_ref().map(|c| c.expose().to_owned()),
+            r.snmp_version.map(SnmpVersion::as_str),
+        )
+    })
+}
+
+/// Whether a write from `before` to `after` changes a followed fact (a new address: whether
+/// it has any).
+fn facts_changed(before: Option<&IpAddress>, after: &IpAddress) -> bool {
+    match facts_of(before) {
+        Some(b) => Some(b) != facts_of(Some(after)),
+        None => facts_of(Some(after)) != Some((None, None, None, None)),
+    }
+}
 
 fn addr(i: u32) -> IpAddr {
     IpAddr::from([10, 9, (i >> 8) as u8, i as u8])
@@ -59,27 +85,48 @@ fn expected(
     mut known: HashMap<IpAddr, IpAddress>,
     observations: &[Observation],
     limit: u32,
-) -> (HashMap<IpAddr, IpAddress>, RecordSummary) {
+) -> (HashMap<IpAddr, IpAddress>, RecordSummary, BTreeMap<IpAddr, usize>) {
     let mut summary = RecordSummary::default();
+    let mut records: BTreeMap<IpAddr, usize> = BTreeMap::new();
     for o in observations {
         match known.get_mut(&o.address) {
             Some(r) if r.is_buried => {}
             Some(r) => {
                 summary.updated += 1;
+                let before = r.clone();
                 if apply_observation(r, o, limit) {
                     summary.changed += 1;
+                }
+                if facts_changed(Some(&before), r) {
+                    *records.entry(o.address).or_default() += 1;
                 }
             }
             None if o.alive => {
                 let mut r = IpAddress::new(o.address);
                 apply_observation(&mut r, o, limit);
                 summary.inserted += 1;
+                if facts_changed(None, &r) {
+                    *records.entry(o.address).or_default() += 1;
+                }
                 known.insert(o.address, r);
             }
             None => {}
         }
     }
-    (known, summary)
+    (known, summary, records)
+}
+
+/// The history records of the address with id `id` that scan results wrote.
+async fn scan_records<S: Store>(store: &S, id: i64) -> usize {
+    let history = store.object_history(IpAddress::NAME, id, 1000).await.expect("history");
+    for e in &history {
+        assert!(!e.record.changes.is_empty(), "no empty history rows: {e:?}");
+        assert!(
+            e.record.changes.iter().all(|c| c.field != "last_seen" && c.field != "dead_ping_count"),
+            "noise is not history: {e:?}"
+        );
+    }
+    history.iter().filter(|e| e.record.message.as_deref().is_some_and(|m| m.starts_with("scan results"))).count()
 }
 
 /// Random existing rows, random batches with repeated addresses, random dead-ping limits: the
@@ -104,13 +151,39 @@ async fn rules_match_apply_observation<S: Store>(store: &S, cases: u32, seed: u6
                     random_observation(&mut rng, a)
                 })
                 .collect();
-            let (want, want_summary) = expected(known.clone(), &observations, limit);
+            let (want, want_summary, want_records) = expected(known.clone(), &observations, limit);
+            let mut records_before = BTreeMap::new();
+            for i in 0..25 {
+                if let Some(r) = store.find_ip(addr(base + i)).await.expect("find") {
+                    records_before.insert(r.value.address, scan_records(store, r.id.get()).await);
+                }
+            }
             let got_summary = store.record_observations(&observations, limit).await.expect("record");
             assert_eq!(got_summary, want_summary, "seed {seed} case {case}: summary");
             for i in 0..25 {
                 let a = addr(base + i);
-                let got = store.find_ip(a).await.expect("find").map(|r| r.value);
-                assert_eq!(got.as_ref(), want.get(&a), "seed {seed} case {case}: address {a} (limit {limit})");
+                let got = store.find_ip(a).await.expect("find");
+                assert_eq!(
+                    got.as_ref().map(|r| &r.value),
+                    want.get(&a),
+                    "seed {seed} case {case}: address {a} (limit {limit})"
+                );
+                let Some(got) = got else { continue };
+                // One record per observation that changed a followed fact, and the history
+                // replays to the stored facts (the community as a secret).
+                let written = scan_records(store, got.id.get()).await - records_before.get(&a).copied().unwrap_or(0);
+                assert_eq!(written, want_records.get(&a).copied().unwrap_or(0), "seed {seed} case {case}: {a} history");
+                let state = store.object_at(IpAddress::NAME, got.id.get(), Utc::now()).await.expect("state");
+                let field = |name: &str| state.fields.get(name).cloned();
+                assert_eq!(field("http_family"), got.value.http_family, "seed {seed} case {case}: {a}");
+                assert_eq!(field("snmp_name"), got.value.snmp_name, "seed {seed} case {case}: {a}");
+                assert_eq!(
+                    field("snmp_version").as_deref(),
+                    got.value.snmp_version.map(SnmpVersion::as_str),
+                    "seed {seed} case {case}: {a}"
+                );
+                assert_eq!(field("snmp_community").is_some(), got.value.snmp_community.is_some());
+                assert!(!field("snmp_community").is_some_and(|c| c.contains("public") || c.contains("private")));
             }
             known = want;
         }

@@ -154,6 +154,16 @@ pub trait Dialect: sqlx::Database {
         max_attempts: u32,
     ) -> Result<Vec<Job>, StoreError>;
 
+    /// Serialises, until `tx` ends, the writers of addresses `keys` that do not exist yet, so
+    /// that of two transactions inserting the same address the second reads the first's row
+    /// once it is committed (and records an update, not a second creation). PostgreSQL:
+    /// transaction-level advisory locks, in key order; MySQL's locking reads already lock the
+    /// gap a missing key would go in, and SQLite has one writer.
+    #[doc(hidden)]
+    async fn lock_new_keys(_tx: &mut sqlx::Transaction<'static, Self>, _keys: &[&str]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Records one round of observations (every address at most once) in `tx`.
     #[doc(hidden)]
     async fn record_round(

@@ -158,6 +158,25 @@ impl Dialect for Postgres {
     /// One statement per round: the stored rows are read in the same snapshot the upsert
     /// starts from (for the counts and to skip buried and unknown-dead addresses), and the
     /// upsert's own row locks serialise it against concurrent writers.
+    async fn lock_new_keys(tx: &mut sqlx::Transaction<'static, Postgres>, keys: &[&str]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // One namespace ("RALP") for these locks, apart from other users of advisory locks;
+        // keys hashed into 256 buckets, so a transaction takes at most 256 of the server's
+        // shared lock slots however many new addresses it writes (a per-key lock for each of
+        // 10,000 new addresses would exhaust them).
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(1380011088, b) FROM (SELECT DISTINCT hashtext(k) & 255 AS b \
+             FROM unnest($1::text[]) AS k) AS buckets ORDER BY b",
+        )
+        .bind(keys)
+        .execute(&mut **tx)
+        .await
+        .map(drop)
+        .map_err(err("IP address"))
+    }
+
     async fn record_round(
         tx: &mut sqlx::Transaction<'static, Postgres>,
         rows: &[ObservationRow<'_>],

@@ -29,19 +29,23 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use ralph_core::history::{Action, HistoryRecord, new_correlation};
 use ralph_core::{
-    Observation, RecordSummary, ScanResultStore, StoreError, ValidationError, check_batch_key, ip_key, ip_to_u128,
-    parse_ip,
+    Entity, IpAddress, Observation, RecordSummary, ScanResultStore, StoreError, ValidationError, check_batch_key,
+    ip_key, ip_to_u128, parse_ip,
 };
 use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
 
 use super::err;
+use super::history::ColumnText;
 #[cfg(any(feature = "sqlite", feature = "mysql"))]
 use super::push_list;
-use crate::dialect::Backend;
+use crate::dialect::{Backend, Stamp};
 use crate::store::{SqlStore, TRACE_TARGET, commit};
 
 const ENTITY: &str = "IP address";
+/// Addresses per read of their followed facts.
+const FACT_CHUNK: usize = 500;
 
 /// Observation rows per statement on the `VALUES` path: nine parameters a row, within the
 /// database's limit on parameters per statement.
@@ -59,8 +63,10 @@ pub(crate) const INSERT_COLUMNS: &str = "address, ip_key, last_seen, dead_ping_c
                                          snmp_community, snmp_version, scan_checksum";
 
 /// One observation, checked and ready to bind.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ObservationRow<'a> {
+    /// The observation itself.
+    pub(crate) observation: &'a Observation,
     pub(crate) ip: u128,
     // Shared strings: SQLite's driver takes an `Arc<str>` as it is, where it copies a `&str`
     // into two new allocations on every bind (and the key is bound twice per round).
@@ -94,6 +100,7 @@ impl<'a> ObservationRow<'a> {
         }
         let snmp = o.snmp_name.is_some();
         Ok(Self {
+            observation: o,
             ip: ralph_core::ip_to_u128(o.address),
             key: ip_key(o.address).into(),
             address: o.address.to_string().into(),
@@ -266,6 +273,59 @@ where
     Ok(summary)
 }
 
+/// The facts of a stored address its change history follows (`last_seen`, the dead-ping
+/// counter and the checksum change on every scan: noise, not history).
+#[derive(FromRow)]
+struct FactRow {
+    id: i64,
+    ip_key: String,
+    dead_ping_count: i64,
+    is_buried: bool,
+    http_family: Option<String>,
+    snmp_name: Option<String>,
+    snmp_community: Option<String>,
+    snmp_version: Option<String>,
+}
+
+impl FactRow {
+    fn text(&self) -> ColumnText {
+        ColumnText(vec![
+            ("http_family", self.http_family.clone()),
+            ("snmp_name", self.snmp_name.clone()),
+            ("snmp_community", self.snmp_community.clone()),
+            ("snmp_version", self.snmp_version.clone()),
+        ])
+    }
+
+    /// The stored address `ip` as far as the scan rules read it (facts and dead-ping count).
+    fn address(&self, ip: IpAddr) -> IpAddress {
+        let mut a = IpAddress::new(ip);
+        a.dead_ping_count = u32::try_from(self.dead_ping_count).unwrap_or(u32::MAX);
+        a.is_buried = self.is_buried;
+        a.http_family.clone_from(&self.http_family);
+        a.snmp_name.clone_from(&self.snmp_name);
+        a.snmp_community = self.snmp_community.as_deref().map(ralph_core::Secret::new);
+        a.snmp_version = self.snmp_version.as_deref().and_then(|v| ralph_core::SnmpVersion::parse(v).ok());
+        a
+    }
+}
+
+/// The followed facts of an address, as [`FactRow::text`] has them.
+fn facts_text(a: &IpAddress) -> ColumnText {
+    ColumnText(vec![
+        ("http_family", a.http_family.clone()),
+        ("snmp_name", a.snmp_name.clone()),
+        ("snmp_community", a.snmp_community.as_ref().map(|c| c.expose().to_owned())),
+        ("snmp_version", a.snmp_version.map(|v| v.as_str().to_owned())),
+    ])
+}
+
+/// Whether recording `row` may change a followed fact: an answer carrying facts sets them, a
+/// dead answer may clear them (at the dead-ping limit). A bare "alive" changes none.
+fn may_change_facts(row: &ObservationRow<'_>) -> bool {
+    !row.alive || row.http_family.is_some() || row.snmp_name.is_some()
+}
+
 fn prepare(observations: &[Observation]) -> Result<Vec<ObservationRow<'_>>, StoreError> {
     observations.iter().map(ObservationRow::new).collect()
 }
@@ -282,11 +342,44 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     for<'r> &'r str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
-    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Decode<'q, DB> + Type<DB>,
     for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Decode<'q, DB> + Type<DB>,
+    for<'q> Stamp: Decode<'q, DB> + Type<DB>,
 {
+    /// The followed facts of the stored addresses among `keys`, by key (`lock`: the row lock
+    /// to take, or "").
+    async fn facts_of(
+        tx: &mut sqlx::Transaction<'static, DB>,
+        keys: &[&str],
+        lock: &str,
+    ) -> Result<HashMap<String, FactRow>, StoreError> {
+        let mut out = HashMap::new();
+        for chunk in keys.chunks(FACT_CHUNK) {
+            let mut qb = QueryBuilder::new(
+                "SELECT id, ip_key, dead_ping_count, is_buried, http_family, snmp_name, snmp_community, \
+                 snmp_version FROM ip_addresses \
+                 WHERE ip_key IN (",
+            );
+            super::push_list(&mut qb, chunk.iter().map(|k| Some(*k)));
+            qb.push(") ORDER BY ip_key").push(lock);
+            let rows = qb
+                .build_query_as::<FactRow>()
+                .persistent(DB::PREPARE_KEY_LISTS)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(err(ENTITY))?;
+            out.extend(rows.into_iter().map(|r| (r.ip_key.clone(), r)));
+        }
+        Ok(out)
+    }
+
     /// Records `observations` in one transaction, after storing `key` when one is given
     /// (`None`, nothing written: the key was stored before).
     async fn record(
@@ -298,6 +391,7 @@ where
         // Every observation is checked before anything is written (an invalid one is not a
         // conflict: the first attempt returns it).
         let rounds = &rounds(prepare(observations)?);
+        let message = key.map_or_else(|| "scan results".to_owned(), |k| format!("scan results, batch {k}"));
         let server = self.server_traits().await?;
         let summary = self
             .retrying(ENTITY, || async {
@@ -318,12 +412,74 @@ where
                     }
                 }
                 let mut summary = RecordSummary::default();
+                let mut records = Vec::new();
                 for round in rounds {
+                    // The followed facts of the addresses this round may change, locked. Their
+                    // next values are the core rule's (`apply_observation`, which the SQL is
+                    // held equal to), so only new addresses are read again, for their ids.
+                    let watched: Vec<&str> =
+                        round.iter().filter(|r| self.scan_history && may_change_facts(r)).map(|r| &*r.key).collect();
+                    let mut before = Self::facts_of(&mut tx, &watched, DB::FOR_UPDATE).await?;
+                    let new: Vec<&str> = round
+                        .iter()
+                        .filter(|r| r.alive && may_change_facts(r) && !before.contains_key(&*r.key))
+                        .map(|r| &*r.key)
+                        .collect();
+                    if !new.is_empty() {
+                        // Another transaction may be inserting them: wait for it, read again.
+                        DB::lock_new_keys(&mut tx, &new).await?;
+                        before.extend(Self::facts_of(&mut tx, &new, DB::FOR_UPDATE).await?);
+                    }
+                    // A dead answer from an address this transaction read as unknown records
+                    // nothing, even if another transaction stores the address meanwhile (it
+                    // is ordered before that insert).
+                    let kept: Vec<ObservationRow<'_>>;
+                    let round: &[ObservationRow<'_>] =
+                        if self.scan_history && round.iter().any(|r| !r.alive && !before.contains_key(&*r.key)) {
+                            kept = round.iter().filter(|r| r.alive || before.contains_key(&*r.key)).cloned().collect();
+                            &kept
+                        } else {
+                            round
+                        };
                     let s = DB::record_round(&mut tx, round, dead_ping_limit, server).await?;
                     summary.inserted += s.inserted;
                     summary.updated += s.updated;
                     summary.changed += s.changed;
+                    let mut created = Vec::new();
+                    for r in round.iter().filter(|r| self.scan_history && may_change_facts(r)) {
+                        let was = before.get(&*r.key);
+                        if was.is_some_and(|w| w.is_buried) {
+                            continue;
+                        }
+                        let ip = r.observation.address;
+                        let mut next = was.map_or_else(|| IpAddress::new(ip), |w| w.address(ip));
+                        ralph_core::apply_observation(&mut next, r.observation, dead_ping_limit);
+                        let changes = ColumnText::diff(was.map(FactRow::text).as_ref(), Some(&facts_text(&next)));
+                        match was {
+                            _ if changes.is_empty() => {}
+                            Some(w) => records.push(
+                                HistoryRecord::new(IpAddress::NAME, w.id, Action::Update, self.actor().clone())
+                                    .with_changes(changes)
+                                    .with_message(&message),
+                            ),
+                            None => created.push((&*r.key, changes)),
+                        }
+                    }
+                    let keys: Vec<&str> = created.iter().map(|(k, _)| *k).collect();
+                    let ids = Self::facts_of(&mut tx, &keys, "").await?;
+                    for (key, changes) in created {
+                        let id = ids.get(key).map(|r| r.id).ok_or_else(|| StoreError::Corrupt {
+                            entity: ENTITY,
+                            detail: "an address recorded as new is not stored".into(),
+                        })?;
+                        records.push(
+                            HistoryRecord::new(IpAddress::NAME, id, Action::Create, self.actor().clone())
+                                .with_changes(changes)
+                                .with_message(&message),
+                        );
+                    }
                 }
+                Self::write_history(&mut tx, &records, &new_correlation(), Utc::now()).await?;
                 commit(tx, ENTITY).await?;
                 Ok(Some(summary))
             })
@@ -351,10 +507,16 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     for<'r> &'r str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
-    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Decode<'q, DB> + Type<DB>,
     for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Decode<'q, DB> + Type<DB>,
+    for<'q> Stamp: Decode<'q, DB> + Type<DB>,
 {
     async fn record_observations(
         &self,

@@ -1,0 +1,194 @@
+//! Scan results on record under concurrency, on SQLite, PostgreSQL and MariaDB: several tasks
+//! and several processes record facts for the same addresses at once (each its own SNMP names
+//! and HTTP families, alive and dead answers mixed, new addresses among them). Afterwards each
+//! address's history is one unbroken chain (every record starts where the one before it ended,
+//! one creation first) that ends at what the store holds.
+//!
+//! The processes are this test binary run again with `--ignored --exact recorder_child_process`
+//! and the job in `RALPH_SCAN_HISTORY_CHILD` (`url|worker|gate`).
+
+mod queue_common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::net::IpAddr;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ralph_core::history::{Action, HistoryStore};
+use ralph_core::{Entity, InventoryStore, IpAddress, Observation, ScanResultStore, Secret, SnmpVersion};
+
+const CHILD_VAR: &str = "RALPH_SCAN_HISTORY_CHILD";
+const ADDRESSES: u32 = 60;
+const ROUNDS: u32 = 6;
+
+fn addr(i: u32) -> IpAddr {
+    IpAddr::from([10, 77, 0, u8::try_from(i + 1).expect("small")])
+}
+
+/// Worker `w`'s observations in round `r`: every address, in an order of its own; a third of
+/// them dead, the rest with this worker's facts.
+fn batch(w: u32, r: u32) -> Vec<Observation> {
+    (0..ADDRESSES)
+        .map(|n| (n * 7 + w * 13 + r * 5) % ADDRESSES)
+        .map(|i| {
+            let alive = !(i + w + r).is_multiple_of(3);
+            let mut o = Observation::new(addr(i), alive, Utc::now());
+            if alive {
+                o.snmp_name = Some(format!("sw-{w}-{r}"));
+                o.snmp_community = Some(Secret::new(format!("c{w}")));
+                o.snmp_version = Some(SnmpVersion::V2c);
+                o.http_family = (i + r).is_multiple_of(2).then(|| format!("httpd-{w}"));
+            }
+            o
+        })
+        .collect()
+}
+
+async fn record_rounds<S: ScanResultStore>(store: &S, worker: u32) {
+    for r in 0..ROUNDS {
+        store.record_observations(&batch(worker, r), 2).await.expect("record");
+    }
+}
+
+/// Each address's history is one chain: a creation first, then updates each starting from
+/// the values the previous record left, ending at the stored facts.
+async fn check_chains<S: InventoryStore + HistoryStore>(store: &S) {
+    let mut total = 0;
+    for i in 0..ADDRESSES {
+        let Some(stored) = store.find_ip(addr(i)).await.expect("find") else { continue };
+        let mut history = store.object_history(IpAddress::NAME, stored.id.get(), 10_000).await.expect("history");
+        history.reverse();
+        total += history.len();
+        let mut state: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for (n, e) in history.iter().enumerate() {
+            let want = if n == 0 { Action::Create } else { Action::Update };
+            assert_eq!(e.record.action, want, "{}: record {n} of {history:#?}", addr(i));
+            for c in &e.record.changes {
+                // A secret is recorded as "(secret)" or "(secret, changed)": only its presence
+                // can be compared.
+                let shown = |v: &Option<String>| match c.field.as_str() {
+                    "snmp_community" => v.as_ref().map(|_| "(secret)".to_owned()),
+                    _ => v.clone(),
+                };
+                let was = state.get(&c.field).cloned().flatten();
+                assert_eq!(shown(&c.before), was, "{}: record {n} starts where the last ended: {history:#?}", addr(i));
+                state.insert(c.field.clone(), shown(&c.after));
+            }
+        }
+        let value = |name: &str| state.get(name).cloned().flatten();
+        assert_eq!(value("snmp_name"), stored.value.snmp_name, "{}", addr(i));
+        assert_eq!(value("http_family"), stored.value.http_family, "{}", addr(i));
+        assert_eq!(value("snmp_version").as_deref(), stored.value.snmp_version.map(SnmpVersion::as_str));
+        assert_eq!(value("snmp_community").is_some(), stored.value.snmp_community.is_some(), "{}", addr(i));
+    }
+    assert!(total >= ADDRESSES as usize, "every address has a record: {total}");
+}
+
+/// Child process: waits for the gate, then records its rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a child process of the racing_recorders tests"]
+async fn recorder_child_process() {
+    let spec = std::env::var(CHILD_VAR).expect("child spec");
+    let parts: Vec<&str> = spec.split('|').collect();
+    let store = ralph_store::AnyStore::connect(parts[0]).await.expect("connect");
+    println!("READY");
+    let gate = std::path::PathBuf::from(parts[2]);
+    while gate.exists() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    record_rounds(&store, parts[1].parse().expect("worker")).await;
+    println!("DONE");
+}
+
+/// 3 tasks here and 2 processes record rounds over the same addresses at once.
+async fn racing_recorders<S>(store: Arc<S>, url: &str)
+where
+    S: ScanResultStore + InventoryStore + HistoryStore + 'static,
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gate = dir.path().join("gate");
+    std::fs::write(&gate, b"wait").expect("gate");
+    let mut children: Vec<(Child, BufReader<ChildStdout>)> = (0..2)
+        .map(|w| {
+            let mut child = Command::new(std::env::current_exe().expect("test binary"))
+                .args(["--ignored", "--exact", "recorder_child_process", "--nocapture", "--test-threads=1"])
+                .env(CHILD_VAR, format!("{url}|{}|{}", 10 + w, gate.display()))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn child");
+            let out = BufReader::new(child.stdout.take().expect("stdout"));
+            (child, out)
+        })
+        .collect();
+    for (_, out) in &mut children {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(out.read_line(&mut line).expect("read child output") > 0, "a child exited early");
+            if line.contains("READY") {
+                break;
+            }
+        }
+    }
+    std::fs::remove_file(&gate).expect("open the gate");
+    let tasks: Vec<_> = (0..3)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { record_rounds(&*store, w).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    for (mut child, _) in children {
+        assert!(child.wait().expect("child").success(), "a child failed");
+    }
+    check_chains(&*store).await;
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_racing_recorders_keep_one_history_chain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("ralph.sqlite3").display());
+        let store = ralph_store::SqliteStore::connect(&url).await.expect("store");
+        racing_recorders(Arc::new(store), &url).await;
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use queue_common::pg;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn pg_racing_recorders_keep_one_history_chain() {
+        let Some(db) = pg::fresh("shist").await else { return };
+        let store = ralph_store::PgStore::connect(&db.url).await.expect("store");
+        racing_recorders(Arc::new(store.clone()), &db.url).await;
+        store.close().await;
+        pg::drop_db(db).await;
+    }
+}
+
+#[cfg(feature = "mysql")]
+mod mysql {
+    use super::*;
+    use queue_common::my;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn my_racing_recorders_keep_one_history_chain() {
+        let Some(db) = my::fresh("shist").await else { return };
+        let store = ralph_store::MySqlStore::connect(&db.url).await.expect("store");
+        racing_recorders(Arc::new(store.clone()), &db.url).await;
+        store.close().await;
+        my::drop_db(db).await;
+    }
+}
