@@ -2,7 +2,7 @@
 //! `INSERT ... ON CONFLICT/DUPLICATE KEY UPDATE` statement per row, every row in one
 //! transaction), measured in the same run. Every observation carries an HTTP family, so the
 //! first recording writes a change-history row per address (the default); the same is then
-//! measured on a handle built `without_scan_history`, on addresses of its own.
+//! measured in a database of its own through a handle built `without_scan_history`.
 //! `cargo bench -p ralph-benches --bench store_upsert`
 #![allow(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
@@ -16,8 +16,6 @@ use ralph_core::{Observation, ScanResultStore, ip_key};
 use ralph_store::{MySqlStore, PgStore, SqliteStore, sqlx};
 
 const ROWS: u32 = 100_000;
-/// Where the addresses of the run without scan history start.
-const PLAIN: u32 = 1_000_000;
 
 fn observations(offset: u32, n: u32) -> Vec<Observation> {
     let now = Utc::now();
@@ -89,8 +87,11 @@ async fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("bench.sqlite3").display());
+    let plain_url = format!("sqlite://{}", dir.path().join("plain.sqlite3").display());
+    let plain_store = SqliteStore::connect(&plain_url).await.unwrap().without_scan_history();
+    let plain = bulk(&plain_store, 0).await;
+    plain_store.close().await;
     let store = SqliteStore::connect(&url).await.unwrap();
-    let plain = bulk(&store.clone().without_scan_history(), PLAIN).await;
     let (bulk_insert, bulk_update) = bulk(&store, 0).await;
     let naive = naive!(store.pool(), NAIVE_SQLITE_PG, 20_000);
     lines.push(Line { backend: "SQLite (file, WAL)", bulk_insert, bulk_update, plain, naive, naive_rows: 20_000 });
@@ -98,9 +99,18 @@ async fn main() {
 
     if let Some((url, admin, name)) = store_common::fresh("RALPH_TEST_PG_URL", store_common::PG_DEFAULT, "upsert").await
     {
+        let plain = match store_common::fresh("RALPH_TEST_PG_URL", store_common::PG_DEFAULT, "upsert_plain").await {
+            Some((url, admin, name)) => {
+                let store = PgStore::connect(&url).await.unwrap().without_scan_history();
+                let plain = bulk(&store, 0).await;
+                store.close().await;
+                store_common::drop_db(&admin, &name).await;
+                plain
+            }
+            None => (f64::NAN, f64::NAN),
+        };
         let store = PgStore::connect(&url).await.unwrap();
         let (bulk_insert, bulk_update) = bulk(&store, 0).await;
-        let plain = bulk(&store.clone().without_scan_history(), PLAIN).await;
         let naive = naive!(store.pool(), NAIVE_SQLITE_PG, 10_000);
         lines.push(Line { backend: "PostgreSQL", bulk_insert, bulk_update, plain, naive, naive_rows: 10_000 });
         store.close().await;
@@ -110,9 +120,19 @@ async fn main() {
     if let Some((url, admin, name)) =
         store_common::fresh("RALPH_TEST_MYSQL_URL", store_common::MYSQL_DEFAULT, "upsert").await
     {
+        let plain = match store_common::fresh("RALPH_TEST_MYSQL_URL", store_common::MYSQL_DEFAULT, "upsert_plain").await
+        {
+            Some((url, admin, name)) => {
+                let store = MySqlStore::connect(&url).await.unwrap().without_scan_history();
+                let plain = bulk(&store, 0).await;
+                store.close().await;
+                store_common::drop_db(&admin, &name).await;
+                plain
+            }
+            None => (f64::NAN, f64::NAN),
+        };
         let store = MySqlStore::connect(&url).await.unwrap();
         let (bulk_insert, bulk_update) = bulk(&store, 0).await;
-        let plain = bulk(&store.clone().without_scan_history(), PLAIN).await;
         let naive = naive!(store.pool(), NAIVE_MYSQL, 10_000);
         lines.push(Line { backend: "MariaDB/MySQL", bulk_insert, bulk_update, plain, naive, naive_rows: 10_000 });
         store.close().await;

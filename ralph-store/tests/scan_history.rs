@@ -2,7 +2,8 @@
 //! and several processes record facts for the same addresses at once (each its own SNMP names
 //! and HTTP families, alive and dead answers mixed, new addresses among them). Afterwards each
 //! address's history is one unbroken chain (every record starts where the one before it ended,
-//! one creation first) that ends at what the store holds.
+//! one creation first) that ends at what the store holds. A handle built
+//! `without_scan_history` records facts and no history.
 //!
 //! The processes are this test binary run again with `--ignored --exact recorder_child_process`
 //! and the job in `RALPH_SCAN_HISTORY_CHILD` (`url|worker|gate`).
@@ -87,6 +88,18 @@ async fn check_chains<S: InventoryStore + HistoryStore>(store: &S) {
     assert!(total >= ADDRESSES as usize, "every address has a record: {total}");
 }
 
+/// A handle built `without_scan_history` records the facts and no history.
+async fn opted_out_records_no_history<S: ScanResultStore + InventoryStore + HistoryStore>(store: &S) {
+    let ip = IpAddr::from([10, 78, 0, 1]);
+    let mut o = Observation::new(ip, true, Utc::now());
+    o.snmp_name = Some("quiet".into());
+    store.record_observations(&[o], 2).await.expect("record");
+    let stored = store.find_ip(ip).await.expect("find").expect("stored");
+    assert_eq!(stored.value.snmp_name.as_deref(), Some("quiet"));
+    let history = store.object_history(IpAddress::NAME, stored.id.get(), 10).await.expect("history");
+    assert!(history.is_empty(), "{history:?}");
+}
+
 /// Child process: waits for the gate, then records its rounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a child process of the racing_recorders tests"]
@@ -159,7 +172,8 @@ mod sqlite {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("ralph.sqlite3").display());
         let store = ralph_store::SqliteStore::connect(&url).await.expect("store");
-        racing_recorders(Arc::new(store), &url).await;
+        racing_recorders(Arc::new(store.clone()), &url).await;
+        opted_out_records_no_history(&store.without_scan_history()).await;
     }
 }
 
@@ -173,6 +187,7 @@ mod postgres {
         let Some(db) = pg::fresh("shist").await else { return };
         let store = ralph_store::PgStore::connect(&db.url).await.expect("store");
         racing_recorders(Arc::new(store.clone()), &db.url).await;
+        opted_out_records_no_history(&store.clone().without_scan_history()).await;
         store.close().await;
         pg::drop_db(db).await;
     }
@@ -188,6 +203,7 @@ mod mysql {
         let Some(db) = my::fresh("shist").await else { return };
         let store = ralph_store::MySqlStore::connect(&db.url).await.expect("store");
         racing_recorders(Arc::new(store.clone()), &db.url).await;
+        opted_out_records_no_history(&store.clone().without_scan_history()).await;
         store.close().await;
         my::drop_db(db).await;
     }

@@ -422,7 +422,9 @@ where
                     let mut before = Self::facts_of(&mut tx, &watched, DB::FOR_UPDATE).await?;
                     let new: Vec<&str> = round
                         .iter()
-                        .filter(|r| r.alive && may_change_facts(r) && !before.contains_key(&*r.key))
+                        .filter(|r| {
+                            self.scan_history && r.alive && may_change_facts(r) && !before.contains_key(&*r.key)
+                        })
                         .map(|r| &*r.key)
                         .collect();
                     if !new.is_empty() {
