@@ -12,9 +12,10 @@
 //!   missing group…), 503 directory or store unavailable.
 //! - **Status page** (ralph-web) under `/admin/queues` for staff users (others get 403).
 //! - **Discovery workers** for the queues in the config's `[[workers]]`.
-//! - **Change-history retention**: every `prune_every_secs` the server queues a prune job
-//!   (`ralph.history.prune`, shown on the status page) unless one is already waiting, and runs
-//!   the waiting ones: several servers on one database share the work and prune once.
+//! - **Change-history retention** (when `[history]` sets one): every `prune_every_secs` the
+//!   server queues a prune job (`ralph.history.prune`, shown on the status page) unless one is
+//!   waiting, and runs the waiting ones. Several servers on one database share the jobs (two
+//!   may queue one each in the same period; a second prune deletes nothing more).
 //! - **SIGTERM / SIGINT: graceful drain**. No new connection is accepted; requests in flight
 //!   (logins) finish; workers stop their scans, record what they found and re-enqueue the
 //!   unscanned rest; then the process exits 0. Connections that stay open (live updates) are
@@ -40,10 +41,10 @@
 //! server_uris = ["ldaps://dc1.corp.example"]
 //! # …
 //!
-//! [history]                               # change-history retention (defaults shown)
-//! max_age_days = 365                      # rows older than this go; omit for any age
-//! # max_per_object = 1000                 # at most this many rows per object
-//! prune_every_secs = 3600
+//! [history]                               # change-history retention; by default none:
+//! max_age_days = 365                      # rows older than this go (omitted: any age)
+//! # max_per_object = 1000                 # at most this many rows per object (omitted: any)
+//! prune_every_secs = 3600                 # the default
 //!
 //! [[workers]]
 //! name = "dc1-scanner"                    # unique per worker (heartbeat rows)
@@ -128,8 +129,8 @@ struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HistoryConfig {
-    /// Rows older than this many days are pruned (none: any age is kept).
-    #[serde(default = "default_history_days")]
+    /// Rows older than this many days are pruned (none, the default: any age is kept).
+    #[serde(default)]
     max_age_days: Option<u64>,
     /// At most this many rows are kept per object (none: any number).
     #[serde(default)]
@@ -141,13 +142,8 @@ struct HistoryConfig {
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        Self { max_age_days: default_history_days(), max_per_object: None, prune_every_secs: default_prune_every() }
+        Self { max_age_days: None, max_per_object: None, prune_every_secs: default_prune_every() }
     }
-}
-
-#[allow(clippy::unnecessary_wraps)] // serde's default for an optional setting
-const fn default_history_days() -> Option<u64> {
-    Some(365)
 }
 
 const fn default_prune_every() -> u64 {
@@ -170,6 +166,9 @@ impl HistoryConfig {
 /// Queues a prune job every `prune_every_secs` (unless one is waiting) and runs the waiting
 /// ones, until `stop`. The retention is read at start (a reload does not change it).
 async fn prune_history(store: AnyStore, config: HistoryConfig, stop: CancellationToken) {
+    if config.max_age_days.is_none() && config.max_per_object.is_none() {
+        return; // no retention set: the history is kept whole
+    }
     let retention = config.retention();
     let worker = format!("server-{}", std::process::id());
     let mut tick = tokio::time::interval(Duration::from_secs(config.prune_every_secs.max(1)));

@@ -17,6 +17,8 @@ use crate::store::TRACE_TARGET;
 pub(crate) struct Counters {
     retries: AtomicU64,
     exhausted: AtomicU64,
+    /// Devices a reconciliation apply wrote in batches (the rest went one per transaction).
+    pub(crate) batched_devices: AtomicU64,
 }
 
 impl Counters {

@@ -189,6 +189,19 @@ impl<DB: Backend> SqlStore<DB> {
         self.counters.retries()
     }
 
+    /// Counts devices a reconciliation apply wrote in a batch.
+    pub(crate) fn count_batched(&self, devices: usize) {
+        self.counters.batched_devices.fetch_add(devices as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Test seam: how many devices reconciliation applies of this store (and its clones) wrote
+    /// in batches rather than one per transaction.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn batched_devices(&self) -> u64 {
+        self.counters.batched_devices.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// How many writes failed with [`StoreError::Contended`]: their conflicts outlasted the
     /// retry policy.
     #[must_use]

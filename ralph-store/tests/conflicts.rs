@@ -180,7 +180,8 @@ async fn deadlock_users<S: UserStore>(store: &S, padding: usize) -> Vec<String> 
 /// Polls `waiting` (a query on a third connection) until the store's session waits for a
 /// lock, however slowly it got there.
 async fn wait_for_lock_wait(mut waiting: impl AsyncFnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // Generous: on a loaded 2-core machine the store's transaction may take long to get there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
     while !waiting().await {
         assert!(std::time::Instant::now() < deadline, "the store never waited for the other connection's lock");
         tokio::time::sleep(Duration::from_millis(20)).await;

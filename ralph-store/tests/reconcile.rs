@@ -199,87 +199,155 @@ async fn locks_stale_plans_and_conflicts<S: ReconcileStore + HistoryStore + Inve
 }
 
 /// Everything a store holds about its devices that an apply writes: each device, its
-/// components, and their history records (ids, times and correlation ids aside).
+/// components, and their history records. Batches side by side take ids in another order
+/// than one device at a time, so devices are named by their management address, components
+/// by their device and facts, and ids are left out.
 async fn applied_state<S: HistoryStore + InventoryStore>(store: &S) -> Vec<String> {
-    let mut out = Vec::new();
-    for d in Repository::<Device>::list(store).await.expect("devices") {
-        out.push(format!("{:?} {:?}", d.id, d.value));
-        for e in store.object_history("device", d.id.get(), 100).await.expect("history") {
-            out.push(format!("  {:?}", e.record));
+    let devices = Repository::<Device>::list(store).await.expect("devices");
+    let name: BTreeMap<i64, String> =
+        devices.iter().map(|d| (d.id.get(), format!("{:?}", d.value.management_ip))).collect();
+    let rename = |mut r: ralph_core::history::HistoryRecord| {
+        r.object_id = 0;
+        // "scan S, plan P item N": item numbers follow device ids too.
+        if let Some(m) = &mut r.message
+            && let Some(at) = m.find(" item ")
+        {
+            m.truncate(at);
         }
-        for c in store.device_components(d.id).await.expect("components") {
-            out.push(format!("  {:?} {:?}", c.id, c.value));
-            for e in store.object_history("component", c.id.get(), 100).await.expect("history") {
-                out.push(format!("    {:?}", e.record));
+        if let Some((_, id)) = &mut r.related {
+            *id = 0;
+        }
+        for c in &mut r.changes {
+            if c.field == "device_id" {
+                for v in [&mut c.before, &mut c.after] {
+                    if let Some(id) = v.as_ref().and_then(|v| v.parse::<i64>().ok()) {
+                        *v = name.get(&id).cloned();
+                    }
+                }
             }
         }
+        format!("{r:?}")
+    };
+    let mut out = Vec::new();
+    for d in &devices {
+        let mut value = d.value.clone();
+        value.model = ralph_core::Id::new(0);
+        let mut lines = vec![format!("{} {value:?}", name[&d.id.get()])];
+        for e in store.object_history("device", d.id.get(), 100).await.expect("history") {
+            lines.push(format!("  {}", rename(e.record)));
+        }
+        let mut components = Vec::new();
+        for c in store.device_components(d.id).await.expect("components") {
+            let mut part = vec![format!("  {:?}", c.value.kind)];
+            for e in store.object_history("component", c.id.get(), 100).await.expect("history") {
+                part.push(format!("    {}", rename(e.record)));
+            }
+            components.push(part);
+        }
+        components.sort();
+        lines.extend(components.into_iter().flatten());
+        out.push(lines);
     }
-    out
+    out.sort();
+    out.into_iter().flatten().collect()
 }
 
 /// The batched fast path and the one-device path give the same outcome: the same plans
 /// applied on two fresh stores, one without batching, leave the same devices, components,
 /// history, item statuses and provenance (the next plan of the same facts is a no-op on both).
-/// Covered: devices created with their ports, host names changed, a port added to a stored
-/// device, and a batch that falls back because one device was edited after planning.
+/// Covered: devices created with their ports, host names changed, ports added to stored
+/// devices, a batch that falls back because one device was edited after planning, and (on
+/// PostgreSQL and MariaDB) batches applied side by side; the callers check that the fast path
+/// was taken.
 async fn batched_and_one_by_one_applies_agree<S>(fast: &S, slow: &S)
 where
     S: ReconcileStore + HistoryStore + InventoryStore,
 {
     let reconciler = Reconciler::default();
     let alice = Actor::user("alice");
-    let cold: Vec<Facts> = (0..40).flat_map(|i| [facts(i, "snmp", 10), facts(i, "redfish", 50)]).collect();
-    let warm: Vec<Facts> = (0..40)
-        .map(|i| {
-            let mut f = facts(i, "redfish", 50);
-            f.hostname = Some(format!("host{i}.example.com").parse().expect("hostname"));
-            if i % 5 == 0 {
-                f.components.push(ComponentKind::Ethernet { mac: mac(i, 7), label: None, speed_mbps: None });
-            }
-            f
-        })
-        .collect();
+    // More devices than one batch holds, so PostgreSQL and MariaDB run batches side by side.
+    const MACHINES: u32 = 420;
+    let cold: Vec<Facts> = (0..MACHINES).flat_map(|i| [facts(i, "snmp", 10), facts(i, "redfish", 50)]).collect();
+    let warm = |tag: &str, every: u32| -> Vec<Facts> {
+        (0..MACHINES)
+            .map(|i| {
+                let mut f = facts(i, "redfish", 50);
+                f.hostname = Some(format!("{tag}{i}.example.com").parse().expect("hostname"));
+                if i % every == 0 {
+                    f.components.push(ComponentKind::Ethernet { mac: mac(i, every), label: None, speed_mbps: None });
+                }
+                f
+            })
+            .collect()
+    };
+    let (warm, warmer) = (warm("host", 5), warm("node", 7));
     let mut outcomes = Vec::new();
     for store in [fast, slow] {
         let mut seen = Vec::new();
-        for (n, facts) in [&cold, &warm].into_iter().enumerate() {
+        for (n, facts) in [&cold, &warm, &warmer].into_iter().enumerate() {
             let (id, plan) =
                 plan_and_store(store, &reconciler, &Scan::new(&format!("agree-{n}")), facts).await.expect("plan");
             assert!(plan.writes());
             if n == 1 {
-                // A person edits one device after the plan: its update is stale.
-                let device = plan
-                    .items
-                    .iter()
-                    .find_map(|i| match &i.change {
-                        Change::UpdateDevice { device, .. } => Some(*device),
-                        _ => None,
-                    })
-                    .expect("an update");
+                // A person edits one device (machine 0) after the plan: its update is stale.
+                let machine0: std::net::IpAddr = "10.9.0.1".parse().expect("ip");
+                let device = Repository::<Device>::list(store)
+                    .await
+                    .expect("devices")
+                    .into_iter()
+                    .find(|d| d.value.management_ip == Some(machine0))
+                    .expect("machine 0")
+                    .id;
+                assert!(
+                    plan.items
+                        .iter()
+                        .any(|i| matches!(&i.change, Change::UpdateDevice { device: d, .. } if *d == device))
+                );
                 store.set_field(device, Field::Hostname, Some("typed.example.com"), &alice, false).await.expect("edit");
             }
             let report = store.apply_plan(id, &Actor::source("redfish")).await.expect("apply");
             let statuses: Vec<(u32, ItemStatus)> =
                 store.load_plan(id).await.expect("plan").items.into_iter().map(|i| (i.seq, i.status)).collect();
+            // Statuses by kind, counted (a failure's reason names a device id, and a plan's
+            // items follow device ids, which batches side by side take in another order).
+            let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+            for kind in statuses.iter().map(|(_, st)| match st {
+                ItemStatus::Applied => "applied",
+                ItemStatus::Failed(r) if r.contains("stale") => "failed: stale",
+                ItemStatus::Failed(_) => "failed",
+                ItemStatus::Skipped(_) => "skipped",
+                ItemStatus::Pending => "pending",
+            }) {
+                *kinds.entry(kind).or_default() += 1;
+            }
             seen.push(format!(
-                "{} {} {} {:?} {statuses:?}",
-                report.applied, report.failed, report.skipped, report.created
+                "{} {} {} {:?} {kinds:?}",
+                report.applied,
+                report.failed,
+                report.skipped,
+                report.created.keys().collect::<Vec<_>>()
             ));
         }
         assert!(seen[1].contains("stale"), "the edited device's update fails as stale: {}", seen[1]);
-        let (_, again) = plan_and_store(store, &reconciler, &Scan::new("agree-2"), &warm).await.expect("plan");
+        let (_, again) = plan_and_store(store, &reconciler, &Scan::new("agree-3"), &warmer).await.expect("plan");
         let again: Vec<String> =
             again.items.iter().map(|i| format!("{:?}", i.change)).chain([format!("{:?}", again.bookkeeping)]).collect();
         outcomes.push((seen, applied_state(store).await, again));
     }
     let (fast, slow) = (&outcomes[0], &outcomes[1]);
-    assert_eq!(fast.0, slow.0, "reports and item statuses");
+    for (n, (a, b)) in fast.0.iter().zip(&slow.0).enumerate() {
+        if a != b {
+            let at = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+            let around = |t: &str| t.get(at.saturating_sub(120)..(at + 120).min(t.len())).unwrap_or(t).to_owned();
+            panic!("plan {n}: reports and item statuses differ at byte {at}: {} | {}", around(a), around(b));
+        }
+    }
     assert_eq!(fast.1.len(), slow.1.len(), "devices, components and history rows");
     for (a, b) in fast.1.iter().zip(&slow.1) {
         assert_eq!(a, b);
     }
     assert_eq!(fast.2, slow.2, "the next plan of the same facts (provenance)");
-    assert!(fast.1.iter().filter(|l| l.contains("Create")).count() >= 40 * 3, "{:?}", &fast.1[..10]);
+    assert!(fast.1.iter().filter(|l| l.contains("Create")).count() >= MACHINES as usize * 3, "{:?}", &fast.1[..10]);
 }
 
 /// Inventory writes through the store are on record (actor, diffs, deletions), empty changes
@@ -475,7 +543,9 @@ mod sqlite {
     async fn sqlite_batched_and_one_by_one_applies_agree() {
         let (fast, _, _a) = store().await;
         let (slow, _, _b) = store().await;
-        batched_and_one_by_one_applies_agree(&fast, &slow.without_batched_apply()).await;
+        batched_and_one_by_one_applies_agree(&fast, &slow.clone().without_batched_apply()).await;
+        assert!(fast.batched_devices() >= 400, "{}", fast.batched_devices());
+        assert_eq!(slow.batched_devices(), 0);
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_overlapping_processes() {
@@ -518,6 +588,8 @@ mod postgres {
         let fast = PgStore::connect(&a.url).await.expect("store");
         let slow = PgStore::connect(&b.url).await.expect("store");
         batched_and_one_by_one_applies_agree(&fast, &slow.clone().without_batched_apply()).await;
+        assert!(fast.batched_devices() >= 400, "{}", fast.batched_devices());
+        assert_eq!(slow.batched_devices(), 0);
         fast.close().await;
         slow.close().await;
         pg::drop_db(a).await;
@@ -560,6 +632,8 @@ mod mysql {
         let fast = MySqlStore::connect(&a.url).await.expect("store");
         let slow = MySqlStore::connect(&b.url).await.expect("store");
         batched_and_one_by_one_applies_agree(&fast, &slow.clone().without_batched_apply()).await;
+        assert!(fast.batched_devices() >= 400, "{}", fast.batched_devices());
+        assert_eq!(slow.batched_devices(), 0);
         fast.close().await;
         slow.close().await;
         my::drop_db(a).await;

@@ -168,7 +168,7 @@ mod sqlite {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn sqlite_racing_recorders_keep_one_history_chain() {
+    async fn sqlite_racing_recorders_keep_one_history_chain_from_processes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("ralph.sqlite3").display());
         let store = ralph_store::SqliteStore::connect(&url).await.expect("store");
@@ -183,7 +183,7 @@ mod postgres {
     use queue_common::pg;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn pg_racing_recorders_keep_one_history_chain() {
+    async fn pg_racing_recorders_keep_one_history_chain_from_processes() {
         let Some(db) = pg::fresh("shist").await else { return };
         let store = ralph_store::PgStore::connect(&db.url).await.expect("store");
         racing_recorders(Arc::new(store.clone()), &db.url).await;
@@ -199,7 +199,7 @@ mod mysql {
     use queue_common::my;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn my_racing_recorders_keep_one_history_chain() {
+    async fn my_racing_recorders_keep_one_history_chain_from_processes() {
         let Some(db) = my::fresh("shist").await else { return };
         let store = ralph_store::MySqlStore::connect(&db.url).await.expect("store");
         racing_recorders(Arc::new(store.clone()), &db.url).await;

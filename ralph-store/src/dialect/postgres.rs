@@ -155,9 +155,6 @@ impl Dialect for Postgres {
         rows.into_iter().map(JobRow::into_job).collect()
     }
 
-    /// One statement per round: the stored rows are read in the same snapshot the upsert
-    /// starts from (for the counts and to skip buried and unknown-dead addresses), and the
-    /// upsert's own row locks serialise it against concurrent writers.
     async fn lock_new_keys(tx: &mut sqlx::Transaction<'static, Postgres>, keys: &[&str]) -> Result<(), StoreError> {
         if keys.is_empty() {
             return Ok(());
@@ -177,6 +174,9 @@ impl Dialect for Postgres {
         .map_err(err("IP address"))
     }
 
+    /// One statement per round: the stored rows are read in the same snapshot the upsert
+    /// starts from (for the counts and to skip buried and unknown-dead addresses), and the
+    /// upsert's own row locks serialise it against concurrent writers.
     async fn record_round(
         tx: &mut sqlx::Transaction<'static, Postgres>,
         rows: &[ObservationRow<'_>],

@@ -126,6 +126,13 @@ where
         Ok(ids)
     }
 
+    /// Rolls a batch back before its devices go one by one (so none of them waits on the
+    /// batch's locks).
+    async fn give_up(tx: sqlx::Transaction<'static, DB>) -> Result<Option<GroupOutcome>, StoreError> {
+        tx.rollback().await.map_err(err(ENTITY))?;
+        Ok(None)
+    }
+
     /// Applies the groups of `groups` (each [`batchable`]) in one transaction. `Ok(None)`: a
     /// check failed and nothing was written; the caller applies these devices one by one.
     #[allow(clippy::too_many_lines)]
@@ -157,7 +164,7 @@ where
                 .len();
         }
         if pending != items.len() {
-            return Ok(None);
+            return Self::give_up(tx).await;
         }
 
         // The stored devices, locked in id order, and their current state.
@@ -183,7 +190,7 @@ where
                 .len();
         }
         if locked != stored.len() {
-            return Ok(None);
+            return Self::give_up(tx).await;
         }
         let states: BTreeMap<i64, DeviceState> =
             Self::device_states(&mut tx, &stored).await?.into_iter().map(|s| (s.id.get(), s)).collect();
@@ -193,10 +200,10 @@ where
         for (_, items) in groups {
             for item in *items {
                 if let Change::UpdateDevice { device, fields } = &item.change {
-                    let Some(state) = states.get(&device.get()) else { return Ok(None) };
+                    let Some(state) = states.get(&device.get()) else { return Self::give_up(tx).await };
                     match checked_update(state, *device, fields) {
                         Ok(values) => updates.push((*device, values, fields)),
-                        Err(_) => return Ok(None),
+                        Err(_) => return Self::give_up(tx).await,
                     }
                 }
             }
@@ -221,7 +228,7 @@ where
                 };
                 match new_device(fields, model) {
                     Ok(device) => new_devices.push(device),
-                    Err(_) => return Ok(None),
+                    Err(_) => return Self::give_up(tx).await,
                 }
                 new_keys.push((*key, fields));
             }
@@ -243,9 +250,15 @@ where
         for (device, _, fields) in &updates {
             rows.extend(field_states(fields).into_iter().map(|(f, s)| (device.get(), f, s)));
         }
+        // A device created here has no provenance rows (ids are never reused: AUTOINCREMENT,
+        // identity, AUTO_INCREMENT; rows of a deleted device go with it), so only updated
+        // devices' rows are deleted (on MariaDB a delete by new ids would lock the gap above
+        // the highest id, which a concurrent batch's inserts need).
         let mut by_field: BTreeMap<Field, Vec<i64>> = BTreeMap::new();
-        for (id, field, _) in &rows {
-            by_field.entry(*field).or_default().push(*id);
+        for (device, _, fields) in &updates {
+            for d in fields.iter() {
+                by_field.entry(d.field).or_default().push(device.get());
+            }
         }
         for (field, ids) in &by_field {
             for chunk in ids.chunks(CHUNK) {
@@ -286,12 +299,12 @@ where
                         DeviceRef::Existing(id) => *id,
                         DeviceRef::New(key) => match created.get(key) {
                             Some(id) => *id,
-                            None => return Ok(None),
+                            None => return Self::give_up(tx).await,
                         },
                     };
                     let component = Component { device, kind: kind.clone() };
                     if component.validate().is_err() {
-                        return Ok(None);
+                        return Self::give_up(tx).await;
                     }
                     components.push(component);
                     component_items.push((item.seq, provenance));
@@ -339,7 +352,7 @@ where
                     let (id, component) = component_of[&item.seq];
                     Self::component_record(id, ralph_core::history::Action::Create, None, Some(component), actor)?
                 }
-                _ => return Ok(None),
+                _ => return Self::give_up(tx).await,
             };
             records.push(record.with_message(&format!("scan {scan}, plan {plan} item {}", item.seq)));
             statuses.push((item.seq, ItemStatus::Applied));

@@ -1263,6 +1263,37 @@ where
                 one_by_one.push(order[next]);
                 next += 1;
             }
+            if runs.len() > 1 {
+                // The models the runs' new devices name, found or created first, in one short
+                // transaction: concurrent runs creating the same model would duplicate it
+                // (a NULL manufacturer escapes the unique key).
+                let values: Vec<BTreeMap<Field, String>> = runs
+                    .iter()
+                    .flatten()
+                    .filter_map(|(_, items)| match items.first().map(|i| &i.change) {
+                        Some(Change::CreateDevice { fields, .. }) => Some(created_values(fields)),
+                        _ => None,
+                    })
+                    .collect();
+                let mut seen = BTreeSet::new();
+                let distinct: Vec<&BTreeMap<Field, String>> = values
+                    .iter()
+                    .filter(|v| {
+                        let (kind, name, manufacturer) = model_key(v);
+                        seen.insert((kind.as_str(), name, manufacturer))
+                    })
+                    .collect();
+                if !distinct.is_empty() {
+                    self.retrying(ENTITY, || async {
+                        let mut tx = self.begin(ENTITY).await?;
+                        for v in &distinct {
+                            Self::model_for(&mut tx, v).await?;
+                        }
+                        commit(tx, ENTITY).await
+                    })
+                    .await?;
+                }
+            }
             let outcomes =
                 futures::future::join_all(runs.iter().map(|run| {
                     self.retrying(ENTITY, || self.apply_batch(plan_id, &plan.scan, run, actor, &correlation))
@@ -1272,6 +1303,7 @@ where
                 match outcome {
                     Ok(Some((results, made))) => {
                         created.extend(made);
+                        self.count_batched(run.len());
                         for (seq, status) in results {
                             report.applied += 1;
                             statuses.insert(seq, status == ItemStatus::Applied);
@@ -1280,7 +1312,7 @@ where
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        debug!(target: TRACE_TARGET, plan = plan_id.get(), error = %e, "batch failed; applying its devices one by one");
+                        warn!(target: TRACE_TARGET, plan = plan_id.get(), error = %e, "batch failed; applying its devices one by one");
                     }
                 }
                 one_by_one.extend(run.iter().map(|(device, _)| *device));
