@@ -288,15 +288,6 @@ struct FactRow {
 }
 
 impl FactRow {
-    fn text(&self) -> ColumnText {
-        ColumnText(vec![
-            ("http_family", self.http_family.clone()),
-            ("snmp_name", self.snmp_name.clone()),
-            ("snmp_community", self.snmp_community.clone()),
-            ("snmp_version", self.snmp_version.clone()),
-        ])
-    }
-
     /// The stored address `ip` as far as the scan rules read it (facts and dead-ping count).
     fn address(&self, ip: IpAddr) -> IpAddress {
         let mut a = IpAddress::new(ip);
@@ -310,7 +301,7 @@ impl FactRow {
     }
 }
 
-/// The followed facts of an address, as [`FactRow::text`] has them.
+/// The followed facts of an address, as its history records them.
 fn facts_text(a: &IpAddress) -> ColumnText {
     ColumnText(vec![
         ("http_family", a.http_family.clone()),
@@ -417,14 +408,12 @@ where
                     // The followed facts of the addresses this round may change, locked. Their
                     // next values are the core rule's (`apply_observation`, which the SQL is
                     // held equal to), so only new addresses are read again, for their ids.
-                    let watched: Vec<&str> =
-                        round.iter().filter(|r| self.scan_history && may_change_facts(r)).map(|r| &*r.key).collect();
+                    let follows = |r: &&ObservationRow<'_>| self.scan_history && may_change_facts(r);
+                    let watched: Vec<&str> = round.iter().filter(follows).map(|r| &*r.key).collect();
                     let mut before = Self::facts_of(&mut tx, &watched, DB::FOR_UPDATE).await?;
                     let new: Vec<&str> = round
                         .iter()
-                        .filter(|r| {
-                            self.scan_history && r.alive && may_change_facts(r) && !before.contains_key(&*r.key)
-                        })
+                        .filter(|r| follows(r) && r.alive && !before.contains_key(&*r.key))
                         .map(|r| &*r.key)
                         .collect();
                     if !new.is_empty() {
@@ -448,7 +437,7 @@ where
                     summary.updated += s.updated;
                     summary.changed += s.changed;
                     let mut created = Vec::new();
-                    for r in round.iter().filter(|r| self.scan_history && may_change_facts(r)) {
+                    for r in round.iter().filter(follows) {
                         let was = before.get(&*r.key);
                         if was.is_some_and(|w| w.is_buried) {
                             continue;
@@ -456,7 +445,8 @@ where
                         let ip = r.observation.address;
                         let mut next = was.map_or_else(|| IpAddress::new(ip), |w| w.address(ip));
                         ralph_core::apply_observation(&mut next, r.observation, dead_ping_limit);
-                        let changes = ColumnText::diff(was.map(FactRow::text).as_ref(), Some(&facts_text(&next)));
+                        let before = was.map(|w| facts_text(&w.address(ip)));
+                        let changes = ColumnText::diff(before.as_ref(), Some(&facts_text(&next)));
                         match was {
                             _ if changes.is_empty() => {}
                             Some(w) => records.push(

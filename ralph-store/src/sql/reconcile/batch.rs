@@ -12,17 +12,20 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use ralph_core::history::{Actor, HistoryRecord};
-use ralph_core::reconcile::{Bookkeeping, Change, DeviceRef, DeviceState, Field, ItemStatus, Plan, PlanItem, ScanId};
+use ralph_core::reconcile::{
+    Bookkeeping, Change, DeviceRef, DeviceState, Field, FieldState, ItemStatus, Plan, PlanItem, ScanId,
+};
 use ralph_core::{Component, Device, DeviceModel, Entity, Id, StoreError};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, QueryBuilder, Type};
 
 use super::{
     CHUNK, ENTITY, GroupOutcome, checked_update, created_record, created_values, field_states, inventory_provenance,
-    model_changed, model_key, new_device, updated_record, value_key,
+    model_changed, model_key, new_device, updated_record,
 };
 use crate::dialect::{Backend, ServerTraits, Stamp};
+use crate::sql::history::ColumnText;
 use crate::sql::inventory::Table;
-use crate::sql::{Columns, Mode, Writer, err, push_list};
+use crate::sql::{Mode, Writer, err, push_list};
 use crate::store::{SqlStore, commit};
 
 /// Devices per batch transaction.
@@ -56,25 +59,6 @@ pub(super) fn batchable(device: DeviceRef, items: &[&PlanItem], statuses: &BTree
     !items.is_empty()
 }
 
-/// Counts a value's columns.
-#[derive(Default)]
-struct ColumnCount(usize);
-
-impl Columns for ColumnCount {
-    fn int(&mut self, _: &'static str, _: Option<i64>) {
-        self.0 += 1;
-    }
-    fn text(&mut self, _: &'static str, _: Option<&str>) {
-        self.0 += 1;
-    }
-    fn bool(&mut self, _: &'static str, _: bool) {
-        self.0 += 1;
-    }
-    fn time(&mut self, _: &'static str, _: Option<DateTime<Utc>>) {
-        self.0 += 1;
-    }
-}
-
 /// A provenance as a grouping key: (source, priority, time, by a person).
 type ProvenanceKey<'a> = (&'a str, u32, DateTime<Utc>, bool);
 /// A miss counter as a grouping key: (count, last scan).
@@ -104,9 +88,9 @@ where
         server: ServerTraits,
     ) -> Result<Vec<i64>, StoreError> {
         let Some(first) = values.first() else { return Ok(Vec::new()) };
-        let mut count = ColumnCount::default();
-        first.columns(&mut count)?;
-        let per_statement = (DB::MAX_PARAMETERS / count.0.max(1)).clamp(1, CHUNK);
+        let mut columns = ColumnText::default();
+        first.columns(&mut columns)?;
+        let per_statement = (DB::MAX_PARAMETERS / columns.0.len().max(1)).clamp(1, CHUNK);
         let mut ids = Vec::with_capacity(values.len());
         for chunk in values.chunks(per_statement) {
             let mut qb = QueryBuilder::new(format!("INSERT INTO {} (", T::TABLE));
@@ -148,22 +132,8 @@ where
         let items: Vec<&PlanItem> = groups.iter().flat_map(|(_, items)| items.iter().copied()).collect();
         let mut tx = self.begin(ENTITY).await?;
 
-        // The items, locked: a concurrent apply of the same plan waits, then sees them done.
-        let mut pending = 0;
-        for chunk in items.chunks(CHUNK) {
-            let mut qb = QueryBuilder::new("SELECT seq FROM reconcile_plan_items WHERE plan_id = ");
-            qb.push_bind(Some(plan.get())).push(" AND status = 'pending' AND seq IN (");
-            push_list(&mut qb, chunk.iter().map(|i| Some(i64::from(i.seq))));
-            qb.push(")").push(DB::FOR_UPDATE);
-            pending += qb
-                .build_query_scalar::<i64>()
-                .persistent(DB::PREPARE_KEY_LISTS)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(err(ENTITY))?
-                .len();
-        }
-        if pending != items.len() {
+        let seqs: Vec<u32> = items.iter().map(|i| i.seq).collect();
+        if Self::lock_pending_items(&mut tx, plan, &seqs).await?.len() != items.len() {
             return Self::give_up(tx).await;
         }
 
@@ -176,20 +146,7 @@ where
             })
             .collect();
         stored.sort_unstable();
-        let mut locked = 0;
-        for chunk in stored.chunks(CHUNK) {
-            let mut qb = QueryBuilder::new("SELECT id FROM devices WHERE id IN (");
-            push_list(&mut qb, chunk.iter().map(|id| Some(*id)));
-            qb.push(") ORDER BY id").push(DB::FOR_UPDATE);
-            locked += qb
-                .build_query_scalar::<i64>()
-                .persistent(DB::PREPARE_KEY_LISTS)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(err(ENTITY))?
-                .len();
-        }
-        if locked != stored.len() {
+        if Self::lock_devices(&mut tx, &stored).await? != stored.len() {
             return Self::give_up(tx).await;
         }
         let states: BTreeMap<i64, DeviceState> =
@@ -243,9 +200,8 @@ where
 
         // Provenance of the written fields: the old rows out, field by field, then the new in.
         let mut rows = Vec::new();
-        for ((key, fields), id) in new_keys.iter().zip(&new_ids) {
+        for ((_, fields), id) in new_keys.iter().zip(&new_ids) {
             rows.extend(field_states(fields).into_iter().map(|(f, s)| (*id, f, s)));
-            debug_assert!(created.contains_key(key));
         }
         for (device, _, fields) in &updates {
             rows.extend(field_states(fields).into_iter().map(|(f, s)| (device.get(), f, s)));
@@ -269,25 +225,8 @@ where
                 qb.build().persistent(DB::PREPARE_KEY_LISTS).execute(&mut *tx).await.map_err(err(ENTITY))?;
             }
         }
-        let keys: Vec<Option<String>> = rows.iter().map(|(_, f, s)| value_key(*f, &s.value)).collect();
-        for (chunk, keys) in rows.chunks(CHUNK).zip(keys.chunks(CHUNK)) {
-            let mut qb = QueryBuilder::new(
-                "INSERT INTO reconcile_fields (device_id, field, value, value_key, source, priority, observed_at, \
-                 by_person, locked) ",
-            );
-            qb.push_values(chunk.iter().zip(keys), |mut row, ((id, field, state), key)| {
-                row.push_bind(Some(*id))
-                    .push_bind(Some(field.as_str()))
-                    .push_bind(Some(state.value.as_str()))
-                    .push_bind(key.as_deref())
-                    .push_bind(Some(state.provenance.source.as_str()))
-                    .push_bind(Some(i64::from(state.provenance.priority)))
-                    .push_bind(Some(state.provenance.at))
-                    .push_bind(state.provenance.by_person)
-                    .push_bind(state.locked);
-            });
-            qb.build().persistent(DB::PREPARE_KEY_LISTS).execute(&mut *tx).await.map_err(err(ENTITY))?;
-        }
+        let rows: Vec<(i64, Field, &FieldState)> = rows.iter().map(|(id, f, state)| (*id, *f, state)).collect();
+        Self::insert_field_rows(&mut tx, &rows).await?;
 
         // New components, on stored devices or on devices of this batch.
         let mut components = Vec::new();

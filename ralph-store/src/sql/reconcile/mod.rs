@@ -514,9 +514,50 @@ where
 
     /// Locks the device row for the rest of the transaction; false when it does not exist.
     async fn lock_device(conn: &mut DB::Connection, device: Id<Device>) -> Result<bool, StoreError> {
-        let mut qb = QueryBuilder::new("SELECT id FROM devices WHERE id = ");
-        qb.push_bind(Some(device.get())).push(DB::FOR_UPDATE);
-        Ok(qb.build_query_scalar::<i64>().fetch_optional(&mut *conn).await.map_err(err(ENTITY))?.is_some())
+        Ok(Self::lock_devices(conn, &[device.get()]).await? == 1)
+    }
+
+    /// Locks the rows of the devices `ids` (sorted, so two transactions take them in the same
+    /// order) for the rest of the transaction; returns how many exist.
+    pub(super) async fn lock_devices(conn: &mut DB::Connection, ids: &[i64]) -> Result<usize, StoreError> {
+        let mut locked = 0;
+        for chunk in ids.chunks(CHUNK) {
+            let mut qb = QueryBuilder::new("SELECT id FROM devices WHERE id IN (");
+            push_list(&mut qb, chunk.iter().map(|id| Some(*id)));
+            qb.push(") ORDER BY id").push(DB::FOR_UPDATE);
+            locked += qb
+                .build_query_scalar::<i64>()
+                .persistent(DB::PREPARE_KEY_LISTS)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(err(ENTITY))?
+                .len();
+        }
+        Ok(locked)
+    }
+
+    /// Locks the items `seqs` of `plan` that are still pending; returns their numbers. A
+    /// concurrent apply of the same plan waits, then sees them done.
+    pub(super) async fn lock_pending_items(
+        conn: &mut DB::Connection,
+        plan: Id<Plan>,
+        seqs: &[u32],
+    ) -> Result<BTreeSet<i64>, StoreError> {
+        let mut pending = BTreeSet::new();
+        for chunk in seqs.chunks(CHUNK) {
+            let mut qb = QueryBuilder::new("SELECT seq FROM reconcile_plan_items WHERE plan_id = ");
+            qb.push_bind(Some(plan.get())).push(" AND status = 'pending' AND seq IN (");
+            push_list(&mut qb, chunk.iter().map(|seq| Some(i64::from(*seq))));
+            qb.push(")").push(DB::FOR_UPDATE);
+            pending.extend(
+                qb.build_query_scalar::<i64>()
+                    .persistent(DB::PREPARE_KEY_LISTS)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(err(ENTITY))?,
+            );
+        }
+        Ok(pending)
     }
 
     /// The locked, current state of one device.
@@ -615,23 +656,35 @@ where
         push_list(&mut qb, fields.iter().map(|(f, _)| Some(f.as_str())));
         qb.push(")");
         qb.build().persistent(DB::PREPARE_KEY_LISTS).execute(&mut *conn).await.map_err(err(ENTITY))?;
-        let keys: Vec<Option<String>> = fields.iter().map(|(f, s)| value_key(*f, &s.value)).collect();
-        let mut qb = QueryBuilder::new(
-            "INSERT INTO reconcile_fields (device_id, field, value, value_key, source, priority, observed_at, \
-             by_person, locked) ",
-        );
-        qb.push_values(fields.iter().zip(&keys), |mut row, ((field, state), key)| {
-            row.push_bind(Some(device.get()))
-                .push_bind(Some(field.as_str()))
-                .push_bind(Some(state.value.as_str()))
-                .push_bind(key.as_deref())
-                .push_bind(Some(state.provenance.source.as_str()))
-                .push_bind(Some(i64::from(state.provenance.priority)))
-                .push_bind(Some(state.provenance.at))
-                .push_bind(state.provenance.by_person)
-                .push_bind(state.locked);
-        });
-        qb.build().persistent(DB::PREPARE_KEY_LISTS).execute(&mut *conn).await.map(drop).map_err(err(ENTITY))
+        let rows: Vec<(i64, Field, &FieldState)> = fields.iter().map(|(f, s)| (device.get(), *f, *s)).collect();
+        Self::insert_field_rows(conn, &rows).await
+    }
+
+    /// Inserts provenance rows `(device, field, state)`, [`CHUNK`] a statement.
+    pub(super) async fn insert_field_rows(
+        conn: &mut DB::Connection,
+        rows: &[(i64, Field, &FieldState)],
+    ) -> Result<(), StoreError> {
+        for chunk in rows.chunks(CHUNK) {
+            let keys: Vec<Option<String>> = chunk.iter().map(|(_, f, s)| value_key(*f, &s.value)).collect();
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO reconcile_fields (device_id, field, value, value_key, source, priority, observed_at, \
+                 by_person, locked) ",
+            );
+            qb.push_values(chunk.iter().zip(&keys), |mut row, ((id, field, state), key)| {
+                row.push_bind(Some(*id))
+                    .push_bind(Some(field.as_str()))
+                    .push_bind(Some(state.value.as_str()))
+                    .push_bind(key.as_deref())
+                    .push_bind(Some(state.provenance.source.as_str()))
+                    .push_bind(Some(i64::from(state.provenance.priority)))
+                    .push_bind(Some(state.provenance.at))
+                    .push_bind(state.provenance.by_person)
+                    .push_bind(state.locked);
+            });
+            qb.build().persistent(DB::PREPARE_KEY_LISTS).execute(&mut *conn).await.map_err(err(ENTITY))?;
+        }
+        Ok(())
     }
 
     /// Creates or replaces a component's provenance row (its miss counter kept).
@@ -839,13 +892,8 @@ where
         whole: bool,
     ) -> Result<GroupOutcome, StoreError> {
         let mut tx = self.begin(ENTITY).await?;
-        // Lock the items: a concurrent apply of the same plan waits, then sees them done.
-        let mut qb = QueryBuilder::new("SELECT seq FROM reconcile_plan_items WHERE plan_id = ");
-        qb.push_bind(Some(plan.get())).push(" AND status = 'pending' AND seq IN (");
-        push_list(&mut qb, items.iter().map(|i| Some(i64::from(i.seq))));
-        qb.push(")").push(DB::FOR_UPDATE);
-        let pending: BTreeSet<i64> =
-            qb.build_query_scalar::<i64>().fetch_all(&mut *tx).await.map_err(err(ENTITY))?.into_iter().collect();
+        let seqs: Vec<u32> = items.iter().map(|i| i.seq).collect();
+        let pending = Self::lock_pending_items(&mut tx, plan, &seqs).await?;
         let mut statuses = statuses.clone();
         let mut created = created.clone();
         let mut results = Vec::new();
