@@ -825,7 +825,7 @@ where
         let in_flight = InFlight::new(&shared);
         let (shared, tx) = (Arc::clone(&shared), tx.clone());
         tasks.spawn(async move {
-            let result = probe_host(ip, &shared).await;
+            let result = crate::neighbour::with_host(slot.as_ref(), probe_host(ip, &shared)).await;
             if let Some(slot) = slot {
                 shared.neighbour.release(slot).await;
             }

@@ -209,6 +209,77 @@ const V6_SLOT_BASE: u64 = 1 << 32;
 /// How often admission re-reads the live entry count.
 const RECHECK_EVERY: Duration = Duration::from_millis(2);
 
+/// The longest admission sleeps between looks at the live table while it has no room.
+const MAX_ROOM_WAIT: Duration = Duration::from_millis(4);
+
+/// Releases talking to netlink at once. Replies to more overflowed the socket's receive buffer
+/// (the kernel drops them, counted in `/proc/net/netlink`), and a request whose reply was
+/// dropped waited forever, its slot with it: a sweep of a /16 hung.
+const NETLINK_IN_FLIGHT: usize = 128;
+
+/// The netlink socket's receive buffer asked for (the kernel caps it at `net.core.rmem_max`).
+const NETLINK_RCVBUF: usize = 1 << 20;
+
+/// How long one release may wait for netlink; after it the entry is treated as not deleted
+/// (its slot is held until the kernel may collect it).
+const NETLINK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long the snapshot of the table before a scan may take; after it nothing is deleted.
+const DUMP_TIMEOUT: Duration = Duration::from_secs(10);
+
+tokio::task_local! {
+    /// The admitted host whose probes this task runs (set by the engine around each host).
+    static SENDING: Unsent;
+}
+
+/// Runs `task` (one host's probes) with `slot`'s host counted as not yet in the table until
+/// its first paced packet ([`sending`]).
+pub(crate) async fn with_host<F: std::future::Future>(slot: Option<&NeighbourSlot>, task: F) -> F::Output {
+    match slot.and_then(|s| s.unsent.clone()) {
+        Some(unsent) => SENDING.scope(unsent, task).await,
+        None => task.await,
+    }
+}
+
+/// Called as a probe of the current host is let through the pacer, just before it sends:
+/// from now on its neighbour entry is in the live count (or about to be).
+pub(crate) fn sending() {
+    let _ = SENDING.try_with(Unsent::sent);
+}
+
+/// An admitted on-link host that has sent nothing yet, so its neighbour entry is not in the
+/// live count: admission counts it on top of that count until [`Unsent::sent`] (or until it
+/// is dropped, when the host is done).
+#[derive(Debug, Clone)]
+pub(crate) struct Unsent(Arc<UnsentInner>);
+
+#[derive(Debug)]
+struct UnsentInner {
+    guard: Arc<GuardInner>,
+    v6: bool,
+    done: AtomicBool,
+}
+
+impl Unsent {
+    fn sent(&self) {
+        let i = &self.0;
+        if !i.done.swap(true, Ordering::AcqRel) {
+            let (unsent, since_read) = i.guard.unsent_counters(i.v6);
+            // Counted as sent since the last read until the next one, which sees its entry.
+            since_read.fetch_add(1, Ordering::AcqRel);
+            unsent.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for UnsentInner {
+    fn drop(&mut self) {
+        if !self.done.load(Ordering::Acquire) {
+            self.guard.unsent_counters(self.v6).0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// Decides which targets are on-link and paces them through the neighbour table: a budget per
 /// process (shared by every scan of a [`crate::ScanResources`]) and, through a slot file, one
 /// per host, re-checked against the live entry count.
@@ -238,7 +309,15 @@ struct GuardInner {
     /// The kernel runs one dump at a time per netlink socket (EBUSY otherwise): scopes
     /// starting together take their snapshots in turn.
     dump: tokio::sync::Mutex<()>,
+    /// [`NETLINK_IN_FLIGHT`] turns for releases.
+    netlink_turns: Semaphore,
     live: std::sync::Mutex<LiveCount>,
+    /// Admitted hosts that have sent nothing yet (their entries are not in the live count).
+    unsent_v4: AtomicU64,
+    unsent_v6: AtomicU64,
+    /// Hosts that sent their first packet since the live count was last read.
+    sent_since_read_v4: AtomicU64,
+    sent_since_read_v6: AtomicU64,
     warned: AtomicBool,
     deleted: AtomicU64,
     delete_errors: AtomicU64,
@@ -255,6 +334,8 @@ struct LiveCount {
 /// without that (a cancelled scan), its slots are held as if entries were not deleted.
 #[derive(Debug)]
 pub struct NeighbourSlot {
+    /// Counted on top of the live table until the host's first packet.
+    unsent: Option<Unsent>,
     permit: Option<OwnedSemaphorePermit>,
     host: Option<HostSlot>,
     hold: Duration,
@@ -271,12 +352,14 @@ impl NeighbourSlot {
 
     /// Frees the slots now.
     fn free(&mut self) {
+        self.unsent.take();
         self.permit.take();
         self.host.take();
     }
 
     /// Frees the slots once the kernel may have collected the entry.
     fn free_after_hold(&mut self) {
+        self.unsent.take();
         let (permit, host, hold) = (self.permit.take(), self.host.take(), self.hold);
         if permit.is_none() && host.is_none() {
             return;
@@ -384,7 +467,12 @@ impl NeighbourGuard {
                 delete,
                 netlink: OnceCell::new(),
                 dump: tokio::sync::Mutex::new(()),
+                netlink_turns: Semaphore::new(NETLINK_IN_FLIGHT),
                 live: std::sync::Mutex::new(LiveCount::default()),
+                unsent_v4: AtomicU64::new(0),
+                unsent_v6: AtomicU64::new(0),
+                sent_since_read_v4: AtomicU64::new(0),
+                sent_since_read_v6: AtomicU64::new(0),
                 warned: AtomicBool::new(false),
                 deleted: AtomicU64::new(0),
                 delete_errors: AtomicU64::new(0),
@@ -452,7 +540,13 @@ impl NeighbourGuard {
             .netlink
             .get_or_init(|| async {
                 match rtnetlink::new_connection() {
-                    Ok((conn, handle, _)) => {
+                    Ok((mut conn, handle, _)) => {
+                        use rtnetlink::sys::AsyncSocket;
+                        // Room for the replies of every release in flight; a smaller buffer
+                        // only means fewer at once would fit (the turns and timeout still hold).
+                        if let Err(error) = conn.socket_mut().socket_ref().set_rx_buf_sz(NETLINK_RCVBUF) {
+                            tracing::debug!(target: "ralph::discovery", %error, "netlink receive buffer unchanged");
+                        }
                         tokio::spawn(conn);
                         Some(handle)
                     }
@@ -466,17 +560,34 @@ impl NeighbourGuard {
             .as_ref()
     }
 
-    /// Whether the live table has room for one more entry of the family (re-read every few ms).
+    /// Whether the table has room for one more entry of the family: the live count (re-read
+    /// every few ms) plus this process's admitted hosts whose entries it cannot show yet (not
+    /// sent, or sent since the read) stays below the ceiling. Without the second part, hosts
+    /// admitted faster than they send (waiting for the pacer, or on a loaded machine) overshot
+    /// the ceiling into a table still full of another process's fresh entries.
     fn room(&self, v6: bool) -> bool {
         let i = &self.inner;
         let mut live = i.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = std::time::Instant::now();
         if live.read_at.is_none_or(|t| now.duration_since(t) >= RECHECK_EVERY) {
+            // Reset before reading: a host that sends after this is counted until the next read.
+            i.sent_since_read_v4.store(0, Ordering::Release);
+            i.sent_since_read_v6.store(0, Ordering::Release);
             live.v4 = NeighbourStats::read(false).map_or(0, |s| s.entries);
             live.v6 = NeighbourStats::read(true).map_or(0, |s| s.entries);
             live.read_at = Some(now);
         }
-        if v6 { live.v6 < i.ceiling_v6 } else { live.v4 < i.ceiling_v4 }
+        let (unsent, since_read) = i.unsent_counters(v6);
+        let (entries, ceiling) = if v6 { (live.v6, i.ceiling_v6) } else { (live.v4, i.ceiling_v4) };
+        let used = entries + unsent.load(Ordering::Acquire) + since_read.load(Ordering::Acquire);
+        used < ceiling
+    }
+}
+
+impl GuardInner {
+    /// (admitted but not sent, sent since the last read) of one family.
+    fn unsent_counters(&self, v6: bool) -> (&AtomicU64, &AtomicU64) {
+        if v6 { (&self.unsent_v6, &self.sent_since_read_v6) } else { (&self.unsent_v4, &self.sent_since_read_v4) }
     }
 }
 
@@ -546,9 +657,11 @@ impl NeighbourScope {
         let mut wait = Duration::from_millis(1);
         while !g.room(v6) {
             tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_millis(20));
+            wait = (wait * 2).min(MAX_ROOM_WAIT);
         }
-        Some(NeighbourSlot { permit: Some(permit), host, hold: g.inner.hold, ip, ifindex })
+        g.inner.unsent_counters(v6).0.fetch_add(1, Ordering::AcqRel);
+        let unsent = Unsent(Arc::new(UnsentInner { guard: Arc::clone(&g.inner), v6, done: AtomicBool::new(false) }));
+        Some(NeighbourSlot { unsent: Some(unsent), permit: Some(permit), host, hold: g.inner.hold, ip, ifindex })
     }
 
     /// Gives a slot back once all probes of its host are done: deletes the entry (when the scan
@@ -563,7 +676,12 @@ impl NeighbourScope {
                 slot.free();
                 return;
             }
-            match delete_created_neighbour(handle, slot.ip, slot.ifindex).await {
+            let deleted = {
+                let _turn = g.inner.netlink_turns.acquire().await;
+                tokio::time::timeout(NETLINK_TIMEOUT, delete_created_neighbour(handle, slot.ip, slot.ifindex)).await
+            };
+            let deleted = deleted.unwrap_or(Err(rtnetlink::Error::RequestFailed));
+            match deleted {
                 Ok(deleted) => {
                     if deleted {
                         self.deleted.fetch_add(1, Ordering::Relaxed);
@@ -659,9 +777,13 @@ const fn libc_enoent() -> i32 {
 /// Every neighbour entry (interface, address) of both families, from a netlink dump; `None`
 /// when the dump fails (then the guard deletes nothing).
 async fn existing_neighbours(handle: &rtnetlink::Handle) -> Option<HashSet<(u32, IpAddr)>> {
-    let dump = handle.neighbours().get().execute().try_collect::<Vec<_>>().await;
+    let dump = tokio::time::timeout(DUMP_TIMEOUT, handle.neighbours().get().execute().try_collect::<Vec<_>>()).await;
     match dump {
-        Ok(entries) => Some(
+        Err(_) => {
+            tracing::warn!(target: "ralph::discovery", "neighbour table dump timed out; no entry will be deleted");
+            None
+        }
+        Ok(Ok(entries)) => Some(
             entries
                 .iter()
                 .filter_map(|m| {
@@ -677,7 +799,7 @@ async fn existing_neighbours(handle: &rtnetlink::Handle) -> Option<HashSet<(u32,
                 })
                 .collect(),
         ),
-        Err(error) => {
+        Ok(Err(error)) => {
             tracing::warn!(target: "ralph::discovery", %error, "neighbour table unreadable; no entry will be deleted");
             None
         }

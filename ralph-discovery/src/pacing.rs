@@ -1,5 +1,7 @@
 //! AIMD rate control: probe starts are paced at a rate that halves on congestion signals
-//! (ENOBUFS/EAGAIN, rising kernel drop counters, timeout spikes) and grows additively otherwise.
+//! (ENOBUFS/EAGAIN, rising kernel drop counters, timeout spikes) and grows otherwise: by a
+//! factor per second until the first signal (slow start, as TCP's), additively after it. It
+//! grows only while probes use it, so an idle pacer does not come back at its ceiling.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -17,7 +19,8 @@ use crate::{Error, Result};
 /// ```
 ///
 /// The rates are probe starts per second and must be finite; `min` must be positive and not
-/// above `max`, `initial` positive and `increase_per_sec` not negative: [`RateConfig::validate`]
+/// above `max`, `initial` positive, `increase_per_sec` not negative and `growth_per_sec` at
+/// least 1: [`RateConfig::validate`]
 /// (called by [`Pacer::new`] and [`crate::Scanner::new`]) returns [`crate::Error::Setting`]
 /// otherwise.
 ///
@@ -36,8 +39,12 @@ pub struct RateConfig {
     pub min: f64,
     /// Ceiling of the rate.
     pub max: f64,
-    /// Added to the rate per second without congestion.
+    /// Added to the rate per second without congestion, once a congestion signal has ended
+    /// slow start.
     pub increase_per_sec: f64,
+    /// Slow start: until the first congestion signal the rate is multiplied by this per second
+    /// (default 2, doubling; 1 turns slow start off, leaving the additive increase only).
+    pub growth_per_sec: f64,
     /// After a halving, further signals within this period are ignored (one halving per
     /// burst, like TCP's once-per-RTT).
     pub cooldown: Duration,
@@ -50,6 +57,7 @@ impl Default for RateConfig {
             min: 50.0,
             max: 500_000.0,
             increase_per_sec: 5_000.0,
+            growth_per_sec: 2.0,
             cooldown: Duration::from_millis(200),
         }
     }
@@ -84,6 +92,13 @@ impl RateConfig {
         self
     }
 
+    /// Sets [`RateConfig::growth_per_sec`], slow start's factor per second (1 turns it off).
+    #[must_use]
+    pub fn growth_per_sec(mut self, growth: f64) -> Self {
+        self.growth_per_sec = growth;
+        self
+    }
+
     /// Sets [`RateConfig::cooldown`].
     #[must_use]
     pub fn cooldown(mut self, cooldown: Duration) -> Self {
@@ -92,7 +107,7 @@ impl RateConfig {
     }
 
     /// Checks the ranges: every rate finite, `initial` and `min` positive, `min <= max`,
-    /// `increase_per_sec >= 0`.
+    /// `increase_per_sec >= 0`, `growth_per_sec >= 1`.
     ///
     /// # Errors
     /// [`Error::Setting`] naming the first bad value.
@@ -116,6 +131,9 @@ impl RateConfig {
                 self.increase_per_sec,
                 "must be finite and not negative",
             ));
+        }
+        if !(self.growth_per_sec.is_finite() && self.growth_per_sec >= 1.0) {
+            return Err(Error::setting("rate.growth_per_sec", self.growth_per_sec, "must be finite and at least 1"));
         }
         Ok(())
     }
@@ -209,11 +227,18 @@ impl Pacer {
                 let now = Instant::now();
                 let elapsed = now.duration_since(s.last).as_secs_f64();
                 s.last = now;
-                // Additive increase, continuously.
-                s.rate = (s.rate + self.config.increase_per_sec * elapsed).min(self.config.max);
                 // Allow a burst of 10 ms worth of starts so high rates need no sub-ms sleeps.
                 let burst = (s.rate / 100.0).max(1.0);
+                // Growth only for the time the bucket was refilling: probes were using the
+                // rate. A pacer left idle fills its bucket within 10 ms and then stays put.
+                let busy = elapsed.min((burst - s.tokens).max(0.0) / s.rate);
                 s.tokens = (s.tokens + elapsed * s.rate).min(burst);
+                let grown = if s.decreases == 0 {
+                    s.rate * self.config.growth_per_sec.powf(busy)
+                } else {
+                    s.rate + self.config.increase_per_sec * busy
+                };
+                s.rate = grown.min(self.config.max).max(s.rate);
                 if s.tokens >= 1.0 {
                     s.tokens -= 1.0;
                     return;
@@ -300,6 +325,8 @@ mod tests {
             (d.initial(-5.0), "rate.initial"),
             (d.increase_per_sec(-1.0), "rate.increase_per_sec"),
             (d.increase_per_sec(f64::NAN), "rate.increase_per_sec"),
+            (d.growth_per_sec(0.5), "rate.growth_per_sec"),
+            (d.growth_per_sec(f64::INFINITY), "rate.growth_per_sec"),
         ] {
             match Pacer::new(bad) {
                 Err(Error::Setting { setting: s, .. }) => assert_eq!(s, setting, "{bad:?}"),
@@ -377,6 +404,31 @@ mod tests {
         // start; a queue looks at most twice.
         let looks = pacer.lock().looks;
         assert!(looks <= 2 * 200 + 10, "{looks} looks for 200 starts");
+    }
+
+    #[tokio::test]
+    async fn slow_start_doubles_while_held_back_then_grows_additively_and_not_while_idle() {
+        let p = Pacer::new(RateConfig::default().initial(100.0).min(1.0).increase_per_sec(0.0)).expect("valid");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(1) {
+            p.ready().await;
+        }
+        // About one second held back by the pacer: doubled, give or take the first start.
+        let after_slow_start = p.rate();
+        assert!((150.0..=260.0).contains(&after_slow_start), "slow start reached {after_slow_start}");
+        // Idle: growth for the 10 ms the bucket takes to fill at most, however long it lasts
+        // (2^0.3 = 1.23 if the idle time counted).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        p.ready().await;
+        assert!(p.rate() <= after_slow_start * 1.02, "idle grew {after_slow_start} to {}", p.rate());
+        // A congestion signal ends slow start: with no additive increase configured it stays.
+        assert!(p.congestion("test"));
+        let halved = p.rate();
+        let again = Instant::now();
+        while again.elapsed() < Duration::from_millis(300) {
+            p.ready().await;
+        }
+        assert!(p.rate() <= halved * 1.001, "after a signal {halved} grew to {}", p.rate());
     }
 
     #[tokio::test]

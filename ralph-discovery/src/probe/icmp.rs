@@ -114,6 +114,7 @@ async fn ping(target: IpAddr, ctx: &ProbeContext) -> io::Result<Option<bool>> {
     for _ in 0..=ctx.timeouts.retries {
         let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
         ctx.pacer.ready_in(&ctx.lane).await;
+        crate::neighbour::sending();
         if let Err(e) = socket.send(&echo_request(v6, id, seq)).await {
             if super::is_congestion(&e) {
                 ctx.congestion("ENOBUFS on ICMP send");

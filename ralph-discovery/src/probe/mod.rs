@@ -389,6 +389,7 @@ impl ProbeContext {
             let permit = self.budget.acquire().await;
             if self.pace_loopback || !addr.ip().is_loopback() {
                 self.pacer.ready_in(&self.lane).await;
+                crate::neighbour::sending();
             }
             self.counters.attempts.fetch_add(1, Ordering::Relaxed);
             let result = tokio::time::timeout(self.timeouts.connect, self.connector.connect(addr)).await;
@@ -455,6 +456,7 @@ impl ProbeContext {
             let permit = self.budget.acquire().await;
             if pace {
                 self.pacer.ready_in(&self.lane).await;
+                crate::neighbour::sending();
             }
             match open() {
                 Ok(sock) => {
