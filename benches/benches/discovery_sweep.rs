@@ -11,7 +11,7 @@
 //! 4. a 127.0.0.0/16 single-port host sweep vs a naive concurrent connect loop.
 //!
 //! `cargo bench -p ralph-benches --bench discovery_sweep`; `RALPH_BENCH_ONLY=wide` runs only
-//! part 3. nmap is installed from Debian's packages when missing.
+//! part 3 (`ports`: only part 1). nmap is installed from Debian's packages when missing.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -351,10 +351,14 @@ fn main() {
         return;
     }
     let have_nmap = ensure_nmap();
-    let only_wide = std::env::var("RALPH_BENCH_ONLY").is_ok_and(|v| v == "wide");
+    let only = std::env::var("RALPH_BENCH_ONLY").unwrap_or_default();
+    let only_wide = only == "wide";
     rt.block_on(async {
         if !have_nmap {
             println!("nmap missing and could not be installed: nmap comparisons skipped");
+        } else if only == "ports" {
+            port_sweep().await;
+            return;
         } else if only_wide {
             wide_sweep().await;
         } else {

@@ -235,7 +235,17 @@ tokio::task_local! {
 /// Runs `task` (one host's probes) with `slot`'s host counted as not yet in the table until
 /// its first paced packet ([`sending`]).
 pub(crate) async fn with_host<F: std::future::Future>(slot: Option<&NeighbourSlot>, task: F) -> F::Output {
-    match slot.and_then(|s| s.unsent.clone()) {
+    in_host(slot.and_then(|s| s.unsent.clone()), task).await
+}
+
+/// The host whose probes the current task runs, to hand to a task it spawns ([`in_host`]).
+pub(crate) fn current_host() -> Option<Unsent> {
+    SENDING.try_with(Clone::clone).ok()
+}
+
+/// Runs `task` as part of `host`'s probes (see [`with_host`]).
+pub(crate) async fn in_host<F: std::future::Future>(host: Option<Unsent>, task: F) -> F::Output {
+    match host {
         Some(unsent) => SENDING.scope(unsent, task).await,
         None => task.await,
     }
@@ -253,31 +263,57 @@ pub(crate) fn sending() {
 #[derive(Debug, Clone)]
 pub(crate) struct Unsent(Arc<UnsentInner>);
 
-#[derive(Debug)]
 struct UnsentInner {
     guard: Arc<GuardInner>,
     v6: bool,
     done: AtomicBool,
 }
 
+impl std::fmt::Debug for UnsentInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unsent").field("v6", &self.v6).field("sent", &self.done.load(Ordering::Relaxed)).finish()
+    }
+}
+
+impl UnsentInner {
+    /// From "not sent" to "sent lately", once.
+    fn settle(&self) {
+        if !self.done.swap(true, Ordering::AcqRel) {
+            let c = self.guard.pending(self.v6);
+            // Counted as sent lately for the next two reads of the live table, by which time
+            // its entry shows there (or never will).
+            c.sent_now.fetch_add(1, Ordering::AcqRel);
+            let before = c.unsent.fetch_sub(1, Ordering::AcqRel);
+            debug_assert!(before > 0, "unsent count underflow");
+        }
+    }
+}
+
 impl Unsent {
     fn sent(&self) {
-        let i = &self.0;
-        if !i.done.swap(true, Ordering::AcqRel) {
-            let (unsent, since_read) = i.guard.unsent_counters(i.v6);
-            // Counted as sent since the last read until the next one, which sees its entry.
-            since_read.fetch_add(1, Ordering::AcqRel);
-            unsent.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.0.settle();
     }
 }
 
 impl Drop for UnsentInner {
     fn drop(&mut self) {
-        if !self.done.load(Ordering::Acquire) {
-            self.guard.unsent_counters(self.v6).0.fetch_sub(1, Ordering::AcqRel);
-        }
+        // A host done without a paced packet may still have made an entry (a host app's probe
+        // that does not use the pacer): it is counted as sent lately too.
+        self.settle();
     }
+}
+
+/// Admitted hosts of one family whose entries the live count may not show yet.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Admitted, nothing sent yet.
+    unsent: AtomicU64,
+    /// Sent since the live count was last read.
+    sent_now: AtomicU64,
+    /// Sent in the period before that: a host that sent just before a read may have made its
+    /// entry just after it, so each stays counted for a whole period after the read that
+    /// could have missed it.
+    sent_before: AtomicU64,
 }
 
 /// Decides which targets are on-link and paces them through the neighbour table: a budget per
@@ -312,12 +348,9 @@ struct GuardInner {
     /// [`NETLINK_IN_FLIGHT`] turns for releases.
     netlink_turns: Semaphore,
     live: std::sync::Mutex<LiveCount>,
-    /// Admitted hosts that have sent nothing yet (their entries are not in the live count).
-    unsent_v4: AtomicU64,
-    unsent_v6: AtomicU64,
-    /// Hosts that sent their first packet since the live count was last read.
-    sent_since_read_v4: AtomicU64,
-    sent_since_read_v6: AtomicU64,
+    /// Admitted hosts whose entries the live count may not show yet, per family.
+    pending_v4: Pending,
+    pending_v6: Pending,
     warned: AtomicBool,
     deleted: AtomicU64,
     delete_errors: AtomicU64,
@@ -348,6 +381,17 @@ impl NeighbourSlot {
     #[must_use]
     pub fn ip(&self) -> IpAddr {
         self.ip
+    }
+
+    /// Says that the host's first packet is on its way, so its entry is in the live count
+    /// from now on. The scan engine does this itself as each host's first probe passes the
+    /// pacer; a caller of [`NeighbourScope::admit`] that sends by other means calls it before
+    /// sending. Until then (or until the slot is released) the host is counted on top of the
+    /// live table, so slots never marked count twice once their entries exist.
+    pub fn sent(&self) {
+        if let Some(unsent) = &self.unsent {
+            unsent.sent();
+        }
     }
 
     /// Frees the slots now.
@@ -469,10 +513,8 @@ impl NeighbourGuard {
                 dump: tokio::sync::Mutex::new(()),
                 netlink_turns: Semaphore::new(NETLINK_IN_FLIGHT),
                 live: std::sync::Mutex::new(LiveCount::default()),
-                unsent_v4: AtomicU64::new(0),
-                unsent_v6: AtomicU64::new(0),
-                sent_since_read_v4: AtomicU64::new(0),
-                sent_since_read_v6: AtomicU64::new(0),
+                pending_v4: Pending::default(),
+                pending_v6: Pending::default(),
                 warned: AtomicBool::new(false),
                 deleted: AtomicU64::new(0),
                 delete_errors: AtomicU64::new(0),
@@ -560,34 +602,44 @@ impl NeighbourGuard {
             .as_ref()
     }
 
-    /// Whether the table has room for one more entry of the family: the live count (re-read
-    /// every few ms) plus this process's admitted hosts whose entries it cannot show yet (not
-    /// sent, or sent since the read) stays below the ceiling. Without the second part, hosts
-    /// admitted faster than they send (waiting for the pacer, or on a loaded machine) overshot
-    /// the ceiling into a table still full of another process's fresh entries.
-    fn room(&self, v6: bool) -> bool {
+    /// Takes room in the table for one more entry of the family when there is some: the live
+    /// count (re-read every few ms) plus this process's admitted hosts whose entries it may not
+    /// show yet (not sent, or sent lately) stays below the ceiling. The host is counted as not
+    /// sent under the same lock, so admissions of concurrent scans cannot all take the last
+    /// place. Without the second part, hosts admitted faster than they send (waiting for the
+    /// pacer, or on a loaded machine) overshot the ceiling into a table still full of another
+    /// process's fresh entries.
+    fn take_room(&self, v6: bool) -> bool {
         let i = &self.inner;
         let mut live = i.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = std::time::Instant::now();
         if live.read_at.is_none_or(|t| now.duration_since(t) >= RECHECK_EVERY) {
-            // Reset before reading: a host that sends after this is counted until the next read.
-            i.sent_since_read_v4.store(0, Ordering::Release);
-            i.sent_since_read_v6.store(0, Ordering::Release);
+            // Shift the generations before reading: a host that sends after this is counted
+            // until the read after next.
+            for c in [&i.pending_v4, &i.pending_v6] {
+                c.sent_before.store(c.sent_now.swap(0, Ordering::AcqRel), Ordering::Release);
+            }
             live.v4 = NeighbourStats::read(false).map_or(0, |s| s.entries);
             live.v6 = NeighbourStats::read(true).map_or(0, |s| s.entries);
             live.read_at = Some(now);
         }
-        let (unsent, since_read) = i.unsent_counters(v6);
+        let c = i.pending(v6);
         let (entries, ceiling) = if v6 { (live.v6, i.ceiling_v6) } else { (live.v4, i.ceiling_v4) };
-        let used = entries + unsent.load(Ordering::Acquire) + since_read.load(Ordering::Acquire);
-        used < ceiling
+        let used = entries
+            + c.unsent.load(Ordering::Acquire)
+            + c.sent_now.load(Ordering::Acquire)
+            + c.sent_before.load(Ordering::Acquire);
+        if used >= ceiling {
+            return false;
+        }
+        c.unsent.fetch_add(1, Ordering::AcqRel);
+        true
     }
 }
 
 impl GuardInner {
-    /// (admitted but not sent, sent since the last read) of one family.
-    fn unsent_counters(&self, v6: bool) -> (&AtomicU64, &AtomicU64) {
-        if v6 { (&self.unsent_v6, &self.sent_since_read_v6) } else { (&self.unsent_v4, &self.sent_since_read_v4) }
+    fn pending(&self, v6: bool) -> &Pending {
+        if v6 { &self.pending_v6 } else { &self.pending_v4 }
     }
 }
 
@@ -615,7 +667,8 @@ impl NeighbourScope {
     }
 
     /// Waits for room for `ip` when it is on-link (this process's budget, the host-wide slot,
-    /// and the live table below its ceiling); `None` (immediately) otherwise.
+    /// and the live table below its ceiling); `None` (immediately) otherwise. The host counts
+    /// as not sent yet, on top of the live table, until [`NeighbourSlot::sent`] or release.
     pub async fn admit(&self, ip: IpAddr) -> Option<NeighbourSlot> {
         let g = &self.guard;
         let ifindex = g.on_link(ip)?;
@@ -655,11 +708,11 @@ impl NeighbourScope {
         // and exited has given its host-wide slots back (the kernel drops a dead process's
         // locks) while its entries still fill the table until the kernel collects them.
         let mut wait = Duration::from_millis(1);
-        while !g.room(v6) {
+        while !g.take_room(v6) {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(MAX_ROOM_WAIT);
         }
-        g.inner.unsent_counters(v6).0.fetch_add(1, Ordering::AcqRel);
+        // Counted as not sent by take_room; nothing awaits between it and the guard below.
         let unsent = Unsent(Arc::new(UnsentInner { guard: Arc::clone(&g.inner), v6, done: AtomicBool::new(false) }));
         Some(NeighbourSlot { unsent: Some(unsent), permit: Some(permit), host, hold: g.inner.hold, ip, ifindex })
     }

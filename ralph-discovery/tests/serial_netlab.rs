@@ -185,11 +185,17 @@ async fn serial_eight_hundred_releases_at_once_all_delete_their_entries() {
     let mut slots = Vec::new();
     // The guard's netlink socket opens at the first admission: with the host's default receive
     // buffer at its smallest, as on a host tuned low, unless the guard sizes its own.
-    let rmem_default = "/proc/sys/net/core/rmem_default";
-    let saved = std::fs::read_to_string(rmem_default).expect("rmem_default");
-    std::fs::write(rmem_default, "4096").expect("lower rmem_default");
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(RMEM_DEFAULT, self.0.trim());
+        }
+    }
+    const RMEM_DEFAULT: &str = "/proc/sys/net/core/rmem_default";
+    let restore = Restore(std::fs::read_to_string(RMEM_DEFAULT).expect("rmem_default"));
+    std::fs::write(RMEM_DEFAULT, "4096").expect("lower rmem_default");
     let first = tokio::time::timeout(Duration::from_secs(10), scope.admit(targets[0])).await;
-    std::fs::write(rmem_default, saved.trim()).expect("restore rmem_default");
+    drop(restore);
     slots.push(first.expect("admitted at once").expect("on-link through the lab"));
     for t in &targets[1..] {
         let slot = tokio::time::timeout(Duration::from_secs(10), scope.admit(*t)).await.expect("admitted at once");
@@ -207,6 +213,9 @@ async fn serial_eight_hundred_releases_at_once_all_delete_their_entries() {
         .expect("ip -batch");
     std::io::Write::write_all(&mut ip.stdin.take().expect("stdin"), batch.as_bytes()).expect("write batch");
     assert!(ip.wait().expect("ip").success());
+    for slot in &slots {
+        slot.sent();
+    }
     // Every host done at once, as at the end of a fast sweep's window: before, 800 netlink
     // requests in flight overflowed the socket's receive buffer, the kernel dropped replies
     // and the releases waiting for them never ended.
@@ -253,7 +262,9 @@ async fn serial_lab_half_child() {
     let scanner = Scanner::new(config).expect("valid scan config");
     if let Ok(go) = std::env::var(HALF_GO_ENV) {
         std::fs::write(format!("{go}.ready"), "").expect("ready file");
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while !std::path::Path::new(&go).exists() {
+            assert!(std::time::Instant::now() < deadline, "no go file: the parent gave up");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -302,7 +313,9 @@ async fn two_processes(lab: &Lab, n: usize, delete: bool, overlap: Overlap) {
         if overlap == Overlap::AfterTheFirstExits && k == 1 {
             command.env(HALF_GO_ENV, &go);
         }
-        command.output()
+        // A parent that fails does not leave a child scanning (or waiting) behind.
+        command.kill_on_drop(true);
+        async move { tokio::time::timeout(Duration::from_secs(300), command.output()).await.expect("child process ends") }
     };
     let outputs = match overlap {
         Overlap::Together => futures::future::join_all((0..2).map(child)).await,

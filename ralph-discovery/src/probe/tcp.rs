@@ -47,8 +47,8 @@ impl Probe for TcpConnectProbe {
             .ports
             .chunks(CHUNK)
             .map(|chunk| {
-                let (ctx, chunk) = (ctx.clone(), chunk.to_vec());
-                tokio::spawn(async move { probe_ports(target, &chunk, &ctx).await })
+                let (ctx, chunk, host) = (ctx.clone(), chunk.to_vec(), crate::neighbour::current_host());
+                tokio::spawn(crate::neighbour::in_host(host, async move { probe_ports(target, &chunk, &ctx).await }))
             })
             .collect();
         let mut all = Vec::with_capacity(self.ports.len());
