@@ -13,7 +13,7 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, QueryB
 
 use super::{Columns, err, push_list};
 use crate::dialect::{Backend, Stamp};
-use crate::store::{SqlStore, commit};
+use crate::store::SqlStore;
 
 const ENTITY: &str = "history";
 
@@ -86,22 +86,37 @@ struct HistoryRow {
     at: DateTime<Utc>,
     correlation: String,
     message: Option<String>,
-}
-
-#[derive(FromRow)]
-struct FieldRow {
-    history_id: i64,
-    field: String,
-    before_value: Option<String>,
-    after_value: Option<String>,
+    changes: Option<String>,
 }
 
 fn corrupt(detail: String) -> StoreError {
     StoreError::Corrupt { entity: ENTITY, detail }
 }
 
+/// The `changes` column: a JSON array of `[field, before, after]`, `NULL` for none.
+fn pack(changes: &[FieldChange]) -> Result<Option<String>, StoreError> {
+    if changes.is_empty() {
+        return Ok(None);
+    }
+    let rows: Vec<(&str, Option<&str>, Option<&str>)> =
+        changes.iter().map(|c| (c.field.as_str(), c.before.as_deref(), c.after.as_deref())).collect();
+    serde_json::to_string(&rows).map(Some).map_err(|e| corrupt(format!("field changes: {e}")))
+}
+
+/// The changes a `changes` column holds, sorted by field.
+fn unpack(changes: Option<&str>) -> Result<Vec<FieldChange>, StoreError> {
+    let Some(text) = changes else { return Ok(Vec::new()) };
+    let rows: Vec<(String, Option<String>, Option<String>)> =
+        serde_json::from_str(text).map_err(|e| corrupt(format!("field changes: {e}")))?;
+    let mut changes: Vec<FieldChange> =
+        rows.into_iter().map(|(field, before, after)| FieldChange { field, before, after }).collect();
+    changes.sort_by(|a, b| a.field.cmp(&b.field));
+    Ok(changes)
+}
+
 impl HistoryRow {
-    fn into_entry(self, changes: Vec<FieldChange>) -> Result<HistoryEntry, StoreError> {
+    fn into_entry(self) -> Result<HistoryEntry, StoreError> {
+        let changes = unpack(self.changes.as_deref())?;
         let related = match (self.related_type, self.related_id) {
             (Some(t), Some(id)) => Some((t, id)),
             _ => None,
@@ -138,36 +153,33 @@ where
     }
 }
 
+/// History rows read per page while looking for one field's changes.
+const FIELD_PAGE: u32 = 200;
+
 /// The longest actor name the history keeps, in characters.
 const MAX_ACTOR: usize = 255;
 
-/// History rows per insert statement (10 parameters each).
-const HISTORY_CHUNK: usize = 500;
+/// History rows per insert statement (11 parameters each).
+const HISTORY_CHUNK: usize = 1_000;
 
-/// Field rows per insert statement (4 parameters each).
-const FIELDS_CHUNK: usize = 1_000;
-
-/// Value bytes per field insert statement: far under MySQL's smallest `max_allowed_packet`
+/// Bytes of changes per insert statement: far under MySQL's smallest `max_allowed_packet`
 /// worth having (16 MiB by default), however long the values (a discarded job's payload).
-const FIELDS_BYTES: usize = 4 << 20;
+const HISTORY_BYTES: usize = 4 << 20;
 
-/// Splits field rows into statements of at most [`FIELDS_CHUNK`] rows and about
-/// [`FIELDS_BYTES`] of values (a single larger value gets a statement of its own).
-fn field_statements<'f, 'c>(fields: &'f [(i64, &'c FieldChange)]) -> Vec<&'f [(i64, &'c FieldChange)]> {
+/// Splits rows whose changes take `sizes` bytes into statements of at most [`HISTORY_CHUNK`]
+/// rows and about [`HISTORY_BYTES`] (a single larger row gets a statement of its own).
+fn statements(sizes: &[usize]) -> Vec<std::ops::Range<usize>> {
     let mut statements = Vec::new();
     let (mut start, mut bytes) = (0, 0);
-    for (n, (_, change)) in fields.iter().enumerate() {
-        let size = change.field.len()
-            + change.before.as_ref().map_or(0, String::len)
-            + change.after.as_ref().map_or(0, String::len);
-        if n > start && (n - start >= FIELDS_CHUNK || bytes + size > FIELDS_BYTES) {
-            statements.push(&fields[start..n]);
+    for (n, size) in sizes.iter().enumerate() {
+        if n > start && (n - start >= HISTORY_CHUNK || bytes + size > HISTORY_BYTES) {
+            statements.push(start..n);
             (start, bytes) = (n, 0);
         }
         bytes += size;
     }
-    if start < fields.len() {
-        statements.push(&fields[start..]);
+    if start < sizes.len() {
+        statements.push(start..sizes.len());
     }
     statements
 }
@@ -191,8 +203,8 @@ where
 {
     /// Writes `records` (empty ones skipped) under one correlation id, in the caller's
     /// transaction: the change and its record commit together. Many records go in a few
-    /// multi-row statements (a bulk write's history costs a few statements per
-    /// [`HISTORY_CHUNK`] records, not two per record).
+    /// multi-row statements (a bulk write's history costs one statement per
+    /// [`HISTORY_CHUNK`] records, not one per record).
     pub(crate) async fn write_history(
         conn: &mut DB::Connection,
         records: &[HistoryRecord],
@@ -200,135 +212,63 @@ where
         at: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
         let records: Vec<&HistoryRecord> = records.iter().filter(|r| !r.is_empty()).collect();
-        for chunk in records.chunks(HISTORY_CHUNK) {
-            // The column holds MAX_ACTOR characters (MySQL refuses more); a longer name from a
-            // host's access hook is cut rather than failing the change it records.
-            let actors: Vec<String> = chunk.iter().map(|r| r.actor.name.chars().take(MAX_ACTOR).collect()).collect();
+        let changes = records.iter().map(|r| pack(&r.changes)).collect::<Result<Vec<_>, _>>()?;
+        // The column holds MAX_ACTOR characters (MySQL refuses more); a longer name from a host's
+        // access hook is cut rather than failing the change it records.
+        let actors: Vec<String> = records.iter().map(|r| r.actor.name.chars().take(MAX_ACTOR).collect()).collect();
+        let sizes: Vec<usize> = changes.iter().map(|c| c.as_ref().map_or(0, String::len)).collect();
+        for rows in statements(&sizes) {
             let mut qb = QueryBuilder::new(
                 "INSERT INTO change_history (object_type, object_id, related_type, related_id, action, actor_kind, \
-                 actor, at, correlation, message) ",
+                 actor, at, correlation, message, changes) ",
             );
-            qb.push_values(chunk.iter().zip(&actors), |mut v, (record, actor)| {
+            qb.push_values(rows, |mut v, n| {
+                let record = records[n];
                 v.push_bind(Some(record.object_type.as_str()))
                     .push_bind(Some(record.object_id))
                     .push_bind(record.related.as_ref().map(|(t, _)| t.as_str()))
                     .push_bind(record.related.as_ref().map(|(_, id)| *id))
                     .push_bind(Some(record.action.as_str()))
                     .push_bind(Some(record.actor.kind.as_str()))
-                    .push_bind(Some(actor.as_str()))
+                    .push_bind(Some(actors[n].as_str()))
                     .push_bind(Some(at))
                     .push_bind(Some(correlation))
-                    .push_bind(record.message.as_deref());
+                    .push_bind(record.message.as_deref())
+                    .push_bind(changes[n].as_deref());
             });
-            let ids = if chunk.len() == 1 {
-                vec![DB::insert_id(conn, qb).await.map_err(err(ENTITY))?]
-            } else {
-                qb.build().execute(&mut *conn).await.map_err(err(ENTITY))?;
-                Self::chunk_ids(conn, chunk, correlation).await?
-            };
-            let fields: Vec<(i64, &FieldChange)> =
-                ids.iter().zip(chunk).flat_map(|(id, r)| r.changes.iter().map(move |c| (*id, c))).collect();
-            for rows in field_statements(&fields) {
-                let mut qb = QueryBuilder::new(
-                    "INSERT INTO change_history_fields (history_id, field, before_value, after_value) ",
-                );
-                qb.push_values(rows, |mut row, (id, c)| {
-                    row.push_bind(Some(*id))
-                        .push_bind(Some(c.field.as_str()))
-                        .push_bind(c.before.as_deref())
-                        .push_bind(c.after.as_deref());
-                });
-                qb.build().execute(&mut *conn).await.map_err(err(ENTITY))?;
-            }
+            qb.build().execute(&mut *conn).await.map_err(err(ENTITY))?;
         }
         Ok(records.len())
     }
 
-    /// The ids the multi-row insert of `chunk` just got: this operation's newest rows, in
-    /// insertion order, checked against the records they belong to.
-    async fn chunk_ids(
-        conn: &mut DB::Connection,
-        chunk: &[&HistoryRecord],
-        correlation: &str,
-    ) -> Result<Vec<i64>, StoreError> {
-        let mut qb = QueryBuilder::new("SELECT id, object_type, object_id FROM change_history WHERE correlation = ");
-        qb.push_bind(Some(correlation)).push(" ORDER BY id DESC LIMIT ").push_bind(Some(chunk.len() as i64));
-        let mut rows = qb.build_query_as::<(i64, String, i64)>().fetch_all(&mut *conn).await.map_err(err(ENTITY))?;
-        rows.reverse();
-        let matches = rows.len() == chunk.len()
-            && rows.iter().zip(chunk).all(|((_, kind, id), r)| *kind == r.object_type && *id == r.object_id);
-        if !matches {
-            return Err(StoreError::Corrupt {
-                entity: ENTITY,
-                detail: "history rows of one insert came back out of order".into(),
-            });
-        }
-        Ok(rows.into_iter().map(|(id, _, _)| id).collect())
-    }
-
-    /// History rows selected by `filter` (pushed after `WHERE` on `change_history h`), newest
-    /// first, with their field changes (only `field`'s when given).
+    /// History rows selected by `filter` (pushed after `WHERE` on `change_history h`), in
+    /// `order`, at most `limit`.
     async fn history_where(
         &self,
-        join_field: Option<&str>,
         filter: impl FnOnce(&mut QueryBuilder<DB>),
         order: &str,
         limit: Option<u32>,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
         let mut qb = QueryBuilder::new(
             "SELECT h.id, h.object_type, h.object_id, h.related_type, h.related_id, h.action, h.actor_kind, h.actor, \
-             h.at, h.correlation, h.message FROM change_history h",
+             h.at, h.correlation, h.message, h.changes FROM change_history h WHERE ",
         );
-        if let Some(field) = join_field {
-            qb.push(" JOIN change_history_fields f ON f.history_id = h.id AND f.field = ").push_bind(Some(field));
-        }
-        qb.push(" WHERE ");
         filter(&mut qb);
         qb.push(" ORDER BY ").push(order);
         if let Some(limit) = limit {
             qb.push(" LIMIT ").push_bind(Some(i64::from(limit)));
         }
         let rows = qb.build_query_as::<HistoryRow>().fetch_all(self.pool()).await.map_err(err(ENTITY))?;
-        let mut changes: BTreeMap<i64, Vec<FieldChange>> = BTreeMap::new();
-        for chunk in rows.chunks(500) {
-            let mut qb = QueryBuilder::new(
-                "SELECT history_id, field, before_value, after_value FROM change_history_fields WHERE history_id IN (",
-            );
-            push_list(&mut qb, chunk.iter().map(|r| Some(r.id)));
-            qb.push(")");
-            if let Some(field) = join_field {
-                qb.push(" AND field = ").push_bind(Some(field));
-            }
-            qb.push(" ORDER BY history_id, field");
-            for f in qb.build_query_as::<FieldRow>().fetch_all(self.pool()).await.map_err(err(ENTITY))? {
-                changes.entry(f.history_id).or_default().push(FieldChange {
-                    field: f.field,
-                    before: f.before_value,
-                    after: f.after_value,
-                });
-            }
-        }
-        rows.into_iter()
-            .map(|r| {
-                let c = changes.remove(&r.id).unwrap_or_default();
-                r.into_entry(c)
-            })
-            .collect()
+        rows.into_iter().map(HistoryRow::into_entry).collect()
     }
 
-    /// Deletes the history rows with these ids (and their fields) in one short transaction.
+    /// Deletes the history rows with these ids in one short transaction.
     async fn delete_history(&self, ids: &[i64]) -> Result<u64, StoreError> {
         self.retrying(ENTITY, || async {
-            let mut tx = self.begin(ENTITY).await?;
-            let mut qb = QueryBuilder::new("DELETE FROM change_history_fields WHERE history_id IN (");
-            push_list(&mut qb, ids.iter().map(|id| Some(*id)));
-            qb.push(")");
-            qb.build().execute(&mut *tx).await.map_err(err(ENTITY))?;
             let mut qb = QueryBuilder::new("DELETE FROM change_history WHERE id IN (");
             push_list(&mut qb, ids.iter().map(|id| Some(*id)));
             qb.push(")");
-            let done = qb.build().execute(&mut *tx).await.map_err(err(ENTITY))?;
-            commit(tx, ENTITY).await?;
+            let done = qb.build().execute(self.pool()).await.map_err(err(ENTITY))?;
             Ok(DB::rows_affected(&done))
         })
         .await
@@ -384,11 +324,11 @@ where
         object_id: i64,
         limit: u32,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
-        self.history_where(None, of_object(object_type, object_id), "h.id DESC", Some(limit)).await
+        self.history_where(of_object(object_type, object_id), "h.id DESC", Some(limit)).await
     }
 
     async fn object_at(&self, object_type: &str, object_id: i64, at: DateTime<Utc>) -> Result<ObjectState, StoreError> {
-        let entries = self.history_where(None, of_object(object_type, object_id), "h.id", None).await?;
+        let entries = self.history_where(of_object(object_type, object_id), "h.id", None).await?;
         Ok(ObjectState::at(&entries, at))
     }
 
@@ -399,17 +339,51 @@ where
         field: &str,
         limit: u32,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
-        self.history_where(Some(field), of_object(object_type, object_id), "h.id DESC", Some(limit)).await
+        // The object's rows newest first, a page at a time, keeping those that changed `field`
+        // (the text test in SQL only skips rows that cannot match: a value may contain the
+        // name too, so each kept row is checked).
+        let limit = limit as usize;
+        let mut found = Vec::new();
+        let mut below = i64::MAX;
+        // The name as the JSON holds it; one that JSON escapes (a quote, a backslash) is not
+        // pre-filtered, since LIKE reads a backslash as its own escape on PostgreSQL and MySQL.
+        let quoted = serde_json::to_string(field).map_err(|e| corrupt(format!("field name: {e}")))?;
+        let pattern = (!quoted.contains('\\')).then(|| format!("%{quoted}%"));
+        while found.len() < limit {
+            let page = self
+                .history_where(
+                    |qb| {
+                        of_object(object_type, object_id)(qb);
+                        qb.push(" AND h.id < ").push_bind(Some(below));
+                        if let Some(pattern) = &pattern {
+                            qb.push(" AND h.changes LIKE ").push_bind(Some(pattern.as_str()));
+                        }
+                    },
+                    "h.id DESC",
+                    Some(FIELD_PAGE),
+                )
+                .await?;
+            let Some(last) = page.last() else { break };
+            below = last.id.get();
+            let full = page.len() == FIELD_PAGE as usize;
+            for mut entry in page {
+                entry.record.changes.retain(|c| c.field == field);
+                if !entry.record.changes.is_empty() && found.len() < limit {
+                    found.push(entry);
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(found)
     }
 
     async fn deleted_objects(&self, object_type: &str, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
         self.history_where(
-            None,
             |qb| {
-                qb.push("h.object_type = ")
-                    .push_bind(Some(object_type))
-                    .push(" AND h.action = ")
-                    .push_bind(Some(Action::Delete.as_str()));
+                // The action as a literal: the partial index on deletions serves only that.
+                qb.push("h.object_type = ").push_bind(Some(object_type)).push(" AND h.action = 'delete'");
             },
             "h.id DESC",
             Some(limit),
@@ -419,7 +393,6 @@ where
 
     async fn correlated(&self, correlation: &str) -> Result<Vec<HistoryEntry>, StoreError> {
         self.history_where(
-            None,
             |qb| {
                 qb.push("h.correlation = ").push_bind(Some(correlation));
             },
@@ -514,16 +487,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn field_statements_cap_rows_and_bytes() {
-        let small = FieldChange::new("f", None, Some("x"));
-        let rows: Vec<(i64, &FieldChange)> = (0..2_500).map(|i| (i, &small)).collect();
-        let sizes: Vec<usize> = field_statements(&rows).iter().map(|s| s.len()).collect();
+    fn statements_cap_rows_and_bytes() {
+        let sizes: Vec<usize> = statements(&[10; 2_500]).into_iter().map(|r| r.len()).collect();
         assert_eq!(sizes, [1_000, 1_000, 500]);
-        let big_value = "p".repeat(3 << 20);
-        let big = FieldChange::new("payload", Some(&big_value), None);
-        let rows: Vec<(i64, &FieldChange)> = (0..5).map(|i| (i, &big)).collect();
-        let sizes: Vec<usize> = field_statements(&rows).iter().map(|s| s.len()).collect();
-        assert_eq!(sizes, [1, 1, 1, 1, 1], "each 3 MiB value alone: two would pass 4 MiB");
-        assert!(field_statements(&[]).is_empty());
+        let sizes: Vec<usize> = statements(&[3 << 20; 5]).into_iter().map(|r| r.len()).collect();
+        assert_eq!(sizes, [1, 1, 1, 1, 1], "each 3 MiB row alone: two would pass 4 MiB");
+        assert!(statements(&[]).is_empty());
+    }
+
+    #[test]
+    fn changes_round_trip_sorted_and_none_is_null() {
+        let changes = vec![
+            FieldChange::new("status", Some("used"), None),
+            FieldChange::new("hostname", None, Some("a \"quoted\" \\ name")),
+        ];
+        let text = pack(&changes).expect("packs").expect("some");
+        let back = unpack(Some(&text)).expect("unpacks");
+        assert_eq!(back, vec![changes[1].clone(), changes[0].clone()]);
+        assert_eq!(pack(&[]).expect("packs"), None);
+        assert!(unpack(None).expect("none").is_empty());
+        assert!(unpack(Some("{not json")).is_err_and(|e| matches!(e, StoreError::Corrupt { .. })));
     }
 }
