@@ -194,9 +194,17 @@ where
         let created: BTreeMap<u32, Id<Device>> =
             new_keys.iter().zip(&new_ids).map(|((key, _), id)| (*key, Id::new(*id))).collect();
 
+        // Devices whose model changes one by one (the model is found or created first), the
+        // rest together.
+        let mut same_model = Vec::new();
         for (device, values, fields) in &updates {
-            Self::write_device_columns(&mut tx, *device, values, model_changed(fields)).await?;
+            if model_changed(fields) {
+                Self::write_device_columns(&mut tx, *device, values, true).await?;
+            } else {
+                same_model.push((*device, values));
+            }
         }
+        Self::write_many_device_columns(&mut tx, &same_model).await?;
 
         // Provenance of the written fields: the old rows out, field by field, then the new in.
         let mut rows = Vec::new();

@@ -291,6 +291,21 @@ fn field_states(fields: &[FieldDiff]) -> Vec<(Field, FieldState)> {
 }
 
 /// Whether a planned update names another model.
+/// The management address of `values` as the devices table holds it (checked).
+fn management_ip_text(values: &BTreeMap<Field, String>) -> Result<Option<String>, StoreError> {
+    values
+        .get(&Field::ManagementIp)
+        .map(|v| {
+            v.parse::<IpAddr>().map(|ip| ip.to_string()).map_err(|_| {
+                StoreError::invalid(
+                    Device::NAME,
+                    ValidationError::Invalid { field: "management_ip", reason: v.clone() },
+                )
+            })
+        })
+        .transpose()
+}
+
 fn model_changed(fields: &[FieldDiff]) -> bool {
     fields.iter().any(|d| matches!(d.field, Field::Model | Field::Manufacturer | Field::DeviceType))
 }
@@ -618,16 +633,7 @@ where
         values: &BTreeMap<Field, String>,
         model_changed: bool,
     ) -> Result<(), StoreError> {
-        let management_ip = match values.get(&Field::ManagementIp) {
-            Some(v) => Some(v.parse::<IpAddr>().map_err(|_| {
-                StoreError::invalid(
-                    Device::NAME,
-                    ValidationError::Invalid { field: "management_ip", reason: v.clone() },
-                )
-            })?),
-            None => None,
-        };
-        let management_ip = management_ip.map(|ip| ip.to_string());
+        let management_ip = management_ip_text(values)?;
         let mut qb = QueryBuilder::new("UPDATE devices SET serial_number = ");
         qb.push_bind(values.get(&Field::SerialNumber).map(String::as_str))
             .push(", hostname = ")
@@ -640,6 +646,39 @@ where
         }
         qb.push(" WHERE id = ").push_bind(Some(device.get()));
         qb.build().execute(&mut *conn).await.map(drop).map_err(err(Device::NAME))
+    }
+
+    /// [`write_device_columns`](Self::write_device_columns) of many devices whose models stay,
+    /// one statement per [`CHUNK`] devices (`SET column = CASE id WHEN ... END`).
+    pub(super) async fn write_many_device_columns(
+        conn: &mut DB::Connection,
+        devices: &[(Id<Device>, &BTreeMap<Field, String>)],
+    ) -> Result<(), StoreError> {
+        for chunk in devices.chunks(CHUNK) {
+            let ips = chunk.iter().map(|(_, v)| management_ip_text(v)).collect::<Result<Vec<_>, _>>()?;
+            let mut qb = QueryBuilder::new("UPDATE devices SET ");
+            let columns = [
+                (Field::SerialNumber, "serial_number"),
+                (Field::Hostname, "hostname"),
+                (Field::ManagementIp, "management_ip"),
+            ];
+            for (n, (field, column)) in columns.into_iter().enumerate() {
+                qb.push(if n == 0 { "" } else { ", " }).push(column).push(" = CASE id");
+                for ((device, values), ip) in chunk.iter().zip(&ips) {
+                    let value = match field {
+                        Field::ManagementIp => ip.as_deref(),
+                        _ => values.get(&field).map(String::as_str),
+                    };
+                    qb.push(" WHEN ").push_bind(Some(device.get())).push(" THEN ").push_bind(value);
+                }
+                qb.push(" END");
+            }
+            qb.push(" WHERE id IN (");
+            push_list(&mut qb, chunk.iter().map(|(d, _)| Some(d.get())));
+            qb.push(")");
+            qb.build().execute(&mut *conn).await.map_err(err(Device::NAME))?;
+        }
+        Ok(())
     }
 
     /// Replaces the provenance rows of `fields` of one device.
