@@ -57,7 +57,7 @@ impl Dialect for Postgres {
     const INSERT_IGNORE: &'static str = "INSERT INTO";
     const SERIAL_KEY: &'static str = "UPPER(serial_number)";
     const PREPARE_KEY_LISTS: bool = false;
-    const APPLY_RUNS: usize = 2;
+    const APPLY_RUNS: usize = 4;
 
     fn ignore_conflict(key: &str) -> String {
         format!(" ON CONFLICT ({key}) DO NOTHING")

@@ -29,7 +29,7 @@ use crate::sql::{Mode, Writer, err, push_list};
 use crate::store::{SqlStore, commit};
 
 /// Devices per batch transaction.
-pub(super) const BATCH_DEVICES: usize = 200;
+pub(super) const BATCH_DEVICES: usize = 500;
 /// Bookkeeping updates per transaction (each statement still takes at most [`CHUNK`] keys).
 const BOOKKEEPING_PER_TX: usize = 5_000;
 
@@ -274,7 +274,8 @@ where
                     .push_bind(p.by_person)
                     .push_bind(Some(0_i64));
             });
-            qb.build().persistent(DB::PREPARE_KEY_LISTS).execute(&mut *tx).await.map_err(err(ENTITY))?;
+            // An insert has no plan to go stale: kept prepared on every backend.
+            qb.build().execute(&mut *tx).await.map_err(err(ENTITY))?;
         }
 
         // History: the records each item's own transaction would have written, in item order.

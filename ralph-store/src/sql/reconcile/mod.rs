@@ -721,7 +721,8 @@ where
                     .push_bind(state.provenance.by_person)
                     .push_bind(state.locked);
             });
-            qb.build().persistent(DB::PREPARE_KEY_LISTS).execute(&mut *conn).await.map_err(err(ENTITY))?;
+            // An insert has no plan to go stale: kept prepared on every backend.
+            qb.build().execute(&mut *conn).await.map_err(err(ENTITY))?;
         }
         Ok(())
     }
