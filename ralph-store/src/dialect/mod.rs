@@ -6,6 +6,7 @@
 // appear in `Backend`'s bounds, yet this module is private, so none of them is reachable.
 #![allow(unreachable_pub)]
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -47,6 +48,10 @@ pub struct Stamp(pub DateTime<Utc>);
 #[doc(hidden)]
 pub use crate::sql::scan::ObservationRow;
 
+/// What the store holds for an address a round of observations mentions.
+#[doc(hidden)]
+pub use crate::sql::scan::KnownRow;
+
 /// The per-database half of [`Backend`], implemented once in each dialect module.
 #[doc(hidden)]
 #[async_trait]
@@ -75,6 +80,10 @@ pub trait Dialect: sqlx::Database {
     /// generic plan costed while the table was small (a scan), and keep it as the table grows.
     #[doc(hidden)]
     const PREPARE_KEY_LISTS: bool;
+    /// Whether a round's upsert reads the stored rows it counts in the same statement
+    /// (PostgreSQL); otherwise the caller may hand it what it read already.
+    #[doc(hidden)]
+    const COUNTS_IN_UPSERT: bool;
     /// How many batches of a reconciliation apply run at once, each on its own connection
     /// (SQLite has one writer: one).
     #[doc(hidden)]
@@ -156,19 +165,23 @@ pub trait Dialect: sqlx::Database {
 
     /// Serialises, until `tx` ends, the writers of addresses `keys` that do not exist yet, so
     /// that of two transactions inserting the same address the second reads the first's row
-    /// once it is committed (and records an update, not a second creation). PostgreSQL:
-    /// transaction-level advisory locks, in key order; MySQL's locking reads already lock the
-    /// gap a missing key would go in, and SQLite has one writer.
+    /// once it is committed (and records an update, not a second creation). Returns whether
+    /// the caller must read those keys again (it waited on locks a plain read did not take).
+    /// PostgreSQL: transaction-level advisory locks, in key order; MySQL's locking reads
+    /// already lock the gap a missing key would go in, and SQLite has one writer.
     #[doc(hidden)]
-    async fn lock_new_keys(_tx: &mut sqlx::Transaction<'static, Self>, _keys: &[&str]) -> Result<(), StoreError> {
-        Ok(())
+    async fn lock_new_keys(_tx: &mut sqlx::Transaction<'static, Self>, _keys: &[&str]) -> Result<bool, StoreError> {
+        Ok(false)
     }
 
-    /// Records one round of observations (every address at most once) in `tx`.
+    /// Records one round of observations (every address at most once) in `tx`. `known`: what
+    /// the store holds for every address of the round, when the caller read it already in this
+    /// transaction under the locks the round needs (an address missing from it is new).
     #[doc(hidden)]
     async fn record_round(
         tx: &mut sqlx::Transaction<'static, Self>,
         rows: &[ObservationRow<'_>],
+        known: Option<&HashMap<String, KnownRow>>,
         dead_ping_limit: u32,
         server: ServerTraits,
     ) -> Result<RecordSummary, StoreError>;

@@ -2,6 +2,7 @@
 //! COMMITTED` claims with `FOR UPDATE SKIP LOCKED`, queue times from the server clock, and the
 //! scan upsert with a row alias (MySQL ≥ 8.0.19) or `VALUES()` (MariaDB).
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use sqlx::migrate::MigrateError;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlQueryResult, MySqlTypeInfo, MySqlValueRef};
 use sqlx::{Decode, Encode, FromRow, MySql, QueryBuilder, Type, encode::IsNull};
 
-use super::{Backend, Dialect, ObservationRow, ServerTraits, Stamp, claimable};
+use super::{Backend, Dialect, KnownRow, ObservationRow, ServerTraits, Stamp, claimable};
 use crate::PoolConfig;
 use crate::schema_check::ServerInfo;
 use crate::sql::queue::{corrupt, micros, new_token};
@@ -70,6 +71,7 @@ impl Dialect for MySql {
     const INSERT_IGNORE: &'static str = "INSERT IGNORE INTO";
     const SERIAL_KEY: &'static str = "serial_number";
     const PREPARE_KEY_LISTS: bool = true;
+    const COUNTS_IN_UPSERT: bool = false;
     const APPLY_RUNS: usize = 2;
 
     fn ignore_conflict(_key: &str) -> String {
@@ -256,6 +258,7 @@ impl Dialect for MySql {
     async fn record_round(
         tx: &mut sqlx::Transaction<'static, MySql>,
         rows: &[ObservationRow<'_>],
+        known: Option<&HashMap<String, KnownRow>>,
         dead_ping_limit: u32,
         server: ServerTraits,
     ) -> Result<RecordSummary, StoreError> {
@@ -271,7 +274,7 @@ impl Dialect for MySql {
             .map(|(col, expr)| format!("{col} = IF(ip_addresses.is_buried, ip_addresses.{col}, {expr})"))
             .collect::<Vec<_>>()
             .join(", ");
-        record_values(tx, rows, &format!("{head}{clause}")).await
+        record_values(tx, rows, known, &format!("{head}{clause}")).await
     }
 }
 

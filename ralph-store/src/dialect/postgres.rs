@@ -1,6 +1,7 @@
 //! PostgreSQL: claims with `FOR UPDATE SKIP LOCKED` in one statement, queue times from the
 //! server clock, and the scan upsert over `UNNEST`ed arrays in one statement per round.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArgumentBuffer, PgConnectOptions, PgPool, PgQueryResult, PgTypeInfo, PgValueRef};
 use sqlx::{Decode, Encode, FromRow, Postgres, QueryBuilder, Type, encode::IsNull};
 
-use super::{Backend, Dialect, ObservationRow, ServerTraits, Stamp, claimable};
+use super::{Backend, Dialect, KnownRow, ObservationRow, ServerTraits, Stamp, claimable};
 use crate::PoolConfig;
 use crate::sql::queue::{JobRow, micros, new_token};
 use crate::sql::scan::{INSERT_COLUMNS, set_clause};
@@ -57,6 +58,7 @@ impl Dialect for Postgres {
     const INSERT_IGNORE: &'static str = "INSERT INTO";
     const SERIAL_KEY: &'static str = "UPPER(serial_number)";
     const PREPARE_KEY_LISTS: bool = false;
+    const COUNTS_IN_UPSERT: bool = true;
     const APPLY_RUNS: usize = 4;
 
     fn ignore_conflict(key: &str) -> String {
@@ -155,9 +157,9 @@ impl Dialect for Postgres {
         rows.into_iter().map(JobRow::into_job).collect()
     }
 
-    async fn lock_new_keys(tx: &mut sqlx::Transaction<'static, Postgres>, keys: &[&str]) -> Result<(), StoreError> {
+    async fn lock_new_keys(tx: &mut sqlx::Transaction<'static, Postgres>, keys: &[&str]) -> Result<bool, StoreError> {
         if keys.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         // One namespace ("RALP") for these locks, apart from other users of advisory locks;
         // keys hashed into 256 buckets, so a transaction takes at most 256 of the server's
@@ -170,7 +172,7 @@ impl Dialect for Postgres {
         .bind(keys)
         .execute(&mut **tx)
         .await
-        .map(drop)
+        .map(|_| true)
         .map_err(err("IP address"))
     }
 
@@ -180,6 +182,8 @@ impl Dialect for Postgres {
     async fn record_round(
         tx: &mut sqlx::Transaction<'static, Postgres>,
         rows: &[ObservationRow<'_>],
+        // The upsert reads the stored rows itself, in its own snapshot.
+        _known: Option<&HashMap<String, KnownRow>>,
         dead_ping_limit: u32,
         _server: ServerTraits,
     ) -> Result<RecordSummary, StoreError> {

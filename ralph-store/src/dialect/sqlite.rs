@@ -1,6 +1,7 @@
 //! SQLite: WAL, foreign keys, busy timeout, create-if-missing; `BEGIN IMMEDIATE` for writes;
 //! queue times in microseconds from this machine's clock; single-statement claims.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Decode, Encode, QueryBuilder, Sqlite, Type, encode::IsNull};
 
-use super::{Backend, Dialect, ObservationRow, ServerTraits, Stamp, claimable};
+use super::{Backend, Dialect, KnownRow, ObservationRow, ServerTraits, Stamp, claimable};
 use crate::PoolConfig;
 use crate::sql::queue::{JobRow, micros, new_token};
 use crate::sql::scan::{record_values, set_clause};
@@ -57,6 +58,7 @@ impl Dialect for Sqlite {
     const INSERT_IGNORE: &'static str = "INSERT INTO";
     const SERIAL_KEY: &'static str = "UPPER(serial_number)";
     const PREPARE_KEY_LISTS: bool = true;
+    const COUNTS_IN_UPSERT: bool = false;
     const APPLY_RUNS: usize = 1;
 
     fn ignore_conflict(key: &str) -> String {
@@ -158,6 +160,7 @@ impl Dialect for Sqlite {
     async fn record_round(
         tx: &mut sqlx::Transaction<'static, Sqlite>,
         rows: &[ObservationRow<'_>],
+        known: Option<&HashMap<String, KnownRow>>,
         dead_ping_limit: u32,
         _server: ServerTraits,
     ) -> Result<RecordSummary, StoreError> {
@@ -165,7 +168,7 @@ impl Dialect for Sqlite {
         let tail = format!(" ON CONFLICT (ip_key) DO UPDATE SET {update} WHERE NOT ip_addresses.is_buried");
         // The write lock is held since `BEGIN IMMEDIATE`: no other writer between the read and
         // the upsert.
-        record_values(tx, rows, &tail).await
+        record_values(tx, rows, known, &tail).await
     }
 }
 

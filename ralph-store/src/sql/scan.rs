@@ -181,13 +181,12 @@ pub(crate) fn set_clause(
         .join(", ")
 }
 
-/// What the store holds for an address the round mentions.
-#[cfg(any(feature = "sqlite", feature = "mysql"))]
-#[derive(FromRow)]
-struct KnownRow {
-    ip_key: String,
-    is_buried: bool,
-    scan_checksum: Option<String>,
+/// What the store holds for an address a round mentions.
+#[derive(Debug, FromRow)]
+pub struct KnownRow {
+    pub(crate) ip_key: String,
+    pub(crate) is_buried: bool,
+    pub(crate) scan_checksum: Option<String>,
 }
 
 /// Picks the rows to write from what the database holds, counting as it goes.
@@ -224,6 +223,7 @@ fn plan<'r, 'a>(
 pub(crate) async fn record_values<DB>(
     tx: &mut sqlx::Transaction<'static, DB>,
     round: &[ObservationRow<'_>],
+    known: Option<&HashMap<String, KnownRow>>,
     tail: &str,
 ) -> Result<RecordSummary, StoreError>
 where
@@ -240,18 +240,26 @@ where
 {
     let mut summary = RecordSummary::default();
     for chunk in round.chunks(values_chunk::<DB>()) {
-        let mut qb = QueryBuilder::new("SELECT ip_key, is_buried, scan_checksum FROM ip_addresses WHERE ip_key IN (");
-        push_list(&mut qb, chunk.iter().map(|r| Some(Arc::clone(&r.key))));
-        qb.push(")");
-        let known: HashMap<String, KnownRow> = qb
-            .build_query_as::<KnownRow>()
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(err(ENTITY))?
-            .into_iter()
-            .map(|k| (k.ip_key.clone(), k))
-            .collect();
-        let write = plan(chunk, &known, &mut summary);
+        let read;
+        let known = match known {
+            Some(known) => known,
+            None => {
+                let mut qb =
+                    QueryBuilder::new("SELECT ip_key, is_buried, scan_checksum FROM ip_addresses WHERE ip_key IN (");
+                push_list(&mut qb, chunk.iter().map(|r| Some(Arc::clone(&r.key))));
+                qb.push(")");
+                read = qb
+                    .build_query_as::<KnownRow>()
+                    .fetch_all(&mut **tx)
+                    .await
+                    .map_err(err(ENTITY))?
+                    .into_iter()
+                    .map(|k| (k.ip_key.clone(), k))
+                    .collect::<HashMap<String, KnownRow>>();
+                &read
+            }
+        };
+        let write = plan(chunk, known, &mut summary);
         if write.is_empty() {
             continue;
         }
@@ -285,9 +293,15 @@ struct FactRow {
     snmp_name: Option<String>,
     snmp_community: Option<String>,
     snmp_version: Option<String>,
+    scan_checksum: Option<String>,
 }
 
 impl FactRow {
+    /// What a round's upsert needs to know of the stored row.
+    fn known(&self) -> KnownRow {
+        KnownRow { ip_key: self.ip_key.clone(), is_buried: self.is_buried, scan_checksum: self.scan_checksum.clone() }
+    }
+
     /// The stored address `ip` as far as the scan rules read it (facts and dead-ping count).
     fn address(&self, ip: IpAddr) -> IpAddress {
         let mut a = IpAddress::new(ip);
@@ -319,6 +333,13 @@ fn may_change_facts(row: &ObservationRow<'_>) -> bool {
 
 fn prepare(observations: &[Observation]) -> Result<Vec<ObservationRow<'_>>, StoreError> {
     observations.iter().map(ObservationRow::new).collect()
+}
+
+/// A stored address's id.
+#[derive(FromRow)]
+struct IdRow {
+    id: i64,
+    ip_key: String,
 }
 
 /// One buried address row.
@@ -355,7 +376,7 @@ where
         for chunk in keys.chunks(FACT_CHUNK) {
             let mut qb = QueryBuilder::new(
                 "SELECT id, ip_key, dead_ping_count, is_buried, http_family, snmp_name, snmp_community, \
-                 snmp_version FROM ip_addresses \
+                 snmp_version, scan_checksum FROM ip_addresses \
                  WHERE ip_key IN (",
             );
             super::push_list(&mut qb, chunk.iter().map(|k| Some(*k)));
@@ -367,6 +388,27 @@ where
                 .await
                 .map_err(err(ENTITY))?;
             out.extend(rows.into_iter().map(|r| (r.ip_key.clone(), r)));
+        }
+        Ok(out)
+    }
+
+    /// The ids of the stored addresses among `keys`, by key.
+    async fn ids_of(
+        tx: &mut sqlx::Transaction<'static, DB>,
+        keys: &[&str],
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        let mut out = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(FACT_CHUNK) {
+            let mut qb = QueryBuilder::new("SELECT id, ip_key FROM ip_addresses WHERE ip_key IN (");
+            super::push_list(&mut qb, chunk.iter().map(|k| Some(*k)));
+            qb.push(")");
+            let rows = qb
+                .build_query_as::<IdRow>()
+                .persistent(DB::PREPARE_KEY_LISTS)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(err(ENTITY))?;
+            out.extend(rows.into_iter().map(|r| (r.ip_key, r.id)));
         }
         Ok(out)
     }
@@ -409,18 +451,23 @@ where
                     // next values are the core rule's (`apply_observation`, which the SQL is
                     // held equal to), so only new addresses are read again, for their ids.
                     let follows = |r: &&ObservationRow<'_>| self.scan_history && may_change_facts(r);
-                    let watched: Vec<&str> = round.iter().filter(follows).map(|r| &*r.key).collect();
-                    let mut before = Self::facts_of(&mut tx, &watched, DB::FOR_UPDATE).await?;
+                    // Where the upsert does not read the stored rows itself, every address of
+                    // the round is read here, once: its followed facts and what the upsert
+                    // needs to know come from the same locked read.
+                    let hand_over = self.scan_history && !DB::COUNTS_IN_UPSERT;
+                    let read: Vec<&str> = round.iter().filter(|r| hand_over || follows(r)).map(|r| &*r.key).collect();
+                    let mut before = Self::facts_of(&mut tx, &read, DB::FOR_UPDATE).await?;
                     let new: Vec<&str> = round
                         .iter()
                         .filter(|r| follows(r) && r.alive && !before.contains_key(&*r.key))
                         .map(|r| &*r.key)
                         .collect();
-                    if !new.is_empty() {
-                        // Another transaction may be inserting them: wait for it, read again.
-                        DB::lock_new_keys(&mut tx, &new).await?;
+                    // Another transaction may be inserting them: wait for it, read again.
+                    if DB::lock_new_keys(&mut tx, &new).await? {
                         before.extend(Self::facts_of(&mut tx, &new, DB::FOR_UPDATE).await?);
                     }
+                    let known: Option<HashMap<String, KnownRow>> =
+                        hand_over.then(|| before.values().map(|f| (f.ip_key.clone(), f.known())).collect());
                     // A dead answer from an address this transaction read as unknown records
                     // nothing, even if another transaction stores the address meanwhile (it
                     // is ordered before that insert).
@@ -432,7 +479,7 @@ where
                         } else {
                             round
                         };
-                    let s = DB::record_round(&mut tx, round, dead_ping_limit, server).await?;
+                    let s = DB::record_round(&mut tx, round, known.as_ref(), dead_ping_limit, server).await?;
                     summary.inserted += s.inserted;
                     summary.updated += s.updated;
                     summary.changed += s.changed;
@@ -458,9 +505,9 @@ where
                         }
                     }
                     let keys: Vec<&str> = created.iter().map(|(k, _)| *k).collect();
-                    let ids = Self::facts_of(&mut tx, &keys, "").await?;
+                    let ids = Self::ids_of(&mut tx, &keys).await?;
                     for (key, changes) in created {
-                        let id = ids.get(key).map(|r| r.id).ok_or_else(|| StoreError::Corrupt {
+                        let id = ids.get(key).copied().ok_or_else(|| StoreError::Corrupt {
                             entity: ENTITY,
                             detail: "an address recorded as new is not stored".into(),
                         })?;
