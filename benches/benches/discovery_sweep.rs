@@ -26,13 +26,17 @@ fn ensure_nmap() -> bool {
         return true;
     }
     eprintln!("installing nmap from Debian's packages");
+    // dpkg's progress goes to stderr: the bench's standard output holds only its figures.
     let ok = Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends", "nmap"])
         .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(std::io::stderr())
         .status()
         .is_ok_and(|s| s.success());
     ok || Command::new("sh")
         .args(["-c", "apt-get update -qq && apt-get install -y -qq nmap"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(std::io::stderr())
         .status()
         .is_ok_and(|s| s.success())
 }

@@ -16,9 +16,10 @@ use ralph_store::sqlx::{self, Connection as _};
 const BEFORE_INLINE: i64 = 204;
 
 /// Applies `backend`'s migrations up to [`BEFORE_INLINE`] over `conn` and writes two history
-/// rows as that layout held them: one with two fields (written out of order), one with none.
+/// rows as that layout held them: one with three fields (written out of order, one of them
+/// 2 MiB long), one with none.
 macro_rules! old_layout {
-    ($conn:ty, $url:expr, $backend:expr, $at:expr) => {{
+    ($conn:ty, $url:expr, $backend:expr, $at:expr, $placeholder:expr) => {{
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join($backend);
         let migrator = Migrator::new(dir).await.expect("migrations");
         let mut conn = <$conn>::connect($url).await.expect("connect");
@@ -43,8 +44,20 @@ macro_rules! old_layout {
         ] {
             sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).execute(&mut conn).await.expect("old rows");
         }
+        // A value longer than MariaDB's default cap on what JSON_ARRAYAGG returns (1 MiB).
+        let sql = format!(
+            "INSERT INTO change_history_fields (history_id, field, before_value, after_value) \
+             VALUES (7, 'payload', {}, NULL)",
+            $placeholder
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(long_value()).execute(&mut conn).await.expect("long value");
         conn.close().await.expect("close");
     }};
+}
+
+/// A 2 MiB value.
+fn long_value() -> String {
+    "p".repeat(2 << 20)
 }
 
 async fn old_history_survives(url: &str) {
@@ -55,6 +68,7 @@ async fn old_history_survives(url: &str) {
         history[0].record.changes,
         vec![
             FieldChange::new("hostname", None, Some("db-1 \"primary\"")),
+            FieldChange::new("payload", Some(&long_value()), None),
             FieldChange::new("status", Some("new"), None)
         ]
     );
@@ -75,7 +89,7 @@ async fn sqlite_old_history_survives_the_move() {
     let path = dir.path().join("old.sqlite3");
     std::fs::File::create(&path).expect("file");
     let url = format!("sqlite://{}", path.display());
-    old_layout!(sqlx::SqliteConnection, &url, "sqlite", "'2026-01-02T03:04:05+00:00'");
+    old_layout!(sqlx::SqliteConnection, &url, "sqlite", "'2026-01-02T03:04:05+00:00'", "?");
     old_history_survives(&url).await;
 }
 
@@ -84,7 +98,7 @@ async fn sqlite_old_history_survives_the_move() {
 async fn pg_old_history_survives_the_move() {
     let base = ralph_testkit::require!("RALPH_TEST_PG_URL");
     let url = store_common::fresh_postgres(&base, "history_migration").await;
-    old_layout!(sqlx::PgConnection, &url, "postgres", "'2026-01-02T03:04:05+00:00'");
+    old_layout!(sqlx::PgConnection, &url, "postgres", "'2026-01-02T03:04:05+00:00'", "$1");
     old_history_survives(&url).await;
 }
 
@@ -93,6 +107,6 @@ async fn pg_old_history_survives_the_move() {
 async fn mysql_old_history_survives_the_move() {
     let base = ralph_testkit::require!("RALPH_TEST_MYSQL_URL");
     let url = store_common::fresh_mysql(&base, "history_migration").await;
-    old_layout!(sqlx::MySqlConnection, &url, "mysql", "'2026-01-02 03:04:05'");
+    old_layout!(sqlx::MySqlConnection, &url, "mysql", "'2026-01-02 03:04:05'", "?");
     old_history_survives(&url).await;
 }

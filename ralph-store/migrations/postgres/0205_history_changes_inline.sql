@@ -1,7 +1,9 @@
 -- A history row carries its field changes itself, as a JSON array of [field, before, after]
 -- (NULL: none): a change is one row written, not one plus one per field with the row's id read
 -- back in between, and a read is one query. Rows already written keep their changes. Deletions
--- are found through a partial index instead of one over every row's action.
+-- are found through a partial index instead of one over every row's action. Rewrites every
+-- history row: on a large history this takes a while; stop every process of the old version
+-- first (they write the old table).
 ALTER TABLE change_history ADD COLUMN changes TEXT;
 UPDATE change_history h SET changes = f.changes
 FROM (SELECT history_id,

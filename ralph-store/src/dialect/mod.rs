@@ -84,6 +84,11 @@ pub trait Dialect: sqlx::Database {
     /// (PostgreSQL); otherwise the caller may hand it what it read already.
     #[doc(hidden)]
     const COUNTS_IN_UPSERT: bool;
+    /// Whether a locking read of a key no row has locks nothing (PostgreSQL; SQLite, with its
+    /// one writer, trivially): a recorder may then lock every address it writes up front, in
+    /// key order. Not MySQL, where it locks the gap the key would go in.
+    #[doc(hidden)]
+    const GAPLESS_LOCKS: bool;
     /// How many batches of a reconciliation apply run at once, each on its own connection
     /// (SQLite has one writer: one).
     #[doc(hidden)]

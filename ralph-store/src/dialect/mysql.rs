@@ -72,6 +72,7 @@ impl Dialect for MySql {
     const SERIAL_KEY: &'static str = "serial_number";
     const PREPARE_KEY_LISTS: bool = true;
     const COUNTS_IN_UPSERT: bool = false;
+    const GAPLESS_LOCKS: bool = false;
     const APPLY_RUNS: usize = 2;
 
     fn ignore_conflict(_key: &str) -> String {

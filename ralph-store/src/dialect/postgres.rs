@@ -59,6 +59,7 @@ impl Dialect for Postgres {
     const SERIAL_KEY: &'static str = "UPPER(serial_number)";
     const PREPARE_KEY_LISTS: bool = false;
     const COUNTS_IN_UPSERT: bool = true;
+    const GAPLESS_LOCKS: bool = true;
     const APPLY_RUNS: usize = 4;
 
     fn ignore_conflict(key: &str) -> String {
@@ -233,6 +234,7 @@ async fn upsert_chunk(
            INSERT INTO ip_addresses ({INSERT_COLUMNS}) \
            SELECT i.* FROM input i WHERE i.dead_ping_count = 0 \
              OR EXISTS (SELECT 1 FROM ip_addresses a WHERE a.ip_key = i.ip_key AND NOT a.is_buried) \
+           ORDER BY i.ip_key \
            ON CONFLICT (ip_key) DO UPDATE SET {update} WHERE NOT ip_addresses.is_buried \
            RETURNING (xmax = 0) AS fresh) \
          SELECT \

@@ -59,6 +59,7 @@ impl Dialect for Sqlite {
     const SERIAL_KEY: &'static str = "UPPER(serial_number)";
     const PREPARE_KEY_LISTS: bool = true;
     const COUNTS_IN_UPSERT: bool = false;
+    const GAPLESS_LOCKS: bool = true;
     const APPLY_RUNS: usize = 1;
 
     fn ignore_conflict(key: &str) -> String {

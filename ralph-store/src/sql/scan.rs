@@ -133,6 +133,10 @@ fn rounds(rows: Vec<ObservationRow<'_>>) -> Vec<Vec<ObservationRow<'_>>> {
         rounds[*n].push(row);
         *n += 1;
     }
+    // Each round in address order: every recorder takes its rows' locks in the same order.
+    for round in &mut rounds {
+        round.sort_by_key(|row| row.ip);
+    }
     rounds
 }
 
@@ -451,12 +455,22 @@ where
                     // next values are the core rule's (`apply_observation`, which the SQL is
                     // held equal to), so only new addresses are read again, for their ids.
                     let follows = |r: &&ObservationRow<'_>| self.scan_history && may_change_facts(r);
-                    // Where the upsert does not read the stored rows itself, every address of
-                    // the round is read here, once: its followed facts and what the upsert
-                    // needs to know come from the same locked read.
+                    // Where a locking read of a missing key locks nothing (PostgreSQL; SQLite
+                    // has one writer), every address of the round is locked here, in key order,
+                    // so that the upsert waits on no row another recorder locked after one of
+                    // ours (two recorders' locks taken in different orders deadlock).
+                    let lock_all = self.scan_history && DB::GAPLESS_LOCKS;
+                    let locked: Vec<&str> = round.iter().filter(|r| lock_all || follows(r)).map(|r| &*r.key).collect();
+                    let mut before = Self::facts_of(&mut tx, &locked, DB::FOR_UPDATE).await?;
+                    // Where the upsert does not read the stored rows itself, the other addresses
+                    // are read here too, plainly (a locking read of a missing key takes a gap
+                    // lock on MySQL, and two recorders of new addresses in one gap would
+                    // deadlock): each address is read once, and the upsert is handed the reads.
                     let hand_over = self.scan_history && !DB::COUNTS_IN_UPSERT;
-                    let read: Vec<&str> = round.iter().filter(|r| hand_over || follows(r)).map(|r| &*r.key).collect();
-                    let mut before = Self::facts_of(&mut tx, &read, DB::FOR_UPDATE).await?;
+                    if hand_over && !lock_all {
+                        let rest: Vec<&str> = round.iter().filter(|r| !follows(r)).map(|r| &*r.key).collect();
+                        before.extend(Self::facts_of(&mut tx, &rest, "").await?);
+                    }
                     let new: Vec<&str> = round
                         .iter()
                         .filter(|r| follows(r) && r.alive && !before.contains_key(&*r.key))

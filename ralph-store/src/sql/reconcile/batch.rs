@@ -274,8 +274,13 @@ where
                     .push_bind(p.by_person)
                     .push_bind(Some(0_i64));
             });
-            // An insert has no plan to go stale: kept prepared on every backend.
-            qb.build().execute(&mut *tx).await.map_err(err(ENTITY))?;
+            // An insert has no plan to go stale: a full chunk's statement is kept prepared on
+            // every backend (a shorter one, each length its own text, only where lists are).
+            qb.build()
+                .persistent(chunk.len() == CHUNK || DB::PREPARE_KEY_LISTS)
+                .execute(&mut *tx)
+                .await
+                .map_err(err(ENTITY))?;
         }
 
         // History: the records each item's own transaction would have written, in item order.

@@ -290,7 +290,6 @@ fn field_states(fields: &[FieldDiff]) -> Vec<(Field, FieldState)> {
         .collect()
 }
 
-/// Whether a planned update names another model.
 /// The management address of `values` as the devices table holds it (checked).
 fn management_ip_text(values: &BTreeMap<Field, String>) -> Result<Option<String>, StoreError> {
     values
@@ -306,6 +305,7 @@ fn management_ip_text(values: &BTreeMap<Field, String>) -> Result<Option<String>
         .transpose()
 }
 
+/// Whether a planned update names another model.
 fn model_changed(fields: &[FieldDiff]) -> bool {
     fields.iter().any(|d| matches!(d.field, Field::Model | Field::Manufacturer | Field::DeviceType))
 }
@@ -676,7 +676,7 @@ where
             qb.push(" WHERE id IN (");
             push_list(&mut qb, chunk.iter().map(|(d, _)| Some(d.get())));
             qb.push(")");
-            qb.build().execute(&mut *conn).await.map_err(err(Device::NAME))?;
+            qb.build().persistent(DB::PREPARE_KEY_LISTS).execute(&mut *conn).await.map_err(err(Device::NAME))?;
         }
         Ok(())
     }
@@ -721,8 +721,13 @@ where
                     .push_bind(state.provenance.by_person)
                     .push_bind(state.locked);
             });
-            // An insert has no plan to go stale: kept prepared on every backend.
-            qb.build().execute(&mut *conn).await.map_err(err(ENTITY))?;
+            // An insert has no plan to go stale: a full chunk's statement is kept prepared on
+            // every backend (a shorter one, each length its own text, only where lists are).
+            qb.build()
+                .persistent(chunk.len() == CHUNK || DB::PREPARE_KEY_LISTS)
+                .execute(&mut *conn)
+                .await
+                .map_err(err(ENTITY))?;
         }
         Ok(())
     }
