@@ -18,7 +18,7 @@ use sqlx::{Decode, Encode, QueryBuilder, Sqlite, Type, encode::IsNull};
 use super::{Backend, Dialect, KnownRow, ObservationRow, ServerTraits, Stamp, claimable};
 use crate::PoolConfig;
 use crate::sql::queue::{JobRow, micros, new_token};
-use crate::sql::scan::{record_values, set_clause};
+use crate::sql::scan::{record_counted, record_values, set_clause};
 use crate::sql::{err, returning_id, returning_ids};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -169,7 +169,10 @@ impl Dialect for Sqlite {
         let tail = format!(" ON CONFLICT (ip_key) DO UPDATE SET {update} WHERE NOT ip_addresses.is_buried");
         // The write lock is held since `BEGIN IMMEDIATE`: no other writer between the read and
         // the upsert.
-        record_values(tx, rows, known, &tail).await
+        match known {
+            Some(known) => record_values(tx, rows, Some(known), &tail).await,
+            None => record_counted(tx, rows, &tail).await,
+        }
     }
 }
 
