@@ -72,7 +72,8 @@ fn random_record(rng: &mut StdRng, address: IpAddr) -> IpAddress {
 
 fn random_observation(rng: &mut StdRng, address: IpAddr) -> Observation {
     let mut o = Observation::new(address, rng.random_bool(0.6), time(rng));
-    o.http_family = pick(rng, &["Apache".to_owned(), "Cisco".to_owned(), "ünïcode".to_owned()]);
+    o.http_family =
+        pick(rng, &["Apache".to_owned(), "Cisco".to_owned(), "ünïcode".to_owned(), "quo\"te\\back\tslash".to_owned()]);
     o.snmp_name = pick(rng, &["sw-2.dc1".to_owned(), "東京-router".to_owned()]);
     o.snmp_community = pick(rng, &[Secret::new("private"), Secret::new("s3cr3t")]);
     o.snmp_version = pick(rng, &[SnmpVersion::V1, SnmpVersion::V2c, SnmpVersion::V3]);
@@ -196,6 +197,43 @@ async fn rules_match_apply_observation<S: Store>(store: &S, cases: u32, seed: u6
     }
 }
 
+/// Sweeps over 400 addresses, most of them stored: long runs of alive answers (MySQL writes
+/// runs of stored addresses answering alive with a join instead of the upsert) broken by dead
+/// answers and by buried and unknown addresses. The store ends where `apply_observation`
+/// ends and reports the same counts.
+async fn sweeps_match_apply_observation<S: Store>(store: &S, seed: u64) {
+    const SPAN: u32 = 400;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let base = 500_000 + u32::try_from(seed & 0xff).expect("small") * 1000;
+    let mut known = HashMap::new();
+    for i in 0..SPAN {
+        if i % 97 != 5 {
+            let mut r = random_record(&mut rng, addr(base + i));
+            r.is_buried = i % 89 == 3;
+            store.create(&r).await.expect("seed row");
+            known.insert(r.address, r);
+        }
+    }
+    for sweep in 0..2 {
+        let observations: Vec<Observation> = (0..SPAN)
+            .map(|i| {
+                let mut o = random_observation(&mut rng, addr(base + i));
+                o.alive = i % 71 != 7;
+                o
+            })
+            .collect();
+        let (want, want_summary, _) = expected(known.clone(), &observations, 2);
+        let got_summary = store.record_observations(&observations, 2).await.expect("record");
+        assert_eq!(got_summary, want_summary, "seed {seed} sweep {sweep}: summary");
+        for i in 0..SPAN {
+            let a = addr(base + i);
+            let got = store.find_ip(a).await.expect("find");
+            assert_eq!(got.as_ref().map(|r| &r.value), want.get(&a), "seed {seed} sweep {sweep}: address {a}");
+        }
+        known = want;
+    }
+}
+
 async fn large_batches_cross_chunks<S: Store>(store: &S) {
     let now = Utc::now();
     let alive: Vec<Observation> = (0..40_000).map(|i| Observation::new(addr(100_000 + i), true, now)).collect();
@@ -219,26 +257,38 @@ async fn refused_batch_writes_nothing<S: Store>(store: &S) {
 
 /// An address buried by another transaction while a recording of it waits on its row ends as
 /// the burial left it: `$pool` holds the burial open (an `UPDATE`, not yet committed) while
-/// `$store` records a new fact for the address, then commits. With and without history.
+/// `$store` records a new fact for it and its neighbours, then commits. With and without
+/// history.
 macro_rules! burial_during_recording_wins {
     ($store:expr, $pool:expr, $n:expr) => {{
         for (round, history) in [(0_u32, true), (1, false)] {
             let store = if history { $store.clone() } else { $store.clone().without_scan_history() };
-            let ip = addr(300_000 + $n * 10 + round);
-            let mut seen = Observation::new(ip, true, Utc::now());
-            seen.http_family = Some("Apache".into());
-            store.record_observations(std::slice::from_ref(&seen), 2).await.expect("first record");
+            // A run of 100 stored addresses answering alive (MySQL writes such runs with a
+            // join); the one in the middle is buried meanwhile.
+            let first = 300_000 + ($n * 2 + round) * 1000;
+            let mut seen: Vec<Observation> = (first..first + 100)
+                .map(|i| {
+                    let mut o = Observation::new(addr(i), true, Utc::now());
+                    o.http_family = Some("Apache".into());
+                    o
+                })
+                .collect();
+            store.record_observations(&seen, 2).await.expect("first record");
+            let ip = addr(first + 50);
             let mut burial = $pool.begin().await.expect("begin");
             let sql = format!(
                 "UPDATE ip_addresses SET is_buried = TRUE, http_family = 'kept' WHERE ip_key = '{}'",
                 ralph_core::ip_key(ip)
             );
             sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *burial).await.expect("bury");
-            seen.http_family = Some("nginx".into());
+            for o in &mut seen {
+                o.http_family = Some("nginx".into());
+            }
             let recorder = store.clone();
-            let recording = tokio::spawn(async move { recorder.record_observations(&[seen], 2).await });
-            // Long enough for the recording to read the row and wait on its lock.
+            let recording = tokio::spawn(async move { recorder.record_observations(&seen, 2).await });
+            // Long enough for the recording to read the rows and wait on the buried one's lock.
             tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            assert!(!recording.is_finished(), "history {history}: the recording waits on the burial");
             burial.commit().await.expect("commit burial");
             recording.await.expect("join").expect("recording");
             let got = store.find_ip(ip).await.expect("find").expect("stored");
@@ -248,6 +298,8 @@ macro_rules! burial_during_recording_wins {
                 Some("kept"),
                 "history {history}: the buried row is untouched"
             );
+            let next = store.find_ip(addr(first + 51)).await.expect("find").expect("stored");
+            assert_eq!(next.value.http_family.as_deref(), Some("nginx"), "history {history}: the others are written");
         }
     }};
 }
@@ -282,6 +334,12 @@ mod sqlite {
     async fn sqlite_large_batches_cross_chunks() {
         let (s, _dir) = store().await;
         large_batches_cross_chunks(&s).await;
+    }
+    #[tokio::test]
+    async fn sqlite_sweeps_match_apply_observation() {
+        let (s, _dir) = store().await;
+        sweeps_match_apply_observation(&s, 0x5eed_0021).await;
+        sweeps_match_apply_observation(&s.without_scan_history(), 0x5eed_0031).await;
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_burial_during_recording_wins() {
@@ -321,6 +379,10 @@ mod postgres {
         false
     ));
     pg_test!(pg_large_batches_cross_chunks, "blarge", |s| large_batches_cross_chunks(&s));
+    pg_test!(pg_sweeps_match_apply_observation, "bsweep", |s| async {
+        sweeps_match_apply_observation(&s, 0x5eed_0022).await;
+        sweeps_match_apply_observation(&s.clone().without_scan_history(), 0x5eed_0032).await;
+    });
     pg_test!(pg_burial_during_recording_wins, "bbury", |s| async { burial_during_recording_wins!(s, s.pool(), 1) });
     pg_test!(pg_refused_batch_writes_nothing, "brefuse", |s| refused_batch_writes_nothing(&s));
 }
@@ -359,6 +421,10 @@ mod mysql {
         &s.clone().without_scan_history()
     ));
     my_test!(mysql_large_batches_cross_chunks, "blarge", |s| large_batches_cross_chunks(&s));
+    my_test!(mysql_sweeps_match_apply_observation, "bsweep", |s| async {
+        sweeps_match_apply_observation(&s, 0x5eed_0023).await;
+        sweeps_match_apply_observation(&s.clone().without_scan_history(), 0x5eed_0033).await;
+    });
     my_test!(mysql_burial_during_recording_wins, "bbury", |s| async { burial_during_recording_wins!(s, s.pool(), 2) });
     my_test!(mysql_refused_batch_writes_nothing, "brefuse", |s| refused_batch_writes_nothing(&s));
 }

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use ralph_core::{Id, Job, RecordSummary, StoreError};
 use sqlx::error::BoxDynError;
 use sqlx::migrate::MigrateError;
@@ -288,10 +288,30 @@ impl Dialect for MySql {
                     &read
                 }
             };
-            let (stored, rest): (Vec<&ObservationRow<'_>>, Vec<&ObservationRow<'_>>) =
-                plan(chunk, known, &mut summary).into_iter().partition(|r| r.alive && known.contains_key(&*r.key));
-            update_stored(tx, &stored, &limit).await?;
-            upsert_values(tx, &rest, &tail).await?;
+            // The rows to write, in key order, go out in that order: runs of stored addresses
+            // answering alive through the update, everything between them through the upsert,
+            // so that two recorders still take their row locks in one order (splitting a chunk
+            // into "all updates, then all upserts" let answers that disagree deadlock).
+            let write = plan(chunk, known, &mut summary);
+            let joinable = |r: &ObservationRow<'_>| {
+                r.alive && known.contains_key(&*r.key) && (1000..=9999).contains(&r.seen_at.year())
+            };
+            let mut pending: Vec<&ObservationRow<'_>> = Vec::new();
+            let mut at = 0;
+            while at < write.len() {
+                let run = write[at..].iter().take_while(|r| joinable(r)).count();
+                if run >= MIN_UPDATE_RUN {
+                    upsert_values(tx, &pending, &tail).await?;
+                    pending.clear();
+                    update_stored(tx, &write[at..at + run], &limit).await?;
+                    at += run;
+                } else {
+                    let take = run.max(1);
+                    pending.extend_from_slice(&write[at..at + take]);
+                    at += take;
+                }
+            }
+            upsert_values(tx, &pending, &tail).await?;
         }
         Ok(summary)
     }
@@ -320,22 +340,33 @@ async fn stored_rows(
         .collect())
 }
 
-/// The incoming rows of [`update_stored`], one JSON array each, after `JSON_TABLE(` and the
-/// bound document (the key is compared byte by byte, like the `ip_key` column).
-const STORED_ROWS: &str = ", '$[*]' COLUMNS (\
-     ip_key CHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[0]', \
-     last_seen DATETIME(6) PATH '$[1]', dead_ping_count BIGINT PATH '$[2]', \
-     http_family VARCHAR(64) PATH '$[3]', snmp_name VARCHAR(255) PATH '$[4]', \
-     snmp_community VARCHAR(255) PATH '$[5]', snmp_version VARCHAR(2) PATH '$[6]', \
-     scan_checksum VARCHAR(128) PATH '$[7]')) AS v";
+/// Stored addresses answering alive go through [`update_stored`] in runs of at least this
+/// many (in key order); shorter runs stay in the upsert, where a statement more would cost
+/// more than the update saves.
+const MIN_UPDATE_RUN: usize = 64;
 
-/// Stored addresses answering alive, in one `UPDATE ... JOIN` over the rows as JSON: an
+/// The incoming rows of [`update_stored`], one JSON object each, after `JSON_TABLE(` and the
+/// bound document (the key is compared byte by byte, like the `ip_key` column). A missing
+/// member is NULL (`NULL ON EMPTY`, the default; JSON `null` is left out, since early MySQL
+/// 8.0 releases read it as the text "null"); a value the column cannot hold is an error, not
+/// a silent NULL.
+const STORED_ROWS: &str = ", '$[*]' COLUMNS (\
+     ip_key CHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$.k' ERROR ON ERROR, \
+     last_seen DATETIME(6) PATH '$.t' ERROR ON ERROR, dead_ping_count BIGINT PATH '$.d' ERROR ON ERROR, \
+     http_family VARCHAR(64) PATH '$.h' ERROR ON ERROR, snmp_name VARCHAR(255) PATH '$.n' ERROR ON ERROR, \
+     snmp_community VARCHAR(255) PATH '$.c' ERROR ON ERROR, snmp_version VARCHAR(2) PATH '$.v' ERROR ON ERROR, \
+     scan_checksum VARCHAR(128) PATH '$.s' ERROR ON ERROR)) AS v";
+
+/// Stored addresses answering alive (a run of them, in key order), in one `UPDATE ... JOIN`
+/// over the rows as JSON: an
 /// upsert of a row that exists costs InnoDB an insert it then takes back (the clustered
 /// index before the unique key), about twice the time of this update. Only alive answers come
 /// here: their assignments never read the stored `dead_ping_count`, so they give the same
 /// result in any order (MySQL does not promise left-to-right in a multi-table `UPDATE`).
 /// `STRAIGHT_JOIN` and `FORCE INDEX` keep one probe of the key index per row even where the
-/// table's statistics are stale (a new table read as empty gets a full scan per row).
+/// table's statistics are stale (a new table read as empty gets a full scan per row), and
+/// the rows in the document's order, which is key order. An address deleted since it was read
+/// is not written again: as if the recording came first and the deletion after it.
 async fn update_stored(
     tx: &mut sqlx::Transaction<'static, MySql>,
     rows: &[&ObservationRow<'_>],
@@ -347,16 +378,24 @@ async fn update_stored(
     let json = serde_json::Value::Array(
         rows.iter()
             .map(|r| {
-                serde_json::json!([
-                    &*r.key,
-                    r.seen_at.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
-                    r.dead_flag(),
-                    r.http_family.as_deref(),
-                    r.snmp_name,
-                    r.snmp_community,
-                    r.snmp_version,
-                    r.checksum.as_deref(),
-                ])
+                let mut row = serde_json::Map::new();
+                row.insert("k".into(), (&*r.key).into());
+                // UTC, as sqlx binds a `DateTime<Utc>` to a DATETIME(6); the caller sends only
+                // years 1000 to 9999, the column's range.
+                row.insert("t".into(), r.seen_at.format("%Y-%m-%d %H:%M:%S%.6f").to_string().into());
+                row.insert("d".into(), r.dead_flag().into());
+                for (name, value) in [
+                    ("h", r.http_family.as_deref()),
+                    ("n", r.snmp_name),
+                    ("c", r.snmp_community),
+                    ("v", r.snmp_version),
+                    ("s", r.checksum.as_deref()),
+                ] {
+                    if let Some(value) = value {
+                        row.insert(name.into(), value.into());
+                    }
+                }
+                serde_json::Value::Object(row)
             })
             .collect(),
     )

@@ -25,7 +25,9 @@
 //! costs ten parameters however many rows it has.
 //!
 //! The upsert itself re-checks `is_buried`, so an address buried by someone else between the
-//! read and the write stays untouched; under such a race only the returned counts can be off.
+//! read and the write stays untouched; under such a race only the returned counts can be off
+//! (on MySQL an address deleted between the read and the write is not stored again: the end
+//! state is that of the recording ordered before the deletion).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -226,8 +228,9 @@ pub(crate) fn plan<'r, 'a>(
     write
 }
 
-/// The `VALUES` path (SQLite, MySQL/MariaDB): per chunk, read the known rows, then one
-/// multi-row upsert ending in the dialect's `tail` (its conflict clause over [`assignments`]).
+/// The `VALUES` path of SQLite: per chunk, read the known rows (unless the caller did), then
+/// one multi-row upsert ending in the dialect's `tail` (its conflict clause over
+/// [`assignments`]).
 #[cfg(feature = "sqlite")]
 pub(crate) async fn record_values<DB>(
     tx: &mut sqlx::Transaction<'static, DB>,
