@@ -101,6 +101,20 @@ impl AnyStore {
         }
     }
 
+    /// A handle on the same pool that records scan results without their change history; see
+    /// [`SqlStore::without_scan_history`](crate::SqlStore::without_scan_history).
+    #[must_use]
+    pub fn without_scan_history(&self) -> Self {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => Self::Sqlite(s.clone().without_scan_history()),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => Self::Postgres(s.clone().without_scan_history()),
+            #[cfg(feature = "mysql")]
+            Self::MySql(s) => Self::MySql(s.clone().without_scan_history()),
+        }
+    }
+
     /// Closes every connection; later calls fail.
     pub async fn close(&self) {
         dispatch!(self, s => s.close().await);

@@ -7,7 +7,11 @@
 //! `without_scan_history` records facts and no history.
 //!
 //! The processes are this test binary run again with `--ignored --exact recorder_child_process`
-//! and the job in `RALPH_SCAN_HISTORY_CHILD` (`url|worker|gate`).
+//! and the job in `RALPH_SCAN_HISTORY_CHILD` (`url|worker|gate|mode`).
+//!
+//! Without history, tasks and processes sweep 320 addresses at once, answering alike in runs
+//! of 80 addresses but differently from each other (MySQL writes runs of stored addresses
+//! answering alive with a join and the rest with the upsert, in key order): none may fail.
 
 mod queue_common;
 
@@ -53,6 +57,33 @@ fn batch(w: u32, r: u32) -> Vec<Observation> {
 async fn record_rounds<S: ScanResultStore>(store: &S, worker: u32) {
     for r in 0..ROUNDS {
         store.record_observations(&batch(worker, r), 2).await.expect("record");
+    }
+}
+
+/// Addresses of the sweeps without history.
+const SWEPT: u32 = 320;
+
+fn swept(i: u32) -> IpAddr {
+    IpAddr::from([10, 79, u8::try_from(i / 256).expect("small"), u8::try_from(i % 256).expect("small")])
+}
+
+/// Worker `w`'s sweep `r`: every address in order; blocks of 80 answer alike (alive with this
+/// worker's HTTP family, or dead), each worker's blocks differently.
+fn sweep(w: u32, r: u32) -> Vec<Observation> {
+    (0..SWEPT)
+        .map(|i| {
+            let alive = !(i / 80 + w + r).is_multiple_of(3);
+            let mut o = Observation::new(swept(i), alive, Utc::now());
+            o.http_family = alive.then(|| format!("httpd-{w}-{r}"));
+            o
+        })
+        .collect()
+}
+
+/// Records worker `worker`'s sweeps with a dead-ping limit no run reaches, so facts stay.
+async fn record_sweeps<S: ScanResultStore>(store: &S, worker: u32) {
+    for r in 0..ROUNDS {
+        store.record_observations(&sweep(worker, r), 1_000).await.expect("record");
     }
 }
 
@@ -117,12 +148,17 @@ async fn recorder_child_process() {
     while gate.exists() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    record_rounds(&store, parts[1].parse().expect("worker")).await;
+    let worker = parts[1].parse().expect("worker");
+    match parts[3] {
+        "chain" => record_rounds(&store, worker).await,
+        _ => record_sweeps(&store.without_scan_history(), worker).await,
+    }
     println!("DONE");
 }
 
-/// 3 tasks here and 2 processes record rounds over the same addresses at once.
-async fn racing_recorders<S>(store: Arc<S>, url: &str)
+/// 3 tasks here and 2 processes record rounds over the same addresses at once; with
+/// `history` off, they sweep instead (see [`sweep`]).
+async fn racing_recorders<S>(store: Arc<S>, url: &str, history: bool)
 where
     S: ScanResultStore + InventoryStore + HistoryStore + 'static,
 {
@@ -133,7 +169,10 @@ where
         .map(|w| {
             let mut child = Command::new(std::env::current_exe().expect("test binary"))
                 .args(["--ignored", "--exact", "recorder_child_process", "--nocapture", "--test-threads=1"])
-                .env(CHILD_VAR, format!("{url}|{}|{}", 10 + w, gate.display()))
+                .env(
+                    CHILD_VAR,
+                    format!("{url}|{}|{}|{}", 10 + w, gate.display(), if history { "chain" } else { "sweep" }),
+                )
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()
@@ -156,7 +195,13 @@ where
     let tasks: Vec<_> = (0..3)
         .map(|w| {
             let store = Arc::clone(&store);
-            tokio::spawn(async move { record_rounds(&*store, w).await })
+            tokio::spawn(async move {
+                if history {
+                    record_rounds(&*store, w).await;
+                } else {
+                    record_sweeps(&*store, w).await;
+                }
+            })
         })
         .collect();
     for t in tasks {
@@ -165,7 +210,16 @@ where
     for (mut child, _) in children {
         assert!(child.wait().expect("child").success(), "a child failed");
     }
-    check_chains(&*store).await;
+    if history {
+        check_chains(&*store).await;
+    } else {
+        // Every address answered alive in some sweep and no fact is ever cleared: each holds
+        // one worker's family.
+        for i in 0..SWEPT {
+            let stored = store.find_ip(swept(i)).await.expect("find").expect("stored");
+            assert!(stored.value.http_family.as_deref().is_some_and(|f| f.starts_with("httpd-")), "{}", swept(i));
+        }
+    }
 }
 
 #[cfg(feature = "sqlite")]
@@ -177,7 +231,8 @@ mod sqlite {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("ralph.sqlite3").display());
         let store = ralph_store::SqliteStore::connect(&url).await.expect("store");
-        racing_recorders(Arc::new(store.clone()), &url).await;
+        racing_recorders(Arc::new(store.clone()), &url, true).await;
+        racing_recorders(Arc::new(store.clone().without_scan_history()), &url, false).await;
         opted_out_records_no_history(&store.without_scan_history()).await;
     }
 }
@@ -191,7 +246,8 @@ mod postgres {
     async fn pg_racing_recorders_keep_one_history_chain_from_processes() {
         let Some(db) = pg::fresh("shist").await else { return };
         let store = ralph_store::PgStore::connect(&db.url).await.expect("store");
-        racing_recorders(Arc::new(store.clone()), &db.url).await;
+        racing_recorders(Arc::new(store.clone()), &db.url, true).await;
+        racing_recorders(Arc::new(store.clone().without_scan_history()), &db.url, false).await;
         opted_out_records_no_history(&store.clone().without_scan_history()).await;
         store.close().await;
         pg::drop_db(db).await;
@@ -207,7 +263,8 @@ mod mysql {
     async fn my_racing_recorders_keep_one_history_chain_from_processes() {
         let Some(db) = my::fresh("shist").await else { return };
         let store = ralph_store::MySqlStore::connect(&db.url).await.expect("store");
-        racing_recorders(Arc::new(store.clone()), &db.url).await;
+        racing_recorders(Arc::new(store.clone()), &db.url, true).await;
+        racing_recorders(Arc::new(store.clone().without_scan_history()), &db.url, false).await;
         opted_out_records_no_history(&store.clone().without_scan_history()).await;
         store.close().await;
         my::drop_db(db).await;
