@@ -254,10 +254,10 @@ impl Dialect for MySql {
             .collect()
     }
 
-    /// Per chunk, a plain read of the known rows (unless the caller read them), then two
-    /// statements: stored addresses answering alive are updated through a join (see
-    /// [`update_stored`]), the rest go through the upsert. No `WHERE` on MySQL's upsert, so
-    /// each assignment keeps the stored value of an address buried since the read.
+    /// Per chunk, a plain read of the known rows (unless the caller read them), then the rows
+    /// in key order: runs of stored addresses answering alive through a join (see
+    /// [`update_stored`]), the rest through the upsert. No `WHERE` on MySQL's upsert, so each
+    /// assignment keeps the stored value of an address buried since the read.
     async fn record_round(
         tx: &mut sqlx::Transaction<'static, MySql>,
         rows: &[ObservationRow<'_>],
@@ -358,9 +358,8 @@ const STORED_ROWS: &str = ", '$[*]' COLUMNS (\
      scan_checksum VARCHAR(128) PATH '$.s' ERROR ON ERROR)) AS v";
 
 /// Stored addresses answering alive (a run of them, in key order), in one `UPDATE ... JOIN`
-/// over the rows as JSON: an
-/// upsert of a row that exists costs InnoDB an insert it then takes back (the clustered
-/// index before the unique key), about twice the time of this update. Only alive answers come
+/// over the rows as JSON: an upsert of a row that exists costs InnoDB an insert it then takes
+/// back (the clustered index before the unique key), about twice the time of this update. Only alive answers come
 /// here: their assignments never read the stored `dead_ping_count`, so they give the same
 /// result in any order (MySQL does not promise left-to-right in a multi-table `UPDATE`).
 /// `STRAIGHT_JOIN` and `FORCE INDEX` keep one probe of the key index per row even where the
