@@ -232,26 +232,14 @@ pub(crate) fn plan<'r, 'a>(
 /// one multi-row upsert ending in the dialect's `tail` (its conflict clause over
 /// [`assignments`]).
 #[cfg(feature = "sqlite")]
-pub(crate) async fn record_values<DB>(
-    tx: &mut sqlx::Transaction<'static, DB>,
+pub(crate) async fn record_values(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
     round: &[ObservationRow<'_>],
     known: Option<&HashMap<String, KnownRow>>,
     tail: &str,
-) -> Result<RecordSummary, StoreError>
-where
-    DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    for<'r> &'r str: ColumnIndex<DB::Row>,
-    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<Arc<str>>: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
-    for<'q> bool: Decode<'q, DB> + Type<DB>,
-    for<'q> String: Decode<'q, DB> + Type<DB>,
-{
+) -> Result<RecordSummary, StoreError> {
     let mut summary = RecordSummary::default();
-    for chunk in round.chunks(values_chunk::<DB>()) {
+    for chunk in round.chunks(values_chunk::<sqlx::Sqlite>()) {
         let read;
         let known = match known {
             Some(known) => known,
@@ -268,19 +256,10 @@ where
 
 /// What the store holds for the addresses of `chunk` (at most [`values_chunk`] of them), by key.
 #[cfg(feature = "sqlite")]
-async fn known_rows<DB>(
-    tx: &mut sqlx::Transaction<'static, DB>,
+async fn known_rows(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
     chunk: &[ObservationRow<'_>],
-) -> Result<HashMap<String, KnownRow>, StoreError>
-where
-    DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    for<'r> &'r str: ColumnIndex<DB::Row>,
-    for<'q> Option<Arc<str>>: Encode<'q, DB> + Type<DB>,
-    for<'q> bool: Decode<'q, DB> + Type<DB>,
-    for<'q> String: Decode<'q, DB> + Type<DB>,
-{
+) -> Result<HashMap<String, KnownRow>, StoreError> {
     let mut qb = QueryBuilder::new("SELECT ip_key, is_buried, scan_checksum FROM ip_addresses WHERE ip_key IN (");
     push_list(&mut qb, chunk.iter().map(|r| Some(Arc::clone(&r.key))));
     qb.push(")");
