@@ -97,39 +97,70 @@ async fn admin(backend: Backend, url: &str, statements: &[String]) {
     }
 }
 
-/// Kills every connection to the test database but the caller's own: PostgreSQL terminates
-/// the backends, MariaDB `KILL`s the processlist ids. Returns how many.
-async fn kill_connections(backend: Backend, url: &str) -> usize {
-    match backend {
-        Backend::Postgres => {
-            let mut c = sqlx::PgConnection::connect(url).await.expect("connect to PostgreSQL");
-            let killed: Vec<(bool,)> = sqlx::query_as(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
-            )
-            .fetch_all(&mut c)
-            .await
-            .expect("terminate backends");
-            let _ = c.close().await;
-            killed.len()
-        }
-        Backend::MySql => {
-            let mut c = sqlx::MySqlConnection::connect(url).await.expect("connect to MariaDB");
-            let ids: Vec<(u64,)> = sqlx::query_as(
-                "SELECT CAST(id AS UNSIGNED) FROM information_schema.processlist \
-                 WHERE db = DATABASE() AND id <> CONNECTION_ID()",
-            )
-            .fetch_all(&mut c)
-            .await
-            .expect("processlist");
-            for (id,) in &ids {
-                // Gone already is fine.
-                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}"))).execute(&mut c).await;
+/// Kills the connections to one test database, again and again, from one connection of its
+/// own to another database (the server's `postgres` or `mysql`): the killer is never among
+/// the connections it kills, and a second killer could not kill it.
+///
+/// On MariaDB it reads `SHOW PROCESSLIST` (text protocol) instead of a prepared query of
+/// `information_schema.processlist`: MariaDB 10.11.19 crashed (signal 11 in
+/// `ha_maria::drop_table`, freeing the query's temporary table) when the connection running
+/// that query was itself killed, which took the shared server down for every other test.
+enum Killer {
+    Postgres(sqlx::PgConnection, String),
+    MySql(sqlx::MySqlConnection, String),
+}
+
+impl Killer {
+    async fn connect(backend: Backend, url: &str) -> Self {
+        use std::str::FromStr as _;
+        match backend {
+            Backend::Postgres => {
+                let options = sqlx::postgres::PgConnectOptions::from_str(url).expect("PostgreSQL URL");
+                let victim = options.get_database().expect("database in the URL").to_owned();
+                let c = sqlx::PgConnection::connect_with(&options.database("postgres")).await.expect("connect");
+                Self::Postgres(c, victim)
             }
-            let _ = c.close().await;
-            ids.len()
+            Backend::MySql => {
+                let options = sqlx::mysql::MySqlConnectOptions::from_str(url).expect("MariaDB URL");
+                let victim = options.get_database().expect("database in the URL").to_owned();
+                let c = sqlx::MySqlConnection::connect_with(&options.database("mysql")).await.expect("connect");
+                Self::MySql(c, victim)
+            }
+            Backend::Sqlite => unreachable!("no connections to kill on SQLite"),
         }
-        Backend::Sqlite => 0,
+    }
+
+    /// Kills every connection to the victim database now; returns how many.
+    async fn kill(&mut self) -> usize {
+        match self {
+            Self::Postgres(c, victim) => {
+                let killed: Vec<(bool,)> = sqlx::query_as(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = $1 AND pid <> pg_backend_pid()",
+                )
+                .bind(&*victim)
+                .fetch_all(&mut *c)
+                .await
+                .expect("terminate backends");
+                killed.len()
+            }
+            Self::MySql(c, victim) => {
+                use sqlx::Row as _;
+                let rows = sqlx::raw_sql("SHOW PROCESSLIST").fetch_all(&mut *c).await.expect("processlist");
+                let mut ids = Vec::new();
+                for row in &rows {
+                    let db: Option<String> = row.try_get("db").expect("processlist db");
+                    if db.as_deref() == Some(victim.as_str()) {
+                        ids.push(row.try_get::<i64, _>("Id").expect("processlist id"));
+                    }
+                }
+                for id in &ids {
+                    // Gone already is fine.
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}"))).execute(&mut *c).await;
+                }
+                ids.len()
+            }
+        }
     }
 }
 
@@ -611,10 +642,11 @@ where
     // Kills every 30 ms for 1.5 s: on a quiet machine the worker's connections are mostly idle
     // in the pool (a dead idle one is replaced unseen), so the kills must be many to land
     // inside statements and commits.
+    let mut killer = Killer::connect(backend, url).await;
     let mut killed = 0;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(30)).await;
-        killed += kill_connections(backend, url).await;
+        killed += killer.kill().await;
     }
     assert!(killed > 0, "no connection was killed");
     // Whether a kill lands inside one of the worker's statements (a store error it sees and

@@ -24,6 +24,7 @@ pub struct Job {
     pub attempts: u32,
     /// Identifies this claim; [`JobQueue::ack`] and [`JobQueue::fail`] only act while it
     /// still holds, so a worker whose lease expired cannot ack a job another worker re-took.
+    /// The job keeps it after an ack or fail, so that repeating one finds what it did.
     pub lease_token: String,
     /// When the lease runs out and the job becomes claimable again.
     pub lease_until: DateTime<Utc>,
@@ -376,6 +377,10 @@ pub trait JobQueue: Send + Sync {
     async fn claim(&self, queue: &str, max: usize, lease: Duration, worker: &str) -> Result<Vec<Job>, StoreError>;
 
     /// Marks a claimed job done. Returns `false` when the lease was lost.
+    ///
+    /// Repeating an ack with the same [`Job`] returns `true` again and changes nothing, so a
+    /// store may retry it after the reply to a committed ack was lost (a killed connection, a
+    /// failover) without the worker taking the job for lost.
     async fn ack(&self, job: &Job) -> Result<bool, StoreError>;
 
     /// Marks several claimed jobs done, in one statement where the backend can (a worker that
@@ -391,7 +396,12 @@ pub trait JobQueue: Send + Sync {
         Ok(held)
     }
 
-    /// Records a failure: retried after the policy's back-off, or dead-lettered.
+    /// Records a failure: retried after the policy's back-off, or dead-lettered. Returns
+    /// [`FailOutcome::LeaseLost`] and changes nothing when the lease was lost.
+    ///
+    /// Repeating a fail with the same [`Job`] returns what the first one did (while the job
+    /// waits for its retry or stays dead) and changes nothing, like a repeated
+    /// [`JobQueue::ack`].
     async fn fail(&self, job: &Job, error: &str, policy: &RetryPolicy) -> Result<FailOutcome, StoreError>;
 
     /// Extends a claimed job's lease. Returns `false` when the lease was lost.

@@ -24,6 +24,17 @@ fn micros_now() -> chrono::DateTime<Utc> {
     chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now")
 }
 
+/// The job `id` of `queue` as an operator's list shows it, whatever its state.
+async fn job_info<Q: QueueAdmin>(q: &Q, queue: &str, id: ralph_core::Id<ralph_core::Job>) -> ralph_core::JobInfo {
+    for state in JobState::ALL {
+        let jobs = q.list_jobs(queue, state, 1000).await.expect("list");
+        if let Some(job) = jobs.into_iter().find(|j| j.id == id) {
+            return job;
+        }
+    }
+    panic!("job {id:?} is not listed");
+}
+
 /// The operator's calls: list by state, retry and discard (pending and dead jobs only, of the
 /// named queue only), pause and resume, purge by age, worker heartbeats.
 async fn admin_lists_retries_discards_pauses_and_purges<Q: JobQueue + QueueAdmin>(q: &Q) {
@@ -248,7 +259,11 @@ async fn claim_ack_and_stats<Q: JobQueue + QueueAdmin>(q: &Q) {
     assert_eq!((stats.pending, stats.running), (1, 2));
 
     assert!(q.ack(&jobs[0]).await.expect("ack"));
-    assert!(!q.ack(&jobs[0]).await.expect("second ack"), "a job is acked once");
+    let acked = job_info(q, "discovery.dc1", jobs[0].id).await;
+    // An ack repeated by the same claim (a retry after its reply was lost) reports the job
+    // done and changes nothing.
+    assert!(q.ack(&jobs[0]).await.expect("second ack"), "a repeated ack reports the job done");
+    assert_eq!(job_info(q, "discovery.dc1", jobs[0].id).await, acked, "a repeated ack changes nothing");
     let stats = q.stats("discovery.dc1").await.expect("stats");
     assert_eq!((stats.pending, stats.running, stats.done), (1, 1, 1));
 
@@ -279,7 +294,13 @@ async fn retry_backoff_and_dead_letter<Q: JobQueue + QueueAdmin>(q: &Q) {
     assert!(q.claim("retry", 1, LEASE, "w").await.expect("claim").is_empty(), "back-off is honoured");
     let stats = q.stats("retry").await.expect("stats");
     assert_eq!((stats.pending, stats.running), (1, 0), "a job waiting for its retry counts as pending");
-    assert_eq!(q.fail(&job, "again", &policy).await.expect("stale fail"), FailOutcome::LeaseLost);
+    // A fail repeated by the same claim reports what the first did and changes nothing; an
+    // ack by that claim does not turn the failed job into a done one.
+    let failed = job_info(q, "retry", job.id).await;
+    assert_eq!(q.fail(&job, "again", &policy).await.expect("repeated fail"), FailOutcome::Retry { at });
+    assert!(!q.ack(&job).await.expect("ack after fail"), "a failed job is not acked");
+    assert_eq!(job_info(q, "retry", job.id).await, failed, "nothing changed");
+    assert_eq!(failed.last_error.as_deref(), Some("boom"));
 
     let due = (at - Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(due + Duration::from_millis(500)).await;
@@ -287,6 +308,8 @@ async fn retry_backoff_and_dead_letter<Q: JobQueue + QueueAdmin>(q: &Q) {
     assert_eq!((again.id, again.attempts), (job.id, 2));
     assert_ne!(again.lease_token, job.lease_token);
     assert_eq!(q.fail(&again, "boom twice", &policy).await.expect("fail"), FailOutcome::Dead);
+    assert_eq!(q.fail(&again, "boom thrice", &policy).await.expect("repeated fail"), FailOutcome::Dead);
+    assert_eq!(q.fail(&job, "stale", &policy).await.expect("stale fail"), FailOutcome::LeaseLost);
     let stats = q.stats("retry").await.expect("stats");
     assert_eq!((stats.pending, stats.running, stats.dead), (0, 0, 1));
     assert!(q.claim("retry", 1, LEASE, "w").await.expect("claim").is_empty(), "dead jobs are not delivered");
@@ -316,6 +339,7 @@ async fn lease_expiry_and_reclaim<Q: JobQueue + QueueAdmin>(q: &Q) {
     assert!(!q.extend_lease(stale, LEASE).await.expect("stale extend"));
     assert!(q.extend_lease(&retaken[0], Duration::from_secs(120)).await.expect("extend"));
     assert!(q.ack(&retaken[0]).await.expect("ack"));
+    assert!(!q.ack(stale).await.expect("stale ack"), "a job another claim acked is not the stale claim's");
     let rest = q.claim("lease", 5, LEASE, "lives").await.expect("claim");
     assert_eq!(rest.len(), 1);
     assert!(q.ack(&rest[0]).await.expect("ack"));
@@ -363,7 +387,10 @@ async fn batch_ack<Q: JobQueue + QueueAdmin>(q: &Q) {
     let stale_and_live: Vec<_> = a.iter().chain(&b).cloned().collect();
     assert_eq!(q.ack_batch(&stale_and_live).await.expect("ack a+b"), 3, "only a's leases hold");
     assert_eq!(q.ack_batch(&c).await.expect("ack c"), 3);
-    assert_eq!(q.ack_batch(&c).await.expect("ack c again"), 0);
+    assert_eq!(q.ack_batch(&c).await.expect("ack c again"), 3, "a repeated ack by the same claim");
+    assert_eq!(q.ack_batch(&b).await.expect("ack b again"), 0, "b's jobs are done, but by c's claim");
+    let mixed: Vec<_> = c.iter().chain(&b).cloned().collect();
+    assert_eq!(q.ack_batch(&mixed).await.expect("ack c+b"), 3, "one transaction over two claims");
     assert_eq!(q.ack_batch(&[]).await.expect("nothing"), 0);
     let stats = q.stats("acks").await.expect("stats");
     assert_eq!((stats.done, stats.running, stats.expired, stats.pending), (6, 0, 0, 0));

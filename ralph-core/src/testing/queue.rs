@@ -60,7 +60,13 @@ impl JobRow {
 impl JobRow {
     /// Whether `job`'s claim still holds this row.
     fn held_by(&self, job: &Job) -> bool {
-        self.state == JobState::Running && self.lease_token.as_deref() == Some(job.lease_token.as_str())
+        self.state == JobState::Running && self.left_by(job)
+    }
+
+    /// Whether the row still carries `job`'s claim token: ack and fail keep it, as the SQL
+    /// stores do, so that repeating them reports what the first one did.
+    fn left_by(&self, job: &Job) -> bool {
+        self.lease_token.as_deref() == Some(job.lease_token.as_str())
     }
 }
 
@@ -270,12 +276,12 @@ impl JobQueue for MemoryStore {
         let mut state = self.lock();
         let mut held = 0;
         for job in jobs {
-            if let Some(row) = state.jobs.get_mut(&job.id.get())
-                && row.held_by(job)
-            {
+            let Some(row) = state.jobs.get_mut(&job.id.get()) else { continue };
+            if row.held_by(job) {
                 row.state = JobState::Done;
-                row.lease_token = None;
                 row.finished_at = Some(now);
+                held += 1;
+            } else if row.state == JobState::Done && row.left_by(job) {
                 held += 1;
             }
         }
@@ -286,10 +292,17 @@ impl JobQueue for MemoryStore {
         let now = now();
         let dead = job.attempts >= policy.max_attempts;
         let mut state = self.lock();
-        let Some(row) = state.jobs.get_mut(&job.id.get()).filter(|r| r.held_by(job)) else {
+        let Some(row) = state.jobs.get_mut(&job.id.get()) else {
             return Ok(FailOutcome::LeaseLost);
         };
-        row.lease_token = None;
+        if !row.held_by(job) {
+            // The same fail may have landed already.
+            return Ok(match row.state {
+                JobState::Dead if dead && row.left_by(job) => FailOutcome::Dead,
+                JobState::Pending if !dead && row.left_by(job) => FailOutcome::Retry { at: row.due_at },
+                _ => FailOutcome::LeaseLost,
+            });
+        }
         row.last_error = Some(error.chars().take(4000).collect());
         if dead {
             row.state = JobState::Dead;
@@ -487,7 +500,7 @@ mod tests {
         assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), ids[..2].to_vec(), "oldest first");
         assert!(jobs.iter().all(|j| j.attempts == 1 && j.lease_until > Utc::now()));
         assert!(q.ack(&jobs[0]).await.expect("ack"));
-        assert!(!q.ack(&jobs[0]).await.expect("ack again"), "a job is acked once");
+        assert!(q.ack(&jobs[0]).await.expect("ack again"), "a repeated ack by the same claim reports it done");
         let s = q.stats("dc1").await.expect("stats");
         assert_eq!((s.pending, s.running, s.done), (1, 1, 1));
         assert!(s.oldest_pending_age.is_some());
@@ -500,7 +513,8 @@ mod tests {
             panic!("first failure is retried");
         };
         assert!(at >= before + chrono::Duration::from_std(policy.backoff(1)).expect("backoff"), "{at} {before}");
-        assert_eq!(q.fail(&jobs[1], "stale", &policy).await.expect("fail"), FailOutcome::LeaseLost);
+        assert_eq!(q.fail(&jobs[1], "again", &policy).await.expect("fail"), FailOutcome::Retry { at }, "repeated");
+        assert!(!q.ack(&jobs[1]).await.expect("ack"), "a failed job is not acked by the claim that failed it");
         let next = q.claim("dc1", 5, LEASE, "w").await.expect("claim");
         assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[2]], "back-off is honoured");
         let dying = Job { attempts: 2, ..next[0].clone() };

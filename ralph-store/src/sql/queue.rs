@@ -330,15 +330,31 @@ fn clip_error(error: &str) -> String {
     error.chars().take(MAX_ERROR_LEN).collect()
 }
 
-/// `UPDATE` marking `ids`, claimed under `token`, done (only those still held).
+/// `UPDATE` marking `ids`, claimed under `token`, done (only those still held). The token
+/// stays on the rows, so that an ack repeated after a lost reply finds them done by its claim.
 fn ack_update<'a, DB: Backend>(token: &'a str, ids: &[i64]) -> QueryBuilder<DB>
 where
     Option<&'a str>: Encode<'a, DB> + Type<DB>,
     Option<i64>: Encode<'a, DB> + Type<DB>,
 {
-    let mut qb = QueryBuilder::new("UPDATE queue_jobs SET state = 'done', lease_token = NULL, finished_at = ");
+    let mut qb = QueryBuilder::new("UPDATE queue_jobs SET state = 'done', finished_at = ");
     DB::push_now(&mut qb);
     qb.push(" WHERE lease_token = ").push_bind(Some(token)).push(" AND state = 'running' AND id IN (");
+    push_list(&mut qb, ids.iter().map(|id| Some(*id)));
+    qb.push(")");
+    qb
+}
+
+/// `SELECT COUNT(*)` of `ids` that their claim under `token` acked: an ack that changed fewer
+/// rows than it named counts these instead, which include the ones an earlier try of the same
+/// ack marked done before its reply was lost.
+fn acked_count<'a, DB: Backend>(token: &'a str, ids: &[i64]) -> QueryBuilder<DB>
+where
+    Option<&'a str>: Encode<'a, DB> + Type<DB>,
+    Option<i64>: Encode<'a, DB> + Type<DB>,
+{
+    let mut qb = QueryBuilder::new("SELECT COUNT(*) FROM queue_jobs WHERE lease_token = ");
+    qb.push_bind(Some(token)).push(" AND state = 'done' AND id IN (");
     push_list(&mut qb, ids.iter().map(|id| Some(*id)));
     qb.push(")");
     qb
@@ -384,6 +400,16 @@ where
             .push(" AND state = 'running'");
         let done = qb.build().execute(self.pool()).await.map_err(err(JOB))?;
         Ok(DB::rows_affected(&done) == 1)
+    }
+
+    /// The state (and due time) `job`'s claim left its row in, if the row still carries the
+    /// claim's token: ack and fail keep it, so that repeating them (a retry after the reply to
+    /// a committed statement was lost) reports what the first one did instead of a lost lease.
+    async fn left_by(&self, job: &Job) -> Result<Option<(JobState, Stamp)>, StoreError> {
+        let mut qb = QueryBuilder::new("SELECT state, due_at FROM queue_jobs WHERE id = ");
+        qb.push_bind(Some(job.id.get())).push(" AND lease_token = ").push_bind(Some(job.lease_token.as_str()));
+        let row = qb.build_query_as::<(String, Stamp)>().fetch_optional(self.pool()).await.map_err(err(JOB))?;
+        row.map(|(state, due)| Ok((JobState::parse(&state).map_err(|e| corrupt(e.to_string()))?, due))).transpose()
     }
 
     /// Dead-letters the jobs of `queue` whose lease expired after their last allowed attempt
@@ -577,11 +603,14 @@ where
     }
 
     async fn ack(&self, job: &Job) -> Result<bool, StoreError> {
-        self.retrying(JOB, || {
-            self.while_leased(job, |qb| {
-                qb.push("state = 'done', lease_token = NULL, finished_at = ");
-                DB::push_now(qb);
-            })
+        self.retrying(JOB, || async {
+            let acked = self
+                .while_leased(job, |qb| {
+                    qb.push("state = 'done', finished_at = ");
+                    DB::push_now(qb);
+                })
+                .await?;
+            Ok(acked || matches!(self.left_by(job).await?, Some((JobState::Done, _))))
         })
         .await
     }
@@ -594,14 +623,25 @@ where
             if let (1, Some((token, ids))) = (statements, groups.iter().next()) {
                 // The usual case, one claim's batch: one statement needs no transaction.
                 let done = ack_update::<DB>(token, ids).build().execute(self.pool()).await.map_err(err(JOB))?;
-                return Ok(DB::rows_affected(&done));
+                if DB::rows_affected(&done) == ids.len() as u64 {
+                    return Ok(DB::rows_affected(&done));
+                }
+                let mut count = acked_count::<DB>(token, ids);
+                let acked = count.build_query_scalar::<i64>().fetch_one(self.pool()).await.map_err(err(JOB))?;
+                return Ok(u64::try_from(acked).unwrap_or(0));
             }
             let mut held = 0;
             let mut tx = self.begin(JOB).await?;
             for (token, ids) in groups {
                 for chunk in ids.chunks(CHUNK) {
                     let done = ack_update::<DB>(token, chunk).build().execute(&mut *tx).await.map_err(err(JOB))?;
-                    held += DB::rows_affected(&done);
+                    held += if DB::rows_affected(&done) == chunk.len() as u64 {
+                        DB::rows_affected(&done)
+                    } else {
+                        let mut count = acked_count::<DB>(token, chunk);
+                        let acked = count.build_query_scalar::<i64>().fetch_one(&mut *tx).await.map_err(err(JOB))?;
+                        u64::try_from(acked).unwrap_or(0)
+                    };
                 }
             }
             commit(tx, JOB).await?;
@@ -630,16 +670,18 @@ where
                     if dead {
                         DB::push_now(qb);
                     }
-                    qb.push(", due_at = ")
-                        .push_bind(due)
-                        .push(", lease_token = NULL, last_error = ")
-                        .push_bind(Some(error.as_str()));
+                    qb.push(", due_at = ").push_bind(due).push(", last_error = ").push_bind(Some(error.as_str()));
                 })
                 .await?;
             Ok(match (held, dead) {
-                (false, _) => FailOutcome::LeaseLost,
                 (true, true) => FailOutcome::Dead,
                 (true, false) => FailOutcome::Retry { at: due.0 },
+                // Not running under this claim: the same fail may have landed already.
+                (false, _) => match self.left_by(job).await? {
+                    Some((JobState::Dead, _)) if dead => FailOutcome::Dead,
+                    Some((JobState::Pending, at)) if !dead => FailOutcome::Retry { at: at.0 },
+                    _ => FailOutcome::LeaseLost,
+                },
             })
         })
         .await
