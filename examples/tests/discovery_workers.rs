@@ -102,9 +102,10 @@ async fn admin(backend: Backend, url: &str, statements: &[String]) {
 /// the connections it kills, and a second killer could not kill it.
 ///
 /// On MariaDB it reads `SHOW PROCESSLIST` (text protocol) instead of a prepared query of
-/// `information_schema.processlist`: MariaDB 10.11.19 crashed (signal 11 in
-/// `ha_maria::drop_table`, freeing the query's temporary table) when the connection running
-/// that query was itself killed, which took the shared server down for every other test.
+/// `information_schema.processlist`: MariaDB 10.11.19 crashed once (signal 11 in
+/// `ha_maria::drop_table`, freeing that query's temporary table, the killer's thread marked
+/// killed) while a killer that connected to the test database ran it, which took the shared
+/// server down for every other test.
 enum Killer {
     Postgres(sqlx::PgConnection, String),
     MySql(sqlx::MySqlConnection, String),
