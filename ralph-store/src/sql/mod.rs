@@ -157,7 +157,8 @@ where
     Ok(ids)
 }
 
-/// Like [`returning_ids`] for a one-row `INSERT`.
+/// Like [`returning_ids`] for a one-row `INSERT` (MySQL's dialect reads the id otherwise).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) async fn returning_id<DB>(conn: &mut DB::Connection, qb: QueryBuilder<DB>) -> Result<i64, sqlx::Error>
 where
     DB: Backend,

@@ -69,8 +69,9 @@ const MAX_DEAD: i64 = u32::MAX as i64;
 pub(crate) const INSERT_COLUMNS: &str = "address, ip_key, last_seen, dead_ping_count, http_family, snmp_name, \
                                          snmp_community, snmp_version, scan_checksum";
 
-/// One observation, checked and ready to bind.
-#[derive(Debug, Clone)]
+/// One observation, checked and ready to bind. Its `Debug` shows the SNMP community as
+/// redacted, like [`ralph_core::Secret`] does.
+#[derive(Clone)]
 pub struct ObservationRow<'a> {
     /// The observation itself.
     pub(crate) observation: &'a Observation,
@@ -87,6 +88,23 @@ pub struct ObservationRow<'a> {
     pub(crate) snmp_community: Option<&'a str>,
     pub(crate) snmp_version: Option<&'static str>,
     pub(crate) checksum: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for ObservationRow<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObservationRow")
+            .field("observation", &self.observation)
+            .field("key", &self.key)
+            .field("address", &self.address)
+            .field("alive", &self.alive)
+            .field("seen_at", &self.seen_at)
+            .field("http_family", &self.http_family)
+            .field("snmp_name", &self.snmp_name)
+            .field("snmp_community", &self.snmp_community.map(|_| "<redacted>"))
+            .field("snmp_version", &self.snmp_version)
+            .field("checksum", &self.checksum)
+            .finish_non_exhaustive()
+    }
 }
 
 fn check(field: &'static str, value: Option<&str>, max: usize) -> Result<(), StoreError> {
@@ -192,8 +210,10 @@ pub(crate) fn set_clause(
         .join(", ")
 }
 
-/// What the store holds for an address a round mentions.
+/// What the store holds for an address a round mentions (read by SQLite's and MySQL's
+/// recording; PostgreSQL's decides in SQL).
 #[derive(Debug, FromRow)]
+#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
 pub struct KnownRow {
     pub(crate) ip_key: String,
     pub(crate) is_buried: bool,
@@ -718,6 +738,17 @@ mod tests {
         let r = rounds(prepare(&obs).expect("valid"));
         let shape: Vec<Vec<bool>> = r.iter().map(|round| round.iter().map(|row| row.alive).collect()).collect();
         assert_eq!(shape, vec![vec![true, true], vec![false], vec![false]]);
+    }
+
+    #[test]
+    fn debug_output_hides_the_community() {
+        let mut o = Observation::new("10.0.0.1".parse().expect("ip"), true, Utc::now());
+        o.snmp_name = Some("core-sw1".into());
+        o.snmp_community = Some(ralph_core::Secret::new("s3cret-community"));
+        let rows = prepare(std::slice::from_ref(&o)).expect("valid");
+        let shown = format!("{rows:?}");
+        assert!(shown.contains("core-sw1") && shown.contains("<redacted>"), "{shown}");
+        assert!(!shown.contains("s3cret-community"), "{shown}");
     }
 
     #[test]
