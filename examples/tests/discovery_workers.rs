@@ -152,7 +152,9 @@ impl Killer {
                 for row in &rows {
                     let db: Option<String> = row.try_get("db").expect("processlist db");
                     if db.as_deref() == Some(victim.as_str()) {
-                        ids.push(row.try_get::<i64, _>("Id").expect("processlist id"));
+                        // Signed on MariaDB, unsigned on MySQL 8.
+                        let id = row.try_get::<i64, _>("Id").map(i128::from);
+                        ids.push(id.or_else(|_| row.try_get::<u64, _>("Id").map(i128::from)).expect("processlist id"));
                     }
                 }
                 for id in &ids {

@@ -378,18 +378,22 @@ pub trait JobQueue: Send + Sync {
 
     /// Marks a claimed job done. Returns `false` when the lease was lost.
     ///
-    /// Repeating an ack with the same [`Job`] returns `true` again and changes nothing, so a
-    /// store may retry it after the reply to a committed ack was lost (a killed connection, a
-    /// failover) without the worker taking the job for lost.
+    /// Repeating an ack with the same [`Job`] returns `true` again and changes nothing (until
+    /// [`QueueAdmin::purge`] removes the done job), so a caller may repeat it after the reply
+    /// to a committed ack was lost (a killed connection, a failover) without taking the job
+    /// for lost.
     async fn ack(&self, job: &Job) -> Result<bool, StoreError>;
 
     /// Marks several claimed jobs done, in one statement where the backend can (a worker that
     /// claimed a batch acks it at once instead of paying one commit per job). Returns how many
-    /// were still held; the others' leases were lost. The default acks them one by one.
+    /// distinct jobs are done under the claims named (a job named twice by the same claim
+    /// counts once; jobs this claim acked before count, as a repeated [`JobQueue::ack`] does);
+    /// the others' leases were lost. The default acks them one by one.
     async fn ack_batch(&self, jobs: &[Job]) -> Result<u64, StoreError> {
+        let mut seen = std::collections::HashSet::new();
         let mut held = 0;
         for job in jobs {
-            if self.ack(job).await? {
+            if seen.insert((job.id, job.lease_token.as_str())) && self.ack(job).await? {
                 held += 1;
             }
         }
@@ -399,9 +403,9 @@ pub trait JobQueue: Send + Sync {
     /// Records a failure: retried after the policy's back-off, or dead-lettered. Returns
     /// [`FailOutcome::LeaseLost`] and changes nothing when the lease was lost.
     ///
-    /// Repeating a fail with the same [`Job`] returns what the first one did (while the job
-    /// waits for its retry or stays dead) and changes nothing, like a repeated
-    /// [`JobQueue::ack`].
+    /// Repeating a fail with the same [`Job`] and policy returns what the first one did (while
+    /// the job waits for its retry or stays dead, and no operator retried it) and changes
+    /// nothing, like a repeated [`JobQueue::ack`].
     async fn fail(&self, job: &Job, error: &str, policy: &RetryPolicy) -> Result<FailOutcome, StoreError>;
 
     /// Extends a claimed job's lease. Returns `false` when the lease was lost.

@@ -315,6 +315,23 @@ async fn retry_backoff_and_dead_letter<Q: JobQueue + QueueAdmin>(q: &Q) {
     assert!(q.claim("retry", 1, LEASE, "w").await.expect("claim").is_empty(), "dead jobs are not delivered");
 }
 
+/// A job an operator retried belongs to no claim: a fail or ack its old claim repeats is
+/// told the lease is lost, not what it did before.
+async fn operator_retry_ends_the_claim<Q: JobQueue + QueueAdmin>(q: &Q) {
+    let policy = RetryPolicy { max_attempts: 3, ..RetryPolicy::default() };
+    let ids = q.enqueue("reset", &payloads(1)).await.expect("enqueue");
+    let job = q.claim("reset", 1, LEASE, "w").await.expect("claim").remove(0);
+    assert!(matches!(q.fail(&job, "boom", &policy).await.expect("fail"), FailOutcome::Retry { .. }));
+    let op = Actor::user("op");
+    assert_eq!(q.retry_jobs("reset", &ids, JobState::Pending, &op).await.expect("retry"), 1);
+    assert_eq!(q.fail(&job, "boom", &policy).await.expect("repeated fail"), FailOutcome::LeaseLost);
+    assert!(!q.ack(&job).await.expect("ack"));
+    let again = q.claim("reset", 1, LEASE, "w").await.expect("claim").remove(0);
+    assert_eq!((again.id, again.attempts), (job.id, 1), "the operator's retry reset the attempts");
+    assert!(q.ack(&again).await.expect("ack"));
+    assert_eq!(q.fail(&job, "late", &policy).await.expect("stale fail"), FailOutcome::LeaseLost);
+}
+
 async fn lease_expiry_and_reclaim<Q: JobQueue + QueueAdmin>(q: &Q) {
     q.enqueue("lease", &payloads(2)).await.expect("enqueue");
     let short = Duration::from_millis(300);
@@ -388,6 +405,8 @@ async fn batch_ack<Q: JobQueue + QueueAdmin>(q: &Q) {
     assert_eq!(q.ack_batch(&stale_and_live).await.expect("ack a+b"), 3, "only a's leases hold");
     assert_eq!(q.ack_batch(&c).await.expect("ack c"), 3);
     assert_eq!(q.ack_batch(&c).await.expect("ack c again"), 3, "a repeated ack by the same claim");
+    let twice = [c[0].clone(), c[0].clone()];
+    assert_eq!(q.ack_batch(&twice).await.expect("ack one job twice"), 1, "a job named twice counts once");
     assert_eq!(q.ack_batch(&b).await.expect("ack b again"), 0, "b's jobs are done, but by c's claim");
     let mixed: Vec<_> = c.iter().chain(&b).cloned().collect();
     assert_eq!(q.ack_batch(&mixed).await.expect("ack c+b"), 3, "one transaction over two claims");
@@ -481,6 +500,31 @@ mod sqlite {
         overview_finds_and_counts(&ralph_core::testing::MemoryStore::new()).await;
     }
     #[tokio::test]
+    async fn memory_claim_ack_and_stats() {
+        claim_ack_and_stats(&ralph_core::testing::MemoryStore::new()).await;
+    }
+    #[tokio::test]
+    async fn memory_retry_backoff_and_dead_letter() {
+        retry_backoff_and_dead_letter(&ralph_core::testing::MemoryStore::new()).await;
+    }
+    #[tokio::test]
+    async fn memory_lease_expiry_and_reclaim() {
+        lease_expiry_and_reclaim(&ralph_core::testing::MemoryStore::new()).await;
+    }
+    #[tokio::test]
+    async fn memory_batch_ack() {
+        batch_ack(&ralph_core::testing::MemoryStore::new()).await;
+    }
+    #[tokio::test]
+    async fn memory_operator_retry_ends_the_claim() {
+        operator_retry_ends_the_claim(&ralph_core::testing::MemoryStore::new()).await;
+    }
+    #[tokio::test]
+    async fn sqlite_operator_retry_ends_the_claim() {
+        let (q, _dir) = queue().await;
+        operator_retry_ends_the_claim(&q).await;
+    }
+    #[tokio::test]
     async fn memory_admin() {
         admin_lists_retries_discards_pauses_and_purges(&ralph_core::testing::MemoryStore::new()).await;
     }
@@ -530,6 +574,7 @@ mod postgres {
     pg_test!(pg_lease_expiry_and_reclaim, "qlease", |q| lease_expiry_and_reclaim(&q));
     pg_test!(pg_exclusive_concurrent_claims, "qrace", |q| exclusive_concurrent_claims(Arc::new(q.clone())));
     pg_test!(pg_batch_ack, "qacks", |q| batch_ack(&q));
+    pg_test!(pg_operator_retry_ends_the_claim, "qreset", |q| operator_retry_ends_the_claim(&q));
     pg_test!(pg_bad_input, "qbad", |q| bad_input(&q));
     pg_test!(pg_many_jobs_in_one_batch, "qbulk", |q| many_jobs_in_one_batch(&q));
     pg_test!(pg_admin, "qadmin", |q| admin_lists_retries_discards_pauses_and_purges(&q));
@@ -564,6 +609,7 @@ mod mysql {
     my_test!(mysql_lease_expiry_and_reclaim, "qlease", |q| lease_expiry_and_reclaim(&q));
     my_test!(mysql_exclusive_concurrent_claims, "qrace", |q| exclusive_concurrent_claims(Arc::new(q.clone())));
     my_test!(mysql_batch_ack, "qacks", |q| batch_ack(&q));
+    my_test!(mysql_operator_retry_ends_the_claim, "qreset", |q| operator_retry_ends_the_claim(&q));
     my_test!(mysql_bad_input, "qbad", |q| bad_input(&q));
     my_test!(mysql_many_jobs_in_one_batch, "qbulk", |q| many_jobs_in_one_batch(&q));
     my_test!(mysql_admin, "qadmin", |q| admin_lists_retries_discards_pauses_and_purges(&q));

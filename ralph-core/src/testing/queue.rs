@@ -275,7 +275,11 @@ impl JobQueue for MemoryStore {
         let now = now();
         let mut state = self.lock();
         let mut held = 0;
+        let mut seen = std::collections::HashSet::new();
         for job in jobs {
+            if !seen.insert((job.id, job.lease_token.as_str())) {
+                continue;
+            }
             let Some(row) = state.jobs.get_mut(&job.id.get()) else { continue };
             if row.held_by(job) {
                 row.state = JobState::Done;
@@ -429,6 +433,7 @@ impl QueueAdmin for MemoryStore {
             if let Some(row) = state.jobs.get_mut(&id.get()).filter(|r| r.queue == queue && r.state == from) {
                 row.state = JobState::Pending;
                 row.attempts = 0;
+                row.lease_token = None;
                 row.due_at = now;
                 row.finished_at = None;
                 changed += 1;
