@@ -410,6 +410,26 @@ pub trait JobQueue: Send + Sync {
 
     /// Extends a claimed job's lease. Returns `false` when the lease was lost.
     async fn extend_lease(&self, job: &Job, lease: Duration) -> Result<bool, StoreError>;
+
+    /// Hands a claimed job back with what is left of it: the job becomes pending again, now,
+    /// with `payload` in place of its own, and this claim does not count as an attempt (a
+    /// worker that stops mid-job at shutdown gives the rest back this way). Returns `false`
+    /// and changes nothing when the lease was lost.
+    ///
+    /// Repeating it with the same [`Job`] returns `true` again and changes nothing (while the
+    /// job waits to be claimed), like a repeated [`JobQueue::ack`]: a caller that lost the
+    /// reply repeats it without the rest being queued twice.
+    ///
+    /// The default enqueues the rest as a new job and acks this one: two steps, so a repeat
+    /// after a lost reply to the first can queue the rest twice. The stores of `ralph-store`
+    /// and the in-memory store do it in one statement.
+    async fn requeue(&self, job: &Job, payload: &str) -> Result<bool, StoreError> {
+        if !self.extend_lease(job, Duration::from_secs(60)).await? {
+            return Ok(false);
+        }
+        self.enqueue(&job.queue, &[payload.to_owned()]).await?;
+        self.ack(job).await
+    }
 }
 
 /// The object id under which a queue's pause and resume are recorded in the change history

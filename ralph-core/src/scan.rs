@@ -134,7 +134,7 @@ pub trait ScanResultStore: Send + Sync {
     /// and returns `None`. For a caller that retries a batch after an error that may have come
     /// after the commit (a connection lost during `COMMIT`): the retry cannot record the
     /// batch twice (no second dead ping for a silent host). Keys are up to [`MAX_BATCH_KEY`]
-    /// characters, for example `job:<id>:attempt:<n>:batch:<seq>`; they are kept until
+    /// characters, for example `job:<id>:claim:<lease token>:<seq>`; they are kept until
     /// [`prune_batches`](Self::prune_batches) removes them.
     async fn record_batch(
         &self,

@@ -48,7 +48,7 @@ impl<S: ScanResultStore + ?Sized> BatchRecorder<S> {
     }
 
     /// Records each batch once, under the key `<prefix>:<n>` (`n` counting from 0); the
-    /// prefix names the run, for example `job:<id>:attempt:<n>`.
+    /// prefix names the run, for example `job:<id>:claim:<lease token>`.
     #[must_use]
     pub fn keyed(mut self, prefix: impl Into<String>) -> Self {
         self.key = Some((prefix.into(), 0));

@@ -222,7 +222,7 @@ pub struct WorkerStats {
     pub jobs_failed: u64,
     /// Hosts scanned and recorded.
     pub hosts: u64,
-    /// Jobs cut short by shutdown whose unscanned rest was enqueued again.
+    /// Jobs cut short by shutdown whose unscanned rest was handed back ([`JobQueue::requeue`]).
     pub requeued: u64,
     /// Jobs given up because their lease was lost (taken by another worker, or it ran out
     /// while the store could not be reached); what they found was not recorded.
@@ -256,8 +256,8 @@ impl WorkerStats {
 ///   confirmed, and `ack`/`fail` results are checked.
 /// - A job whose payload is bad is dead-lettered with the reason, and the worker goes on.
 /// - On shutdown it stops claiming, stops admitting new hosts, lets probes in flight finish,
-///   records what they found and re-enqueues the unscanned rest of each job before acking it:
-///   nothing is lost.
+///   records what they found and hands the unscanned rest of each job back as that job
+///   ([`JobQueue::requeue`], one statement): nothing is lost and nothing is queued twice.
 /// - Every [`WorkerConfig::heartbeat_interval`] it writes a [`WorkerBeat`] (name, host, pid,
 ///   queues, current jobs, start, last seen), readable with [`QueueAdmin::workers`].
 #[derive(Debug)]
@@ -353,7 +353,7 @@ where
     }
 
     /// Runs until `shutdown` is cancelled, then drains (jobs in flight are stopped, what they
-    /// found is recorded, their unscanned rest re-enqueued) and returns.
+    /// found is recorded, their unscanned rest handed back) and returns.
     ///
     /// # Errors
     /// [`Error::Config`] for a configuration that cannot run (no queue, a lease under 30 ms,
@@ -621,11 +621,16 @@ where
         if let Some(slot) = self.current.lock().unwrap_or_else(PoisonError::into_inner).get_mut(&job.id) {
             *slot = Some(handle.progress.clone());
         }
-        // Keyed by the claim: a batch retried after a lost commit outcome is not recorded twice.
+        // Keyed by the claim (its lease token; up to 64 characters of it, so the key and the
+        // recorder's batch suffix stay within MAX_BATCH_KEY): a batch retried after a lost
+        // commit outcome is not recorded twice, and a later claim of the same job records
+        // anew. Not keyed by the attempt number: a job handed back at shutdown, or retried by
+        // an operator, is claimed again under an attempt number it had before.
+        let claim: String = job.lease_token.chars().take(64).collect();
         let mut recorder = BatchRecorder::new(Arc::clone(&self.store))
             .batch(self.config.batch)
             .dead_ping_limit(self.config.dead_ping_limit)
-            .keyed(format!("job:{}:attempt:{}", job.id, job.attempts));
+            .keyed(format!("job:{}:claim:{claim}", job.id));
         let mut done: Vec<IpAddr> = Vec::new();
         let mut keeper = tokio::time::interval((self.config.lease / 3).max(Duration::from_millis(10)));
         keeper.tick().await;
@@ -654,20 +659,27 @@ where
         let summary = handle.finish().await.map_err(JobError::Failed)?;
         self.record(job, lease, &mut recorder, report).await?;
         report.stats.hosts += done.len() as u64;
-        if summary.stopped {
+        let rest = if summary.stopped {
             let rest = payload::remainder(&payload, done);
             if rest.resolve().is_ok_and(|t| !t.is_empty()) {
-                let text = rest.to_payload().map_err(JobError::Failed)?;
-                self.keep_lease(job, lease, report).await?;
-                let queue = job.queue.clone();
-                let _ids: Vec<Id<Job>> =
-                    with_store!(self, job, lease, report, self.jobs.enqueue(&queue, std::slice::from_ref(&text)))?;
+                Some(rest.to_payload().map_err(JobError::Failed)?)
+            } else {
+                None
             }
+        } else {
+            None
+        };
+        if summary.stopped {
             report.stats.requeued += 1;
         } else {
             report.stats.jobs_done += 1;
         }
-        let held: bool = with_store!(self, job, lease, report, self.jobs.ack(job))?;
+        // The rest goes back as this job, in one statement: a repeat after a lost reply
+        // finds it done and does not queue the rest twice (as an enqueue would).
+        let held: bool = match &rest {
+            Some(text) => with_store!(self, job, lease, report, self.jobs.requeue(job, text))?,
+            None => with_store!(self, job, lease, report, self.jobs.ack(job))?,
+        };
         if !held {
             // Recorded while the lease held (each batch checked it); another worker took the
             // job since and will scan it again.

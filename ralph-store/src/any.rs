@@ -280,6 +280,9 @@ impl JobQueue for AnyStore {
     async fn extend_lease(&self, job: &Job, lease: Duration) -> Result<bool, StoreError> {
         dispatch!(self, s => s.extend_lease(job, lease).await)
     }
+    async fn requeue(&self, job: &Job, payload: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.requeue(job, payload).await)
+    }
 }
 
 #[async_trait]

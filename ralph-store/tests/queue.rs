@@ -332,6 +332,30 @@ async fn operator_retry_ends_the_claim<Q: JobQueue + QueueAdmin>(q: &Q) {
     assert_eq!(q.fail(&job, "late", &policy).await.expect("stale fail"), FailOutcome::LeaseLost);
 }
 
+/// A job handed back with the rest of its work waits, pending, as the same job with the new
+/// payload, without the claim counting as an attempt; a repeated hand-back changes nothing; a
+/// stale or finished claim cannot hand it back.
+async fn requeue_hands_the_rest_back<Q: JobQueue + QueueAdmin>(q: &Q) {
+    let ids = q.enqueue("rest", &payloads(1)).await.expect("enqueue");
+    let job = q.claim("rest", 1, LEASE, "w").await.expect("claim").remove(0);
+    assert!(q.requeue(&job, "{\"rest\":\"żółw\"}").await.expect("requeue"));
+    let waiting = job_info(q, "rest", ids[0]).await;
+    assert_eq!((waiting.state, waiting.attempts), (JobState::Pending, 0), "{waiting:?}");
+    assert_eq!(waiting.payload, "{\"rest\":\"żółw\"}");
+    assert!(q.requeue(&job, "{\"rest\":\"other\"}").await.expect("repeat"), "a repeat reports it done");
+    assert_eq!(job_info(q, "rest", ids[0]).await, waiting, "a repeat changes nothing");
+    assert!(!q.ack(&job).await.expect("ack"), "a handed-back job is not done");
+    let stats = q.stats("rest").await.expect("stats");
+    assert_eq!((stats.pending, stats.running, stats.done), (1, 0, 0), "one job, not two");
+
+    let again = q.claim("rest", 1, LEASE, "w").await.expect("claim").remove(0);
+    assert_eq!((again.id, again.attempts, again.payload.as_str()), (job.id, 1, "{\"rest\":\"żółw\"}"));
+    assert!(!q.requeue(&job, "stale").await.expect("stale requeue"), "the old claim is over");
+    assert!(q.ack(&again).await.expect("ack"));
+    assert!(!q.requeue(&again, "late").await.expect("requeue after ack"), "a done job stays done");
+    assert_eq!(job_info(q, "rest", ids[0]).await.state, JobState::Done);
+}
+
 async fn lease_expiry_and_reclaim<Q: JobQueue + QueueAdmin>(q: &Q) {
     q.enqueue("lease", &payloads(2)).await.expect("enqueue");
     let short = Duration::from_millis(300);
@@ -516,6 +540,15 @@ mod sqlite {
         batch_ack(&ralph_core::testing::MemoryStore::new()).await;
     }
     #[tokio::test]
+    async fn memory_requeue_hands_the_rest_back() {
+        requeue_hands_the_rest_back(&ralph_core::testing::MemoryStore::new()).await;
+    }
+    #[tokio::test]
+    async fn sqlite_requeue_hands_the_rest_back() {
+        let (q, _dir) = queue().await;
+        requeue_hands_the_rest_back(&q).await;
+    }
+    #[tokio::test]
     async fn memory_operator_retry_ends_the_claim() {
         operator_retry_ends_the_claim(&ralph_core::testing::MemoryStore::new()).await;
     }
@@ -575,6 +608,7 @@ mod postgres {
     pg_test!(pg_exclusive_concurrent_claims, "qrace", |q| exclusive_concurrent_claims(Arc::new(q.clone())));
     pg_test!(pg_batch_ack, "qacks", |q| batch_ack(&q));
     pg_test!(pg_operator_retry_ends_the_claim, "qreset", |q| operator_retry_ends_the_claim(&q));
+    pg_test!(pg_requeue_hands_the_rest_back, "qrest", |q| requeue_hands_the_rest_back(&q));
     pg_test!(pg_bad_input, "qbad", |q| bad_input(&q));
     pg_test!(pg_many_jobs_in_one_batch, "qbulk", |q| many_jobs_in_one_batch(&q));
     pg_test!(pg_admin, "qadmin", |q| admin_lists_retries_discards_pauses_and_purges(&q));
@@ -610,6 +644,7 @@ mod mysql {
     my_test!(mysql_exclusive_concurrent_claims, "qrace", |q| exclusive_concurrent_claims(Arc::new(q.clone())));
     my_test!(mysql_batch_ack, "qacks", |q| batch_ack(&q));
     my_test!(mysql_operator_retry_ends_the_claim, "qreset", |q| operator_retry_ends_the_claim(&q));
+    my_test!(mysql_requeue_hands_the_rest_back, "qrest", |q| requeue_hands_the_rest_back(&q));
     my_test!(mysql_bad_input, "qbad", |q| bad_input(&q));
     my_test!(mysql_many_jobs_in_one_batch, "qbulk", |q| many_jobs_in_one_batch(&q));
     my_test!(mysql_admin, "qadmin", |q| admin_lists_retries_discards_pauses_and_purges(&q));

@@ -331,6 +331,22 @@ impl JobQueue for MemoryStore {
             None => Ok(false),
         }
     }
+
+    async fn requeue(&self, job: &Job, payload: &str) -> Result<bool, StoreError> {
+        let now = now();
+        let mut state = self.lock();
+        let Some(row) = state.jobs.get_mut(&job.id.get()) else { return Ok(false) };
+        if !row.held_by(job) {
+            // The same requeue may have landed already.
+            return Ok(row.state == JobState::Pending && row.left_by(job));
+        }
+        row.state = JobState::Pending;
+        row.payload = payload.to_owned();
+        row.attempts = row.attempts.saturating_sub(1);
+        row.due_at = now;
+        row.finished_at = None;
+        Ok(true)
+    }
 }
 
 #[async_trait]

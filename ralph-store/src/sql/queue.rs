@@ -697,6 +697,22 @@ where
         })
         .await
     }
+
+    async fn requeue(&self, job: &Job, payload: &str) -> Result<bool, StoreError> {
+        self.retrying(JOB, || async {
+            let requeued = self
+                .while_leased(job, |qb| {
+                    qb.push("state = 'pending', finished_at = NULL, payload = ")
+                        .push_bind(Some(payload))
+                        .push(", attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, due_at = ");
+                    DB::push_now(qb);
+                })
+                .await?;
+            // Not running under this claim: the same requeue may have landed already.
+            Ok(requeued || matches!(self.left_by(job).await?, Some((JobState::Pending, _))))
+        })
+        .await
+    }
 }
 
 impl<DB> SqlStore<DB>
