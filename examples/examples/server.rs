@@ -17,8 +17,8 @@
 //!   waiting, and runs the waiting ones. Several servers on one database share the jobs (two
 //!   may queue one each in the same period; a second prune deletes nothing more).
 //! - **SIGTERM / SIGINT: graceful drain**. No new connection is accepted; requests in flight
-//!   (logins) finish; workers stop their scans, record what they found and re-enqueue the
-//!   unscanned rest; then the process exits 0. Connections that stay open (live updates) are
+//!   (logins) finish; workers stop their scans, record what they found and hand the unscanned
+//!   rest back to the queue; then the process exits 0. Connections that stay open (live updates) are
 //!   cut after `drain_timeout_secs`.
 //! - **SIGHUP: reload** (Ralph's Gunicorn `HUP`). The config file is read again: the login
 //!   chain is rebuilt from the new `[ldap]` table and takes effect for the next login (logins in

@@ -181,7 +181,7 @@ async fn lab_hosts(store: &AnyStore) -> Vec<IpAddr> {
 
 /// SIGTERM while 32 clients log in through LDAP and a scan job runs: every login answered
 /// is a success (none a server error), the process exits cleanly, and the scan's unscanned
-/// rest is re-enqueued: a second run finishes it, and every target is recorded.
+/// rest is handed back to the queue: a second run finishes it, and every target is recorded.
 async fn drain_during_logins_and_a_scan(backend: Backend) {
     let Some(ldap) = ldap_table("_gr_ralph_staff") else { return };
     let bulk: usize = std::env::var("RALPH_TEST_LDAP_BULK_USERS").ok().and_then(|n| n.parse().ok()).unwrap_or(0);

@@ -20,7 +20,8 @@ pub struct Job {
     pub queue: String,
     /// The payload, JSON text by convention.
     pub payload: String,
-    /// How many times it has been claimed, this claim included.
+    /// How many times it has been claimed, this claim included (a claim that handed the job
+    /// back with [`JobQueue::requeue`] does not count).
     pub attempts: u32,
     /// Identifies this claim; [`JobQueue::ack`] and [`JobQueue::fail`] only act while it
     /// still holds, so a worker whose lease expired cannot ack a job another worker re-took.
@@ -35,7 +36,8 @@ pub struct Job {
 /// Retry behaviour of a queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetryPolicy {
-    /// Claims after which a failing job is dead-lettered.
+    /// Claims after which a failing job is dead-lettered (claims that handed the job back with
+    /// [`JobQueue::requeue`] do not count).
     pub max_attempts: u32,
     /// Back-off after the first failure; doubles with each further attempt.
     pub base_backoff: Duration,
@@ -155,7 +157,7 @@ pub struct JobInfo {
     pub state: JobState,
     /// The payload.
     pub payload: String,
-    /// Claims so far.
+    /// Claims so far (not counting those that handed the job back with [`JobQueue::requeue`]).
     pub attempts: u32,
     /// The worker that claimed it last.
     pub worker: Option<String>,
@@ -420,9 +422,11 @@ pub trait JobQueue: Send + Sync {
     /// job waits to be claimed), like a repeated [`JobQueue::ack`]: a caller that lost the
     /// reply repeats it without the rest being queued twice.
     ///
-    /// The default enqueues the rest as a new job and acks this one: two steps, so a repeat
-    /// after a lost reply to the first can queue the rest twice. The stores of `ralph-store`
-    /// and the in-memory store do it in one statement.
+    /// The default extends the lease, enqueues the rest as a new job and acks this one: steps
+    /// that are not one transaction, so it is neither safe to repeat (a repeat after it
+    /// succeeded returns `false`; one after a lost reply can queue the rest twice) nor all or
+    /// nothing (an ack that finds the lease lost leaves the rest queued). The stores of
+    /// `ralph-store` and the in-memory store override it with one statement.
     async fn requeue(&self, job: &Job, payload: &str) -> Result<bool, StoreError> {
         if !self.extend_lease(job, Duration::from_secs(60)).await? {
             return Ok(false);
@@ -430,6 +434,14 @@ pub trait JobQueue: Send + Sync {
         self.enqueue(&job.queue, &[payload.to_owned()]).await?;
         self.ack(job).await
     }
+}
+
+/// What a job handed back by [`JobQueue::requeue`] keeps in place of its claim's lease token
+/// (for store implementations): a repeat of the same requeue recognises it, and nothing else
+/// of that claim (a repeated ack or fail) matches it.
+#[must_use]
+pub fn requeue_mark(lease_token: &str) -> String {
+    format!("{lease_token}:requeued")
 }
 
 /// The object id under which a queue's pause and resume are recorded in the change history

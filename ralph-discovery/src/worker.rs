@@ -419,8 +419,8 @@ where
                 }
             }
         }
-        // Drain: every job sees the cancelled token, stops admitting hosts, records and
-        // re-enqueues its rest.
+        // Drain: every job sees the cancelled token, stops admitting hosts, records and hands
+        // back its rest.
         while let Some(done) = tasks.join_next().await {
             fold(&mut stats, done);
         }
@@ -669,7 +669,8 @@ where
         } else {
             None
         };
-        if summary.stopped {
+        // A stopped job with nothing left is done.
+        if rest.is_some() {
             report.stats.requeued += 1;
         } else {
             report.stats.jobs_done += 1;

@@ -342,7 +342,8 @@ async fn requeue_hands_the_rest_back<Q: JobQueue + QueueAdmin>(q: &Q) {
     let waiting = job_info(q, "rest", ids[0]).await;
     assert_eq!((waiting.state, waiting.attempts), (JobState::Pending, 0), "{waiting:?}");
     assert_eq!(waiting.payload, "{\"rest\":\"żółw\"}");
-    assert!(q.requeue(&job, "{\"rest\":\"other\"}").await.expect("repeat"), "a repeat reports it done");
+    assert!(q.requeue(&job, "{\"rest\":\"żółw\"}").await.expect("repeat"), "a repeat reports it done");
+    assert_eq!(q.fail(&job, "late", &RetryPolicy::default()).await.expect("fail"), FailOutcome::LeaseLost);
     assert_eq!(job_info(q, "rest", ids[0]).await, waiting, "a repeat changes nothing");
     assert!(!q.ack(&job).await.expect("ack"), "a handed-back job is not done");
     let stats = q.stats("rest").await.expect("stats");
@@ -354,6 +355,17 @@ async fn requeue_hands_the_rest_back<Q: JobQueue + QueueAdmin>(q: &Q) {
     assert!(q.ack(&again).await.expect("ack"));
     assert!(!q.requeue(&again, "late").await.expect("requeue after ack"), "a done job stays done");
     assert_eq!(job_info(q, "rest", ids[0]).await.state, JobState::Done);
+
+    // A claim that failed its job cannot then hand it back, nor is a repeated fail taken for
+    // a hand-back.
+    let policy = RetryPolicy { max_attempts: 3, base_backoff: Duration::from_secs(60), ..RetryPolicy::default() };
+    let ids = q.enqueue("rest.failed", &payloads(1)).await.expect("enqueue");
+    let job = q.claim("rest.failed", 1, LEASE, "w").await.expect("claim").remove(0);
+    assert!(matches!(q.fail(&job, "boom", &policy).await.expect("fail"), FailOutcome::Retry { .. }));
+    assert!(!q.requeue(&job, &job.payload).await.expect("requeue after fail"), "the failure stands");
+    let failed = job_info(q, "rest.failed", ids[0]).await;
+    assert_eq!((failed.attempts, failed.last_error.as_deref()), (1, Some("boom")), "{failed:?}");
+    assert!(q.claim("rest.failed", 1, LEASE, "w").await.expect("claim").is_empty(), "the back-off holds");
 }
 
 async fn lease_expiry_and_reclaim<Q: JobQueue + QueueAdmin>(q: &Q) {

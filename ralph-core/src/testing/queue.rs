@@ -337,9 +337,11 @@ impl JobQueue for MemoryStore {
         let mut state = self.lock();
         let Some(row) = state.jobs.get_mut(&job.id.get()) else { return Ok(false) };
         if !row.held_by(job) {
-            // The same requeue may have landed already.
-            return Ok(row.state == JobState::Pending && row.left_by(job));
+            // The same requeue may have landed already (the row carries its mark, as in SQL).
+            let mark = crate::queue::requeue_mark(&job.lease_token);
+            return Ok(row.state == JobState::Pending && row.lease_token.as_deref() == Some(mark.as_str()));
         }
+        row.lease_token = Some(crate::queue::requeue_mark(&job.lease_token));
         row.state = JobState::Pending;
         row.payload = payload.to_owned();
         row.attempts = row.attempts.saturating_sub(1);

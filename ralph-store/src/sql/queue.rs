@@ -699,17 +699,32 @@ where
     }
 
     async fn requeue(&self, job: &Job, payload: &str) -> Result<bool, StoreError> {
+        // The row keeps a mark of the claim that handed it back, not the claim's token: an
+        // ack or fail of that claim repeated later finds nothing of its own, and a pending row
+        // the claim left by failing is not taken for a hand-back.
+        let mark = &ralph_core::queue::requeue_mark(&job.lease_token);
         self.retrying(JOB, || async {
             let requeued = self
                 .while_leased(job, |qb| {
-                    qb.push("state = 'pending', finished_at = NULL, payload = ")
+                    qb.push("state = 'pending', finished_at = NULL, lease_token = ")
+                        .push_bind(Some(mark.as_str()))
+                        .push(", payload = ")
                         .push_bind(Some(payload))
                         .push(", attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, due_at = ");
                     DB::push_now(qb);
                 })
                 .await?;
+            if requeued {
+                return Ok(true);
+            }
             // Not running under this claim: the same requeue may have landed already.
-            Ok(requeued || matches!(self.left_by(job).await?, Some((JobState::Pending, _))))
+            let mut qb = QueryBuilder::new("SELECT COUNT(*) FROM queue_jobs WHERE id = ");
+            qb.push_bind(Some(job.id.get()))
+                .push(" AND lease_token = ")
+                .push_bind(Some(mark.as_str()))
+                .push(" AND state = 'pending'");
+            let landed = qb.build_query_scalar::<i64>().fetch_one(self.pool()).await.map_err(err(JOB))?;
+            Ok(landed == 1)
         })
         .await
     }
