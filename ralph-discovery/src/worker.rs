@@ -661,10 +661,12 @@ where
         report.stats.hosts += done.len() as u64;
         let rest = if summary.stopped {
             let rest = payload::remainder(&payload, done);
-            if rest.resolve().is_ok_and(|t| !t.is_empty()) {
-                Some(rest.to_payload().map_err(JobError::Failed)?)
-            } else {
+            // A rest that does not resolve fails the job (retried whole) instead of being
+            // dropped with the hosts it names.
+            if rest.resolve().map_err(JobError::Failed)?.is_empty() {
                 None
+            } else {
+                Some(rest.to_payload().map_err(JobError::Failed)?)
             }
         } else {
             None
