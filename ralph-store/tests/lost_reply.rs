@@ -156,23 +156,33 @@ async fn repeated_after_a_lost_reply<Q: JobQueue + QueueAdmin>(q: &Q, proxy: &Pr
     assert_eq!(payloads, ["{\"rest\":4}", "{\"rest\":5}"], "each rest once, as its own job");
 }
 
+/// Migrates the database at `url` directly, then runs the scenario on a store whose one
+/// connection goes through a proxy, not pinged before use (a ping's reply would be the one
+/// swallowed otherwise).
+async fn through_a_proxy<DB>(url: &str)
+where
+    DB: ralph_store::Backend,
+    ralph_store::SqlStore<DB>: JobQueue + QueueAdmin,
+{
+    ralph_store::SqlStore::<DB>::connect(url).await.expect("migrate").pool().close().await;
+    let proxy = Proxy::start(upstream(url).await).await;
+    let pool = sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect(&proxy.url(url))
+        .await
+        .expect("connect through the proxy");
+    let store = ralph_store::SqlStore::<DB>::from_pool(pool);
+    repeated_after_a_lost_reply(&store, &proxy).await;
+    store.pool().close().await;
+}
+
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_calls_repeated_after_a_lost_reply() {
     use queue_common::pg;
     let Some(db) = pg::fresh("lostreply").await else { return };
-    ralph_store::PgStore::connect(&db.url).await.expect("migrate").pool().close().await;
-    let proxy = Proxy::start(upstream(&db.url).await).await;
-    // One connection, not pinged before use (a ping's reply would be the one swallowed).
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .connect(&proxy.url(&db.url))
-        .await
-        .expect("connect through the proxy");
-    let store = ralph_store::PgStore::from_pool(pool);
-    repeated_after_a_lost_reply(&store, &proxy).await;
-    store.pool().close().await;
+    through_a_proxy::<sqlx::Postgres>(&db.url).await;
     pg::drop_db(db).await;
 }
 
@@ -181,16 +191,6 @@ async fn pg_calls_repeated_after_a_lost_reply() {
 async fn mysql_calls_repeated_after_a_lost_reply() {
     use queue_common::my;
     let Some(db) = my::fresh("lostreply").await else { return };
-    ralph_store::MySqlStore::connect(&db.url).await.expect("migrate").pool().close().await;
-    let proxy = Proxy::start(upstream(&db.url).await).await;
-    let pool = sqlx::mysql::MySqlPoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .connect(&proxy.url(&db.url))
-        .await
-        .expect("connect through the proxy");
-    let store = ralph_store::MySqlStore::from_pool(pool);
-    repeated_after_a_lost_reply(&store, &proxy).await;
-    store.pool().close().await;
+    through_a_proxy::<sqlx::MySql>(&db.url).await;
     my::drop_db(db).await;
 }
