@@ -1,8 +1,9 @@
 //! A reply lost after the server committed: the connection between the store and a real
 //! PostgreSQL or MariaDB server runs through a proxy that, when armed, lets the next request
-//! through, swallows the replies and cuts the connection. The statement has committed, the caller sees an
-//! error and repeats the call (as the discovery worker does) on a new connection: an `ack`,
-//! `ack_batch` or `requeue` repeated so must report what the first one did, not a lost lease.
+//! through, swallows the replies and cuts the connection. The statement has committed, the
+//! caller sees an error and repeats the call (as the discovery worker does) on a new
+//! connection: an `ack`, `ack_batch` or `requeue` repeated so must report what the first one
+//! did, not a lost lease.
 #![cfg(any(feature = "postgres", feature = "mysql"))]
 
 mod queue_common;
