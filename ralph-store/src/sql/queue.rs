@@ -402,12 +402,13 @@ where
         Ok(DB::rows_affected(&done) == 1)
     }
 
-    /// The state (and due time) `job`'s claim left its row in, if the row still carries the
-    /// claim's token: ack and fail keep it, so that repeating them (a retry after the reply to
-    /// a committed statement was lost) reports what the first one did instead of a lost lease.
-    async fn left_by(&self, job: &Job) -> Result<Option<(JobState, Stamp)>, StoreError> {
+    /// The state (and due time) of job `id` if its row carries `token`: ack and fail keep the
+    /// claim's token (requeue its [`requeue_mark`](ralph_core::queue::requeue_mark)), so that
+    /// repeating them (a retry after the reply to a committed statement was lost) reports what
+    /// the first one did instead of a lost lease.
+    async fn left_by(&self, id: Id<Job>, token: &str) -> Result<Option<(JobState, Stamp)>, StoreError> {
         let mut qb = QueryBuilder::new("SELECT state, due_at FROM queue_jobs WHERE id = ");
-        qb.push_bind(Some(job.id.get())).push(" AND lease_token = ").push_bind(Some(job.lease_token.as_str()));
+        qb.push_bind(Some(id.get())).push(" AND lease_token = ").push_bind(Some(token));
         let row = qb.build_query_as::<(String, Stamp)>().fetch_optional(self.pool()).await.map_err(err(JOB))?;
         row.map(|(state, due)| Ok((JobState::parse(&state).map_err(|e| corrupt(e.to_string()))?, due))).transpose()
     }
@@ -610,7 +611,7 @@ where
                     DB::push_now(qb);
                 })
                 .await?;
-            Ok(acked || matches!(self.left_by(job).await?, Some((JobState::Done, _))))
+            Ok(acked || matches!(self.left_by(job.id, &job.lease_token).await?, Some((JobState::Done, _))))
         })
         .await
     }
@@ -677,7 +678,7 @@ where
                 (true, true) => FailOutcome::Dead,
                 (true, false) => FailOutcome::Retry { at: due.0 },
                 // Not running under this claim: the same fail may have landed already.
-                (false, _) => match self.left_by(job).await? {
+                (false, _) => match self.left_by(job.id, &job.lease_token).await? {
                     Some((JobState::Dead, _)) if dead => FailOutcome::Dead,
                     Some((JobState::Pending, at)) if !dead => FailOutcome::Retry { at: at.0 },
                     _ => FailOutcome::LeaseLost,
@@ -714,17 +715,8 @@ where
                     DB::push_now(qb);
                 })
                 .await?;
-            if requeued {
-                return Ok(true);
-            }
             // Not running under this claim: the same requeue may have landed already.
-            let mut qb = QueryBuilder::new("SELECT COUNT(*) FROM queue_jobs WHERE id = ");
-            qb.push_bind(Some(job.id.get()))
-                .push(" AND lease_token = ")
-                .push_bind(Some(mark.as_str()))
-                .push(" AND state = 'pending'");
-            let landed = qb.build_query_scalar::<i64>().fetch_one(self.pool()).await.map_err(err(JOB))?;
-            Ok(landed == 1)
+            Ok(requeued || matches!(self.left_by(job.id, mark).await?, Some((JobState::Pending, _))))
         })
         .await
     }
