@@ -124,6 +124,55 @@ async fn check_chains<S: InventoryStore + HistoryStore>(store: &S) {
     assert!(total >= ADDRESSES as usize, "every address has a record: {total}");
 }
 
+/// Addresses of [`one_batch_keeps_order`]: more than one history statement's worth.
+const BATCH: u32 = 6_001;
+
+fn batched(i: u32) -> IpAddr {
+    IpAddr::from([10, 80, u8::try_from(i / 256).expect("small"), u8::try_from(i % 256).expect("small")])
+}
+
+/// One batch of new addresses, the first named twice: every address gets its creation record
+/// (under its own id, all in the batch's one correlation), and the twice-named one its
+/// creation and then the update from the first answer to the second.
+async fn one_batch_keeps_order<S: ScanResultStore + InventoryStore + HistoryStore>(store: &S) {
+    let mut obs: Vec<Observation> = (0..BATCH)
+        .map(|i| {
+            let mut o = Observation::new(batched(i), true, Utc::now());
+            o.http_family = Some(format!("f{i}"));
+            o
+        })
+        .collect();
+    let mut again = Observation::new(batched(0), true, Utc::now());
+    again.http_family = Some("second".into());
+    obs.push(again);
+    let summary = store.record_observations(&obs, 2).await.expect("record");
+    assert_eq!((summary.inserted, summary.updated), (u64::from(BATCH), 1));
+    let first = store.find_ip(batched(0)).await.expect("find").expect("stored");
+    let mut history = store.object_history(IpAddress::NAME, first.id.get(), 10).await.expect("history");
+    history.reverse();
+    let shown: Vec<(Action, Option<String>, Option<String>)> = history
+        .iter()
+        .flat_map(|e| e.record.changes.iter().map(|c| (e.record.action, c.before.clone(), c.after.clone())))
+        .collect();
+    assert_eq!(
+        shown,
+        [(Action::Create, None, Some("f0".into())), (Action::Update, Some("f0".into()), Some("second".into()))],
+        "{history:#?}"
+    );
+    let correlation = &history[0].correlation;
+    assert_eq!(&history[1].correlation, correlation, "one batch, one correlation");
+    let batch = store.correlated(correlation).await.expect("correlated");
+    assert_eq!(batch.len(), BATCH as usize + 1, "every address of the batch has its record");
+    for i in [1, 4_999, 5_000, 5_001, BATCH - 1] {
+        let stored = store.find_ip(batched(i)).await.expect("find").expect("stored");
+        let history = store.object_history(IpAddress::NAME, stored.id.get(), 10).await.expect("history");
+        assert_eq!(history.len(), 1, "{}: {history:#?}", batched(i));
+        let record = &history[0].record;
+        assert_eq!((record.action, record.object_id), (Action::Create, stored.id.get()), "{}", batched(i));
+        assert_eq!(record.changes[0].after.as_deref(), Some(format!("f{i}").as_str()), "{}", batched(i));
+    }
+}
+
 /// A handle built `without_scan_history` records the facts and no history.
 async fn opted_out_records_no_history<S: ScanResultStore + InventoryStore + HistoryStore>(store: &S) {
     let ip = IpAddr::from([10, 78, 0, 1]);
@@ -233,6 +282,7 @@ mod sqlite {
         let store = ralph_store::SqliteStore::connect(&url).await.expect("store");
         racing_recorders(Arc::new(store.clone()), &url, true).await;
         racing_recorders(Arc::new(store.clone().without_scan_history()), &url, false).await;
+        one_batch_keeps_order(&store).await;
         opted_out_records_no_history(&store.without_scan_history()).await;
     }
 }
@@ -248,6 +298,7 @@ mod postgres {
         let store = ralph_store::PgStore::connect(&db.url).await.expect("store");
         racing_recorders(Arc::new(store.clone()), &db.url, true).await;
         racing_recorders(Arc::new(store.clone().without_scan_history()), &db.url, false).await;
+        one_batch_keeps_order(&store).await;
         opted_out_records_no_history(&store.clone().without_scan_history()).await;
         store.close().await;
         pg::drop_db(db).await;
@@ -265,6 +316,7 @@ mod mysql {
         let store = ralph_store::MySqlStore::connect(&db.url).await.expect("store");
         racing_recorders(Arc::new(store.clone()), &db.url, true).await;
         racing_recorders(Arc::new(store.clone().without_scan_history()), &db.url, false).await;
+        one_batch_keeps_order(&store).await;
         opted_out_records_no_history(&store.clone().without_scan_history()).await;
         store.close().await;
         my::drop_db(db).await;

@@ -52,6 +52,10 @@ pub use crate::sql::scan::ObservationRow;
 #[doc(hidden)]
 pub use crate::sql::scan::KnownRow;
 
+/// One change-history row of a stored address, named by its key.
+#[doc(hidden)]
+pub use crate::sql::history::AddressChange;
+
 /// The per-database half of [`Backend`], implemented once in each dialect module.
 #[doc(hidden)]
 #[async_trait]
@@ -178,6 +182,14 @@ pub trait Dialect: sqlx::Database {
     async fn lock_new_keys(_tx: &mut sqlx::Transaction<'static, Self>, _keys: &[&str]) -> Result<bool, StoreError> {
         Ok(false)
     }
+
+    /// Pushes `rows` as a relation `v (ip_key, action, changes)` joined to the stored
+    /// addresses, `... AS v JOIN ip_addresses AS a ON a.ip_key = v.ip_key`: the `FROM` of
+    /// [`crate::sql::history`]'s insert of address history. The join probes the `ip_key`
+    /// index once per row, driven by `rows` in their order where the database lets the order
+    /// be chosen.
+    #[doc(hidden)]
+    fn push_address_changes(qb: &mut QueryBuilder<Self>, rows: &[AddressChange]);
 
     /// Records one round of observations (every address at most once) in `tx`. `known`: what
     /// the store holds for every address of the round, when the caller read it already in this

@@ -14,7 +14,7 @@ use sqlx::migrate::MigrateError;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlQueryResult, MySqlTypeInfo, MySqlValueRef};
 use sqlx::{Decode, Encode, FromRow, MySql, QueryBuilder, Type, encode::IsNull};
 
-use super::{Backend, Dialect, KnownRow, ObservationRow, ServerTraits, Stamp, claimable};
+use super::{AddressChange, Backend, Dialect, KnownRow, ObservationRow, ServerTraits, Stamp, claimable};
 use crate::PoolConfig;
 use crate::schema_check::ServerInfo;
 use crate::sql::queue::{corrupt, micros, new_token};
@@ -252,6 +252,30 @@ impl Dialect for MySql {
                 })
             })
             .collect()
+    }
+
+    /// The rows as one JSON document of `{"k", "a", "c"}` objects through `JSON_TABLE` (like
+    /// [`update_stored`]'s), joined in the document's order.
+    fn push_address_changes(qb: &mut QueryBuilder<MySql>, rows: &[AddressChange]) {
+        let json = serde_json::Value::Array(
+            rows.iter()
+                .map(|r| {
+                    let mut row = serde_json::Map::new();
+                    row.insert("k".into(), (&*r.key).into());
+                    row.insert("a".into(), r.action.as_str().into());
+                    row.insert("c".into(), r.changes.as_str().into());
+                    serde_json::Value::Object(row)
+                })
+                .collect(),
+        )
+        .to_string();
+        qb.push("JSON_TABLE(").push_bind(json).push(
+            ", '$[*]' COLUMNS (\
+             ip_key CHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$.k' ERROR ON ERROR, \
+             action VARCHAR(16) PATH '$.a' ERROR ON ERROR, \
+             changes LONGTEXT CHARACTER SET utf8mb4 PATH '$.c' ERROR ON ERROR)) AS v \
+             STRAIGHT_JOIN ip_addresses AS a FORCE INDEX (ip_key) ON a.ip_key = v.ip_key",
+        );
     }
 
     /// Per chunk, a plain read of the known rows (unless the caller read them), then the rows

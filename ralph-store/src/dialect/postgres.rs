@@ -12,7 +12,7 @@ use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArgumentBuffer, PgConnectOptions, PgPool, PgQueryResult, PgTypeInfo, PgValueRef};
 use sqlx::{Decode, Encode, FromRow, Postgres, QueryBuilder, Type, encode::IsNull};
 
-use super::{Backend, Dialect, KnownRow, ObservationRow, ServerTraits, Stamp, claimable};
+use super::{AddressChange, Backend, Dialect, KnownRow, ObservationRow, ServerTraits, Stamp, claimable};
 use crate::PoolConfig;
 use crate::sql::queue::{JobRow, micros, new_token};
 use crate::sql::scan::{INSERT_COLUMNS, set_clause};
@@ -175,6 +175,17 @@ impl Dialect for Postgres {
         .await
         .map(|_| true)
         .map_err(err("IP address"))
+    }
+
+    /// Three arrays, `UNNEST`ed side by side.
+    fn push_address_changes(qb: &mut QueryBuilder<Postgres>, rows: &[AddressChange]) {
+        qb.push("UNNEST(")
+            .push_bind(rows.iter().map(|r| &*r.key).collect::<Vec<_>>())
+            .push("::TEXT[], ")
+            .push_bind(rows.iter().map(|r| r.action.as_str()).collect::<Vec<_>>())
+            .push("::TEXT[], ")
+            .push_bind(rows.iter().map(|r| r.changes.as_str()).collect::<Vec<_>>())
+            .push("::TEXT[]) AS v (ip_key, action, changes) JOIN ip_addresses AS a ON a.ip_key = v.ip_key");
     }
 
     /// One statement per round: the stored rows are read in the same snapshot the upsert

@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Decode, Encode, QueryBuilder, Sqlite, Type, encode::IsNull};
 
-use super::{Backend, Dialect, KnownRow, ObservationRow, ServerTraits, Stamp, claimable};
+use super::{AddressChange, Backend, Dialect, KnownRow, ObservationRow, ServerTraits, Stamp, claimable};
 use crate::PoolConfig;
 use crate::sql::queue::{JobRow, micros, new_token};
 use crate::sql::scan::{record_counted, record_values, set_clause};
@@ -156,6 +156,17 @@ impl Dialect for Sqlite {
             .push(") RETURNING id, queue, payload, attempts, lease_token, due_at, enqueued_at");
         let rows = qb.build_query_as::<JobRow>().fetch_all(pool).await.map_err(err("job"))?;
         rows.into_iter().map(JobRow::into_job).collect()
+    }
+
+    /// A `VALUES` list, named in a subquery; `CROSS JOIN` keeps it the outer loop.
+    fn push_address_changes(qb: &mut QueryBuilder<Sqlite>, rows: &[AddressChange]) {
+        qb.push("(SELECT column1 AS ip_key, column2 AS action, column3 AS changes FROM (");
+        qb.push_values(rows, |mut b, r| {
+            b.push_bind(Some(std::sync::Arc::clone(&r.key)))
+                .push_bind(Some(r.action.as_str()))
+                .push_bind(Some(r.changes.as_str()));
+        });
+        qb.push(")) AS v CROSS JOIN ip_addresses AS a ON a.ip_key = v.ip_key");
     }
 
     async fn record_round(

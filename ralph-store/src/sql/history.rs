@@ -2,6 +2,7 @@
 //! ([`SqlStore::write_history`]), the [`HistoryStore`] reads, and pruning in short chunks.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -73,6 +74,19 @@ impl ColumnText {
 /// Columns whose values never enter history (a changed secret is recorded as changed).
 const SECRET_COLUMNS: &[&str] = &["snmp_community", "password_hash"];
 
+/// One change-history row of a stored IP address, named by its key: what a scan's recording
+/// writes through [`SqlStore::write_address_history`], which finds the address's id itself.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct AddressChange {
+    /// The address's `ip_key`.
+    pub(crate) key: Arc<str>,
+    /// Create or update.
+    pub(crate) action: Action,
+    /// The changes as the `changes` column holds them (see [`pack`]); never empty.
+    pub(crate) changes: String,
+}
+
 #[derive(FromRow)]
 struct HistoryRow {
     id: i64,
@@ -94,7 +108,7 @@ fn corrupt(detail: String) -> StoreError {
 }
 
 /// The `changes` column: a JSON array of `[field, before, after]`, `NULL` for none.
-fn pack(changes: &[FieldChange]) -> Result<Option<String>, StoreError> {
+pub(crate) fn pack(changes: &[FieldChange]) -> Result<Option<String>, StoreError> {
     if changes.is_empty() {
         return Ok(None);
     }
@@ -166,13 +180,17 @@ const HISTORY_CHUNK: usize = 1_000;
 /// worth having (16 MiB by default), however long the values (a discarded job's payload).
 const HISTORY_BYTES: usize = 4 << 20;
 
-/// Splits rows whose changes take `sizes` bytes into statements of at most [`HISTORY_CHUNK`]
-/// rows and about [`HISTORY_BYTES`] (a single larger row gets a statement of its own).
-fn statements(sizes: &[usize]) -> Vec<std::ops::Range<usize>> {
+/// Rows per insert statement of [`SqlStore::write_address_history`] (three parameters each
+/// on SQLite, within its 32,766).
+const ADDRESS_CHUNK: usize = 5_000;
+
+/// Splits rows whose changes take `sizes` bytes into statements of at most `max_rows` rows and
+/// about [`HISTORY_BYTES`] (a single larger row gets a statement of its own).
+fn statements(sizes: &[usize], max_rows: usize) -> Vec<std::ops::Range<usize>> {
     let mut statements = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (n, size) in sizes.iter().enumerate() {
-        if n > start && (n - start >= HISTORY_CHUNK || bytes + size > HISTORY_BYTES) {
+        if n > start && (n - start >= max_rows || bytes + size > HISTORY_BYTES) {
             statements.push(start..n);
             (start, bytes) = (n, 0);
         }
@@ -217,7 +235,7 @@ where
         // access hook is cut rather than failing the change it records.
         let actors: Vec<String> = records.iter().map(|r| r.actor.name.chars().take(MAX_ACTOR).collect()).collect();
         let sizes: Vec<usize> = changes.iter().map(|c| c.as_ref().map_or(0, String::len)).collect();
-        for rows in statements(&sizes) {
+        for rows in statements(&sizes, HISTORY_CHUNK) {
             let mut qb = QueryBuilder::new(
                 "INSERT INTO change_history (object_type, object_id, related_type, related_id, action, actor_kind, \
                  actor, at, correlation, message, changes) ",
@@ -239,6 +257,51 @@ where
             qb.build().execute(&mut *conn).await.map_err(err(ENTITY))?;
         }
         Ok(records.len())
+    }
+
+    /// Writes the history rows `rows` of stored IP addresses, all by `actor` at `at` under one
+    /// correlation id and message, in the caller's transaction. The statement joins the rows
+    /// to `ip_addresses` by key, so the addresses' ids (of rows this transaction just
+    /// inserted, too) are never read back; the values shared by every row are bound once.
+    /// Rows go in in the order given (one statement per [`ADDRESS_CHUNK`] rows), so an
+    /// address named in two calls gets its records in call order. An address that is not
+    /// stored is an error: the caller names only rows it holds locked or just wrote.
+    pub(crate) async fn write_address_history(
+        conn: &mut DB::Connection,
+        rows: &[AddressChange],
+        actor: &Actor,
+        message: &str,
+        correlation: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let name: String = actor.name.chars().take(MAX_ACTOR).collect();
+        let sizes: Vec<usize> = rows.iter().map(|r| r.changes.len()).collect();
+        for range in statements(&sizes, ADDRESS_CHUNK) {
+            let rows = &rows[range];
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO change_history (object_type, object_id, action, actor_kind, actor, at, correlation, \
+                 message, changes) SELECT ",
+            );
+            qb.push_bind(Some(<ralph_core::IpAddress as ralph_core::Entity>::NAME))
+                .push(", a.id, v.action, ")
+                .push_bind(Some(actor.kind.as_str()))
+                .push(", ")
+                .push_bind(Some(name.as_str()))
+                .push(", ")
+                .push_bind(Some(at))
+                .push(", ")
+                .push_bind(Some(correlation))
+                .push(", ")
+                .push_bind(Some(message))
+                .push(", v.changes FROM ");
+            DB::push_address_changes(&mut qb, rows);
+            let done = qb.build().execute(&mut *conn).await.map_err(err(ENTITY))?;
+            let found = DB::rows_affected(&done);
+            if found != rows.len() as u64 {
+                return Err(corrupt(format!("history of {} addresses written, {found} of them stored", rows.len())));
+            }
+        }
+        Ok(())
     }
 
     /// History rows selected by `filter` (pushed after `WHERE` on `change_history h`), in
@@ -488,11 +551,11 @@ mod tests {
 
     #[test]
     fn statements_cap_rows_and_bytes() {
-        let sizes: Vec<usize> = statements(&[10; 2_500]).into_iter().map(|r| r.len()).collect();
+        let sizes: Vec<usize> = statements(&[10; 2_500], HISTORY_CHUNK).into_iter().map(|r| r.len()).collect();
         assert_eq!(sizes, [1_000, 1_000, 500]);
-        let sizes: Vec<usize> = statements(&[3 << 20; 5]).into_iter().map(|r| r.len()).collect();
+        let sizes: Vec<usize> = statements(&[3 << 20; 5], HISTORY_CHUNK).into_iter().map(|r| r.len()).collect();
         assert_eq!(sizes, [1, 1, 1, 1, 1], "each 3 MiB row alone: two would pass 4 MiB");
-        assert!(statements(&[]).is_empty());
+        assert!(statements(&[], HISTORY_CHUNK).is_empty());
     }
 
     #[test]

@@ -36,15 +36,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use ralph_core::history::{Action, HistoryRecord, new_correlation};
+use ralph_core::history::{Action, new_correlation};
 use ralph_core::{
-    Entity, IpAddress, Observation, RecordSummary, ScanResultStore, StoreError, ValidationError, check_batch_key,
-    ip_key, ip_to_u128, parse_ip,
+    IpAddress, Observation, RecordSummary, ScanResultStore, StoreError, ValidationError, check_batch_key, ip_key,
+    ip_to_u128, parse_ip,
 };
 use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
 
 use super::err;
-use super::history::ColumnText;
+use super::history::{AddressChange, ColumnText, pack};
 #[cfg(feature = "sqlite")]
 use super::push_list;
 use crate::dialect::{Backend, Stamp};
@@ -381,7 +381,6 @@ pub(crate) async fn record_counted(
 /// counter and the checksum change on every scan: noise, not history).
 #[derive(FromRow)]
 struct FactRow {
-    id: i64,
     ip_key: String,
     dead_ping_count: i64,
     is_buried: bool,
@@ -431,13 +430,6 @@ fn prepare(observations: &[Observation]) -> Result<Vec<ObservationRow<'_>>, Stor
     observations.iter().map(ObservationRow::new).collect()
 }
 
-/// A stored address's id.
-#[derive(FromRow)]
-struct IdRow {
-    id: i64,
-    ip_key: String,
-}
-
 /// One buried address row.
 #[derive(FromRow)]
 struct BuriedRow {
@@ -471,7 +463,7 @@ where
         let mut out = HashMap::new();
         for chunk in keys.chunks(FACT_CHUNK) {
             let mut qb = QueryBuilder::new(
-                "SELECT id, ip_key, dead_ping_count, is_buried, http_family, snmp_name, snmp_community, \
+                "SELECT ip_key, dead_ping_count, is_buried, http_family, snmp_name, snmp_community, \
                  snmp_version, scan_checksum FROM ip_addresses \
                  WHERE ip_key IN (",
             );
@@ -484,27 +476,6 @@ where
                 .await
                 .map_err(err(ENTITY))?;
             out.extend(rows.into_iter().map(|r| (r.ip_key.clone(), r)));
-        }
-        Ok(out)
-    }
-
-    /// The ids of the stored addresses among `keys`, by key.
-    async fn ids_of(
-        tx: &mut sqlx::Transaction<'static, DB>,
-        keys: &[&str],
-    ) -> Result<HashMap<String, i64>, StoreError> {
-        let mut out = HashMap::with_capacity(keys.len());
-        for chunk in keys.chunks(FACT_CHUNK) {
-            let mut qb = QueryBuilder::new("SELECT id, ip_key FROM ip_addresses WHERE ip_key IN (");
-            super::push_list(&mut qb, chunk.iter().map(|k| Some(*k)));
-            qb.push(")");
-            let rows = qb
-                .build_query_as::<IdRow>()
-                .persistent(DB::PREPARE_KEY_LISTS)
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(err(ENTITY))?;
-            out.extend(rows.into_iter().map(|r| (r.ip_key, r.id)));
         }
         Ok(out)
     }
@@ -541,7 +512,7 @@ where
                     }
                 }
                 let mut summary = RecordSummary::default();
-                let mut records = Vec::new();
+                let (correlation, at) = (new_correlation(), Utc::now());
                 for round in rounds {
                     // The followed facts of the addresses this round may change, locked. Their
                     // next values are the core rule's (`apply_observation`, which the SQL is
@@ -589,7 +560,7 @@ where
                     summary.inserted += s.inserted;
                     summary.updated += s.updated;
                     summary.changed += s.changed;
-                    let mut created = Vec::new();
+                    let mut changed = Vec::new();
                     for r in round.iter().filter(follows) {
                         let was = before.get(&*r.key);
                         if was.is_some_and(|w| w.is_buried) {
@@ -600,31 +571,14 @@ where
                         ralph_core::apply_observation(&mut next, r.observation, dead_ping_limit);
                         let before = was.map(|w| facts_text(&w.address(ip)));
                         let changes = ColumnText::diff(before.as_ref(), Some(&facts_text(&next)));
-                        match was {
-                            _ if changes.is_empty() => {}
-                            Some(w) => records.push(
-                                HistoryRecord::new(IpAddress::NAME, w.id, Action::Update, self.actor().clone())
-                                    .with_changes(changes)
-                                    .with_message(&message),
-                            ),
-                            None => created.push((&*r.key, changes)),
+                        if let Some(changes) = pack(&changes)? {
+                            let action = if was.is_some() { Action::Update } else { Action::Create };
+                            changed.push(AddressChange { key: Arc::clone(&r.key), action, changes });
                         }
                     }
-                    let keys: Vec<&str> = created.iter().map(|(k, _)| *k).collect();
-                    let ids = Self::ids_of(&mut tx, &keys).await?;
-                    for (key, changes) in created {
-                        let id = ids.get(key).copied().ok_or_else(|| StoreError::Corrupt {
-                            entity: ENTITY,
-                            detail: "an address recorded as new is not stored".into(),
-                        })?;
-                        records.push(
-                            HistoryRecord::new(IpAddress::NAME, id, Action::Create, self.actor().clone())
-                                .with_changes(changes)
-                                .with_message(&message),
-                        );
-                    }
+                    // Per round, so that an address a batch names twice gets its records in order.
+                    Self::write_address_history(&mut tx, &changed, self.actor(), &message, &correlation, at).await?;
                 }
-                Self::write_history(&mut tx, &records, &new_correlation(), Utc::now()).await?;
                 commit(tx, ENTITY).await?;
                 Ok(Some(summary))
             })
