@@ -93,6 +93,12 @@ pub trait Dialect: sqlx::Database {
     /// key order. Not MySQL, where it locks the gap the key would go in.
     #[doc(hidden)]
     const GAPLESS_LOCKS: bool;
+    /// Where the database builds JSON faster than the driver hands over rows (SQLite's driver
+    /// copies every value of every row to another thread): the head and tail that turn the
+    /// scan recording's read of stored facts (`SELECT <FACT_COLUMNS> ... ORDER BY ip_key` and
+    /// its row lock) into one JSON array of arrays of those columns, `[]` for none.
+    #[doc(hidden)]
+    const FACTS_AS_JSON: Option<(&'static str, &'static str)>;
     /// How many batches of a reconciliation apply run at once, each on its own connection
     /// (SQLite has one writer: one).
     #[doc(hidden)]

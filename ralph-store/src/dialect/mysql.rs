@@ -73,6 +73,8 @@ impl Dialect for MySql {
     const PREPARE_KEY_LISTS: bool = true;
     const COUNTS_IN_UPSERT: bool = false;
     const GAPLESS_LOCKS: bool = false;
+    // MariaDB cuts JSON_ARRAYAGG at group_concat_max_len: rows.
+    const FACTS_AS_JSON: Option<(&'static str, &'static str)> = None;
     const APPLY_RUNS: usize = 2;
 
     fn ignore_conflict(_key: &str) -> String {

@@ -377,18 +377,39 @@ pub(crate) async fn record_counted(
     Ok(summary)
 }
 
+/// The columns of a [`FactRow`], in the order of its fields (a JSON array of them is read
+/// field by field).
+pub(crate) const FACT_COLUMNS: &str =
+    "ip_key, dead_ping_count, is_buried, http_family, snmp_name, snmp_community, snmp_version, scan_checksum";
+
 /// The facts of a stored address its change history follows (`last_seen`, the dead-ping
-/// counter and the checksum change on every scan: noise, not history).
-#[derive(FromRow)]
+/// counter and the checksum change on every scan: noise, not history). Read as a row, or as a
+/// JSON array of [`FACT_COLUMNS`] (see [`crate::dialect::Dialect::FACTS_AS_JSON`]).
+#[derive(FromRow, serde::Deserialize)]
 struct FactRow {
     ip_key: String,
     dead_ping_count: i64,
+    #[serde(deserialize_with = "flag")]
     is_buried: bool,
     http_family: Option<String>,
     snmp_name: Option<String>,
     snmp_community: Option<String>,
     snmp_version: Option<String>,
     scan_checksum: Option<String>,
+}
+
+/// A boolean as JSON gives it: `true`/`false` (PostgreSQL) or `1`/`0` (SQLite).
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Int(i64),
+    }
+    Ok(match <Flag as serde::Deserialize>::deserialize(d)? {
+        Flag::Bool(b) => b,
+        Flag::Int(n) => n != 0,
+    })
 }
 
 impl FactRow {
@@ -462,19 +483,32 @@ where
     ) -> Result<HashMap<String, FactRow>, StoreError> {
         let mut out = HashMap::new();
         for chunk in keys.chunks(FACT_CHUNK) {
-            let mut qb = QueryBuilder::new(
-                "SELECT ip_key, dead_ping_count, is_buried, http_family, snmp_name, snmp_community, \
-                 snmp_version, scan_checksum FROM ip_addresses \
-                 WHERE ip_key IN (",
-            );
+            let mut qb = QueryBuilder::new(DB::FACTS_AS_JSON.map_or("", |(head, _)| head));
+            qb.push(format!("SELECT {FACT_COLUMNS} FROM ip_addresses WHERE ip_key IN ("));
             super::push_list(&mut qb, chunk.iter().map(|k| Some(*k)));
             qb.push(") ORDER BY ip_key").push(lock);
-            let rows = qb
-                .build_query_as::<FactRow>()
-                .persistent(DB::PREPARE_KEY_LISTS)
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(err(ENTITY))?;
+            let rows: Vec<FactRow> = match DB::FACTS_AS_JSON {
+                Some((_, tail)) => {
+                    qb.push(tail);
+                    let json: String = qb
+                        .build_query_scalar()
+                        .persistent(DB::PREPARE_KEY_LISTS)
+                        .fetch_one(&mut **tx)
+                        .await
+                        .map_err(err(ENTITY))?;
+                    // The error says where, never what: the text holds SNMP communities.
+                    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+                        entity: ENTITY,
+                        detail: format!("stored facts read as JSON: {:?} error at column {}", e.classify(), e.column()),
+                    })?
+                }
+                None => qb
+                    .build_query_as::<FactRow>()
+                    .persistent(DB::PREPARE_KEY_LISTS)
+                    .fetch_all(&mut **tx)
+                    .await
+                    .map_err(err(ENTITY))?,
+            };
             out.extend(rows.into_iter().map(|r| (r.ip_key.clone(), r)));
         }
         Ok(out)
