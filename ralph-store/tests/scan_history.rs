@@ -124,27 +124,26 @@ async fn check_chains<S: InventoryStore + HistoryStore>(store: &S) {
     assert!(total >= ADDRESSES as usize, "every address has a record: {total}");
 }
 
-/// Addresses of [`one_batch_keeps_order`]: more than one history statement's worth.
+/// Addresses of [`one_batch_records_every_address`]: more than one history statement's worth.
 const BATCH: u32 = 6_001;
 
 fn batched(i: u32) -> IpAddr {
     IpAddr::from([10, 80, u8::try_from(i / 256).expect("small"), u8::try_from(i % 256).expect("small")])
 }
 
-/// One batch of new addresses, the first named twice: every address gets its creation record
-/// (under its own id, all in the batch's one correlation), and the twice-named one its
-/// creation and then the update from the first answer to the second.
-async fn one_batch_keeps_order<S: ScanResultStore + InventoryStore + HistoryStore>(store: &S) {
-    let mut obs: Vec<Observation> = (0..BATCH)
-        .map(|i| {
-            let mut o = Observation::new(batched(i), true, Utc::now());
-            o.http_family = Some(format!("f{i}"));
-            o
-        })
-        .collect();
-    let mut again = Observation::new(batched(0), true, Utc::now());
-    again.http_family = Some("second".into());
-    obs.push(again);
+/// One batch of new addresses, more than one history statement's worth, then a second batch
+/// over them: every address gets its creation record (under its own id, all in its batch's
+/// one correlation), an address named twice in a batch gets both records in order, a buried
+/// address and an unknown address's dead answer get none, and an SNMP community shows as set,
+/// never as its value.
+async fn one_batch_records_every_address<S: ScanResultStore + InventoryStore + HistoryStore>(store: &S) {
+    let fact = |i: u32, family: &str| {
+        let mut o = Observation::new(batched(i), true, Utc::now());
+        o.http_family = Some(format!("{family}{i} \\ \"q\" \u{e9}\t"));
+        o
+    };
+    let mut obs: Vec<Observation> = (0..BATCH).map(|i| fact(i, "f")).collect();
+    obs.push(fact(0, "second-"));
     let summary = store.record_observations(&obs, 2).await.expect("record");
     assert_eq!((summary.inserted, summary.updated), (u64::from(BATCH), 1));
     let first = store.find_ip(batched(0)).await.expect("find").expect("stored");
@@ -154,11 +153,8 @@ async fn one_batch_keeps_order<S: ScanResultStore + InventoryStore + HistoryStor
         .iter()
         .flat_map(|e| e.record.changes.iter().map(|c| (e.record.action, c.before.clone(), c.after.clone())))
         .collect();
-    assert_eq!(
-        shown,
-        [(Action::Create, None, Some("f0".into())), (Action::Update, Some("f0".into()), Some("second".into()))],
-        "{history:#?}"
-    );
+    let (f0, second) = (fact(0, "f").http_family, fact(0, "second-").http_family);
+    assert_eq!(shown, [(Action::Create, None, f0.clone()), (Action::Update, f0, second)], "{history:#?}");
     let correlation = &history[0].correlation;
     assert_eq!(&history[1].correlation, correlation, "one batch, one correlation");
     let batch = store.correlated(correlation).await.expect("correlated");
@@ -169,7 +165,36 @@ async fn one_batch_keeps_order<S: ScanResultStore + InventoryStore + HistoryStor
         assert_eq!(history.len(), 1, "{}: {history:#?}", batched(i));
         let record = &history[0].record;
         assert_eq!((record.action, record.object_id), (Action::Create, stored.id.get()), "{}", batched(i));
-        assert_eq!(record.changes[0].after.as_deref(), Some(format!("f{i}").as_str()), "{}", batched(i));
+        assert_eq!(record.changes[0].after, fact(i, "f").http_family, "{}", batched(i));
+    }
+
+    // The second batch: every address updated (updates across the statement split), one of
+    // them buried first, one unknown address answering dead, one with an SNMP community.
+    let buried = store.find_ip(batched(7)).await.expect("find").expect("stored");
+    let mut value = buried.value.clone();
+    value.is_buried = true;
+    store.update(buried.id, &value).await.expect("bury");
+    let mut obs: Vec<Observation> = (0..BATCH).map(|i| fact(i, "g")).collect();
+    obs.push(Observation::new(batched(BATCH + 10), false, Utc::now()));
+    let snmp = &mut obs[3];
+    snmp.snmp_name = Some("sw-3".into());
+    snmp.snmp_community = Some(Secret::new("s3cret-community"));
+    snmp.snmp_version = Some(SnmpVersion::V2c);
+    store.record_observations(&obs, 2).await.expect("record");
+    let third = store.find_ip(batched(3)).await.expect("find").expect("stored");
+    let history = store.object_history(IpAddress::NAME, third.id.get(), 10).await.expect("history");
+    let batch = store.correlated(&history[0].correlation).await.expect("correlated");
+    assert_eq!(batch.len(), BATCH as usize - 1, "every stored, unburied address updated once: {}", batch.len());
+    assert!(batch.iter().all(|e| e.record.action == Action::Update));
+    assert!(store.find_ip(batched(BATCH + 10)).await.expect("find").is_none());
+    assert!(batch.iter().all(|e| e.record.object_id != buried.id.get()), "nothing recorded for the buried address");
+    let shown = format!("{:?}", history[0].record.changes);
+    assert!(shown.contains("snmp_community") && !shown.contains("s3cret"), "{shown}");
+    for i in [4_999, 5_000, 5_001] {
+        let stored = store.find_ip(batched(i)).await.expect("find").expect("stored");
+        let history = store.object_history(IpAddress::NAME, stored.id.get(), 10).await.expect("history");
+        assert_eq!(history[0].record.changes[0].before, fact(i, "f").http_family, "{}", batched(i));
+        assert_eq!(history[0].record.changes[0].after, fact(i, "g").http_family, "{}", batched(i));
     }
 }
 
@@ -282,7 +307,7 @@ mod sqlite {
         let store = ralph_store::SqliteStore::connect(&url).await.expect("store");
         racing_recorders(Arc::new(store.clone()), &url, true).await;
         racing_recorders(Arc::new(store.clone().without_scan_history()), &url, false).await;
-        one_batch_keeps_order(&store).await;
+        one_batch_records_every_address(&store).await;
         opted_out_records_no_history(&store.without_scan_history()).await;
     }
 }
@@ -298,7 +323,7 @@ mod postgres {
         let store = ralph_store::PgStore::connect(&db.url).await.expect("store");
         racing_recorders(Arc::new(store.clone()), &db.url, true).await;
         racing_recorders(Arc::new(store.clone().without_scan_history()), &db.url, false).await;
-        one_batch_keeps_order(&store).await;
+        one_batch_records_every_address(&store).await;
         opted_out_records_no_history(&store.clone().without_scan_history()).await;
         store.close().await;
         pg::drop_db(db).await;
@@ -316,7 +341,7 @@ mod mysql {
         let store = ralph_store::MySqlStore::connect(&db.url).await.expect("store");
         racing_recorders(Arc::new(store.clone()), &db.url, true).await;
         racing_recorders(Arc::new(store.clone().without_scan_history()), &db.url, false).await;
-        one_batch_keeps_order(&store).await;
+        one_batch_records_every_address(&store).await;
         opted_out_records_no_history(&store.clone().without_scan_history()).await;
         store.close().await;
         my::drop_db(db).await;

@@ -94,9 +94,10 @@ pub trait Dialect: sqlx::Database {
     #[doc(hidden)]
     const GAPLESS_LOCKS: bool;
     /// Where the database builds JSON faster than the driver hands over rows (SQLite's driver
-    /// copies every value of every row to another thread): the head and tail that turn the
-    /// scan recording's read of stored facts (`SELECT <FACT_COLUMNS> ... ORDER BY ip_key` and
-    /// its row lock) into one JSON array of arrays of those columns, `[]` for none.
+    /// copies every value of every row to another thread): the aggregate that turns the scan
+    /// recording's read of stored facts into one JSON array of arrays, as `(open, close)`
+    /// around the column list (`SELECT <open><columns><close> FROM (<the locking read>)`),
+    /// which must give `[]` for no rows.
     #[doc(hidden)]
     const FACTS_AS_JSON: Option<(&'static str, &'static str)>;
     /// How many batches of a reconciliation apply run at once, each on its own connection
@@ -192,8 +193,7 @@ pub trait Dialect: sqlx::Database {
     /// Pushes `rows` as a relation `v (ip_key, action, changes)` joined to the stored
     /// addresses, `... AS v JOIN ip_addresses AS a ON a.ip_key = v.ip_key`: the `FROM` of
     /// [`crate::sql::history`]'s insert of address history. The join probes the `ip_key`
-    /// index once per row, driven by `rows` in their order where the database lets the order
-    /// be chosen.
+    /// index once per row.
     #[doc(hidden)]
     fn push_address_changes(qb: &mut QueryBuilder<Self>, rows: &[AddressChange]);
 

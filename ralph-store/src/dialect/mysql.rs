@@ -257,7 +257,7 @@ impl Dialect for MySql {
     }
 
     /// The rows as one JSON document of `{"k", "a", "c"}` objects through `JSON_TABLE` (like
-    /// [`update_stored`]'s), joined in the document's order.
+    /// [`update_stored`]'s), each probing the key index once.
     fn push_address_changes(qb: &mut QueryBuilder<MySql>, rows: &[AddressChange]) {
         let json = serde_json::Value::Array(
             rows.iter()

@@ -60,11 +60,7 @@ impl Dialect for Sqlite {
     const PREPARE_KEY_LISTS: bool = true;
     const COUNTS_IN_UPSERT: bool = false;
     const GAPLESS_LOCKS: bool = true;
-    const FACTS_AS_JSON: Option<(&'static str, &'static str)> = Some((
-        "SELECT json_group_array(json_array(ip_key, dead_ping_count, is_buried, http_family, snmp_name, \
-         snmp_community, snmp_version, scan_checksum)) FROM (",
-        ") AS f",
-    ));
+    const FACTS_AS_JSON: Option<(&'static str, &'static str)> = Some(("json_group_array(json_array(", "))"));
     const APPLY_RUNS: usize = 1;
 
     fn ignore_conflict(key: &str) -> String {

@@ -1,5 +1,6 @@
 //! The change history: rows written inside the transactions of the changes they record
-//! ([`SqlStore::write_history`]), the [`HistoryStore`] reads, and pruning in short chunks.
+//! ([`SqlStore::write_history`], and for scanned addresses [`SqlStore::write_address_history`]),
+//! the [`HistoryStore`] reads, and pruning in short chunks.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -263,9 +264,14 @@ where
     /// correlation id and message, in the caller's transaction. The statement joins the rows
     /// to `ip_addresses` by key, so the addresses' ids (of rows this transaction just
     /// inserted, too) are never read back; the values shared by every row are bound once.
-    /// Rows go in in the order given (one statement per [`ADDRESS_CHUNK`] rows), so an
-    /// address named in two calls gets its records in call order. An address that is not
-    /// stored is an error: the caller names only rows it holds locked or just wrote.
+    /// Each call's rows get ids after those of earlier calls (an address named in two calls
+    /// has its records in call order); within a call the database may number them in any
+    /// order, so a call names an address at most once. An address that is not stored is an
+    /// error: the caller names only rows it holds locked or just wrote.
+    ///
+    /// On MySQL/MariaDB an `INSERT ... SELECT` holds `change_history`'s auto-increment lock
+    /// to the end of the statement at `innodb_autoinc_lock_mode = 1` (MariaDB's default):
+    /// other inserts into the history wait for one statement (see docs/operations.md).
     pub(crate) async fn write_address_history(
         conn: &mut DB::Connection,
         rows: &[AddressChange],
@@ -275,7 +281,9 @@ where
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let name: String = actor.name.chars().take(MAX_ACTOR).collect();
-        let sizes: Vec<usize> = rows.iter().map(|r| r.changes.len()).collect();
+        // Counted as MySQL's JSON document carries them: escaped again (a quote or backslash
+        // doubles) and wrapped in the row's key and action.
+        let sizes: Vec<usize> = rows.iter().map(|r| 2 * r.changes.len() + 64).collect();
         for range in statements(&sizes, ADDRESS_CHUNK) {
             let rows = &rows[range];
             let mut qb = QueryBuilder::new(

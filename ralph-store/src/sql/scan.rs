@@ -398,7 +398,37 @@ struct FactRow {
     scan_checksum: Option<String>,
 }
 
-/// A boolean as JSON gives it: `true`/`false` (PostgreSQL) or `1`/`0` (SQLite).
+/// The error for stored facts whose JSON does not read as [`FactRow`]s: it names the first
+/// address that does not and which column, never a value (the text holds SNMP communities).
+fn unreadable_facts(json: &str) -> StoreError {
+    let rows: Vec<Vec<serde_json::Value>> = serde_json::from_str(json).unwrap_or_default();
+    let detail = rows
+        .iter()
+        .find_map(|row| {
+            let e = serde_json::from_value::<FactRow>(serde_json::Value::Array(row.clone())).err()?;
+            let key = row.first().and_then(serde_json::Value::as_str).unwrap_or("?");
+            let column = FACT_COLUMNS.split(", ").zip(row).find(|(name, value)| !fits(name, value)).map(|(n, _)| n);
+            Some(format!(
+                "the stored facts of key {key} do not read ({:?}, column {})",
+                e.classify(),
+                column.unwrap_or("?")
+            ))
+        })
+        .unwrap_or_else(|| "the stored facts do not read as JSON".to_owned());
+    StoreError::Corrupt { entity: ENTITY, detail }
+}
+
+/// Whether `value` has the JSON type column `name` of a [`FactRow`] takes.
+fn fits(name: &str, value: &serde_json::Value) -> bool {
+    match name {
+        "dead_ping_count" => value.is_i64(),
+        "is_buried" => value.is_i64() || value.is_boolean(),
+        "ip_key" => value.is_string(),
+        _ => value.is_string() || value.is_null(),
+    }
+}
+
+/// A boolean as JSON gives it: `true`/`false`, or `1`/`0` (SQLite, which has no booleans).
 fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     #[derive(serde::Deserialize)]
     #[serde(untagged)]
@@ -483,24 +513,23 @@ where
     ) -> Result<HashMap<String, FactRow>, StoreError> {
         let mut out = HashMap::new();
         for chunk in keys.chunks(FACT_CHUNK) {
-            let mut qb = QueryBuilder::new(DB::FACTS_AS_JSON.map_or("", |(head, _)| head));
+            let mut qb = QueryBuilder::new(match DB::FACTS_AS_JSON {
+                Some((open, close)) => format!("SELECT {open}{FACT_COLUMNS}{close} FROM ("),
+                None => String::new(),
+            });
             qb.push(format!("SELECT {FACT_COLUMNS} FROM ip_addresses WHERE ip_key IN ("));
             super::push_list(&mut qb, chunk.iter().map(|k| Some(*k)));
             qb.push(") ORDER BY ip_key").push(lock);
             let rows: Vec<FactRow> = match DB::FACTS_AS_JSON {
-                Some((_, tail)) => {
-                    qb.push(tail);
+                Some(_) => {
+                    qb.push(") AS f");
                     let json: String = qb
                         .build_query_scalar()
                         .persistent(DB::PREPARE_KEY_LISTS)
                         .fetch_one(&mut **tx)
                         .await
                         .map_err(err(ENTITY))?;
-                    // The error says where, never what: the text holds SNMP communities.
-                    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
-                        entity: ENTITY,
-                        detail: format!("stored facts read as JSON: {:?} error at column {}", e.classify(), e.column()),
-                    })?
+                    serde_json::from_str(&json).map_err(|_| unreadable_facts(&json))?
                 }
                 None => qb
                     .build_query_as::<FactRow>()
@@ -546,11 +575,11 @@ where
                     }
                 }
                 let mut summary = RecordSummary::default();
-                let (correlation, at) = (new_correlation(), Utc::now());
+                let correlation = new_correlation();
                 for round in rounds {
                     // The followed facts of the addresses this round may change, locked. Their
                     // next values are the core rule's (`apply_observation`, which the SQL is
-                    // held equal to), so only new addresses are read again, for their ids.
+                    // held equal to), so nothing is read back after the upsert.
                     let follows = |r: &&ObservationRow<'_>| self.scan_history && may_change_facts(r);
                     // Where a locking read of a missing key locks nothing (PostgreSQL; SQLite
                     // has one writer), every address of the round is locked here, in key order,
@@ -610,8 +639,10 @@ where
                             changed.push(AddressChange { key: Arc::clone(&r.key), action, changes });
                         }
                     }
-                    // Per round, so that an address a batch names twice gets its records in order.
-                    Self::write_address_history(&mut tx, &changed, self.actor(), &message, &correlation, at).await?;
+                    // Stamped now, with the round's locks held: a recorder that waited on another
+                    // one's locks writes the later time as well as the later row.
+                    Self::write_address_history(&mut tx, &changed, self.actor(), &message, &correlation, Utc::now())
+                        .await?;
                 }
                 commit(tx, ENTITY).await?;
                 Ok(Some(summary))
@@ -737,6 +768,40 @@ mod tests {
         let shown = format!("{rows:?}");
         assert!(shown.contains("core-sw1") && shown.contains("<redacted>"), "{shown}");
         assert!(!shown.contains("s3cret-community"), "{shown}");
+    }
+
+    /// A JSON row is read by position: each field must take its own column of FACT_COLUMNS.
+    #[test]
+    fn fact_rows_read_by_position_match_fact_columns() {
+        let row: Vec<serde_json::Value> = FACT_COLUMNS
+            .split(", ")
+            .map(|name| match name {
+                "dead_ping_count" => 7.into(),
+                "is_buried" => 1.into(),
+                _ => name.into(),
+            })
+            .collect();
+        let f: FactRow = serde_json::from_value(serde_json::Value::Array(row)).expect("reads");
+        assert_eq!((f.ip_key.as_str(), f.dead_ping_count, f.is_buried), ("ip_key", 7, true));
+        let texts = [&f.http_family, &f.snmp_name, &f.snmp_community, &f.snmp_version, &f.scan_checksum];
+        let names = ["http_family", "snmp_name", "snmp_community", "snmp_version", "scan_checksum"];
+        for (text, name) in texts.into_iter().zip(names) {
+            assert_eq!(text.as_deref(), Some(name));
+        }
+        let f: FactRow = serde_json::from_str(r#"["k", 0, false, null, null, null, null, null]"#).expect("reads");
+        assert!(!f.is_buried && f.http_family.is_none());
+    }
+
+    #[test]
+    fn unreadable_facts_name_the_key_and_column_never_a_value() {
+        let json = r#"[["k1", 0, 0, null, null, null, null, null],
+                       ["k2", "x", 0, null, "sw", "s3cret-community", "2c", null]]"#;
+        assert!(serde_json::from_str::<Vec<FactRow>>(json).is_err());
+        let e = unreadable_facts(json);
+        let shown = format!("{e} {e:?}");
+        assert!(shown.contains("k2") && shown.contains("dead_ping_count"), "{shown}");
+        assert!(!shown.contains("s3cret") && !shown.contains("k1"), "{shown}");
+        assert!(matches!(unreadable_facts("[[1"), StoreError::Corrupt { .. }));
     }
 
     #[test]
