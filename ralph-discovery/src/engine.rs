@@ -472,9 +472,18 @@ impl ScanHandle {
 
     /// Collects every result and the summary.
     ///
+    /// The results are gathered by a task of the runtime, so a caller blocked outside it (the
+    /// main thread of `#[tokio::main]` or `Runtime::block_on`) is woken once at the end, not
+    /// once per host. Dropping the returned future stops the scan, as dropping the handle does.
+    ///
     /// # Errors
     /// As [`ScanHandle::finish`].
-    pub async fn collect(mut self) -> Result<(Vec<HostResult>, ScanSummary)> {
+    pub async fn collect(self) -> Result<(Vec<HostResult>, ScanSummary)> {
+        let gather = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(self.gather()));
+        gather.await.map_err(|e| Error::Config(format!("scan task failed: {e}")))?
+    }
+
+    async fn gather(mut self) -> Result<(Vec<HostResult>, ScanSummary)> {
         let mut out = Vec::new();
         while let Some(r) = self.results.recv().await {
             out.push(r);

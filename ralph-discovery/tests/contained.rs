@@ -189,6 +189,43 @@ async fn concurrent_scans_of_one_scanner_share_one_socket_budget() {
     assert!(Arc::ptr_eq(other.resources(), scanner.resources()));
 }
 
+/// An alive probe that counts its calls and answers "up" after a millisecond.
+#[derive(Debug, Default)]
+struct Counting {
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl Probe for Counting {
+    fn name(&self) -> &str {
+        "counting"
+    }
+    fn stage(&self) -> Stage {
+        Stage::Alive
+    }
+    async fn probe(&self, _target: IpAddr, _ctx: &ProbeContext) -> ProbeReport {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        ProbeReport { alive: Some(true), ..ProbeReport::default() }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_scans_future_stops_the_scan() {
+    let counting = Arc::new(Counting::default());
+    let scanner = Scanner::new(quiet().ports(vec![]).probe(counting.clone())).expect("valid");
+    // 127.0.0.0/8: far more hosts than can be probed before the caller gives up.
+    let targets = (0..1u32 << 24).map(|i| IpAddr::V4(Ipv4Addr::from(0x7f00_0000 | i)));
+    let cut = tokio::time::timeout(Duration::from_millis(300), scanner.scan(targets)).await;
+    assert!(cut.is_err(), "16,777,216 hosts probed in 300 ms?");
+    // Hosts in flight when the future went away may still finish; nothing new starts after.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = counting.calls.load(Ordering::SeqCst);
+    assert!(settled > 0, "the scan never started");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(counting.calls.load(Ordering::SeqCst), settled, "the scan went on after its future was dropped");
+}
+
 const FALLBACK_CHILD: &str = "RALPH_ICMP_FALLBACK_CHILD";
 
 /// The child's half of the next test: without CAP_NET_RAW (and so, at the default
