@@ -523,9 +523,15 @@ impl ObjectState {
 /// A fresh correlation id: 32 hex digits.
 #[must_use]
 pub fn new_correlation() -> String {
-    use rand_core::{OsRng, RngCore};
     let mut bytes = [0u8; 16];
-    OsRng.fill_bytes(&mut bytes);
+    // The system's RNG does not fail on Linux once booted; should it, the id is still unique
+    // within the process (a counter) and over time (the clock), only guessable.
+    if getrandom::fill(&mut bytes).is_err() {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        bytes = ((nanos << 32) ^ u128::from(n) ^ (u128::from(std::process::id()) << 96)).to_be_bytes();
+    }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

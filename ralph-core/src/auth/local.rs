@@ -2,10 +2,9 @@
 
 use std::sync::OnceLock;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
 use async_trait::async_trait;
-use rand_core::OsRng;
 use tracing::debug;
 
 use super::{AuthBackend, AuthError, AuthOutcome, Credentials, DenyReason, Identity, TRACE_TARGET};
@@ -25,9 +24,9 @@ fn hasher() -> Argon2<'static> {
 /// # Errors
 /// [`AuthError::Backend`] when the hasher fails (it does not for passwords of sane length).
 pub fn hash_password(password: &Secret) -> Result<String, AuthError> {
-    let salt = SaltString::generate(&mut OsRng);
+    // A 16-byte salt from the system's secure RNG.
     hasher()
-        .hash_password(password.expose().as_bytes(), &salt)
+        .hash_password(password.expose().as_bytes())
         .map(|hash| hash.to_string())
         .map_err(|e| AuthError::Backend(format!("password hashing failed: {e}")))
 }
@@ -37,7 +36,7 @@ pub fn hash_password(password: &Secret) -> Result<String, AuthError> {
 /// Blocks the calling thread for as long as [`hash_password`] does; the same advice applies.
 #[must_use]
 pub fn verify_password(phc: &str, password: &Secret) -> bool {
-    PasswordHash::new(phc).is_ok_and(|hash| hasher().verify_password(password.expose().as_bytes(), &hash).is_ok())
+    hasher().verify_password(password.expose().as_bytes(), phc).is_ok()
 }
 
 /// A hash of a random password, verified against for unknown users so that the time a
@@ -45,8 +44,7 @@ pub fn verify_password(phc: &str, password: &Secret) -> bool {
 fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| {
-        let salt = SaltString::generate(&mut OsRng);
-        let secret = Secret::new(salt.as_str().to_owned());
+        let secret = Secret::new(crate::history::new_correlation());
         hash_password(&secret).unwrap_or_default()
     })
 }
@@ -354,6 +352,21 @@ mod tests {
         assert_eq!(login(&backend, "inactive", "inactive-Password-2"), Some(AuthOutcome::Denied(DenyReason::Inactive)));
         let set = poll_once(backend.set_password("ldapuser", &Secret::new("x")));
         assert!(matches!(set, Some(Err(AuthError::Config(_)))), "{set:?}");
+    }
+
+    /// Hashes stored by earlier releases (argon2 0.5, this one made by it) still verify: the
+    /// PHC string is the stored format, whatever crate version reads it.
+    #[test]
+    fn hashes_from_earlier_releases_still_verify() {
+        const OLD: &str =
+            "$argon2id$v=19$m=19456,t=2,p=1$cmFscGgtcnMtb2xkLXNhbHQ$PiHVyZOj3nQe/F2ilFYaHDSXYZ8QhOK7ZKsRlRYM2RY";
+        assert!(verify_password(OLD, &Secret::new("correct horse battery")));
+        assert!(!verify_password(OLD, &Secret::new("correct horse battery ")));
+        assert!(!verify_password("$argon2id$v=19$m=19456,t=2,p=1$not-a-hash", &Secret::new("correct horse battery")));
+        let new = hash_password(&Secret::new("correct horse battery")).expect("hash");
+        assert!(new.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{new}");
+        assert_ne!(new, hash_password(&Secret::new("correct horse battery")).expect("hash"), "salts are random");
+        assert!(verify_password(&new, &Secret::new("correct horse battery")));
     }
 
     #[cfg(feature = "tokio")]

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rand_core::{OsRng, RngCore};
 
 use super::MemoryStore;
 use crate::history::Actor;
@@ -98,7 +97,7 @@ fn check_queue(queue: &str) -> Result<(), StoreError> {
 /// A fresh, unguessable lease token.
 fn new_token() -> Result<String, StoreError> {
     let mut bytes = [0u8; 16];
-    OsRng.try_fill_bytes(&mut bytes).map_err(|e| StoreError::Backend(Box::new(e)))?;
+    getrandom::fill(&mut bytes).map_err(|e| StoreError::Backend(Box::new(e)))?;
     Ok(format!("{:032x}", u128::from_be_bytes(bytes)))
 }
 
