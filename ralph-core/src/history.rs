@@ -526,7 +526,11 @@ pub fn new_correlation() -> String {
     let mut bytes = [0u8; 16];
     // The system's RNG does not fail on Linux once booted; should it, the id is still unique
     // within the process (a counter) and over time (the clock), only guessable.
-    if getrandom::fill(&mut bytes).is_err() {
+    if let Err(error) = getrandom::fill(&mut bytes) {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(
+            || tracing::warn!(target: "ralph::history", %error, "no system randomness; correlation ids from the clock"),
+        );
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());

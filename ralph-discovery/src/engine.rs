@@ -474,10 +474,14 @@ impl ScanHandle {
     ///
     /// The results are gathered by a task of the runtime, so a caller blocked outside it (the
     /// main thread of `#[tokio::main]` or `Runtime::block_on`) is woken once at the end, not
-    /// once per host. Dropping the returned future stops the scan, as dropping the handle does.
+    /// once per host. Dropping the returned future stops the scan shortly after (the gathering
+    /// task is aborted and drops the handle).
     ///
     /// # Errors
     /// As [`ScanHandle::finish`].
+    ///
+    /// # Panics
+    /// When polled outside a tokio runtime (as [`Scanner::start`] does).
     pub async fn collect(self) -> Result<(Vec<HostResult>, ScanSummary)> {
         let gather = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(self.gather()));
         gather.await.map_err(|e| Error::Config(format!("scan task failed: {e}")))?
@@ -544,7 +548,10 @@ impl Scanner {
         &self.resources
     }
 
-    /// Starts scanning `targets` (in order; host-major). Call inside a tokio runtime.
+    /// Starts scanning `targets` (in order; host-major).
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
     pub fn start<I>(&self, targets: I) -> ScanHandle
     where
         I: IntoIterator<Item = IpAddr>,
@@ -564,10 +571,13 @@ impl Scanner {
         ScanHandle { results: rx, progress: progress_rx, stop: stop_tx, task: Some(task) }
     }
 
-    /// Scans and collects.
+    /// Scans and collects ([`ScanHandle::collect`]).
     ///
     /// # Errors
     /// As [`ScanHandle::finish`].
+    ///
+    /// # Panics
+    /// When polled outside a tokio runtime.
     pub async fn scan<I>(&self, targets: I) -> Result<(Vec<HostResult>, ScanSummary)>
     where
         I: IntoIterator<Item = IpAddr>,

@@ -1,7 +1,5 @@
 //! The local backend: argon2id password hashes kept through a [`UserStore`].
 
-use std::sync::OnceLock;
-
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
 use async_trait::async_trait;
@@ -39,15 +37,13 @@ pub fn verify_password(phc: &str, password: &Secret) -> bool {
     hasher().verify_password(password.expose().as_bytes(), phc).is_ok()
 }
 
-/// A hash of a random password, verified against for unknown users so that the time a
-/// login takes does not tell whether the account exists.
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let secret = Secret::new(crate::history::new_correlation());
-        hash_password(&secret).unwrap_or_default()
-    })
-}
+/// A hash verified against for unknown users so that the time a login takes does not tell
+/// whether the account exists. Its outcome is thrown away, so it need not be secret; it must
+/// only cost what a stored hash costs: the same algorithm and parameters as [`hasher`] (a test
+/// holds them equal). A constant, not made at run time: a failed random source cannot leave
+/// a decoy that fails fast.
+const DECOY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$ZGVjb3ktc2FsdC1yYWxwaA$WjgxRQ3ixq/aZeFMMPHHRAqZc6OvzP3iPT1RzwDZVGM";
 
 /// How many argon2 computations may run at once by default: one per CPU the process may use.
 /// Argon2 is pure CPU, so more would not finish sooner, only hold more memory.
@@ -220,7 +216,7 @@ impl<S: UserStore> AuthBackend for LocalBackend<S> {
             // Same path as a real check (permit, blocking pool, one verification), so the time
             // taken does not tell whether the account exists. `dummy_hash` is called inside the
             // closure so that computing it the first time stays off the runtime too.
-            let _ = self.hashing.run(move || verify_password(dummy_hash(), &password)).await?;
+            let _ = self.hashing.run(move || verify_password(DECOY_HASH, &password)).await?;
             debug!(target: TRACE_TARGET, backend = "local", "no local password for this user");
             return Ok(AuthOutcome::NotHandled);
         };
@@ -367,6 +363,22 @@ mod tests {
         assert!(new.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{new}");
         assert_ne!(new, hash_password(&Secret::new("correct horse battery")).expect("hash"), "salts are random");
         assert!(verify_password(&new, &Secret::new("correct horse battery")));
+    }
+
+    /// The decoy costs what a stored hash costs: a well-formed hash (a malformed one would
+    /// fail at parsing, fast) with the hasher's algorithm, version and parameters.
+    #[test]
+    fn the_decoy_hash_costs_what_a_stored_hash_costs() {
+        use argon2::password_hash::phc::PasswordHash;
+        let decoy = PasswordHash::new(DECOY_HASH).expect("well-formed");
+        assert_eq!(decoy.algorithm.as_str(), "argon2id");
+        assert_eq!(decoy.version, Some(u32::from(Version::V0x13)));
+        let costs =
+            |p: &Params| (p.m_cost(), p.t_cost(), p.p_cost(), p.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN));
+        assert_eq!(costs(&Params::try_from(&decoy).expect("params")), costs(hasher().params()));
+        assert!(verify_password(DECOY_HASH, &Secret::new("not a password of anyone")));
+        let fresh = PasswordHash::new(&hash_password(&Secret::new("x")).expect("hash")).expect("parse");
+        assert_eq!(costs(&Params::try_from(&fresh).expect("params")), costs(hasher().params()));
     }
 
     #[cfg(feature = "tokio")]
