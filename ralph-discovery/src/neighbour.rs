@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -217,6 +217,11 @@ const MAX_ROOM_WAIT: Duration = Duration::from_millis(4);
 /// dropped waited forever, its slot with it: a sweep of a /16 hung.
 const NETLINK_IN_FLIGHT: usize = 128;
 
+/// Netlink connections for releases. The kernel answers a request inside the `sendmsg` that
+/// carries it, so one connection (one task) serialises every delete of a process; more let
+/// them run on every core.
+const NETLINK_SOCKETS: usize = 4;
+
 /// The netlink socket's receive buffer asked for (the kernel caps it at `net.core.rmem_max`).
 const NETLINK_RCVBUF: usize = 1 << 20;
 
@@ -340,8 +345,11 @@ struct GuardInner {
     host_v6: Option<HostSlots>,
     hold: Duration,
     delete: bool,
-    /// Opened at the first on-link admission (inside the runtime).
-    netlink: OnceCell<Option<rtnetlink::Handle>>,
+    /// Opened at the first on-link admission (inside the runtime): [`NETLINK_SOCKETS`]
+    /// connections, the first also for dumps.
+    netlink: OnceCell<Option<Vec<rtnetlink::Handle>>>,
+    /// Round-robin over the connections for releases.
+    next_socket: AtomicUsize,
     /// The kernel runs one dump at a time per netlink socket (EBUSY otherwise): scopes
     /// starting together take their snapshots in turn.
     dump: tokio::sync::Mutex<()>,
@@ -510,6 +518,7 @@ impl NeighbourGuard {
                 hold: config.hold.unwrap_or_else(default_hold),
                 delete,
                 netlink: OnceCell::new(),
+                next_socket: AtomicUsize::new(0),
                 dump: tokio::sync::Mutex::new(()),
                 netlink_turns: Semaphore::new(NETLINK_IN_FLIGHT),
                 live: std::sync::Mutex::new(LiveCount::default()),
@@ -581,25 +590,39 @@ impl NeighbourGuard {
         self.inner
             .netlink
             .get_or_init(|| async {
-                match rtnetlink::new_connection() {
-                    Ok((mut conn, handle, _)) => {
-                        use rtnetlink::sys::AsyncSocket;
-                        // Room for the replies of every release in flight; a smaller buffer
-                        // only means fewer at once would fit (the turns and timeout still hold).
-                        if let Err(error) = conn.socket_mut().socket_ref().set_rx_buf_sz(NETLINK_RCVBUF) {
-                            tracing::debug!(target: "ralph::discovery", %error, "netlink receive buffer unchanged");
+                let mut handles = Vec::with_capacity(NETLINK_SOCKETS);
+                for _ in 0..NETLINK_SOCKETS {
+                    match rtnetlink::new_connection() {
+                        Ok((mut conn, handle, _)) => {
+                            use rtnetlink::sys::AsyncSocket;
+                            // Room for the replies of every release in flight; a smaller buffer
+                            // only means fewer at once would fit (the turns and timeout still hold).
+                            if let Err(error) = conn.socket_mut().socket_ref().set_rx_buf_sz(NETLINK_RCVBUF) {
+                                tracing::debug!(target: "ralph::discovery", %error, "netlink receive buffer unchanged");
+                            }
+                            tokio::spawn(conn);
+                            handles.push(handle);
                         }
-                        tokio::spawn(conn);
-                        Some(handle)
-                    }
-                    Err(error) => {
-                        tracing::warn!(target: "ralph::discovery", %error, "netlink unavailable; neighbour entries will not be deleted");
-                        None
+                        Err(error) if handles.is_empty() => {
+                            tracing::warn!(target: "ralph::discovery", %error, "netlink unavailable; neighbour entries will not be deleted");
+                            return None;
+                        }
+                        // Fewer connections only means less parallel releasing.
+                        Err(_) => break,
                     }
                 }
+                Some(handles)
             })
             .await
             .as_ref()
+            .and_then(|h| h.first())
+    }
+
+    /// A connection for one release (round-robin), once [`GuardInner::netlink`] has opened them.
+    fn release_handle(&self) -> Option<&rtnetlink::Handle> {
+        let handles = self.inner.netlink.get().and_then(Option::as_ref)?;
+        let i = self.inner.next_socket.fetch_add(1, Ordering::Relaxed);
+        handles.get(i % handles.len())
     }
 
     /// Takes room in the table for one more entry of the family when there is some: the live
@@ -723,7 +746,7 @@ impl NeighbourScope {
     pub async fn release(&self, mut slot: NeighbourSlot) {
         let g = &self.guard;
         let preexisting = self.preexisting.get().and_then(Option::as_ref);
-        let handle = if g.inner.delete { g.inner.netlink.get().and_then(Option::as_ref) } else { None };
+        let handle = if g.inner.delete { g.release_handle() } else { None };
         if let (Some(handle), Some(preexisting)) = (handle, preexisting) {
             if preexisting.contains(&(slot.ifindex, slot.ip)) {
                 slot.free();

@@ -217,8 +217,16 @@ impl Pacer {
     /// their lane first, so each scan holds at most one place in the pacer's queue and scans
     /// sharing the pacer get its starts in turn.
     pub(crate) async fn ready_in(&self, lane: &Lane) {
-        let _lane = lane.0.lock().await;
-        self.ready().await;
+        {
+            let _lane = lane.0.lock().await;
+            self.ready().await;
+        }
+        // Releasing the lane woke its next probe into this worker's next-task slot, which no
+        // other worker may take: had this probe gone on to send (tens of microseconds of
+        // kernel work), every start would have followed the hand-offs on one thread. Yielding
+        // lets the next probe take its token first and leaves this one in the run queue,
+        // where any worker can run it.
+        tokio::task::yield_now().await;
     }
 
     /// Takes one token, sleeping until there is one (called with the turn held).
