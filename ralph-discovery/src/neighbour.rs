@@ -217,9 +217,12 @@ const MAX_ROOM_WAIT: Duration = Duration::from_millis(4);
 /// dropped waited forever, its slot with it: a sweep of a /16 hung.
 const NETLINK_IN_FLIGHT: usize = 128;
 
-/// Netlink connections for releases. The kernel answers a request inside the `sendmsg` that
-/// carries it, so one connection (one task) serialises every delete of a process; more let
-/// them run on every core.
+/// Netlink connections for releases. A connection is one task that sends one queued request
+/// per poll and routes the replies, so one connection serialised every lookup and delete of
+/// the process on one thread (the limit of a /16 sweep once sends ran on every worker); more
+/// connections are more tasks the runtime's workers can run at once. Their three extra
+/// descriptors come out of the process's reserve ([`crate::budget::DEFAULT_FD_RESERVE`]), not
+/// the socket budget.
 const NETLINK_SOCKETS: usize = 4;
 
 /// The netlink socket's receive buffer asked for (the kernel caps it at `net.core.rmem_max`).
@@ -608,7 +611,10 @@ impl NeighbourGuard {
                             return None;
                         }
                         // Fewer connections only means less parallel releasing.
-                        Err(_) => break,
+                        Err(error) => {
+                            tracing::debug!(target: "ralph::discovery", %error, opened = handles.len(), "fewer netlink connections");
+                            break;
+                        }
                     }
                 }
                 Some(handles)

@@ -221,12 +221,19 @@ impl Pacer {
             let _lane = lane.0.lock().await;
             self.ready().await;
         }
-        // Releasing the lane woke its next probe into this worker's next-task slot, which no
-        // other worker may take: had this probe gone on to send (tens of microseconds of
-        // kernel work), every start would have followed the hand-offs on one thread. Yielding
-        // lets the next probe take its token first and leaves this one in the run queue,
-        // where any worker can run it.
-        tokio::task::yield_now().await;
+        // Releasing the lane woke its next probe into this worker's LIFO slot, which no other
+        // worker may take: had this probe gone on to send (tens of microseconds of kernel
+        // work), every send would have followed the lane's hand-offs on one thread. On a
+        // multi-thread runtime, yielding parks this probe's waker in the worker's defer list
+        // (woken when the worker parks or at its periodic maintenance) while the next probe
+        // takes its token; the deferred probes then go to the worker's run queue, from which
+        // the other workers steal, so sends spread over the workers, in bunches. A
+        // current-thread runtime has one thread to spread over: no yield there.
+        if tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        {
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Takes one token, sleeping until there is one (called with the turn held).

@@ -83,6 +83,9 @@ impl Drop for HostSlot {
     }
 }
 
+/// Slots a waiter tries per wake beyond its own recent releases ([`HostSlots::acquire`]).
+const WAIT_PROBES: u64 = 16;
+
 /// The longest wait between two searches when every slot is taken by other processes (their
 /// releases cannot wake us).
 const MAX_POLL: Duration = Duration::from_millis(10);
@@ -152,6 +155,14 @@ impl HostSlots {
     /// # Errors
     /// The lock call failed for another reason than a conflicting lock.
     pub fn try_acquire(&self) -> io::Result<Option<HostSlot>> {
+        self.try_acquire_within(self.inner.total)
+    }
+
+    /// [`HostSlots::try_acquire`], trying at most `probes` slots beyond the ones this handle
+    /// gave back lately. Each failed try is a system call that walks the file's whole lock
+    /// list, so a waiter that tried every slot on each wake spent most of two sharing
+    /// processes' time on locks held by the other; the search goes on where it stopped.
+    fn try_acquire_within(&self, probes: u64) -> io::Result<Option<HostSlot>> {
         let inner = &self.inner;
         let mut state = inner.lock_state();
         if state.count >= inner.total {
@@ -162,10 +173,10 @@ impl HostSlots {
                 return Ok(Some(HostSlot { inner: Arc::clone(inner), index }));
             }
         }
-        for step in 0..inner.total {
-            let index = (state.cursor + step) % inner.total;
+        for _ in 0..probes.min(inner.total) {
+            let index = state.cursor;
+            state.cursor = (index + 1) % inner.total;
             if inner.try_lock(&mut state, index)? {
-                state.cursor = (index + 1) % inner.total;
                 return Ok(Some(HostSlot { inner: Arc::clone(inner), index }));
             }
         }
@@ -173,7 +184,8 @@ impl HostSlots {
     }
 
     /// Waits for a free slot: woken by releases in this process, polling (1 ms doubling to
-    /// 10 ms) for releases elsewhere.
+    /// 10 ms) for releases elsewhere. Each look tries this handle's recent releases and then
+    /// the next few slots of the pool in turn, not the whole pool.
     ///
     /// # Errors
     /// As [`HostSlots::try_acquire`].
@@ -181,7 +193,7 @@ impl HostSlots {
         let mut wait = Duration::from_millis(1);
         loop {
             let released = self.inner.released.notified();
-            if let Some(slot) = self.try_acquire()? {
+            if let Some(slot) = self.try_acquire_within(WAIT_PROBES)? {
                 return Ok(slot);
             }
             tokio::select! {
@@ -281,5 +293,25 @@ mod tests {
         assert!(got < 3, "slot {got} (freed {freed})");
         assert_eq!(a.held(), 0);
         assert!(HostSlots::open(&path, 0, 0).is_err(), "no empty pools");
+    }
+
+    /// A waiter tries a few slots per look, but goes on where it stopped: the one free slot
+    /// of a large pool, far from where it started, is found.
+    #[tokio::test]
+    async fn a_waiter_finds_the_last_free_slot_of_a_large_pool() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("slots");
+        let total = 20 * WAIT_PROBES;
+        let other = HostSlots::open(&path, 0, total).expect("open other");
+        let held: Vec<HostSlot> = (0..total).map(|_| other.try_acquire().expect("lock").expect("free")).collect();
+        let ours = HostSlots::open(&path, 0, total).expect("open ours");
+        // Our cursor walks a while over slots the other holds.
+        assert!(ours.try_acquire_within(3 * WAIT_PROBES).expect("lock").is_none());
+        let last = total - 1;
+        let (freed, kept): (Vec<HostSlot>, Vec<HostSlot>) = held.into_iter().partition(|s| s.index() == last);
+        drop(freed);
+        let got = tokio::time::timeout(Duration::from_secs(5), ours.acquire()).await.expect("found in time");
+        assert_eq!(got.expect("acquire").index(), last);
+        assert_eq!(other.held(), total - 1, "{} slots of the other still held", kept.len());
     }
 }
