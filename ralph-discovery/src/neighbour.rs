@@ -624,7 +624,7 @@ impl NeighbourGuard {
             .and_then(|h| h.first())
     }
 
-    /// A connection for one release (round-robin), once [`GuardInner::netlink`] has opened them.
+    /// A connection for one release (round-robin), once `netlink()` has opened them.
     fn release_handle(&self) -> Option<&rtnetlink::Handle> {
         let handles = self.inner.netlink.get().and_then(Option::as_ref)?;
         let i = self.inner.next_socket.fetch_add(1, Ordering::Relaxed);

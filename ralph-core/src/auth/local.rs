@@ -213,9 +213,8 @@ impl<S: UserStore> AuthBackend for LocalBackend<S> {
         };
         let password = credentials.password.clone();
         let (Some(user), Some(hash)) = (user, hash) else {
-            // Same path as a real check (permit, blocking pool, one verification), so the time
-            // taken does not tell whether the account exists. `dummy_hash` is called inside the
-            // closure so that computing it the first time stays off the runtime too.
+            // Same path as a real check (permit, blocking pool, one verification of a hash of
+            // the same costs), so the time taken does not tell whether the account exists.
             let _ = self.hashing.run(move || verify_password(DECOY_HASH, &password)).await?;
             debug!(target: TRACE_TARGET, backend = "local", "no local password for this user");
             return Ok(AuthOutcome::NotHandled);
